@@ -1,0 +1,145 @@
+"""The seam between stages: a broker that holds the difference in their rates.
+
+Every backend gives the same at-least-once contract, checked by one test
+suite (``tests/broker``) run unchanged against each:
+
+* ``publish`` returns only when the broker has the messages (durable as the
+  backend allows), so a stage may then ack its input;
+* ``consume`` hands a delivery to one member of a consumer group and keeps it
+  *pending* until ``ack``; a delivery never acked is handed again, to another
+  member, by ``reclaim`` (Redis, memory) or a group rebalance (Kafka);
+* ``backlog`` counts what a group still has to do: pending plus not yet
+  delivered. Streams are never trimmed by length: that would lose data.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+
+class BrokerError(RuntimeError):
+    """Retryable: the broker is unreachable or timed out. Callers back off and retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    stream: str
+    id: str  # Redis entry id, Kafka "partition:offset", memory sequence number
+    data: bytes
+    key: str | None = None
+    attempts: int = 1  # times this entry has been delivered, this one included, where the backend knows
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    pending: int  # delivered to a member of the group, not yet acked
+    lag: int  # in the stream, not yet delivered to the group
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.lag
+
+
+class Broker(ABC):
+    """A stream broker seen by one process. Safe to share between tasks of one event loop."""
+
+    url: str
+
+    @abstractmethod
+    async def ensure(self, stream: str, group: str | None = None) -> None:
+        """Create the stream (and the group, reading from the start) if missing."""
+
+    @abstractmethod
+    async def publish(self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None] | None = None) -> None:
+        """Append ``messages`` in order; entries with the same key keep their order."""
+
+    @abstractmethod
+    async def consume(self, stream: str, group: str, consumer: str, count: int, timeout_s: float) -> list[Delivery]:
+        """Up to ``count`` new deliveries; waits at most ``timeout_s`` for the first one."""
+
+    @abstractmethod
+    async def ack(self, stream: str, group: str, deliveries: Sequence[Delivery]) -> None:
+        """Mark deliveries done; only after their outputs are published."""
+
+    @abstractmethod
+    async def reclaim(self, stream: str, group: str, consumer: str, min_idle_s: float, count: int) -> list[Delivery]:
+        """Take over deliveries pending longer than ``min_idle_s`` at other (dead) members."""
+
+    @abstractmethod
+    async def backlog(self, stream: str, group: str) -> Backlog: ...
+
+    @abstractmethod
+    async def ping(self) -> bool:
+        """True when the broker answers; used by /readyz."""
+
+    @abstractmethod
+    async def delete(self, stream: str) -> None:
+        """Remove a stream and its groups (tests and load-generator clean-up)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    async def length(self, stream: str) -> int:
+        """Entries still stored in ``stream``; backends override where they can say."""
+        raise NotImplementedError
+
+    async def dead_letter(
+        self,
+        dlq: str,
+        *,
+        reason: str,
+        data: bytes,
+        stage: str,
+        origin: str,
+        request_id: str | None = None,
+    ) -> None:
+        """Park a message that cannot be processed, with why, for inspection or replay."""
+        record = DeadLetter(reason=reason, data=data, stage=stage, origin=origin, request_id=request_id)
+        await self.publish(dlq, [record.encode()], [request_id])
+
+    async def __aenter__(self) -> Broker:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An entry of the dead-letter stream: the original bytes and the reason."""
+
+    reason: str
+    data: bytes
+    stage: str
+    origin: str  # stream the message came from; `visionpipe dlq replay` sends it back there
+    request_id: str | None = None
+    at_ns: int = field(default_factory=time.time_ns)
+
+    def encode(self) -> bytes:
+        doc: dict[str, Any] = {
+            "reason": self.reason,
+            "data": self.data,
+            "stage": self.stage,
+            "origin": self.origin,
+            "id": self.request_id,
+            "at": self.at_ns,
+        }
+        return msgpack.packb(doc, use_bin_type=True)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> DeadLetter:
+        doc = msgpack.unpackb(raw, raw=False)
+        return cls(
+            reason=str(doc["reason"]),
+            data=bytes(doc["data"]),
+            stage=str(doc["stage"]),
+            origin=str(doc["origin"]),
+            request_id=doc.get("id"),
+            at_ns=int(doc.get("at", 0)),
+        )

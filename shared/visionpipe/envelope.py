@@ -1,0 +1,238 @@
+"""The one message format on every stream: a msgpack map, never pickle.
+
+An envelope carries a request through the pipeline: its id, where it came
+from, wall-clock timestamps of every stage event (so a report can split
+end-to-end latency into queueing, broker hops, decode and DNN time), a small
+msgpack-native payload and named arrays as dtype + shape + raw bytes.
+
+Decoding treats the bytes as hostile: sizes are bounded before msgpack
+allocates, every field is type-checked, and array shapes are checked against
+their byte length before numpy sees them. Anything wrong raises
+:class:`EnvelopeError`, which callers turn into a dead-letter entry.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import msgpack
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+# dtypes a stage may send; anything else (object, void, datetime) is refused so
+# that a message can never make numpy build Python objects.
+ALLOWED_DTYPES = frozenset(
+    {"bool", "uint8", "int8", "uint16", "int16", "int32", "uint32", "int64", "float16", "float32", "float64"}
+)
+MAX_ID_CHARS = 256
+
+
+class Event(StrEnum):
+    """Per-stage events, stamped in nanoseconds of wall-clock time.
+
+    Wall clock (not monotonic) because the stamps are compared across
+    processes and hosts; on one host the clocks agree, across hosts NTP skew
+    shows up as broker-hop time and is reported as such.
+    """
+
+    ENQUEUED = "enqueued"
+    DEQUEUED = "dequeued"
+    BATCH_START = "batch_start"
+    COMPUTE_DONE = "compute_done"
+    PUBLISHED = "published"
+
+
+class EnvelopeError(ValueError):
+    """A message that cannot be trusted: poison, never retried.
+
+    ``request_id`` is filled when it could still be read, so the dead-letter
+    entry names the request.
+    """
+
+    def __init__(self, reason: str, request_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upper bounds applied before anything is allocated for a message."""
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_array_bytes: int = 48 * 1024 * 1024
+    max_arrays: int = 16
+    max_ndim: int = 6
+    max_payload_items: int = 4096
+    max_str_bytes: int = 1024 * 1024
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass
+class Envelope:
+    request_id: str
+    source: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    timestamps: dict[str, dict[str, int]] = field(default_factory=dict)
+    version: int = SCHEMA_VERSION
+
+    def stamp(self, stage: str, event: Event | str, ns: int | None = None) -> None:
+        """Record ``event`` of ``stage`` now (or at ``ns``)."""
+        self.timestamps.setdefault(stage, {})[str(event)] = time.time_ns() if ns is None else ns
+
+    def ts(self, stage: str, event: Event | str) -> int | None:
+        return self.timestamps.get(stage, {}).get(str(event))
+
+    def child(self, **payload: Any) -> Envelope:
+        """A new envelope for the next stage: same id, source and history, new payload."""
+        return Envelope(
+            request_id=self.request_id,
+            source=self.source,
+            payload=dict(payload),
+            timestamps={stage: dict(events) for stage, events in self.timestamps.items()},
+        )
+
+    def encode(self) -> bytes:
+        arrays = {}
+        for name, arr in self.arrays.items():
+            a = np.require(arr, requirements="C")  # unlike ascontiguousarray, keeps 0-d arrays 0-d
+            if a.dtype.name not in ALLOWED_DTYPES:
+                raise EnvelopeError(f"array {name!r}: dtype {a.dtype.name} is not allowed", self.request_id)
+            # memoryview of a C-contiguous array: msgpack copies once into its buffer, numpy not at all.
+            arrays[name] = {"dtype": a.dtype.name, "shape": list(a.shape), "data": _raw_bytes(a)}
+        doc = {
+            "v": self.version,
+            "id": self.request_id,
+            "src": self.source,
+            "ts": self.timestamps,
+            "p": self.payload,
+            "a": arrays,
+        }
+        return msgpack.packb(doc, use_bin_type=True)
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Envelope:
+        """Validate and decode; arrays are read-only zero-copy views of ``data``."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise EnvelopeError(f"message is {type(data).__name__}, not bytes")
+        if len(data) == 0:
+            raise EnvelopeError("empty message")
+        if len(data) > limits.max_message_bytes:
+            raise EnvelopeError(f"message of {len(data)} bytes exceeds limit {limits.max_message_bytes}")
+        try:
+            doc = msgpack.unpackb(
+                data,
+                raw=False,
+                strict_map_key=True,
+                ext_hook=_refuse_ext,
+                max_bin_len=limits.max_array_bytes,
+                max_str_len=limits.max_str_bytes,
+                max_array_len=limits.max_payload_items,
+                max_map_len=limits.max_payload_items,
+            )
+        except EnvelopeError:
+            raise
+        except Exception as exc:  # msgpack raises a zoo of types for bad bytes; all mean the same here
+            raise EnvelopeError(f"not a msgpack envelope: {type(exc).__name__}: {exc}") from None
+        if not isinstance(doc, dict):
+            raise EnvelopeError(f"envelope is a {type(doc).__name__}, not a map")
+        request_id = doc.get("id") if isinstance(doc.get("id"), str) else None
+        try:
+            return _from_doc(doc, limits)
+        except EnvelopeError as exc:
+            exc.request_id = exc.request_id or request_id
+            raise
+
+
+def _raw_bytes(a: np.ndarray) -> memoryview | bytes:
+    # memoryview.cast refuses 0-d and zero-size views; those are tiny, so copying them costs nothing.
+    return memoryview(a).cast("B") if a.ndim and a.size else a.tobytes()
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise EnvelopeError(f"msgpack extension type {code} is not allowed")
+
+
+def _from_doc(doc: dict[str, Any], limits: Limits) -> Envelope:
+    version = doc.get("v")
+    if version != SCHEMA_VERSION:
+        raise EnvelopeError(f"unknown schema version {version!r} (this build reads {SCHEMA_VERSION})")
+    request_id = doc.get("id")
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_ID_CHARS:
+        raise EnvelopeError("missing or invalid request id")
+    source = doc.get("src", "")
+    if not isinstance(source, str) or len(source) > MAX_ID_CHARS:
+        raise EnvelopeError("invalid source", request_id)
+    payload = doc.get("p", {})
+    if not isinstance(payload, dict):
+        raise EnvelopeError("payload is not a map", request_id)
+    return Envelope(
+        request_id=request_id,
+        source=source,
+        payload=payload,
+        arrays=_arrays(doc.get("a", {}), limits),
+        timestamps=_timestamps(doc.get("ts", {})),
+        version=version,
+    )
+
+
+def _timestamps(raw: Any) -> dict[str, dict[str, int]]:
+    if not isinstance(raw, dict):
+        raise EnvelopeError("timestamps are not a map")
+    out: dict[str, dict[str, int]] = {}
+    for stage, events in raw.items():
+        if not isinstance(events, dict):
+            raise EnvelopeError(f"timestamps of stage {stage!r} are not a map")
+        for event, ns in events.items():
+            if not isinstance(ns, int) or isinstance(ns, bool) or ns < 0:
+                raise EnvelopeError(f"timestamp {stage}.{event} is not a non-negative integer")
+        out[stage] = dict(events)
+    return out
+
+
+def _arrays(raw: Any, limits: Limits) -> dict[str, np.ndarray]:
+    if not isinstance(raw, dict):
+        raise EnvelopeError("arrays are not a map")
+    if len(raw) > limits.max_arrays:
+        raise EnvelopeError(f"{len(raw)} arrays exceed limit {limits.max_arrays}")
+    return {name: _array(name, spec, limits) for name, spec in raw.items()}
+
+
+def _array(name: str, spec: Any, limits: Limits) -> np.ndarray:
+    if not isinstance(spec, dict):
+        raise EnvelopeError(f"array {name!r} is not a map")
+    dtype, shape, data = spec.get("dtype"), spec.get("shape"), spec.get("data")
+    if dtype not in ALLOWED_DTYPES:
+        raise EnvelopeError(f"array {name!r}: dtype {dtype!r} is not allowed")
+    if not isinstance(data, bytes):
+        raise EnvelopeError(f"array {name!r}: data is not bytes")
+    if not isinstance(shape, list) or len(shape) > limits.max_ndim:
+        raise EnvelopeError(f"array {name!r}: shape must be a list of at most {limits.max_ndim} dims")
+    count = 1
+    for dim in shape:
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+            raise EnvelopeError(f"array {name!r}: bad dimension {dim!r}")
+        count *= dim
+    itemsize = np.dtype(dtype).itemsize
+    if count * itemsize > limits.max_array_bytes:
+        raise EnvelopeError(f"array {name!r}: {count * itemsize} bytes exceed limit {limits.max_array_bytes}")
+    if count * itemsize != len(data):
+        raise EnvelopeError(f"array {name!r}: shape {shape} of {dtype} needs {count * itemsize} bytes, got {len(data)}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def peek_request_id(data: bytes) -> str | None:
+    """Best-effort request id of a message that failed to decode, for its dead-letter entry."""
+    try:
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
+    except Exception:
+        return None
+    rid = doc.get("id") if isinstance(doc, dict) else None
+    return rid if isinstance(rid, str) and rid else None

@@ -1,0 +1,197 @@
+"""All configuration, in one pydantic-settings model.
+
+Sources, highest priority first: CLI flags (passed as keyword arguments),
+environment variables ``VISIONPIPE_<SECTION>__<FIELD>`` (for example
+``VISIONPIPE_BROKER__URL``), a settings file named by ``VISIONPIPE_SETTINGS_FILE``
+(TOML, YAML or JSON), then the defaults below. Secrets are ``SecretStr`` so
+that they never appear in logs, reprs or health endpoints.
+
+Deployment files (compose, Kubernetes) are checked against this model by the
+test suite, so a setting renamed here fails the build until they follow.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+ENV_PREFIX = "VISIONPIPE_"
+SETTINGS_FILE_ENV = "VISIONPIPE_SETTINGS_FILE"
+
+
+class BrokerSettings(BaseModel):
+    url: str = Field("memory://", description="memory://, redis://, rediss:// or kafka://host:port[,host:port]")
+    username: str | None = Field(None, description="Redis ACL user or Kafka SASL user; overrides the URL's")
+    password: SecretStr | None = Field(None, description="Redis password or Kafka SASL password; overrides the URL's")
+    password_file: Path | None = Field(None, description="file holding the password (Kubernetes/compose secrets)")
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_verify: bool = True
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    # Kafka: 64 MiB leaves room for a batch of 640x640 uint8 tensors (1.2 MB each) plus headroom.
+    kafka_max_message_bytes: int = 64 * 1024 * 1024
+    kafka_partitions: int = Field(4, description="partitions per topic created by ensure(); the ceiling on parallel consumers")
+    kafka_session_timeout_ms: int = 10_000
+    kafka_heartbeat_ms: int = 1_000
+    # A consumer that has held a delivery this long without acking is presumed dead.
+    reclaim_idle_s: float = 30.0
+    connect_retries: int = 20
+    connect_backoff_s: float = 0.2
+    connect_backoff_max_s: float = 5.0
+
+
+class StreamSettings(BaseModel):
+    prefix: str = Field("vp", description="namespace for every stream/topic name")
+    frames: str = "frames"
+    tensors: str = "tensors"
+    crops: str = "crops"
+    results: str = "results"
+    dead_letter: str = "dead"
+
+    def name(self, stream: str) -> str:
+        return f"{self.prefix}.{getattr(self, stream)}" if self.prefix else getattr(self, stream)
+
+
+class LimitSettings(BaseModel):
+    max_image_bytes: int = 25 * 1024 * 1024
+    # 50 MP: a 16-bit decompression bomb stops here, a large phone photo (48 MP) still passes.
+    max_image_pixels: int = 50_000_000
+    max_message_bytes: int = 64 * 1024 * 1024
+    # Ingress stops admitting above this backlog (pending + undelivered) on the frames stream.
+    ingress_high_watermark: int = 2_000
+    max_retries: int = Field(3, description="transient failures of one message before it is dead-lettered")
+
+
+class ExecutorSettings(BaseModel):
+    policy: Literal["adaptive", "slack", "fixed", "timeout", "aimd"] = "adaptive"
+    slo_ms: float = Field(200.0, description="per-stage latency bound; every request's deadline is arrival + slo")
+    max_batch: int = 32
+    fixed_batch: int = 8
+    max_queue_delay_ms: float = Field(2.0, description="timeout policy: Triton's max_queue_delay")
+    overlap: bool = Field(True, description="two CUDA streams and pinned buffers: upload of n+1 during compute of n")
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    channels_last: bool = True
+    cuda_graphs: bool = False
+    history: int = Field(64, description="batches in the latency model's least-squares window")
+
+
+class DecodeSettings(BaseModel):
+    backend: Literal["auto", "dali", "nvjpeg", "cpu"] = "auto"
+    input_size: int = Field(640, description="letterboxed square side fed to the detector")
+    batch: int = 16
+    workers: int = Field(0, description="CPU decode threads; 0 means every core")
+
+
+class DetectorSettings(BaseModel):
+    model: str = "ssdlite320_mobilenet_v3_large"
+    weights: str = Field("DEFAULT", description="a file, a torchvision weights name, DEFAULT, or random")
+    score_threshold: float = 0.3
+    max_detections: int = 20
+    crop_size: int = 224
+
+
+class ClassifierSettings(BaseModel):
+    model: str = "mobilenet_v3_small"
+    weights: str = Field("DEFAULT", description="a file, a torchvision weights name, DEFAULT, or random")
+    top_k: int = 5
+
+
+class ServiceSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="address for /healthz, /readyz and /metrics; 0.0.0.0 in containers")
+    port: int = 8000
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    consumer: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    group: str = Field("", description="consumer group; empty means the stage's name")
+    log_level: str = "INFO"
+    log_json: bool = False
+    drain_grace_s: float = Field(25.0, description="time to finish in-flight batches on SIGTERM")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    broker: BrokerSettings = BrokerSettings()
+    streams: StreamSettings = StreamSettings()
+    limits: LimitSettings = LimitSettings()
+    executor: ExecutorSettings = ExecutorSettings()
+    decode: DecodeSettings = DecodeSettings()
+    detector: DetectorSettings = DetectorSettings()
+    classifier: ClassifierSettings = ClassifierSettings()
+    service: ServiceSettings = ServiceSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get(SETTINGS_FILE_ENV)
+        if path:
+            sources.append(_file_source(settings_cls, Path(path)))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+    def broker_password(self) -> str | None:
+        """The broker password from the setting, else from ``password_file``."""
+        if self.broker.password is not None:
+            return self.broker.password.get_secret_value()
+        if self.broker.password_file is not None:
+            return self.broker.password_file.read_text().strip()
+        return None
+
+
+def _file_source(settings_cls: type[BaseSettings], path: Path) -> PydanticBaseSettingsSource:
+    if not path.is_file():
+        raise FileNotFoundError(f"{SETTINGS_FILE_ENV}={path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+    if suffix in (".yaml", ".yml"):
+        return YamlConfigSettingsSource(settings_cls, yaml_file=path)
+    if suffix == ".json":
+        return JsonConfigSettingsSource(settings_cls, json_file=path)
+    raise ValueError(f"settings file {path}: use .toml, .yaml or .json")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings with CLI overrides given as nested dicts, e.g. ``broker={"url": ...}``.
+
+    ``None`` values are dropped so that an unset CLI flag never hides the
+    environment or the file.
+    """
+    return Settings(**_drop_none(overrides))
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            nested = _drop_none(value)
+            if nested:
+                out[key] = nested
+        elif value is not None:
+            out[key] = value
+    return out
