@@ -1,0 +1,93 @@
+"""The pipeline's front door: admit images, or push back when the pipeline is behind.
+
+Everything that feeds the pipeline (``visionpipe run``, the load generator,
+a user's client) goes through :func:`submit_images`, so backpressure is
+applied in one place: when the frames stream's backlog for the decode group
+is above the high watermark, callers wait (bounded) or get
+:class:`Backpressure` — requests are never dropped silently and streams are
+never trimmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from visionpipe.broker import Broker
+from visionpipe.envelope import Envelope, Event
+from visionpipe.settings import Settings
+
+# Stage names double as consumer-group names and as timestamp keys in envelopes.
+INGRESS = "ingress"
+DECODE = "decode"
+DETECTOR = "detector"
+CLASSIFIER = "classifier"
+STAGES = (DECODE, DETECTOR, CLASSIFIER)
+# Stream each stage consumes, and the stream it publishes to (names are keys of StreamSettings).
+STAGE_STREAMS = {DECODE: ("frames", "tensors"), DETECTOR: ("tensors", "crops"), CLASSIFIER: ("crops", "results")}
+
+# How often a waiting producer re-reads the backlog: short against a batch's time, long against a broker call.
+BACKPRESSURE_POLL_S = 0.05
+
+
+class Backpressure(RuntimeError):
+    """The pipeline is behind: the ingress backlog is above the high watermark."""
+
+    def __init__(self, backlog: int, watermark: int) -> None:
+        super().__init__(f"ingress backlog {backlog} is above the high watermark {watermark}; retry later")
+        self.backlog = backlog
+        self.watermark = watermark
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: bytes
+    request_id: str = ""
+    source: str = ""
+
+
+def frame_envelope(frame: Frame) -> Envelope:
+    """The ingress message: the encoded image as bytes in the payload, stamped on enqueue."""
+    env = Envelope(frame.request_id or uuid.uuid4().hex, source=frame.source, payload={"image": frame.image})
+    env.stamp(INGRESS, Event.ENQUEUED)
+    return env
+
+
+async def wait_for_room(broker: Broker, settings: Settings, wait_s: float | None) -> None:
+    """Return once the decode backlog is under the watermark; raise Backpressure after ``wait_s``.
+
+    ``wait_s=0`` never waits (HTTP-style: reject now), ``None`` waits as long as it takes.
+    """
+    stream = settings.streams.name("frames")
+    watermark = settings.limits.ingress_high_watermark
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    while True:
+        backlog = (await broker.backlog(stream, DECODE)).total
+        if backlog < watermark:
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            raise Backpressure(backlog, watermark)
+        await asyncio.sleep(BACKPRESSURE_POLL_S)
+
+
+async def submit_images(
+    broker: Broker, settings: Settings, frames: Sequence[Frame], wait_s: float | None = None
+) -> list[str]:
+    """Publish ``frames`` to the frames stream after backpressure allows; returns their request ids."""
+    await wait_for_room(broker, settings, wait_s)
+    envelopes = [frame_envelope(f) for f in frames]
+    await broker.publish(
+        settings.streams.name("frames"), [e.encode() for e in envelopes], [e.request_id for e in envelopes]
+    )
+    return [e.request_id for e in envelopes]
+
+
+async def ensure_pipeline_streams(broker: Broker, settings: Settings) -> None:
+    """Create every stream and stage group, so backlog is counted from the first message."""
+    for stage, (source, _sink) in STAGE_STREAMS.items():
+        await broker.ensure(settings.streams.name(source), stage)
+    await broker.ensure(settings.streams.name("results"))
+    await broker.ensure(settings.streams.name("dead_letter"))
