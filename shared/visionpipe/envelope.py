@@ -153,7 +153,7 @@ class Envelope:
 
 def _raw_bytes(a: np.ndarray) -> memoryview | bytes:
     # memoryview.cast refuses 0-d and zero-size views; those are tiny, so copying them costs nothing.
-    return memoryview(a).cast("B") if a.ndim and a.size else a.tobytes()
+    return memoryview(a).cast("B") if a.ndim and a.size else a.tobytes()  # type: ignore[arg-type]
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:

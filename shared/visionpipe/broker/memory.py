@@ -115,7 +115,7 @@ class MemoryBroker(Broker):
             g = s.groups.get(group)
             if g is None:
                 raise KeyError(f"no group {group!r} on stream {stream!r}; call ensure() first")
-            out = []
+            out: list[Delivery] = []
             for seq in range(g.last_delivered + 1, s.next_seq):
                 if len(out) >= count:
                     break
@@ -147,7 +147,7 @@ class MemoryBroker(Broker):
             g = s.groups.get(group)
             if g is None:
                 return []
-            out = []
+            out: list[Delivery] = []
             for seq, p in sorted(g.pending.items()):
                 if len(out) >= count:
                     break

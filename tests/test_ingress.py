@@ -1,0 +1,35 @@
+"""Ingress pushes back above the high watermark instead of dropping."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from visionpipe.broker import MemoryBroker
+from visionpipe.envelope import Envelope, Event
+from visionpipe.ingress import DECODE, Backpressure, Frame, ensure_pipeline_streams, submit_images
+from visionpipe.settings import load_settings
+
+
+async def test_backpressure_rejects_then_admits_after_drain(ns: str) -> None:
+    settings = load_settings(streams={"prefix": ns}, limits={"ingress_high_watermark": 3})
+    broker = MemoryBroker(f"memory://{ns}")
+    await ensure_pipeline_streams(broker, settings)
+    ids = await submit_images(broker, settings, [Frame(b"x", request_id=f"r{i}") for i in range(3)], wait_s=0)
+    assert ids == ["r0", "r1", "r2"]
+    with pytest.raises(Backpressure) as info:
+        await submit_images(broker, settings, [Frame(b"y")], wait_s=0)
+    assert info.value.backlog == 3
+    assert await broker.length(settings.streams.name("frames")) == 3  # nothing dropped, nothing added
+
+    # A waiting producer is admitted as soon as the decode stage catches up.
+    waiter = asyncio.create_task(submit_images(broker, settings, [Frame(b"z", request_id="late")], wait_s=5))
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+    frames = settings.streams.name("frames")
+    got = await broker.consume(frames, DECODE, "c", 10, 0.1)
+    await broker.ack(frames, DECODE, got)
+    assert await waiter == ["late"]
+    env = Envelope.decode(got[0].data)
+    assert env.payload["image"] == b"x" and env.ts("ingress", Event.ENQUEUED) is not None
