@@ -1,0 +1,100 @@
+# syntax=docker/dockerfile:1.7
+#
+# One image for every stage; the command picks the service:
+#   docker run --gpus all visionpipe serve detector
+#   docker run visionpipe loadgen run --broker redis://... --out /out
+#
+# Why a CUDA 13 base: torch 2.14.1 from PyPI bundles the CUDA 13 user-space libraries (cuBLAS, cuDNN, NCCL…) and DALI
+# (nvidia-dali-cuda120) bundles its own CUDA 12 ones, so the image needs no CUDA toolkit of its own — only the driver,
+# which the NVIDIA container toolkit mounts from the host. The `base` flavour is therefore enough (a `runtime` one
+# would ship a second, unused copy of the libraries), and its NVIDIA_REQUIRE_CUDA label makes the container refuse
+# to start, with a clear message, on a driver too old for CUDA 13 instead of failing inside torch.
+ARG CUDA_IMAGE=nvidia/cuda:13.0.0-base-ubuntu22.04
+
+# ---------------------------------------------------------------------------------------------------------------
+# build: a virtual environment in /opt/venv, filled in the order things change (rarest first) so that a code
+# change rebuilds only the last, small layer.
+FROM ${CUDA_IMAGE} AS build
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INPUT=1
+
+# Ubuntu 22.04 ships Python 3.11 beside its default 3.10; the project needs >= 3.11. Not pinned to an exact
+# version: the archive replaces it with each security update, and an exact pin would then fail to build.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
+    && rm -rf /var/lib/apt/lists/*
+
+RUN python3.11 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+# 1. torch and torchvision, pinned like in pyproject.toml and the Makefile: 5 GB that change least often.
+ARG TORCH_VERSION=2.14.1
+ARG TORCHVISION_VERSION=0.29.1
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install pip==25.2 setuptools==80.9.0 wheel==0.45.1 \
+    && pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
+
+# 2. The remaining dependencies and the `gpu` extra (DALI), read from pyproject.toml alone, so that editing the
+#    code does not invalidate this layer; only a dependency change does.
+COPY pyproject.toml /src/pyproject.toml
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['gpu']))" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
+
+# 3. The project itself, without touching the dependencies installed above. README.md is the package's readme.
+COPY README.md /src/README.md
+COPY shared /src/shared
+COPY services /src/services
+COPY loadgen /src/loadgen
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps /src \
+    && python -c "import visionpipe, visionpipe.services, visionpipe.loadgen"
+
+# ---------------------------------------------------------------------------------------------------------------
+# runtime: the same base and interpreter, the finished venv, no compilers, no pip cache, a user that is not root.
+FROM ${CUDA_IMAGE} AS runtime
+
+ARG UID=10001
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.11 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid "${UID}" --user-group --create-home --home-dir /home/visionpipe --shell /usr/sbin/nologin visionpipe \
+    && mkdir -p /cache /out \
+    && chown visionpipe:visionpipe /cache /out
+
+COPY --from=build /opt/venv /opt/venv
+
+# Caches (torchvision weights, DALI, matplotlib) go under /cache, a volume in compose and an emptyDir in Kubernetes,
+# so the root filesystem can stay read-only. NVIDIA_DRIVER_CAPABILITIES adds the video engines nvJPEG/DALI may use.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/home/visionpipe \
+    XDG_CACHE_HOME=/cache \
+    TORCH_HOME=/cache/torch \
+    MPLCONFIGDIR=/cache/matplotlib \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility,video \
+    VISIONPIPE_SERVICE__HOST=0.0.0.0 \
+    VISIONPIPE_SERVICE__PORT=8000 \
+    VISIONPIPE_SERVICE__LOG_JSON=true
+
+USER ${UID}:${UID}
+WORKDIR /home/visionpipe
+EXPOSE 8000
+
+# Python instead of curl: the image has no curl, and the interpreter is there anyway. Liveness only (/healthz):
+# readiness (/readyz) is for orchestrators that route or scale on it, not a reason to restart a container.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('VISIONPIPE_SERVICE__PORT', '8000') + '/healthz', timeout=4)"]
+
+LABEL org.opencontainers.image.title="visionpipe" \
+      org.opencontainers.image.description="GPU vision-inference pipeline stage: decode, detector or classifier" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+ENTRYPOINT ["visionpipe"]
+CMD ["--help"]
