@@ -11,11 +11,22 @@ from urllib.parse import urlsplit
 
 from visionpipe.broker.base import Backlog, Broker, BrokerError, DeadLetter, Delivery
 from visionpipe.broker.memory import MemoryBroker
+from visionpipe.broker.security import BrokerAuthError, redact_url
 
 if TYPE_CHECKING:
     from visionpipe.settings import Settings
 
-__all__ = ["Backlog", "Broker", "BrokerError", "DeadLetter", "Delivery", "MemoryBroker", "connect"]
+__all__ = [
+    "Backlog",
+    "Broker",
+    "BrokerAuthError",
+    "BrokerError",
+    "DeadLetter",
+    "Delivery",
+    "MemoryBroker",
+    "connect",
+    "redact_url",
+]
 
 SCHEMES = ("memory", "redis", "rediss", "kafka")
 

@@ -50,6 +50,8 @@ class Broker(ABC):
     """A stream broker seen by one process. Safe to share between tasks of one event loop."""
 
     url: str
+    # Whether Delivery.attempts counts redeliveries (Redis, memory); Kafka keeps no per-message count.
+    tracks_attempts: bool = True
 
     @abstractmethod
     async def ensure(self, stream: str, group: str | None = None) -> None:
@@ -58,6 +60,14 @@ class Broker(ABC):
     @abstractmethod
     async def publish(self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None] | None = None) -> None:
         """Append ``messages`` in order; entries with the same key keep their order."""
+
+    async def prepare(self, stream: str, group: str, consumer: str) -> None:
+        """Join ``group`` now, so the first ``consume`` does not wait for it.
+
+        Only Kafka needs time for this (a group join takes seconds); a stage calls it
+        before loading its model so the two overlap. Elsewhere it does nothing.
+        """
+        return None
 
     @abstractmethod
     async def consume(self, stream: str, group: str, consumer: str, count: int, timeout_s: float) -> list[Delivery]:
@@ -87,6 +97,13 @@ class Broker(ABC):
 
     async def length(self, stream: str) -> int:
         """Entries still stored in ``stream``; backends override where they can say."""
+        raise NotImplementedError
+
+    async def peek(self, stream: str, count: int) -> list[Delivery]:
+        """The oldest ``count`` stored entries, read outside any group (nothing becomes pending).
+
+        For inspection, e.g. ``visionpipe dlq list``; stages use ``consume``.
+        """
         raise NotImplementedError
 
     async def dead_letter(
@@ -135,11 +152,15 @@ class DeadLetter:
     @classmethod
     def decode(cls, raw: bytes) -> DeadLetter:
         doc = msgpack.unpackb(raw, raw=False)
+        # Entries on the stream are untrusted: bytes(n) of an integer ``data`` would allocate n bytes.
+        if not isinstance(doc, dict) or not isinstance(doc.get("data"), bytes):
+            raise ValueError("not a dead-letter record: no bytes under 'data'")
+        rid = doc.get("id")
         return cls(
             reason=str(doc["reason"]),
-            data=bytes(doc["data"]),
+            data=doc["data"],
             stage=str(doc["stage"]),
             origin=str(doc["origin"]),
-            request_id=doc.get("id"),
+            request_id=rid if isinstance(rid, str) else None,
             at_ns=int(doc.get("at", 0)),
         )

@@ -174,6 +174,11 @@ class MemoryBroker(Broker):
         with self._store.lock:
             return len(self._store.stream(stream).entries)
 
+    async def peek(self, stream: str, count: int) -> list[Delivery]:
+        with self._store.lock:
+            s = self._store.stream(stream)
+            return [Delivery(stream, str(seq), data, key) for seq, (key, data) in sorted(s.entries.items())[:count]]
+
     async def ping(self) -> bool:
         return True
 

@@ -1,0 +1,255 @@
+"""Redis Streams backend: a thin layer over ``redis.asyncio``.
+
+One stream per pipeline stream, one consumer group per stage. Each entry holds
+two fields, ``d`` (the message) and ``k`` (its key, when given). Mapping of the
+contract onto Redis:
+
+* publish: pipelined ``XADD`` (never ``MAXLEN``: trimming by length loses data);
+* consume: ``XREADGROUP ... >``, so the entry stays in the group's pending list;
+* ack: ``XACK``, then, in the same server-side script, ``XTRIM MINID`` up to the
+  oldest entry some group still needs — memory is bounded by acks, not by length;
+* reclaim: ``XAUTOCLAIM`` (entries idle at a dead consumer), then ``XPENDING``
+  for their delivery counts, which the dead-letter policy reads;
+* backlog: ``XINFO GROUPS`` pending + lag (Redis 7).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as rex
+from redis.asyncio.connection import ConnectionPool, parse_url
+
+from visionpipe.broker.base import Backlog, Broker, BrokerError, Delivery
+from visionpipe.broker.retry import with_retries
+from visionpipe.broker.security import (
+    BrokerAuthError,
+    credentials,
+    plaintext_password_warning,
+    redact_url,
+    redis_tls_kwargs,
+)
+
+if TYPE_CHECKING:
+    from visionpipe.settings import Settings
+
+log = logging.getLogger("visionpipe.broker.redis")
+
+DATA, KEY = b"d", b"k"
+# Connecting is quick on a LAN; a host that does not answer in 5 s is down, and the retry loop takes over.
+CONNECT_TIMEOUT_S = 5.0
+# Keeps XACK's argument list (and the Lua stack in the ack script) well under Lua's 8000-slot limit.
+ACK_CHUNK = 1000
+
+# XACK, then trim what every group is done with. An entry may go when, for each group, it is
+# below that group's oldest pending entry (or at/below its last-delivered id when none is pending).
+_ACK_AND_TRIM = """
+local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+local floor_ms, floor_seq = nil, nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  local id, bump = info['last-delivered-id'], 1
+  if info['pending'] > 0 then
+    id, bump = redis.call('XPENDING', KEYS[1], info['name'])[2], 0
+  end
+  local ms, seq = string.match(id, '(%d+)-(%d+)')
+  ms, seq = tonumber(ms), tonumber(seq) + bump
+  if floor_ms == nil or ms < floor_ms or (ms == floor_ms and seq < floor_seq) then
+    floor_ms, floor_seq = ms, seq
+  end
+end
+if floor_ms ~= nil then
+  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%.0f-%.0f', floor_ms, floor_seq))
+end
+return acked
+"""
+
+
+@contextlib.contextmanager
+def _errors(url: str) -> Iterator[None]:
+    """Map redis-py exceptions onto the broker's: retryable, auth (fatal), missing group."""
+    try:
+        yield
+    except (rex.AuthenticationError, rex.AuthorizationError, rex.NoPermissionError) as exc:
+        raise BrokerAuthError(f"redis {redact_url(url)} refused us: {exc}") from exc
+    except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+        if isinstance(exc.__cause__ or exc.__context__, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            raise BrokerAuthError(f"TLS to {redact_url(url)} failed: {exc}") from exc
+        raise BrokerError(f"redis {redact_url(url)}: {exc}") from exc
+    except rex.ResponseError as exc:
+        if str(exc).startswith("NOGROUP"):
+            raise KeyError(str(exc)) from exc
+        if str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+            raise BrokerAuthError(f"redis {redact_url(url)} refused us: {exc}") from exc
+        raise
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _delivery(stream: str, entry_id: bytes | str, fields: dict[bytes, bytes], attempts: int = 1) -> Delivery:
+    key = fields.get(KEY)
+    return Delivery(stream, _s(entry_id), fields.get(DATA, b""), key.decode() if key is not None else None, attempts)
+
+
+def pool_kwargs(url: str, settings: Settings) -> dict[str, Any]:
+    """Connection-pool arguments: the URL's, overridden by settings (credentials, TLS)."""
+    kwargs: dict[str, Any] = dict(parse_url(url))
+    username, password = credentials(url, settings)
+    kwargs.pop("username", None)
+    kwargs.pop("password", None)
+    if username:
+        kwargs["username"] = username
+    if password is not None:
+        kwargs["password"] = password
+    kwargs.update(redis_tls_kwargs(url, settings))
+    kwargs.setdefault("socket_connect_timeout", CONNECT_TIMEOUT_S)
+    kwargs.setdefault("socket_keepalive", True)
+    kwargs.setdefault("client_name", "visionpipe")
+    return kwargs
+
+
+class RedisBroker(Broker):
+    def __init__(self, url: str, client: aioredis.Redis) -> None:
+        self.url = url
+        self._r = client
+        self._ack_script = client.register_script(_ACK_AND_TRIM)
+
+    def __repr__(self) -> str:
+        return f"RedisBroker({redact_url(self.url)!r})"
+
+    @classmethod
+    async def connect(cls, url: str, settings: Settings) -> RedisBroker:
+        warning = plaintext_password_warning(url, settings)
+        if warning:
+            log.warning(warning)
+        client = aioredis.Redis.from_pool(ConnectionPool(**pool_kwargs(url, settings)))
+        broker = cls(url, client)
+
+        async def attempt() -> None:
+            with _errors(url):
+                await client.ping()
+
+        try:
+            await with_retries(attempt, url, settings)
+        except BaseException:
+            await client.aclose()
+            raise
+        log.info("connected", extra={"url": redact_url(url)})
+        return broker
+
+    async def ensure(self, stream: str, group: str | None = None) -> None:
+        if group is None:
+            return  # XADD creates the stream; nothing reads it before a group exists
+        with _errors(self.url):
+            try:
+                await self._r.xgroup_create(stream, group, id="0", mkstream=True)
+            except rex.ResponseError as exc:
+                if not str(exc).startswith("BUSYGROUP"):
+                    raise
+
+    async def publish(self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None] | None = None) -> None:
+        keys = keys if keys is not None else [None] * len(messages)
+        if len(keys) != len(messages):
+            raise ValueError("keys and messages differ in length")
+        if not messages:
+            return
+        with _errors(self.url):
+            async with self._r.pipeline(transaction=False) as pipe:
+                for key, data in zip(keys, messages, strict=True):
+                    fields: dict[Any, Any] = {DATA: data} if key is None else {DATA: data, KEY: key}
+                    pipe.xadd(stream, fields)
+                await pipe.execute()
+
+    async def consume(self, stream: str, group: str, consumer: str, count: int, timeout_s: float) -> list[Delivery]:
+        # BLOCK 0 would wait for ever; a non-positive timeout means "whatever is there now".
+        block = max(1, int(timeout_s * 1000)) if timeout_s > 0 else None
+        with _errors(self.url):
+            reply: Any = await self._r.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block)
+        out: list[Delivery] = []
+        for _name, entries in reply or []:
+            out.extend(_delivery(stream, entry_id, fields) for entry_id, fields in entries if fields)
+        return out
+
+    async def ack(self, stream: str, group: str, deliveries: Sequence[Delivery]) -> None:
+        ids = [d.id for d in deliveries]
+        with _errors(self.url):
+            for i in range(0, len(ids), ACK_CHUNK):
+                await self._ack_script(keys=[stream], args=[group, *ids[i : i + ACK_CHUNK]])
+
+    async def reclaim(self, stream: str, group: str, consumer: str, min_idle_s: float, count: int) -> list[Delivery]:
+        idle_ms = int(min_idle_s * 1000)
+        claimed: list[tuple[bytes, dict[bytes, bytes]]] = []
+        cursor: bytes | str = "0-0"
+        with _errors(self.url):
+            while len(claimed) < count:
+                got: Any = await self._r.xautoclaim(
+                    stream, group, consumer, idle_ms, cursor, count=count - len(claimed)
+                )
+                cursor, entries = got[0], got[1]
+                claimed.extend((eid, fields) for eid, fields in entries if fields)
+                if _s(cursor) == "0-0":
+                    break
+            if not claimed:
+                return []
+            ids = sorted((_s(eid) for eid, _ in claimed), key=_id_key)
+            pending: Any = await self._r.xpending_range(stream, group, ids[0], ids[-1], len(claimed) * 2, consumer)
+        attempts = {_s(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        return [_delivery(stream, eid, fields, attempts.get(_s(eid), 2)) for eid, fields in claimed]
+
+    async def backlog(self, stream: str, group: str) -> Backlog:
+        with _errors(self.url):
+            try:
+                groups = await self._r.xinfo_groups(stream)
+            except rex.ResponseError as exc:
+                if "no such key" in str(exc):
+                    return Backlog(0, 0)
+                raise
+            for g in groups:
+                if _s(g["name"]) != group:
+                    continue
+                lag = g.get("lag")
+                if lag is None:  # Redis cannot say after some deletions: count what lies past the group's cursor
+                    lag = await self._count_after(stream, _s(g["last-delivered-id"]))
+                return Backlog(pending=int(g["pending"]), lag=int(lag))
+            return Backlog(pending=0, lag=int(await self._r.xlen(stream)))
+
+    async def _count_after(self, stream: str, last_id: str) -> int:
+        total = await self._r.xlen(stream)
+        upto: Any = await self._r.xrange(stream, "-", last_id)
+        return int(total) - len(upto)
+
+    async def length(self, stream: str) -> int:
+        with _errors(self.url):
+            return int(await self._r.xlen(stream))
+
+    async def peek(self, stream: str, count: int) -> list[Delivery]:
+        with _errors(self.url):
+            entries: Any = await self._r.xrange(stream, "-", "+", count=count)
+        return [_delivery(stream, eid, fields) for eid, fields in entries if fields]
+
+    async def ping(self) -> bool:
+        try:
+            with _errors(self.url):
+                return bool(await self._r.ping())
+        except (BrokerError, BrokerAuthError):
+            return False
+
+    async def delete(self, stream: str) -> None:
+        with _errors(self.url):
+            await self._r.delete(stream)
+
+    async def close(self) -> None:
+        await self._r.aclose()
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,209 @@
+"""The broker contract, run unchanged against memory, Redis (redis-server) and Kafka (Tansu).
+
+Every test takes ``broker`` (parametrized over the three backends by ``broker_url``)
+and a fresh namespace ``ns``, so tests never see each other's messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tests.broker.conftest import client_url
+from visionpipe.broker import Broker, DeadLetter, Delivery, connect
+from visionpipe.settings import Settings
+
+# Kafka's first consume joins the group, which Tansu answers in ~1 s with our test session timeout.
+JOIN_S = 15.0
+
+
+async def take(
+    broker: Broker, stream: str, group: str, consumer: str, n: int, within_s: float = JOIN_S
+) -> list[Delivery]:
+    """Consume until ``n`` deliveries arrived or ``within_s`` passed (a Kafka join takes a while)."""
+    out: list[Delivery] = []
+    deadline = time.monotonic() + within_s
+    while len(out) < n and time.monotonic() < deadline:
+        out += await broker.consume(stream, group, consumer, n - len(out), 0.2)
+    return out
+
+
+async def test_round_trip_keeps_bytes_keys_and_per_key_order(broker: Broker, ns: str) -> None:
+    stream = f"{ns}.s"
+    await broker.ensure(stream, "g")
+    msgs = [f"m{i}".encode() + bytes(range(256)) for i in range(12)]
+    keys = ["a" if i % 2 else "b" for i in range(12)]
+    await broker.publish(stream, msgs, keys)
+    got = await take(broker, stream, "g", "c1", 12)
+    assert sorted(d.data for d in got) == sorted(msgs)
+    assert {d.data: d.key for d in got} == dict(zip(msgs, keys, strict=True))
+    for key in ("a", "b"):
+        assert [d.data for d in got if d.key == key] == [m for m, k in zip(msgs, keys, strict=True) if k == key]
+    assert all(d.stream == stream and d.attempts >= 1 for d in got)
+    await broker.ack(stream, "g", got)
+
+
+async def test_unkeyed_messages_have_no_key(broker: Broker, ns: str) -> None:
+    stream = f"{ns}.s"
+    await broker.ensure(stream, "g")
+    await broker.publish(stream, [b"x", b"y"])
+    got = await take(broker, stream, "g", "c1", 2)
+    assert sorted(d.data for d in got) == [b"x", b"y"] and {d.key for d in got} == {None}
+
+
+async def test_backlog_counts_pending_until_ack(broker: Broker, ns: str) -> None:
+    stream = f"{ns}.s"
+    await broker.ensure(stream, "g")
+    assert (await broker.backlog(stream, "g")).total == 0
+    await broker.publish(stream, [b"%d" % i for i in range(5)], ["k"] * 5)
+    assert (await broker.backlog(stream, "g")).total == 5
+    got = await take(broker, stream, "g", "c1", 2)
+    assert len(got) == 2
+    assert (await broker.backlog(stream, "g")).total == 5, "delivered but unacked entries are still backlog"
+    await broker.ack(stream, "g", got)
+    assert (await broker.backlog(stream, "g")).total == 5 - len(got)
+    rest = await take(broker, stream, "g", "c1", 5 - len(got))
+    await broker.ack(stream, "g", rest)
+    assert (await broker.backlog(stream, "g")).total == 0
+
+
+async def test_groups_each_get_every_message(broker: Broker, ns: str) -> None:
+    stream = f"{ns}.s"
+    await broker.ensure(stream, "g1")
+    await broker.ensure(stream, "g2")
+    await broker.publish(stream, [b"a", b"b", b"c"])
+    one = await take(broker, stream, "g1", "c", 3)
+    await broker.ack(stream, "g1", one)
+    two = await take(broker, stream, "g2", "c", 3)
+    assert sorted(d.data for d in one) == sorted(d.data for d in two) == [b"a", b"b", b"c"]
+    assert (await broker.backlog(stream, "g1")).total == 0
+    assert (await broker.backlog(stream, "g2")).total == 3
+
+
+async def test_consume_times_out_empty_and_wakes_on_publish(broker: Broker, ns: str) -> None:
+    stream = f"{ns}.s"
+    await broker.ensure(stream, "g")
+    await broker.publish(stream, [b"warm"])
+    assert len(await take(broker, stream, "g", "c", 1)) == 1  # on Kafka, waits out the group join
+    t0 = time.monotonic()
+    assert await broker.consume(stream, "g", "c", 10, 0.3) == []
+    assert 0.2 <= time.monotonic() - t0 < 2.0
+
+    async def later() -> None:
+        await asyncio.sleep(0.2)
+        await broker.publish(stream, [b"late"])
+
+    task = asyncio.create_task(later())
+    t0 = time.monotonic()
+    got = await broker.consume(stream, "g", "c", 10, 5.0)
+    waited = time.monotonic() - t0
+    await task
+    assert [d.data for d in got] == [b"late"]
+    assert waited < 2.0, "a blocked consume must return when a message arrives, not at its timeout"
+
+
+async def test_two_members_share_a_group(broker: Broker, ns: str, settings: Settings, broker_url: str) -> None:
+    stream = f"{ns}.s"
+    await broker.ensure(stream, "g")
+    async with await connect(client_url(broker_url), settings) as other:
+        await broker.publish(stream, [b"%d" % i for i in range(40)], [str(i) for i in range(40)])
+        seen: list[bytes] = []
+        deadline = time.monotonic() + JOIN_S
+        while len(seen) < 40 and time.monotonic() < deadline:
+            for b, name in ((broker, "c1"), (other, "c2")):
+                got = await b.consume(stream, "g", name, 5, 0.1)
+                seen += [d.data for d in got]
+                await b.ack(stream, "g", got)
+        assert sorted(seen) == sorted(b"%d" % i for i in range(40))
+        assert len(seen) == len(set(seen)), "an acked message must not be delivered twice"
+    assert (await broker.backlog(stream, "g")).total == 0
+
+
+async def test_deliveries_of_a_dead_member_are_taken_over(
+    broker: Broker, ns: str, settings: Settings, broker_url: str
+) -> None:
+    stream = f"{ns}.s"
+    await broker.ensure(stream, "g")
+    await broker.publish(stream, [b"a", b"b", b"c"], ["k"] * 3)
+    dead = await connect(client_url(broker_url), settings)
+    held = await take(dead, stream, "g", "dead", 3)
+    assert len(held) == 3
+    await dead.close()  # dies without acking
+    recovered: list[Delivery] = []
+    deadline = time.monotonic() + JOIN_S
+    while len(recovered) < 3 and time.monotonic() < deadline:
+        recovered += await broker.reclaim(stream, "g", "alive", min_idle_s=0.3, count=10)
+        recovered += await broker.consume(stream, "g", "alive", 10, 0.1)
+    assert sorted(d.data for d in recovered) == [b"a", b"b", b"c"]
+    if broker.tracks_attempts:
+        assert all(d.attempts == 2 for d in recovered), [d.attempts for d in recovered]
+    await broker.ack(stream, "g", recovered)
+    assert (await broker.backlog(stream, "g")).total == 0
+
+
+async def test_reclaim_leaves_fresh_deliveries_alone(broker: Broker, ns: str) -> None:
+    stream = f"{ns}.s"
+    await broker.ensure(stream, "g")
+    await broker.publish(stream, [b"a"])
+    assert len(await take(broker, stream, "g", "c1", 1)) == 1
+    assert await broker.reclaim(stream, "g", "c2", min_idle_s=60.0, count=10) == []
+
+
+async def test_dead_letter_keeps_reason_and_bytes(broker: Broker, ns: str) -> None:
+    dlq = f"{ns}.dead"
+    await broker.ensure(dlq, "inspect")
+    await broker.dead_letter(
+        dlq, reason="truncated JPEG", data=b"\xff\xd8oops", stage="decode", origin="vp.frames", request_id="r1"
+    )
+    got = await take(broker, dlq, "inspect", "c", 1)
+    record = DeadLetter.decode(got[0].data)
+    assert (record.reason, record.data, record.stage, record.origin, record.request_id) == (
+        "truncated JPEG",
+        b"\xff\xd8oops",
+        "decode",
+        "vp.frames",
+        "r1",
+    )
+    assert got[0].key == "r1"
+
+
+async def test_large_message_round_trips(broker: Broker, ns: str) -> None:
+    stream = f"{ns}.s"
+    await broker.ensure(stream, "g")
+    blob = bytes(range(256)) * (640 * 640 * 3 // 256)  # one 640x640 RGB uint8 tensor, 1.2 MB
+    await broker.publish(stream, [blob, blob[:10]])
+    got = await take(broker, stream, "g", "c", 2)
+    assert sorted(len(d.data) for d in got) == [10, len(blob)]
+    assert max(got, key=lambda d: len(d.data)).data == blob
+
+
+async def test_delete_forgets_the_stream(broker: Broker, ns: str) -> None:
+    stream = f"{ns}.s"
+    await broker.ensure(stream, "g")
+    await broker.publish(stream, [b"a", b"b"])
+    assert await broker.length(stream) == 2
+    await broker.delete(stream)
+    await broker.ensure(stream, "g")
+    assert await broker.length(stream) == 0
+    assert (await broker.backlog(stream, "g")).total == 0
+
+
+async def test_publish_nothing_and_ping(broker: Broker, ns: str) -> None:
+    await broker.ensure(f"{ns}.s", "g")
+    await broker.publish(f"{ns}.s", [])
+    assert (await broker.backlog(f"{ns}.s", "g")).total == 0
+    assert await broker.ping()
+
+
+async def test_unacked_delivery_of_a_live_member_comes_back(broker: Broker, ns: str) -> None:
+    """A stage retries a failed batch by not acking it: reclaim hands it out again, counting attempts."""
+    stream = f"{ns}.s"
+    await broker.ensure(stream, "g")
+    await broker.publish(stream, [b"flaky"])
+    first = await take(broker, stream, "g", "c", 1)
+    await asyncio.sleep(0.3)
+    again = await broker.reclaim(stream, "g", "c", min_idle_s=0.2, count=10)
+    assert [(d.data, d.id, d.attempts) for d in again] == [(b"flaky", first[0].id, 2)]
+    assert await broker.reclaim(stream, "g", "c", min_idle_s=0.2, count=10) == [], "idle time restarts on hand-out"
+    await broker.ack(stream, "g", again)
+    assert (await broker.backlog(stream, "g")).total == 0
