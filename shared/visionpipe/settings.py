@@ -44,7 +44,7 @@ class BrokerSettings(BaseModel):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     # Kafka: 64 MiB leaves room for a batch of 640x640 uint8 tensors (1.2 MB each) plus headroom.
     kafka_max_message_bytes: int = 64 * 1024 * 1024
-    kafka_partitions: int = Field(4, description="partitions per topic created by ensure(); the ceiling on parallel consumers")
+    kafka_partitions: int = Field(4, description="partitions per topic made by ensure(); caps parallel consumers")
     kafka_session_timeout_ms: int = 10_000
     kafka_heartbeat_ms: int = 1_000
     # A consumer that has held a delivery this long without acking is presumed dead.
@@ -87,38 +87,58 @@ class ExecutorSettings(BaseModel):
     channels_last: bool = True
     cuda_graphs: bool = False
     history: int = Field(64, description="batches in the latency model's least-squares window")
+    fixed_timeout_ms: float | None = Field(None, description="fixed policy: send a partial batch after this wait")
+    warmup_small: int = Field(1, description="warm-up times this batch size and max_batch to seed the model")
+    warmup_repeats: int = Field(3, description="timed runs per warm-up batch size (after one untimed run)")
 
 
 class DecodeSettings(BaseModel):
-    backend: Literal["auto", "dali", "nvjpeg", "cpu"] = "auto"
-    input_size: int = Field(640, description="letterboxed square side fed to the detector")
-    batch: int = 16
-    workers: int = Field(0, description="CPU decode threads; 0 means every core")
+    backend: Literal["auto", "dali", "nvjpeg", "cpu"] = Field(
+        "auto", description="auto: DALI where DALI and a GPU are present, else nvJPEG on a GPU, else the CPU"
+    )
+    input_size: int = Field(640, ge=32, le=4096, description="letterboxed square side fed to the detector")
+    batch: int = Field(16, ge=1, description="frames taken from the broker per decode batch")
+    workers: int = Field(0, ge=0, description="CPU decode threads; 0 means every core")
+    # 114 is the grey YOLO-family letterboxes use; any mid-grey keeps the padding away from both ends of the input range.
+    pad_value: int = Field(114, ge=0, le=255, description="grey level of the letterbox padding")
 
 
 class DetectorSettings(BaseModel):
-    model: str = "ssdlite320_mobilenet_v3_large"
-    weights: str = Field("DEFAULT", description="a file, a torchvision weights name, DEFAULT, or random")
-    score_threshold: float = 0.3
-    max_detections: int = 20
-    crop_size: int = 224
+    model: str = Field("ssdlite320_mobilenet_v3_large", description="a torchvision detection model name")
+    weights: str = Field(
+        "DEFAULT", description="random, a file (state dict or TorchScript), DEFAULT or a torchvision weights name"
+    )
+    score_threshold: float = Field(0.3, ge=0.0, le=1.0)
+    # Caps the boxes per image: each one is a crop for the classifier, and random weights produce hundreds.
+    max_detections: int = Field(20, ge=1)
+    crop_size: int = Field(224, ge=16, description="side of the square crops cut for the classifier")
+    batch: int = Field(8, ge=1, description="messages taken from the broker per consume")
 
 
 class ClassifierSettings(BaseModel):
-    model: str = "mobilenet_v3_small"
-    weights: str = Field("DEFAULT", description="a file, a torchvision weights name, DEFAULT, or random")
-    top_k: int = 5
+    model: str = Field("mobilenet_v3_small", description="a torchvision classification model name")
+    weights: str = Field(
+        "DEFAULT", description="random, a file (state dict or TorchScript), DEFAULT or a torchvision weights name"
+    )
+    top_k: int = Field(5, ge=1)
+    batch: int = Field(8, ge=1, description="messages taken from the broker per consume")
 
 
 class ServiceSettings(BaseModel):
     host: str = Field("127.0.0.1", description="address for /healthz, /readyz and /metrics; 0.0.0.0 in containers")
-    port: int = 8000
+    port: int = Field(8000, ge=0, le=65535, description="port of /healthz, /readyz and /metrics; 0 picks a free one")
     device: Literal["auto", "cuda", "cpu"] = "auto"
     consumer: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     group: str = Field("", description="consumer group; empty means the stage's name")
     log_level: str = "INFO"
     log_json: bool = False
     drain_grace_s: float = Field(25.0, description="time to finish in-flight batches on SIGTERM")
+    # --drain: the input (and upstream) backlog must stay at zero this long before the stage exits.
+    drain_idle_s: float = Field(1.5, ge=0.0, description="idle time at zero backlog before --drain exits")
+    consume_timeout_s: float = Field(0.1, gt=0.0, description="longest a consume call blocks waiting for a message")
+    # Two consumed batches in flight keep the executor fed while the previous batch is published and acked.
+    max_inflight_batches: int = Field(2, ge=1)
+    reclaim_interval_s: float = Field(5.0, gt=0.0, description="how often a stage looks for deliveries of dead consumers")
 
 
 class Settings(BaseSettings):

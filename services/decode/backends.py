@@ -1,0 +1,252 @@
+"""Three ways to turn a batch of encoded images into letterboxed uint8 tensors.
+
+* ``dali``: NVIDIA DALI, mixed (nvJPEG) decoder and resize on the GPU; the
+  same pipeline runs on the CPU (``device_id=None``) so CI can test it.
+* ``nvjpeg``: ``torchvision.io.decode_jpeg(device="cuda")`` on the whole
+  batch, resize and pad on the GPU; non-JPEG inputs take the CPU path.
+* ``cpu``: Pillow in a thread pool of every core (Pillow releases the GIL
+  while decoding and resizing).
+
+Each returns, per input, either ``(HWC uint8 array, Geometry)`` or a
+:class:`BadImage`: one bad image never fails the others in its batch.
+Headers are checked on the CPU first (cheap, header only), so most bad inputs
+never reach a GPU batch; what still breaks a batch is retried image by image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeAlias
+
+import numpy as np
+
+from visionpipe.services.decode.images import BadImage, Geometry, Header, check_header, letterbox_cpu
+from visionpipe.settings import DecodeSettings, LimitSettings
+
+log = logging.getLogger(__name__)
+
+JPEG_EOI = b"\xff\xd9"
+# Look for EOI this far from the end: covers zero padding and short trailers without scanning the file.
+EOI_SEARCH_BYTES = 64
+
+Decoded: TypeAlias = tuple[np.ndarray, Geometry] | BadImage
+
+
+class Decoder(ABC):
+    """Decodes a batch; blocking, so stages call it in a worker thread."""
+
+    name: str
+
+    def __init__(self, settings: DecodeSettings, limits: LimitSettings) -> None:
+        self.size = settings.input_size
+        self.pad_value = settings.pad_value
+        self.limits = limits
+        self.pool = ThreadPoolExecutor(settings.workers or os.cpu_count() or 1, thread_name_prefix="decode")
+
+    @abstractmethod
+    def decode(self, images: Sequence[bytes]) -> list[Decoded]: ...
+
+    def cpu_one(self, data: bytes) -> Decoded:
+        try:
+            return letterbox_cpu(data, self.size, self.limits, self.pad_value)
+        except BadImage as exc:
+            return exc
+
+    def cpu_many(self, images: Sequence[bytes]) -> list[Decoded]:
+        return list(self.pool.map(self.cpu_one, images))
+
+    def checked(self, images: Sequence[bytes], want_jpeg: bool) -> tuple[list[Decoded | None], dict[int, Header]]:
+        """Header checks for a GPU batch: results so far (None = to do) and the inputs the GPU should take."""
+        out: list[Decoded | None] = [None] * len(images)
+        gpu: dict[int, Header] = {}
+        for i, data in enumerate(images):
+            try:
+                header = check_header(data, self.limits)
+            except BadImage as exc:
+                out[i] = exc
+                continue
+            if header.is_jpeg or not want_jpeg:
+                gpu[i] = header
+        return out, gpu
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class CpuDecoder(Decoder):
+    name = "cpu"
+
+    def decode(self, images: Sequence[bytes]) -> list[Decoded]:
+        return self.cpu_many(images)
+
+
+class NvjpegDecoder(Decoder):
+    """Batched nvJPEG through torchvision; letterboxing on the GPU, one copy back per batch."""
+
+    name = "nvjpeg"
+
+    def __init__(self, settings: DecodeSettings, limits: LimitSettings, device: str = "cuda") -> None:
+        super().__init__(settings, limits)
+        self.device = device
+
+    def decode(self, images: Sequence[bytes]) -> list[Decoded]:
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        out, gpu = self.checked(images, want_jpeg=True)
+        # nvJPEG decodes a truncated file without complaint (grey bottom rows); Pillow names the problem.
+        gpu = {i: h for i, h in gpu.items() if _ends_with_eoi(images[i])}
+        tensors: list[Any] = []
+        if gpu:
+            datas = [torch.frombuffer(bytearray(images[i]), dtype=torch.uint8) for i in gpu]
+            try:
+                tensors = decode_jpeg(datas, mode=ImageReadMode.RGB, device=self.device)
+            except RuntimeError as exc:  # one bad JPEG fails the batch: decode one by one to find it
+                log.warning("nvJPEG batch of %d failed (%s); decoding image by image", len(gpu), exc)
+                tensors = [self._one(d) for d in datas]
+        on_gpu: list[tuple[int, Any, Geometry]] = []
+        for i, img in zip(gpu, tensors, strict=True):
+            if img is not None:
+                on_gpu.append((i, *self._letterbox(img)))
+        if on_gpu:  # one device-to-host copy for the whole batch
+            host = torch.stack([canvas for _, canvas, _ in on_gpu]).cpu().numpy()
+            for k, (i, _, geo) in enumerate(on_gpu):
+                out[i] = (host[k], geo)
+        rest = [i for i, r in enumerate(out) if r is None]  # not JPEG, or nvJPEG could not: the CPU path
+        for i, r in zip(rest, self.cpu_many([images[i] for i in rest]), strict=True):
+            out[i] = r
+        return [r for r in out if r is not None]
+
+    def _one(self, data: Any) -> Any:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:
+            return None  # the CPU path then names the reason
+
+    def _letterbox(self, img: Any) -> tuple[Any, Geometry]:
+        """Resize and pad on the GPU; returns the HWC canvas still on the device."""
+        import torch
+        import torch.nn.functional as F
+
+        _, h, w = img.shape
+        geo = Geometry.fit(w, h, self.size)
+        resized = F.interpolate(
+            img[None].float(), size=(geo.resized_h, geo.resized_w), mode="bilinear", antialias=True, align_corners=False
+        )
+        canvas = torch.full((3, self.size, self.size), self.pad_value, dtype=torch.uint8, device=img.device)
+        px, py = geo.pad
+        canvas[:, py : py + geo.resized_h, px : px + geo.resized_w] = resized[0].round_().clamp_(0, 255).to(torch.uint8)
+        return canvas.permute(1, 2, 0), geo
+
+
+class DaliDecoder(Decoder):
+    """NVIDIA DALI: ``mixed`` decoder on a GPU, the same graph on the CPU with ``device_id=None``.
+
+    A failed DALI batch leaves the pipeline unusable (measured, see DESIGN.md),
+    so on failure the pipeline is rebuilt and the batch decoded image by image.
+    """
+
+    name = "dali"
+
+    def __init__(self, settings: DecodeSettings, limits: LimitSettings, device_id: int | None = 0) -> None:
+        super().__init__(settings, limits)
+        self.device_id = device_id
+        self.max_batch = settings.batch
+        self.threads = settings.workers or os.cpu_count() or 1
+        self.pipe = self._build()
+
+    def _build(self) -> Any:
+        import importlib
+
+        # DALI's type stubs lag its API (the types enums, pipeline_def's options); it is used through Any.
+        dali: Any = importlib.import_module("nvidia.dali")
+        fn, pipeline_def, types = dali.fn, dali.pipeline_def, dali.types
+
+        size, fill = self.size, self.pad_value
+        on_gpu = self.device_id is not None
+
+        @pipeline_def(
+            batch_size=self.max_batch,
+            num_threads=self.threads,
+            device_id=self.device_id,
+            prefetch_queue_depth=1,
+        )
+        def letterbox() -> Any:
+            encoded = fn.external_source(name="encoded", dtype=types.UINT8)
+            image = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
+            image = fn.resize(image, resize_longer=size)
+            return fn.crop(
+                image, crop=(size, size), crop_pos_x=0.5, crop_pos_y=0.5, out_of_bounds_policy="pad", fill_values=fill
+            )
+
+        pipe = letterbox()
+        pipe.build()
+        return pipe
+
+    def _run(self, datas: list[bytes]) -> list[np.ndarray]:
+        self.pipe.feed_input("encoded", [np.frombuffer(d, dtype=np.uint8) for d in datas])
+        (batch,) = self.pipe.run()
+        if self.device_id is not None:
+            batch = batch.as_cpu()
+        return [np.array(batch.at(i)) for i in range(len(datas))]
+
+    def decode(self, images: Sequence[bytes]) -> list[Decoded]:
+        out, headers = self.checked(images, want_jpeg=False)
+        todo = list(headers)
+        for start in range(0, len(todo), self.max_batch):
+            chunk = todo[start : start + self.max_batch]
+            try:
+                arrays = self._run([images[i] for i in chunk])
+            except Exception as exc:  # DALI reports every failure as RuntimeError-ish "Critical error"
+                log.warning("DALI batch of %d failed (%s); rebuilding and decoding image by image", len(chunk), exc)
+                self.pipe = self._build()
+                for i in chunk:
+                    out[i] = self._isolated(images[i], headers[i])
+                continue
+            for i, arr in zip(chunk, arrays, strict=True):
+                out[i] = (arr, Geometry.fit(headers[i].width, headers[i].height, self.size))
+        return [r for r in out if r is not None]
+
+    def _isolated(self, data: bytes, header: Header) -> Decoded:
+        try:
+            (arr,) = self._run([data])
+        except Exception:
+            self.pipe = self._build()
+            return self.cpu_one(data)  # names the reason, or decodes what DALI could not
+        return arr, Geometry.fit(header.width, header.height, self.size)
+
+
+def _ends_with_eoi(data: bytes) -> bool:
+    """A complete JPEG ends with the EOI marker (some writers pad after it with zeros or a few spare bytes)."""
+    return JPEG_EOI in data[-EOI_SEARCH_BYTES:]
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_decoder(settings: DecodeSettings, limits: LimitSettings, device: str) -> Decoder:
+    """Pick the decode path: the setting if named, else DALI > nvJPEG > CPU by what this machine has."""
+    import torch
+
+    cuda = device != "cpu" and torch.cuda.is_available()
+    backend = settings.backend
+    if backend == "auto":
+        backend = ("dali" if dali_available() else "nvjpeg") if cuda else "cpu"
+    if backend == "dali":
+        return DaliDecoder(settings, limits, device_id=torch.cuda.current_device() if cuda else None)
+    if backend == "nvjpeg":
+        if not cuda:
+            raise RuntimeError("decode backend nvjpeg needs a CUDA device; use cpu or dali")
+        return NvjpegDecoder(settings, limits)
+    return CpuDecoder(settings, limits)

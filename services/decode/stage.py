@@ -1,0 +1,68 @@
+"""Decode stage: frames (encoded bytes) in, letterboxed uint8 HWC images plus their geometry out.
+
+The output image is HWC because every decoder produces HWC; the detector
+views a batch of them as NCHW in channels-last layout on the device, which is
+the layout convolutions prefer on a GPU, so no transpose is ever copied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from visionpipe.envelope import Envelope, Event
+from visionpipe.ingress import DECODE
+from visionpipe.services.decode.backends import Decoder, make_decoder
+from visionpipe.services.decode.images import BadImage
+from visionpipe.services.models import resolve_device
+from visionpipe.services.worker import BadInput, Outcome, Stage
+from visionpipe.settings import Settings
+
+
+class DecodeStage(Stage):
+    name = DECODE
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.decoder: Decoder | None = None
+
+    async def start(self) -> None:
+        device = resolve_device(self.settings.service.device)
+        self.decoder = await asyncio.to_thread(make_decoder, self.settings.decode, self.settings.limits, device)
+
+    @property
+    def backend(self) -> str:
+        return self.decoder.name if self.decoder is not None else "none"
+
+    @property
+    def ready(self) -> bool:
+        return self.decoder is not None
+
+    async def process(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        assert self.decoder is not None, "start() first"
+        images: list[bytes] = []
+        for env in envelopes:
+            image = env.payload.get("image")
+            images.append(image if isinstance(image, bytes) else b"")
+        start = time.time_ns()
+        decoded = await asyncio.to_thread(self.decoder.decode, images)
+        done = time.time_ns()
+        out: list[Outcome] = []
+        for env, result in zip(envelopes, decoded, strict=True):
+            if not isinstance(env.payload.get("image"), bytes):
+                out.append(BadInput("frame has no image bytes in payload['image']"))
+            elif isinstance(result, BadImage):
+                out.append(BadInput(result.reason))
+            else:
+                array, geometry = result
+                child = env.child(**geometry.payload(), decoder=self.backend)
+                child.arrays["image"] = array
+                child.stamp(self.name, Event.BATCH_START, start)
+                child.stamp(self.name, Event.COMPUTE_DONE, done)
+                out.append(child)
+        return out
+
+    async def stop(self) -> None:
+        if self.decoder is not None:
+            self.decoder.close()

@@ -1,0 +1,135 @@
+"""Detector stage: letterboxed images in, boxes in original pixels plus one crop per box out.
+
+Each image is one executor request, so batches form across all messages in
+flight, not only within one consumed batch. ``batch_start`` is stamped when
+the image is handed to the executor and ``compute_done`` when its result is
+back on the host, so the detector's share includes time spent in a forming
+batch — the executor's own wait, which the latency split counts as compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+import numpy as np
+
+from visionpipe.envelope import Envelope, Event
+from visionpipe.ingress import DETECTOR
+from visionpipe.metrics import Metrics
+from visionpipe.services.detector.model import detector_fn
+from visionpipe.services.executors import StageExecutor
+from visionpipe.services.models import LoadedModel, load_model, resolve_device
+from visionpipe.services.worker import BadInput, Outcome, Stage
+from visionpipe.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class DetectorStage(Stage):
+    name = DETECTOR
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.size = settings.decode.input_size
+        self.model: LoadedModel | None = None
+        self.executor: StageExecutor | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        device = resolve_device(s.service.device)
+        model = await asyncio.to_thread(load_model, "detection", s.detector.model, s.detector.weights)
+        self.model = model
+        fn = detector_fn(model, s.detector, s.executor, device)
+        self.executor = StageExecutor(fn, (self.size, self.size, 3), s.executor, device, self._on_batch)
+        await self.executor.start()
+        log.info("detector %s (%s weights) on %s", s.detector.model, model.weights, device)
+
+    def _on_batch(self, size: int, timings: dict[str, float]) -> None:
+        if self.metrics is not None:
+            self.metrics.device_batch.labels(self.name).observe(size)
+
+    @property
+    def ready(self) -> bool:
+        return self.executor is not None
+
+    @property
+    def weights(self) -> str | None:
+        return self.model.weights if self.model is not None else None
+
+    def observe_backlog(self, backlog: int) -> None:
+        if self.executor is not None:
+            self.executor.observe_backlog(backlog)
+
+    async def stop(self) -> None:
+        if self.executor is not None:
+            await self.executor.stop()
+
+    async def process(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        return list(await asyncio.gather(*self.items(envelopes)))
+
+    def items(self, envelopes: Sequence[Envelope]) -> list[Awaitable[Outcome]]:
+        return [self._one(env) for env in envelopes]
+
+    async def _one(self, env: Envelope) -> Outcome:
+        try:
+            image, geo = self._validate(env)
+        except BadInput as exc:
+            return exc
+        assert self.executor is not None and self.model is not None, "start() first"
+        start = time.time_ns()
+        try:
+            boxes, scores, labels, crops = await self.executor.submit(image)
+        except Exception as exc:  # transient (device, executor); the worker leaves it for redelivery
+            return exc
+        done = time.time_ns()
+        out = env.child(
+            width=geo["width"],
+            height=geo["height"],
+            objects=self._objects(boxes, scores, labels, geo),
+            weights={"detector": self.model.weights},
+        )
+        out.arrays["crops"] = np.ascontiguousarray(crops.numpy() if hasattr(crops, "numpy") else crops)
+        out.stamp(self.name, Event.BATCH_START, start)
+        out.stamp(self.name, Event.COMPUTE_DONE, done)
+        return out
+
+    def _validate(self, env: Envelope) -> tuple[np.ndarray, dict[str, Any]]:
+        image = env.arrays.get("image")
+        want = (self.size, self.size, 3)
+        if image is None or image.dtype != np.uint8 or image.shape != want:
+            got = "none" if image is None else f"{image.dtype}{list(image.shape)}"
+            raise BadInput(f"detector needs a uint8 image of shape {list(want)}, got {got}")
+        p = env.payload
+        try:
+            width, height = int(p["width"]), int(p["height"])
+            scale = (float(p["scale"][0]), float(p["scale"][1]))
+            pad = (float(p["pad"][0]), float(p["pad"][1]))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise BadInput(f"detector input lacks letterbox geometry: {type(exc).__name__}: {exc}") from None
+        if width <= 0 or height <= 0 or min(scale) <= 0:
+            raise BadInput("detector input has an empty image or zero scale")
+        return image, {"width": width, "height": height, "scale": scale, "pad": pad}
+
+    def _objects(self, boxes: Any, scores: Any, labels: Any, geo: dict[str, Any]) -> list[dict[str, Any]]:
+        """Boxes from letterbox pixels back to original pixels, clipped to the image."""
+        assert self.model is not None
+        (sx, sy), (px, py) = geo["scale"], geo["pad"]
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        b[:, [0, 2]] = ((b[:, [0, 2]] - px) / sx).clip(0, geo["width"])
+        b[:, [1, 3]] = ((b[:, [1, 3]] - py) / sy).clip(0, geo["height"])
+        objects = []
+        for box, score, label in zip(b.tolist(), np.asarray(scores).tolist(), np.asarray(labels).tolist(), strict=True):
+            objects.append(
+                {
+                    "box": [round(v, 2) for v in box],
+                    "score": round(float(score), 5),
+                    "label": int(label),
+                    "label_name": self.model.label_name(int(label)),
+                }
+            )
+        return objects

@@ -1,0 +1,317 @@
+"""``visionpipe run IMAGES...``: the whole pipeline in one process, the first thing a new user tries.
+
+All three stages run as tasks of one event loop on the embedded in-memory
+broker (or a real one with ``--broker``), exactly the code ``visionpipe
+serve`` runs, so what works here works as services. Inputs go in through
+the ingress (backpressure applies), results and dead letters are collected
+per request into ``results.jsonl`` in input order, and a summary table says
+throughput, latency percentiles and where the time went.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from visionpipe.broker import Broker, DeadLetter, connect
+from visionpipe.envelope import Envelope, EnvelopeError
+from visionpipe.ingress import STAGES, Frame, ensure_pipeline_streams, submit_images
+from visionpipe.logs import setup_logging
+from visionpipe.metrics import Metrics
+from visionpipe.services.report import Breakdown, breakdown, milliseconds, stage_times
+from visionpipe.services.samples import shipped_samples
+from visionpipe.services.serve import cli_settings, make_worker
+from visionpipe.services.summary import print_summary
+from visionpipe.services.worker import Worker
+from visionpipe.settings import Settings
+
+log = logging.getLogger(__name__)
+
+COLLECTOR = "run-collector"
+# Collector's consume timeout: short, so results and dead letters are read alternately without delaying either.
+COLLECT_TIMEOUT_S = 0.05
+MAX_SOURCE_CHARS = 256  # the envelope's limit on `source`
+
+
+@dataclass
+class Input:
+    path: Path
+    request_id: str
+    error: str | None = None  # known before submission: unreadable, too big
+
+
+@dataclass
+class RunSummary:
+    inputs: int = 0
+    ok: int = 0
+    bad: int = 0
+    startup_s: float = 0.0
+    elapsed_s: float = 0.0
+    weights: dict[str, str] = field(default_factory=dict)
+    decoder: str = ""
+    device: str = ""
+    broker: str = ""
+    split: Breakdown = field(default_factory=Breakdown)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Machine-readable summary (``--summary-json``), the source of benchmarks/RESULTS.md's pipeline figures."""
+        n = max(len(self.split.totals), 1)
+        return {
+            "inputs": self.inputs,
+            "ok": self.ok,
+            "bad": self.bad,
+            "images_per_s": round(self.images_per_s, 3),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "startup_s": round(self.startup_s, 3),
+            "latency_ms": {
+                "p50": round(self.split.percentile(50) * 1e3, 2),
+                "p99": round(self.split.percentile(99) * 1e3, 2),
+            },
+            "share": {k: round(v, 4) for k, v in self.split.share.items()},
+            "mean_ms_per_request": {k: round(v / n * 1e3, 2) for k, v in self.split.seconds.items()},
+            "device": self.device,
+            "decoder": self.decoder,
+            "broker": self.broker,
+            "weights": self.weights,
+            "errors": self.errors,
+        }
+
+
+def walk(paths: Sequence[Path]) -> Iterator[Path]:
+    """Files named, and every file under directories named, in sorted order; hidden files skipped in walks."""
+    for p in paths:
+        if p.is_dir():
+            yield from sorted(
+                f for f in p.rglob("*") if f.is_file() and not any(s.startswith(".") for s in f.relative_to(p).parts)
+            )
+        else:
+            yield p
+
+
+def isolated(settings: Settings) -> Settings:
+    """A copy whose streams (and memory store) belong to this run alone, so runs never see each other's messages."""
+    tag = uuid.uuid4().hex[:8]
+    url = f"memory://run-{tag}" if settings.broker.url.startswith("memory://") else settings.broker.url
+    streams = settings.streams.model_copy(update={"prefix": f"{settings.streams.prefix}-run-{tag}"})
+    return settings.model_copy(update={"broker": settings.broker.model_copy(update={"url": url}), "streams": streams})
+
+
+async def run_pipeline(
+    paths: Sequence[Path], settings: Settings, out: Path, console: Console | None = None
+) -> RunSummary:
+    settings = isolated(settings)
+    inputs = [Input(p, f"{i:06d}-{uuid.uuid4().hex[:8]}") for i, p in enumerate(walk(paths))]
+    summary = RunSummary(inputs=len(inputs), broker=settings.broker.url)
+    broker = await connect(settings=settings)
+    try:
+        await ensure_pipeline_streams(broker, settings)
+        for key in ("results", "dead_letter"):
+            await broker.ensure(settings.streams.name(key), COLLECTOR)
+            await broker.prepare(settings.streams.name(key), COLLECTOR, "run")  # Kafka joins during model load
+        workers = [make_worker(name, broker, settings, Metrics()) for name in STAGES]
+        tasks = [asyncio.create_task(w.run(), name=f"stage-{w.name}") for w in workers]
+        try:
+            t0 = time.monotonic()
+            await _wait_started(workers, tasks)
+            summary.startup_s = time.monotonic() - t0
+            _describe(summary, workers, settings)
+            records = await _process(inputs, broker, settings, tasks, summary, console)
+        finally:
+            for w in workers:
+                w.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        _write(out, inputs, records)
+    finally:
+        for key in ("frames", "tensors", "crops", "results", "dead_letter"):
+            await broker.delete(settings.streams.name(key))
+        await broker.close()
+    return summary
+
+
+async def _wait_started(workers: list[Worker], tasks: list[asyncio.Task[None]]) -> None:
+    while not all(w.started for w in workers):
+        for t in tasks:
+            if t.done():
+                t.result()  # raises the stage's start-up error
+                raise RuntimeError(f"{t.get_name()} exited during start-up")
+        await asyncio.sleep(0.05)
+
+
+def _describe(summary: RunSummary, workers: list[Worker], settings: Settings) -> None:
+    stages = {w.name: w.stage for w in workers}
+    summary.decoder = str(getattr(stages["decode"], "backend", ""))
+    summary.weights = {k: str(stages[k].weights) for k in ("detector", "classifier")}
+    from visionpipe.services.models import resolve_device
+
+    summary.device = resolve_device(settings.service.device)
+
+
+async def _process(
+    inputs: list[Input],
+    broker: Broker,
+    settings: Settings,
+    tasks: list[asyncio.Task[None]],
+    summary: RunSummary,
+    console: Console | None,
+) -> dict[str, dict[str, Any]]:
+    records: dict[str, dict[str, Any]] = {}
+    by_id = {i.request_id: i for i in inputs}
+    progress = Progress(
+        TextColumn("[bold]visionpipe run"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=console is None,
+        transient=False,
+    )
+    times: list[dict[str, float]] = []
+    with progress:
+        bar = progress.add_task("images", total=len(inputs))
+        start = time.monotonic()
+        submitter = asyncio.create_task(_submit(inputs, broker, settings, records))
+        while len(records) < len(inputs):
+            for t in (*tasks, submitter):
+                if t.done() and t.exception() is not None:
+                    raise RuntimeError(f"{t.get_name()} failed") from t.exception()
+            await _collect(broker, settings, by_id, records, times)
+            progress.update(bar, completed=len(records))
+        await submitter
+        summary.elapsed_s = time.monotonic() - start
+    summary.split = breakdown(times)
+    for rec in records.values():
+        if rec["ok"]:
+            summary.ok += 1
+        else:
+            summary.bad += 1
+            kind = rec["error"].split(":")[0]  # "not an image", "cannot decode JPEG", "image of ... exceeds"
+            summary.errors[kind] = summary.errors.get(kind, 0) + 1
+    return records
+
+
+async def _submit(inputs: list[Input], broker: Broker, settings: Settings, records: dict[str, dict[str, Any]]) -> None:
+    limit = settings.limits.max_image_bytes
+    chunk: list[Frame] = []
+    for item in inputs:
+        try:
+            size = item.path.stat().st_size
+            if size > limit:
+                raise ValueError(f"file of {size} bytes exceeds the limit of {limit}")
+            data = item.path.read_bytes()
+        except (OSError, ValueError) as exc:
+            records[item.request_id] = {"ok": False, "stage": "ingress", "error": f"cannot read: {exc}"}
+            continue
+        chunk.append(Frame(data, item.request_id, str(item.path)[-MAX_SOURCE_CHARS:]))
+        if len(chunk) >= settings.decode.batch:
+            await submit_images(broker, settings, chunk)
+            chunk = []
+    if chunk:
+        await submit_images(broker, settings, chunk)
+
+
+async def _collect(
+    broker: Broker,
+    settings: Settings,
+    by_id: dict[str, Input],
+    records: dict[str, dict[str, Any]],
+    times: list[dict[str, float]],
+) -> int:
+    got = 0
+    results, dlq = settings.streams.name("results"), settings.streams.name("dead_letter")
+    for d in await broker.consume(results, COLLECTOR, "run", 64, COLLECT_TIMEOUT_S):
+        received = time.time_ns()
+        try:
+            env = Envelope.decode(d.data)
+        except EnvelopeError:
+            continue
+        if env.request_id in by_id and env.request_id not in records:  # a redelivered duplicate is counted once
+            split = stage_times(env, received)
+            if split is not None:
+                times.append(split)
+            records[env.request_id] = {"ok": True, **env.payload, "latency_ms": milliseconds(split or {})}
+            got += 1
+        await broker.ack(results, COLLECTOR, [d])
+    for d in await broker.consume(dlq, COLLECTOR, "run", 64, COLLECT_TIMEOUT_S if not got else 0.0):
+        entry = DeadLetter.decode(d.data)
+        if entry.request_id in by_id and entry.request_id not in records:
+            records[entry.request_id] = {"ok": False, "stage": entry.stage, "error": entry.reason}
+            got += 1
+        await broker.ack(dlq, COLLECTOR, [d])
+    return got
+
+
+def _write(out: Path, inputs: list[Input], records: dict[str, dict[str, Any]]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as fh:
+        for item in inputs:
+            rec = records.get(item.request_id, {"ok": False, "stage": "run", "error": "no result"})
+            fh.write(json.dumps({"path": str(item.path), "request_id": item.request_id, **rec}) + "\n")
+
+
+@click.command()
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.jsonl"), show_default=True
+)
+@click.option("--broker", help="memory:// (default, in-process), redis://host:port/db or kafka://host:port")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="where models and GPU decode run")
+@click.option("--detector", help="torchvision detection model name")
+@click.option("--classifier", help="torchvision classification model name")
+@click.option(
+    "--weights",
+    help="random, DEFAULT or a torchvision weights name, for both models; for files set "
+    "VISIONPIPE_DETECTOR__WEIGHTS and VISIONPIPE_CLASSIFIER__WEIGHTS",
+)
+@click.option(
+    "--settings",
+    "settings_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML, YAML or JSON settings file (env VISIONPIPE_* and flags override it)",
+)
+@click.option(
+    "--score-threshold", type=float, help="detector score threshold (random weights score ~0.01: use 0 to see boxes)"
+)
+@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), help="also write the summary as JSON")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def run(
+    images: tuple[Path, ...],
+    out: Path,
+    broker: str | None,
+    device: str | None,
+    detector: str | None,
+    classifier: str | None,
+    weights: str | None,
+    settings_file: Path | None,
+    score_threshold: float | None,
+    summary_json: Path | None,
+    quiet: bool,
+) -> None:
+    """Run decode -> detector -> classifier over IMAGES (files or directories; default: the shipped samples)."""
+    settings = cli_settings(settings_file, broker, device, weights, detector, classifier)
+    if score_threshold is not None:
+        settings.detector.score_threshold = score_threshold
+    setup_logging("WARNING" if settings.service.log_level.upper() == "INFO" else settings.service.log_level)
+    console = Console(stderr=True)
+    paths = list(images) or shipped_samples()
+    if not images:
+        console.print(f"no IMAGES given: running the {len(paths)} shipped samples")
+    summary = asyncio.run(run_pipeline(paths, settings, out, None if quiet else console))
+    print_summary(summary, out, Console())
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(summary.as_dict(), indent=2) + "\n")

@@ -1,0 +1,132 @@
+"""``visionpipe serve STAGE``: one stage as a long-running service, or with ``--drain`` until its input is done.
+
+Flags override ``VISIONPIPE_*`` environment variables, which override the
+settings file. SIGTERM (and Ctrl-C) stop consumption and give in-flight
+batches ``service.drain_grace_s`` to finish and ack; anything unfinished is
+left unacked for another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+import click
+
+from visionpipe.broker import Broker, connect
+from visionpipe.health import HealthServer
+from visionpipe.ingress import CLASSIFIER, DECODE, DETECTOR, STAGES
+from visionpipe.logs import setup_logging
+from visionpipe.metrics import Metrics
+from visionpipe.services.worker import Stage, Worker
+from visionpipe.settings import SETTINGS_FILE_ENV, Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def make_stage(name: str, settings: Settings, metrics: Metrics) -> Stage:
+    """The stage called ``name``; imports its module only when asked (decode needs no model code)."""
+    if name == DECODE:
+        from visionpipe.services.decode.stage import DecodeStage
+
+        return DecodeStage(settings)
+    if name == DETECTOR:
+        from visionpipe.services.detector.stage import DetectorStage
+
+        return DetectorStage(settings, metrics)
+    if name == CLASSIFIER:
+        from visionpipe.services.classifier.stage import ClassifierStage
+
+        return ClassifierStage(settings, metrics)
+    raise ValueError(f"unknown stage {name!r}; one of {', '.join(STAGES)}")
+
+
+def consume_batch(name: str, settings: Settings) -> int:
+    """Messages a stage takes per consume call."""
+    return {DECODE: settings.decode.batch, DETECTOR: settings.detector.batch, CLASSIFIER: settings.classifier.batch}[
+        name
+    ]
+
+
+def make_worker(name: str, broker: Broker, settings: Settings, metrics: Metrics, drain: bool = False) -> Worker:
+    stage = make_stage(name, settings, metrics)
+    return Worker(stage, broker, settings, metrics, consume_batch(name, settings), drain=drain)
+
+
+def cli_settings(
+    settings_file: Path | None = None,
+    broker: str | None = None,
+    device: str | None = None,
+    weights: str | None = None,
+    detector: str | None = None,
+    classifier: str | None = None,
+    **service: object,
+) -> Settings:
+    """Settings with the common flags applied on top of environment and file."""
+    if settings_file is not None:
+        os.environ[SETTINGS_FILE_ENV] = str(settings_file)
+    return load_settings(
+        broker={"url": broker},
+        service={"device": device, **service},
+        detector={"model": detector, "weights": weights},
+        classifier={"model": classifier, "weights": weights},
+    )
+
+
+async def serve_stage(name: str, settings: Settings, drain: bool) -> None:
+    metrics = Metrics()
+    broker = await connect(settings=settings)
+    worker = make_worker(name, broker, settings, metrics, drain=drain)
+    health = HealthServer(metrics, worker.ready_checks, settings.service.host, settings.service.port)
+    await health.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, worker, sig)
+    try:
+        await worker.run()
+    finally:
+        await health.stop()
+        await broker.close()
+    log.info("stage %s stopped", name)
+
+
+def _on_signal(worker: Worker, sig: signal.Signals) -> None:
+    log.info("%s: draining in-flight batches, then exiting", sig.name)
+    worker.stop()
+
+
+@click.command()
+@click.argument("stage", type=click.Choice(STAGES))
+@click.option("--broker", help="memory://, redis://host:port/db or kafka://host:port (default: settings)")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="where models (and nvJPEG/DALI) run")
+@click.option("--weights", help="random, a local file, DEFAULT or a torchvision weights name")
+@click.option("--detector", help="torchvision detection model name")
+@click.option("--classifier", help="torchvision classification model name")
+@click.option("--port", type=int, help="port of /healthz /readyz /metrics (0: any free port)")
+@click.option("--host", help="address of /healthz /readyz /metrics")
+@click.option("--drain", is_flag=True, help="process what is queued, then exit 0 once input and upstream are empty")
+@click.option(
+    "--settings",
+    "settings_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML, YAML or JSON settings file (env VISIONPIPE_* and flags override it)",
+)
+def serve(
+    stage: str,
+    broker: str | None,
+    device: str | None,
+    weights: str | None,
+    detector: str | None,
+    classifier: str | None,
+    port: int | None,
+    host: str | None,
+    drain: bool,
+    settings_file: Path | None,
+) -> None:
+    """Run one STAGE (decode, detector or classifier) as a service."""
+    settings = cli_settings(settings_file, broker, device, weights, detector, classifier, port=port, host=host)
+    setup_logging(settings.service.log_level, settings.service.log_json)
+    asyncio.run(serve_stage(stage, settings, drain))

@@ -1,0 +1,187 @@
+"""The delivery contract of the stage loop, on the real in-process broker with a tiny stage.
+
+The stage is the decode stage's slot in the pipeline with a trivial body, so
+these tests check the worker (ack after publish, dead letters, redelivery,
+retries, duplicates, drain, stop) without paying for models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from visionpipe.broker import Broker, DeadLetter, MemoryBroker
+from visionpipe.envelope import Envelope, Event
+from visionpipe.ingress import DECODE, Frame, ensure_pipeline_streams, submit_images
+from visionpipe.metrics import Metrics
+from visionpipe.services.worker import BadInput, Outcome, Stage, Worker
+from visionpipe.settings import Settings, load_settings
+
+
+class EchoStage(Stage):
+    """Echoes frames; b"bad" is poison, b"flaky" fails transiently the first ``flaky`` times, b"slow" sleeps."""
+
+    name = DECODE
+
+    def __init__(self, flaky: int = 0, slow_s: float = 0.0) -> None:
+        self.flaky = flaky
+        self.slow_s = slow_s
+        self.calls = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def process(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
+        out: list[Outcome] = []
+        for env in envelopes:
+            self.calls += 1
+            image = env.payload["image"]
+            if image == b"slow":
+                await asyncio.sleep(self.slow_s)
+            if image == b"bad":
+                out.append(BadInput("bad on purpose"))
+            elif image == b"flaky" and self.flaky > 0:
+                self.flaky -= 1
+                out.append(RuntimeError("transient on purpose"))
+            else:
+                child = env.child(echo=image)
+                child.stamp(self.name, Event.BATCH_START)
+                child.stamp(self.name, Event.COMPUTE_DONE)
+                out.append(child)
+        return out
+
+
+def _settings(ns: str) -> Settings:
+    return load_settings(
+        broker={"url": f"memory://{ns}", "reclaim_idle_s": 0.0},
+        streams={"prefix": ns},
+        limits={"max_retries": 2},
+        service={"drain_idle_s": 0.2, "reclaim_interval_s": 0.05, "consume_timeout_s": 0.02, "drain_grace_s": 5.0},
+    )
+
+
+async def _drain(stage: Stage, settings: Settings, broker: Broker) -> Worker:
+    worker = Worker(stage, broker, settings, Metrics(), batch=4, drain=True)
+    await asyncio.wait_for(worker.run(), 20)
+    return worker
+
+
+async def _read(broker: Broker, stream: str) -> list[bytes]:
+    await broker.ensure(stream, "reader")
+    got = await broker.consume(stream, "reader", "r", 100, 0.05)
+    return [d.data for d in got]
+
+
+async def test_outputs_dead_letters_and_acks(ns: str) -> None:
+    settings = _settings(ns)
+    broker = MemoryBroker(settings.broker.url)
+    await ensure_pipeline_streams(broker, settings)
+    ids = await submit_images(broker, settings, [Frame(b"a"), Frame(b"bad"), Frame(b"b")])
+    await broker.publish(settings.streams.name("frames"), [b"not msgpack at all"])
+    await _drain(EchoStage(), settings, broker)
+
+    outputs = [Envelope.decode(m) for m in await _read(broker, settings.streams.name("tensors"))]
+    assert sorted(e.payload["echo"] for e in outputs) == [b"a", b"b"]
+    for env in outputs:  # every event of the stage is stamped, in order
+        ts = [env.ts(DECODE, e) for e in (Event.DEQUEUED, Event.BATCH_START, Event.COMPUTE_DONE, Event.PUBLISHED)]
+        assert None not in ts and ts == sorted(ts)
+    dead = [DeadLetter.decode(m) for m in await _read(broker, settings.streams.name("dead_letter"))]
+    reasons = {d.request_id: d.reason for d in dead}
+    assert reasons[ids[1]] == "bad on purpose"
+    assert any("bad envelope" in r for r in reasons.values())
+    assert all(d.origin == settings.streams.name("frames") and d.stage == DECODE for d in dead)
+    assert (await broker.backlog(settings.streams.name("frames"), DECODE)).total == 0  # all acked
+
+
+async def test_transient_failure_is_redelivered_then_succeeds(ns: str) -> None:
+    settings = _settings(ns)
+    broker = MemoryBroker(settings.broker.url)
+    await ensure_pipeline_streams(broker, settings)
+    await submit_images(broker, settings, [Frame(b"flaky")])
+    stage = EchoStage(flaky=1)
+    await _drain(stage, settings, broker)
+    outputs = await _read(broker, settings.streams.name("tensors"))
+    assert [Envelope.decode(m).payload["echo"] for m in outputs] == [b"flaky"]
+    assert stage.calls == 2
+
+
+async def test_poison_that_always_fails_is_dead_lettered_after_max_retries(ns: str) -> None:
+    settings = _settings(ns)
+    broker = MemoryBroker(settings.broker.url)
+    await ensure_pipeline_streams(broker, settings)
+    (rid,) = await submit_images(broker, settings, [Frame(b"flaky")])
+    stage = EchoStage(flaky=100)
+    await _drain(stage, settings, broker)
+    dead = [DeadLetter.decode(m) for m in await _read(broker, settings.streams.name("dead_letter"))]
+    assert [d.request_id for d in dead] == [rid]
+    assert "gave up" in dead[0].reason
+    assert stage.calls == settings.limits.max_retries
+    assert await _read(broker, settings.streams.name("tensors")) == []
+
+
+async def test_duplicate_request_is_acked_not_redone(ns: str) -> None:
+    settings = _settings(ns)
+    broker = MemoryBroker(settings.broker.url)
+    await ensure_pipeline_streams(broker, settings)
+    frame = Frame(b"a", request_id="same-id")
+    await submit_images(broker, settings, [frame])
+    await submit_images(broker, settings, [frame])
+    stage = EchoStage()
+    await _drain(stage, settings, broker)
+    assert len(await _read(broker, settings.streams.name("tensors"))) == 1
+    assert (await broker.backlog(settings.streams.name("frames"), DECODE)).total == 0
+
+
+async def test_stop_finishes_in_flight_batch_and_acks_it(ns: str) -> None:
+    settings = _settings(ns)
+    broker = MemoryBroker(settings.broker.url)
+    await ensure_pipeline_streams(broker, settings)
+    await submit_images(broker, settings, [Frame(b"slow")])
+    worker = Worker(EchoStage(slow_s=0.5), broker, settings, Metrics(), batch=4)
+    task = asyncio.create_task(worker.run())
+    while (await broker.backlog(settings.streams.name("frames"), DECODE)).pending == 0:
+        await asyncio.sleep(0.01)
+    worker.stop()  # what SIGTERM does: the slow item is in flight
+    await asyncio.wait_for(task, 10)
+    assert len(await _read(broker, settings.streams.name("tensors"))) == 1
+    assert (await broker.backlog(settings.streams.name("frames"), DECODE)).total == 0
+
+
+async def test_stop_after_grace_leaves_unfinished_unacked(ns: str) -> None:
+    settings = _settings(ns).model_copy(
+        update={"service": _settings(ns).service.model_copy(update={"drain_grace_s": 0.1})}
+    )
+    broker = MemoryBroker(settings.broker.url)
+    await ensure_pipeline_streams(broker, settings)
+    await submit_images(broker, settings, [Frame(b"slow")])
+    worker = Worker(EchoStage(slow_s=5.0), broker, settings, Metrics(), batch=4)
+    task = asyncio.create_task(worker.run())
+    while (await broker.backlog(settings.streams.name("frames"), DECODE)).pending == 0:
+        await asyncio.sleep(0.01)
+    worker.stop()
+    await asyncio.wait_for(task, 5)
+    assert await _read(broker, settings.streams.name("tensors")) == []
+    assert (await broker.backlog(settings.streams.name("frames"), DECODE)).pending == 1  # left for another worker
+
+
+@pytest.mark.parametrize("upstream_busy", [True, False])
+async def test_drain_waits_for_upstream(ns: str, upstream_busy: bool) -> None:
+    """A detector in --drain mode keeps running while the decode stage still has frames to do."""
+    from visionpipe.ingress import DETECTOR
+
+    class Idle(EchoStage):
+        name = DETECTOR
+
+    settings = _settings(ns)
+    broker = MemoryBroker(settings.broker.url)
+    await ensure_pipeline_streams(broker, settings)
+    if upstream_busy:
+        await submit_images(broker, settings, [Frame(b"x")])
+    worker = Worker(Idle(), broker, settings, Metrics(), batch=4, drain=True)
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(settings.service.drain_idle_s * 3)
+    assert task.done() is not upstream_busy
+    worker.stop()
+    await asyncio.wait_for(task, 5)
