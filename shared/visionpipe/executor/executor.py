@@ -1,0 +1,186 @@
+"""``BatchExecutor``: the asyncio face of the scheduler, one per DNN service process.
+
+Requests are submitted one at a time and awaited; the loop forms batches as
+the policy says and hands them to the device through two thread pools (one
+launching in dispatch order, one waiting for completions), so the event loop
+never blocks on a GPU. A batch's exception reaches every request in it and
+the loop goes on; a failure in the loop itself is logged and the loop goes
+on too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from visionpipe.executor.device import Device
+from visionpipe.executor.latency import LatencyModel
+from visionpipe.executor.policy import BatchPolicy, Decision
+from visionpipe.executor.scheduler import MAX_IN_FLIGHT_OVERLAP, Batch, Scheduler
+from visionpipe.settings import ExecutorSettings
+
+log = logging.getLogger(__name__)
+
+# After an unexpected loop error pause this long, so a persistent bug logs ~20 lines/s, not a flood.
+LOOP_ERROR_BACKOFF_S = 0.05
+
+BatchCallback = Callable[[int, dict[str, float]], None]
+
+
+class BatchExecutor:
+    """Adaptive batching of single-item requests onto a ``Device`` (see ``policy`` for the rules)."""
+
+    def __init__(
+        self,
+        device: Device,
+        policy: BatchPolicy,
+        settings: ExecutorSettings | None = None,
+        *,
+        model: LatencyModel | None = None,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.settings = settings or ExecutorSettings()
+        self.device = device
+        self.policy = policy
+        self.model = model or LatencyModel(self.settings.history)
+        self._seeded = model is not None
+        self.scheduler = Scheduler(
+            policy,
+            self.model,
+            max_batch=min(device.max_batch, self.settings.max_batch),
+            overlap=device.overlap,
+            slo_ns=int(self.settings.slo_ms * 1e6),
+        )
+        self.on_batch: BatchCallback | None = None
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._wake_at_queued: int | None = 1
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._closed = False
+        self._launcher = ThreadPoolExecutor(1, thread_name_prefix="vp-launch")
+        self._waiter = ThreadPoolExecutor(MAX_IN_FLIGHT_OVERLAP, thread_name_prefix="vp-collect")
+
+    @property
+    def max_batch(self) -> int:
+        return self.scheduler.max_batch
+
+    async def start(self) -> None:
+        """Warm the device up, seed the latency model from two batch sizes, start the loop."""
+        if self._task is not None:
+            return
+        if not self._seeded:
+            sizes = [self.settings.warmup_small, self.max_batch]
+            loop = asyncio.get_running_loop()
+            samples = await loop.run_in_executor(
+                self._launcher, self.device.warmup, sizes, self.settings.warmup_repeats
+            )
+            self.model.seed(samples)
+        self._task = asyncio.create_task(self._loop(), name="visionpipe-executor")
+
+    async def submit(self, item: Any, deadline_ns: int | None = None) -> Any:
+        """This item's output (tensors on the host); raises what its batch raised."""
+        if self._stopping or self._task is None:
+            raise RuntimeError("executor is not running (start() it; submit() after stop() is an error)")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        sched = self.scheduler
+        head = sched.earliest_deadline_ns()
+        urgent = deadline_ns is not None and head is not None and deadline_ns < head
+        sched.add(self._clock(), (item, fut), deadline_ns)
+        if urgent or (self._wake_at_queued is not None and len(sched) >= self._wake_at_queued):
+            self._wake.set()
+        return await fut
+
+    def observe_backlog(self, n: int) -> None:
+        """Broker backlog of this stage's input: part of the arrival-rate estimate."""
+        self.scheduler.rate.observe_backlog(n)
+
+    async def stop(self) -> None:
+        """Dispatch what is queued, finish in-flight batches, then stop the loop and the threads."""
+        if self._closed:
+            return
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        self._launcher.shutdown(wait=True)
+        self._waiter.shutdown(wait=True)
+        self._closed = True
+
+    async def _loop(self) -> None:
+        sched = self.scheduler
+        while True:
+            self._wake.clear()
+            try:
+                now = self._clock()
+                if self._stopping and not len(sched):
+                    if sched.in_flight == 0:
+                        return
+                    decision = Decision.wait()
+                else:
+                    decision = self._decide(now)
+                if decision.dispatch > 0:
+                    self._dispatch(sched.take(now, decision.dispatch))
+                    continue
+            except Exception:  # the loop must not die: log, back off, go on
+                log.exception("executor loop error")
+                await asyncio.sleep(LOOP_ERROR_BACKOFF_S)
+                continue
+            self._wake_at_queued = decision.wake_at_queued if len(sched) else 1
+            timeout = None if decision.wake_at_ns is None else max(decision.wake_at_ns - self._clock(), 0) / 1e9
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _decide(self, now: int) -> Decision:
+        decision = self.scheduler.next_action(now)
+        if self._stopping and decision.dispatch == 0:
+            gate = self.scheduler.gate_ns(now)
+            if gate is not None and gate <= now:  # draining: do not wait for batches to fill
+                return Decision(self.max_batch)
+        return decision
+
+    def _dispatch(self, batch: Batch) -> None:
+        task = asyncio.create_task(self._run(batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: Batch) -> None:
+        loop = asyncio.get_running_loop()
+        items = [r.payload[0] for r in batch.requests]
+        futures: list[asyncio.Future[Any]] = [r.payload[1] for r in batch.requests]
+        try:
+            handle = await loop.run_in_executor(self._launcher, self.device.launch, items)
+            outputs, timings = await loop.run_in_executor(self._waiter, self.device.collect, handle)
+            if len(outputs) != len(items):
+                raise RuntimeError(f"device returned {len(outputs)} outputs for {len(items)} items")
+        except Exception as exc:
+            self.scheduler.fail(batch, self._clock())
+            log.warning("batch of %d failed: %r", len(items), exc)
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(exc)
+        else:
+            self.scheduler.complete(batch, self._clock(), timings)
+            for fut, out in zip(futures, outputs, strict=True):
+                if not fut.done():
+                    fut.set_result(out)
+            self._report(batch, timings)
+        finally:
+            self._wake.set()
+
+    def _report(self, batch: Batch, timings: dict[str, float]) -> None:
+        if self.on_batch is None:
+            return
+        queue_s = sum(batch.dispatch_ns - r.arrival_ns for r in batch.requests) / batch.size / 1e9
+        try:
+            self.on_batch(batch.size, {"queue": queue_s, **timings})
+        except Exception:
+            log.exception("on_batch callback failed")

@@ -1,0 +1,42 @@
+"""The benchmark command writes the rows, summary and targets the issue asks for (a tiny sim run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from visionpipe.executor.bench import bench_executor
+from visionpipe.executor.sim import COST_MODELS
+from visionpipe.executor.suite import Suite, configs
+
+ROW_KEYS = {"policy", "params", "overlap", "trace", "rate", "throughput", "p50_ms", "p99_ms", "slo_attainment",
+            "mean_batch", "gpu_busy_s"}  # fmt: skip
+
+
+def test_sim_bench_writes_json_and_plot(tmp_path: Path) -> None:
+    out, png = tmp_path / "b.json", tmp_path / "b.png"
+    args = ["--device", "sim", "--cost", "gtx1080ti", "--quick", "--duration", "0.3", "--max-batch", "16"]
+    result = CliRunner().invoke(bench_executor, [*args, "--json", str(out), "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert set(doc["rows"][0]) >= ROW_KEYS
+    assert {r["trace"] for r in doc["rows"]} == {"poisson", "burst", "ramp", "saturation"}
+    assert {(s["policy"], s["overlap"]) for s in doc["summary"]} >= {("adaptive", True), ("adaptive", False)}
+    assert all(s["capacity"] > 0 for s in doc["summary"] if s["policy"] in ("adaptive", "timeout"))
+    assert any(t["target"].startswith("mechanics") for t in doc["targets"])
+    assert png.stat().st_size > 10_000
+
+
+def test_baselines_are_swept() -> None:
+    cfgs = list(configs(64))
+    fixed = {c.params["batch"] for c in cfgs if c.policy == "fixed"}
+    delays = {c.params["delay_ms"] for c in cfgs if c.policy == "timeout"}
+    assert fixed == {1, 2, 4, 8, 16, 32, 64} and 0.0 in delays and len(delays) >= 4
+
+
+def test_capacity_overlapped_exceeds_serial_when_upload_is_heavy() -> None:
+    suite = Suite(COST_MODELS["h100"], slo_ms=50.0, max_batch=256, duration_s=0.3)
+    adaptive = {c.overlap: c for c in configs(256, quick=True) if c.policy == "adaptive"}
+    assert suite.capacity(adaptive[True]) > 1.15 * suite.capacity(adaptive[False])

@@ -1,0 +1,71 @@
+"""TorchDevice on the CPU with a small torchvision model: the path every stage takes without a GPU."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+
+from visionpipe.executor import BatchExecutor, TorchDevice, make_policy
+from visionpipe.executor.models import classifier_fn, torchvision_classifier
+from visionpipe.executor.torch_device import split_outputs
+from visionpipe.settings import ExecutorSettings
+
+SIZE = 64  # small inputs keep mobilenet_v3_small at a few ms per image on 2 cores
+
+
+async def test_mobilenet_through_the_executor_matches_direct_forward() -> None:
+    torch.manual_seed(0)
+    fn = torchvision_classifier("mobilenet_v3_small", torch.device("cpu"))
+    settings = ExecutorSettings(policy="adaptive", slo_ms=2000, max_batch=4, warmup_repeats=1)
+    device = TorchDevice(fn, item_shape=(3, SIZE, SIZE), max_batch=4, device="cpu")
+    executor = BatchExecutor(device, make_policy(settings), settings)
+    timings: list[dict[str, float]] = []
+    executor.on_batch = lambda size, t: timings.append(t) or None
+    await executor.start()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (3, SIZE, SIZE), dtype=np.uint8) for _ in range(6)]
+    outs = await asyncio.gather(*(executor.submit(im) for im in images))
+    await executor.stop()
+    with torch.inference_mode():
+        direct = fn(torch.from_numpy(np.stack(images)))
+    assert all(o.shape == (1000,) for o in outs)
+    torch.testing.assert_close(torch.stack(outs), direct, rtol=1e-4, atol=1e-4)
+    assert timings and {"queue", "upload", "compute", "download"} <= set(timings[0])
+    assert executor.model.compute(4) > 0  # warm-up seeded the model from two batch sizes
+
+
+def test_fn_may_return_one_output_per_item() -> None:
+    def per_item(x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        return [{"sum": t.float().sum(), "max": t.max()} for t in x]
+
+    device = TorchDevice(per_item, item_shape=(4,), max_batch=3, device="cpu")
+    outs, timings = device.run([np.arange(4, dtype=np.uint8)] * 3)
+    assert [o["sum"].item() for o in outs] == [6.0, 6.0, 6.0]
+    assert set(timings) == {"upload", "compute", "download"}
+
+
+def test_wrong_output_count_is_an_error() -> None:
+    with pytest.raises(ValueError, match="outputs"):
+        split_outputs([torch.zeros(1)], 2)
+
+
+def test_batch_larger_than_max_is_refused() -> None:
+    device = TorchDevice(lambda x: x, item_shape=(1,), max_batch=2, device="cpu")
+    with pytest.raises(ValueError, match=r"1\.\.2"):
+        device.launch([np.zeros(1, np.uint8)] * 3)
+
+
+def test_overlap_is_off_without_cuda() -> None:
+    device = TorchDevice(lambda x: x, item_shape=(1,), max_batch=2, device="cpu", overlap=True)
+    assert device.overlap is False
+
+
+def test_classifier_fn_normalises_on_device() -> None:
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Identity())
+    fn = classifier_fn(module, torch.device("cpu"), channels_last=False)
+    grey = torch.full((1, 3, 2, 2), 124, dtype=torch.uint8)  # ≈ ImageNet mean for the red channel
+    out = fn(grey).view(3, 4)
+    assert abs(out[0].mean().item()) < 0.02 and out.dtype == torch.float32
