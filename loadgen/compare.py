@@ -1,0 +1,145 @@
+"""The same load over each broker, back to back, with the same pipeline: the broker decision, measured.
+
+For every broker URL in turn: start decode, detector and classifier against
+it (or use stages already running, ``external``), offer the load, stop the
+stages, delete the run's streams, and keep what was measured, including the
+broker process's CPU and memory. Brokers run one after another, never at the
+same time, so they do not compete for the host's cores; each run gets its
+own stream prefix so nothing of one run can reach the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
+
+from visionpipe.loadgen.images import ImageSet
+from visionpipe.loadgen.resources import ResourceSampler, broker_process
+from visionpipe.loadgen.runner import RunOptions, RunResult, delete_streams, run_load
+from visionpipe.loadgen.schedule import LoadSpec
+from visionpipe.loadgen.stages import StageOptions, StageSet, batch_means
+from visionpipe.settings import Settings
+
+# A pause between brokers so the previous run's processes have exited and freed the cores.
+SETTLE_S = 1.0
+
+
+@dataclass
+class CompareOptions:
+    brokers: list[str]
+    spec: LoadSpec
+    images: ImageSet
+    out_dir: Path
+    run: RunOptions = field(default_factory=RunOptions)
+    stages: StageOptions = field(default_factory=StageOptions)
+    external: bool = False  # stages already running (compose, Kubernetes): use the settings' prefix, delete nothing
+    keep: bool = False  # keep the run's streams/topics for inspection
+    rounds: int = 1  # repetitions in ABBA order, so a slow drift on a shared host hits every broker alike
+
+
+def broker_label(url: str) -> str:
+    """``redis://127.0.0.1:6379/0`` → ``redis``; the name used in tables and plots."""
+    return urlsplit(url).scheme or url
+
+
+def settings_for(base: Settings, url: str, prefix: str | None) -> Settings:
+    """The base settings pointed at ``url`` and (when given) a stream prefix of the run's own."""
+    update = {"broker": base.broker.model_copy(update={"url": url})}
+    if prefix is not None:
+        update["streams"] = base.streams.model_copy(update={"prefix": prefix})
+    return base.model_copy(update=update)
+
+
+def run_order(brokers: list[str], rounds: int) -> list[tuple[int, str]]:
+    """(round, url) in ABBA order: odd rounds forward, even rounds reversed, so each broker runs as often
+    early as late and a host that gets busier (or quieter) during the comparison favours none of them."""
+    order = []
+    for r in range(1, rounds + 1):
+        order += [(r, url) for url in (brokers if r % 2 else list(reversed(brokers)))]
+    return order
+
+
+async def run_one(base: Settings, url: str, opts: CompareOptions, round_no: int = 1) -> RunResult:
+    """One broker's run: stages up, load, stages down, streams deleted (unless kept or external)."""
+    prefix = None if opts.external else f"lg{uuid.uuid4().hex[:8]}"
+    settings = settings_for(base, url, prefix)
+    notes: list[str] = []
+    stages: StageSet | None = None
+    if not opts.external:
+        stages = StageSet(url, settings.streams.prefix, opts.stages, opts.out_dir / "logs")
+        await asyncio.to_thread(stages.start)
+    watched: dict[str, psutil.Process] = {}
+    bproc = broker_process(url)
+    if bproc is not None:
+        watched["broker"] = bproc
+    else:
+        notes.append("broker process not on this host or not visible: CPU and memory not measurable")
+    for stage, pid in (stages.pids() if stages else {}).items():
+        with contextlib.suppress(psutil.Error):
+            watched[stage] = psutil.Process(pid)
+    sampler = ResourceSampler(watched)
+
+    batches: dict[str, dict[str, float]] = {}
+
+    @contextlib.asynccontextmanager
+    async def measuring() -> AsyncIterator[None]:
+        before = await asyncio.to_thread(stages.scrape) if stages else {}
+        async with sampler:
+            yield
+        if stages:
+            batches.update(batch_means(before, await asyncio.to_thread(stages.scrape)))
+
+    label = broker_label(url) + (f" #{round_no}" if opts.rounds > 1 else "")
+    run_opts = RunOptions(**{**opts.run.__dict__, "label": label})
+    try:
+        result = await run_load(settings, opts.spec, opts.images, run_opts, measuring)
+    finally:
+        if stages is not None:
+            codes = await asyncio.to_thread(stages.stop)
+            bad = {s: c for s, c in codes.items() if c not in (0, None)}
+            if bad:
+                notes.append(f"stages exited with non-zero codes {bad}; logs in {opts.out_dir / 'logs'}")
+        if opts.external:
+            notes.append(f"external stages: streams of prefix {settings.streams.prefix!r} belong to them, kept")
+        elif opts.keep:
+            notes.append(f"streams of prefix {settings.streams.prefix!r} kept (--keep)")
+        else:
+            await delete_streams(settings)
+    result.resources = sampler.result
+    result.notes.extend(notes)
+    result.summary["prefix"] = settings.streams.prefix
+    result.summary["batch_means"] = batches
+    result.round = round_no
+    return result
+
+
+async def compare(base: Settings, opts: CompareOptions) -> list[RunResult]:
+    """Run every broker in order; a broker that fails is reported, the others still run."""
+    results: list[RunResult] = []
+    failures: list[tuple[int, str, BaseException]] = []
+    for i, (round_no, url) in enumerate(run_order(opts.brokers, opts.rounds)):
+        if i:
+            await asyncio.sleep(SETTLE_S)
+        try:
+            results.append(await run_one(base, url, opts, round_no))
+        except Exception as exc:  # one broker down must not cost the user the other broker's numbers
+            failures.append((round_no, url, exc))
+    if failures and not results:
+        _, url, exc = failures[0]
+        raise RuntimeError(f"every broker failed; first: {url}: {exc}") from exc
+    for round_no, url, exc in failures:
+        failed = failed_result(url, opts.spec, exc)
+        failed.round = round_no
+        results.append(failed)
+    return results
+
+
+def failed_result(url: str, spec: LoadSpec, exc: BaseException) -> RunResult:
+    return RunResult(url, spec, {"error": f"{type(exc).__name__}: {exc}"}, 0, 0.0, notes=[f"run failed: {exc}"])

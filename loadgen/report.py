@@ -1,0 +1,228 @@
+"""The comparison report: ``results.json`` for machines, ``report.md`` plus PNGs for people.
+
+The Markdown puts brokers side by side on the same rows, and ends with a
+verdict per metric (who won, by what ratio), since a ratio measured in one
+session on one host is the only kind of broker claim that transfers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from visionpipe.loadgen.compare import broker_label
+from visionpipe.loadgen.plots import BREAKDOWN_PNG, CDF_PNG, TIMELINE_PNG, write_plots
+from visionpipe.loadgen.recorder import CATEGORIES, SEGMENTS
+from visionpipe.loadgen.runner import RunResult
+
+SECTIONS = ("Setup", "Summary", "Latency per segment", "Where the time goes", "Resources", "Verdict", "Plots")
+PERCENTILE_ROWS = ("p50", "p90", "p99", "p99.9", "max")
+BATCH_ROWS = (("batch_size", "messages per consumed batch"), ("device_batch_size", "items per device batch"))
+# (row label, getter, lower is better); a getter returns None where a run has no value.
+Metric = tuple[str, Callable[[dict[str, Any]], float | None], bool]
+
+
+def host_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:  # the report does not need torch; it only says what the stages could use
+        info["torch"] = None
+    return info
+
+
+def run_doc(r: RunResult, rounds: int) -> dict[str, Any]:
+    name = broker_label(r.broker)
+    return {"label": name + (f" #{r.round}" if rounds > 1 else ""), "broker_label": name, "round": r.round,
+            "broker": r.broker, "elapsed_s": r.elapsed_s, "started_wall_ns": r.started_wall_ns,
+            "summary": r.summary, "resources": r.resources, "notes": r.notes}
+
+
+def _lat(key: str) -> Callable[[dict[str, Any]], float | None]:
+    return lambda run: run["summary"].get("latency_ms", {}).get(key)
+
+
+def _hops(run: dict[str, Any]) -> float | None:
+    return run["summary"].get("categories_mean_ms", {}).get("broker hops")
+
+
+def _res(proc: str, key: str) -> Callable[[dict[str, Any]], float | None]:
+    return lambda run: (run["resources"].get(proc) or {}).get(key)
+
+
+METRICS: list[Metric] = [
+    ("throughput (req/s)", lambda run: run["summary"].get("throughput_rps"), False),
+    *[(f"latency {k} (ms)", _lat(k), True) for k in PERCENTILE_ROWS],
+    ("broker hops, mean per request (ms)", _hops, True),
+    ("non-DNN share of end-to-end", lambda run: run["summary"].get("non_dnn_share"), True),
+    ("broker CPU (% of a core)", _res("broker", "cpu_percent"), True),
+    ("broker peak RSS (MB)", _res("broker", "rss_max_mb"), True),
+]
+
+
+def verdict(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per metric: the best broker and how many times better it is than the worst (≥ 1).
+
+    With several rounds a broker's value is the median over its rounds."""
+    out = []
+    for name, get, lower in METRICS:
+        per_broker: dict[str, list[float]] = {}
+        for r in runs:
+            value = get(r)
+            if value is not None:
+                per_broker.setdefault(r.get("broker_label", r["label"]), []).append(value)
+        values = {k: statistics.median(v) for k, v in per_broker.items()}
+        if len(values) < 2:
+            continue
+        best = (min if lower else max)(values, key=lambda k: values[k])
+        worst = (max if lower else min)(values, key=lambda k: values[k])
+        hi, lo = (values[worst], values[best]) if lower else (values[best], values[worst])
+        ratio = hi / lo if lo > 0 else None  # always >= 1: how many times better the winner is
+        out.append({"metric": name, "winner": best, "loser": worst, "ratio": ratio, "values": values,
+                    "lower_is_better": lower})
+    return out
+
+
+def write_report(results: list[RunResult], out_dir: Path, setup: dict[str, Any]) -> dict[str, Path]:
+    """Write results.json, report.md and the plots into ``out_dir``; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rounds = max((r.round for r in results), default=1)
+    first_seen = {url: i for i, url in reversed(list(enumerate(r.broker for r in results)))}
+    ordered = sorted(results, key=lambda r: (first_seen[r.broker], r.round))  # each broker's rounds side by side
+    runs = [run_doc(r, rounds) for r in ordered]
+    doc = {
+        "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": host_info(),
+        "setup": setup,
+        "runs": runs,
+        "verdict": verdict(runs),
+    }
+    plots = write_plots(runs, out_dir)
+    doc["plots"] = plots
+    paths = {"json": out_dir / "results.json", "markdown": out_dir / "report.md"}
+    paths["json"].write_text(json.dumps(doc, indent=1, default=str))
+    paths["markdown"].write_text(markdown(doc))
+    for name in plots:
+        paths[name] = out_dir / name
+    return paths
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    runs = doc["runs"]
+    labels = [r["label"] for r in runs]
+    setup, host = doc["setup"], doc["host"]
+    lines = [f"# Broker comparison: {' vs '.join(labels)}", "", f"Generated {doc['generated_utc']}.", ""]
+
+    lines += ["## Setup", ""]
+    lines += [f"- host: {host['platform']}, {host['cpus']} CPUs, Python {host['python']}, torch {host.get('torch')}, "
+              f"GPU: {host.get('cuda') or 'none'}"]
+    lines += [f"- {k}: {v}" for k, v in setup.items()]
+    lines += [f"- {r['label']}: `{r['broker']}` (stream prefix `{r['summary'].get('prefix', '?')}`)" for r in runs]
+    lines += ["- latency runs from each request's *scheduled* send time to its result being read (open loop: no "
+              "coordinated omission); percentiles from HdrHistogram (3 significant digits)", ""]
+
+    lines += ["## Summary", ""]
+    rows = [
+        ["sent", *(_fmt(r["summary"].get("sent")) for r in runs)],
+        ["completed", *(_fmt(r["summary"].get("completed")) for r in runs)],
+        ["lost", *(_fmt(r["summary"].get("lost")) for r in runs)],
+        ["duplicated", *(_fmt(r["summary"].get("duplicates")) for r in runs)],
+        ["failed (dead letter / rejected)", *(_fmt(r["summary"].get("failed")) for r in runs)],
+        ["offered (req/s)", *(_fmt(r["summary"].get("offered_rps")) for r in runs)],
+        ["throughput (req/s)", *(_fmt(r["summary"].get("throughput_rps")) for r in runs)],
+        *[[f"latency {k} (ms)", *(_fmt(_lat(k)(r)) for r in runs)] for k in (*PERCENTILE_ROWS[:4], "mean", "max")],
+        ["objects per image", *(_fmt(r["summary"].get("objects_per_image")) for r in runs)],
+    ]
+    lines += [*_table(["", *labels], rows), ""]
+    for r in runs:
+        if "error" in r["summary"]:
+            lines += [f"**{r['label']} failed:** {r['summary']['error']}", ""]
+
+    lines += ["## Latency per segment", "",
+              "Mean / p99 in ms per request, from the stages' envelope stamps. A hop is one broker transfer "
+              "(publisher's `published` → consumer's `dequeued`; the first from ingress `enqueued`, the last to "
+              "the load generator's read): it includes time waiting in the stream while the consumer is busy, "
+              "so under overload the hops grow with the backlog. Queue is waiting inside a stage for its batch; "
+              "compute is decode or the DNN; post is post-processing and publish.", ""]
+    seg_rows = []
+    for seg in SEGMENTS:
+        cells = []
+        for r in runs:
+            s = r["summary"].get("segments_ms", {}).get(seg)
+            cells.append(f"{_fmt(s['mean'])} / {_fmt(s['p99'])}" if s else "–")
+        if any(c != "–" for c in cells):
+            seg_rows.append([seg, *cells])
+    lines += [*_table(["segment", *labels], seg_rows), ""]
+
+    lines += ["## Where the time goes", "", "Mean ms per request by kind; the non-DNN share is everything except "
+              "detector and classifier compute, over end-to-end (the figure seed 002 made central).", ""]
+    cat_rows = [[c, *(_fmt(r["summary"].get("categories_mean_ms", {}).get(c)) for r in runs)] for c in CATEGORIES]
+    share = [_fmt(r["summary"].get("non_dnn_share") * 100, 1) + " %" if r["summary"].get("non_dnn_share") is not None
+             else "–" for r in runs]
+    lines += [*_table(["", *labels], [*cat_rows, ["**non-DNN share**", *share]]), ""]
+
+    lines += _resources(runs)
+
+    lines += ["## Verdict", ""]
+    if any(r["round"] > 1 for r in runs):
+        lines += ["Brokers ran in ABBA order over several rounds; each value is the broker's median over its "
+                  "rounds.", ""]
+    verdict_rows = [[v["metric"], v["winner"], f"{v['ratio']:.2f}×" if v["ratio"] else "–",
+                     ", ".join(f"{k} {_fmt(x)}" for k, x in v["values"].items())] for v in doc["verdict"]]
+    if verdict_rows:
+        lines += [*_table(["metric", "better", "by", "values"], verdict_rows), ""]
+    else:
+        lines += ["One broker only (or one that failed): nothing to compare.", ""]
+    notes = [f"- {r['label']}: {n}" for r in runs for n in r["notes"]]
+    if notes:
+        lines += ["Notes:", "", *notes, ""]
+
+    lines += ["## Plots", ""]
+    titles = {CDF_PNG: "Latency CDF", TIMELINE_PNG: "Latency over time", BREAKDOWN_PNG: "Per-stage breakdown"}
+    lines += [f"![{titles[p]}]({p})" for p in doc.get("plots", [])] or ["No completed requests: no plots."]
+    return "\n".join(lines) + "\n"
+
+
+def _resources(runs: list[dict[str, Any]]) -> list[str]:
+    procs = ["broker", "decode", "detector", "classifier"]
+    rows = []
+    for proc in procs:
+        cpu = [_fmt(_res(proc, "cpu_percent")(r), 1) for r in runs]
+        rss = [_fmt(_res(proc, "rss_max_mb")(r), 1) for r in runs]
+        if any(c != "–" for c in cpu + rss):
+            rows.append([f"{proc} CPU (% of a core)", *cpu])
+            rows.append([f"{proc} peak RSS (MB)", *rss])
+    for stage in procs[1:]:
+        for metric, what in BATCH_ROWS:
+            cells = [_fmt(r["summary"].get("batch_means", {}).get(stage, {}).get(metric), 1) for r in runs]
+            if any(c != "–" for c in cells):
+                rows.append([f"{stage} {what}", *cells])
+    lines = ["## Resources", "", "Sampled every 0.5 s during the measured window; CPU 100 % = one core busy. Batch "
+             "sizes are means over the window from the stages' /metrics histograms.", ""]
+    if rows:
+        lines += [*_table(["", *[r["label"] for r in runs]], rows), ""]
+    else:
+        lines += ["Not measurable: no broker or stage process visible on this host.", ""]
+    return lines

@@ -1,0 +1,115 @@
+"""A stand-in pipeline stage for load-generator tests: real broker, no model.
+
+It consumes its stage's input stream in the stage's consumer group and
+republishes each message downstream with the same timestamps a real stage
+writes (dequeued, batch_start, compute_done, published), sleeping a little
+for "compute"; the classifier stand-in writes a result payload. It runs
+in-process (``run_stage``) or as a subprocess with the ``visionpipe serve``
+flags and a ``/readyz`` endpoint, so the compare orchestration can start it
+exactly as it starts the real stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+from visionpipe.broker import connect
+from visionpipe.envelope import Envelope, Event
+from visionpipe.ingress import CLASSIFIER, DECODE, STAGE_STREAMS
+from visionpipe.settings import Settings, load_settings
+
+COMPUTE_S = {"decode": 0.001, "detector": 0.003, "classifier": 0.002}
+POISON = b"not an image"
+
+
+def _next(env: Envelope, stage: str) -> Envelope:
+    if stage == CLASSIFIER:
+        obj = {"box": [0, 0, 1, 1], "score": 0.9, "label": 1, "label_name": "thing", "top_k": [[1, 0.5]]}
+        return env.child(width=8, height=8, objects=[obj], weights={"detector": "random", "classifier": "random"})
+    return env.child(stage=stage)
+
+
+async def run_stage(
+    stage: str,
+    settings: Settings,
+    stop: asyncio.Event,
+    drain: bool = False,
+    stall: Callable[[str], float] | None = None,
+) -> None:
+    """Pass messages on until ``stop``; ``stall(request_id)`` gives seconds this stage hangs on a request."""
+    source, sink = STAGE_STREAMS[stage]
+    src, dst = settings.streams.name(source), settings.streams.name(sink)
+    broker = await connect(settings.broker.url, settings)
+    try:
+        await broker.ensure(src, stage)
+        while not stop.is_set():
+            got = await broker.consume(src, stage, f"pt-{stage}", 16, 0.05)
+            if not got:
+                if drain:
+                    return
+                continue
+            out, keys = [], []
+            for d in got:
+                env = Envelope.decode(d.data)
+                env.stamp(stage, Event.DEQUEUED)
+                if stage == DECODE and env.payload.get("image") == POISON:
+                    await broker.dead_letter(settings.streams.name("dead_letter"), reason="not an image",
+                                             data=d.data, stage=stage, origin=src, request_id=env.request_id)
+                    continue
+                if stall is not None:
+                    await asyncio.sleep(stall(env.request_id))
+                env.stamp(stage, Event.BATCH_START)
+                await asyncio.sleep(COMPUTE_S[stage])
+                env.stamp(stage, Event.COMPUTE_DONE)
+                nxt = _next(env, stage)
+                nxt.stamp(stage, Event.PUBLISHED)
+                out.append(nxt.encode())
+                keys.append(env.request_id)
+            if out:
+                await broker.publish(dst, out, keys)
+            await broker.ack(src, stage, got)
+    finally:
+        await broker.close()
+
+
+class _Ready(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path in ("/readyz", "/healthz") else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("stage")
+    parser.add_argument("--broker", required=True)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--weights", default="random")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    settings = load_settings(broker={"url": args.broker})
+    server = HTTPServer(("127.0.0.1", args.port), _Ready)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    async def amain() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await run_stage(args.stage, settings, stop)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(amain())
+    server.shutdown()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
