@@ -69,3 +69,11 @@ def test_classifier_fn_normalises_on_device() -> None:
     grey = torch.full((1, 3, 2, 2), 124, dtype=torch.uint8)  # ≈ ImageNet mean for the red channel
     out = fn(grey).view(3, 4)
     assert abs(out[0].mean().item()) < 0.02 and out.dtype == torch.float32
+
+
+def test_read_only_items_are_accepted_without_warnings() -> None:
+    item = np.frombuffer(bytes(range(4)), dtype=np.uint8)  # like a view of a received message
+    assert not item.flags.writeable
+    device = TorchDevice(lambda x: x.float(), item_shape=(4,), max_batch=2, device="cpu")
+    outs, _ = device.run([item, item])
+    assert outs[1].tolist() == [0.0, 1.0, 2.0, 3.0]

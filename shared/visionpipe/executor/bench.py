@@ -68,7 +68,7 @@ def bench_executor(
     print_report(doc)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(doc, indent=1) + "\n")
+        json_path.write_text(json.dumps(doc, indent=1, default=_plain) + "\n")
         click.echo(f"wrote {json_path}")
 
 
@@ -113,6 +113,13 @@ def run_sim(
         plot(plot_path, f"executor policies, sim {cost_name}, SLO {slo:g} ms, max batch {mb}", rows, summary, slo,
              suite.burst_runs, suite.burst.window_s)  # fmt: skip
     return {"meta": meta, "rows": rows, "summary": summary, "targets": targets}
+
+
+def _plain(obj: Any) -> Any:
+    """numpy scalars to Python numbers for json."""
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def print_report(doc: dict[str, Any]) -> None:

@@ -48,7 +48,7 @@ class SimResult:
         span_s = (self.done_ns.max() - self.arrivals_ns.min()) / NS
         unserved = n - len(lat)
         return {
-            "throughput": len(lat) / span_s if span_s > 0 else 0.0,
+            "throughput": float(len(lat) / span_s) if span_s > 0 else 0.0,
             "p50_ms": float(np.percentile(lat, 50)) if not unserved else INF,
             "p99_ms": float(np.percentile(lat, 99)) if unserved <= n // 100 else INF,
             "slo_attainment": float(np.sum(lat <= self.slo_ns / 1e6)) / n,

@@ -150,7 +150,12 @@ class TorchDevice(Device):
         return split_outputs(handle.outputs, handle.n), timings
 
     def _as_tensor(self, item: Any) -> torch.Tensor:
-        t = torch.from_numpy(item) if isinstance(item, np.ndarray) else torch.as_tensor(item)
+        if isinstance(item, np.ndarray):
+            # Views of a received message are read-only and torch.from_numpy warns on those; the bytes are
+            # copied into the batch buffer next anyway, so a copy here only costs on that path.
+            t = torch.from_numpy(item if item.flags.writeable else item.copy())
+        else:
+            t = torch.as_tensor(item)
         if tuple(t.shape) != self.item_shape:
             raise ValueError(f"item of shape {tuple(t.shape)}; this device takes {self.item_shape}")
         return t
