@@ -8,8 +8,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from tests.broker.test_contract import take
+from tests.servers import Server
 from visionpipe.broker import Broker, MemoryBroker
-from visionpipe.broker.bench import hop
+from visionpipe.broker.bench import hop, ratios, run_bench
 from visionpipe.broker.dlq import list_dead, replay_dead
 from visionpipe.cli import main
 
@@ -44,6 +45,17 @@ async def test_hop_bench_counts_every_message() -> None:
         assert r.received == r.sent > 0
         assert 0 < r.p50_ms <= r.p99_ms <= r.max_ms
     assert r.msg_per_s > 200, "saturation mode outruns the paced one"
+
+
+async def test_raw_redis_baseline_beside_the_layer(redis_server: Server) -> None:
+    rates = [200.0, 0.0, 1e6]  # the last offers 2 GB/s: skipped
+    rows = await run_bench([redis_server.url], [2000], rates, 0.3, [1, 4], baseline=True, max_offered_mbps=100)
+    got = [(r.broker.split(":")[0], r.batch, r.rate) for r in rows]
+    layer, raw = "redis", "redis-raw"
+    assert got == [(layer, 1, 200), (raw, 1, 200), (layer, 1, 0), (raw, 1, 0), (layer, 4, 200), (layer, 4, 0)]
+    for r in rows:
+        assert r.received == r.sent > 0 and 0 < r.p50_ms <= r.p99_ms
+    assert "| 2 KB | max | 4 |" in ratios(rows)
 
 
 def test_bench_and_demo_commands(tmp_path: Path) -> None:
