@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 import click
@@ -130,3 +131,18 @@ def serve(
     settings = cli_settings(settings_file, broker, device, weights, detector, classifier, port=port, host=host)
     setup_logging(settings.service.log_level, settings.service.log_json)
     asyncio.run(serve_stage(stage, settings, drain))
+    _exit_now()
+
+
+def _exit_now() -> None:
+    """Exit 0 at once after a clean stop: batches acked, broker and probes closed, logs flushed.
+
+    Interpreter teardown of a process holding torch (a full garbage collection of
+    its heap, then C++ destructors) takes seconds on a busy CPU, measured 3-15 s on
+    2 shared cores, and would push the exit past the orchestrator's grace period
+    for no gain: the OS frees everything it would.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -27,6 +27,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from visionpipe.broker import Broker, BrokerError, Delivery
 from visionpipe.envelope import Envelope, EnvelopeError, Event, Limits, peek_request_id
@@ -53,7 +54,7 @@ class BadInput(ValueError):
         self.reason = reason
 
 
-Outcome = Envelope | BadInput | Exception  # output, poison, or a transient failure (left pending)
+Outcome: TypeAlias = Envelope | BadInput | Exception  # output, poison, or a transient failure (left pending)
 
 
 class Stage(ABC):
@@ -286,6 +287,9 @@ class Worker:
         finally:
             for fut in pending:  # cancelled (SIGTERM grace over): nothing of these is acked
                 fut.cancel()
+            # Also reached when an earlier group's publish failed (broker down): these items stay pending and come
+            # back by reclaim, so they must not look in progress then, or _admit would ack them as duplicates unworked.
+            self._working.difference_update(it.envelope.request_id for it in pending.values() if it.envelope)
 
     async def _settle(self, items: list[_Item], outcomes: list[Outcome]) -> None:
         """Publish outputs and dead letters of ``items``, then ack them; transient failures stay pending."""

@@ -2,8 +2,8 @@
 
 Everything that feeds the pipeline (``visionpipe run``, the load generator,
 a user's client) goes through :func:`submit_images`, so backpressure is
-applied in one place: when the frames stream's backlog for the decode group
-is above the high watermark, callers wait (bounded) or get
+applied in one place: when the pipeline's backlog (every stage's pending plus
+undelivered messages) is above the high watermark, callers wait (bounded) or get
 :class:`Backpressure` — requests are never dropped silently and streams are
 never trimmed.
 """
@@ -56,16 +56,28 @@ def frame_envelope(frame: Frame) -> Envelope:
     return env
 
 
+async def pipeline_backlog(broker: Broker, settings: Settings) -> int:
+    """Messages waiting in or held by any stage: the sum of every stage group's pending plus lag.
+
+    The whole pipeline, not only decode's input: decode on its own keeps up easily, so under overload
+    the queue builds in front of the slowest stage (the detector on a CPU), and a watermark on the
+    frames stream alone never engages while the tensors stream grows without bound.
+    """
+    total = 0
+    for stage, (source, _sink) in STAGE_STREAMS.items():
+        total += (await broker.backlog(settings.streams.name(source), stage)).total
+    return total
+
+
 async def wait_for_room(broker: Broker, settings: Settings, wait_s: float | None) -> None:
-    """Return once the decode backlog is under the watermark; raise Backpressure after ``wait_s``.
+    """Return once the pipeline's backlog is under the watermark; raise Backpressure after ``wait_s``.
 
     ``wait_s=0`` never waits (HTTP-style: reject now), ``None`` waits as long as it takes.
     """
-    stream = settings.streams.name("frames")
     watermark = settings.limits.ingress_high_watermark
     deadline = None if wait_s is None else time.monotonic() + wait_s
     while True:
-        backlog = (await broker.backlog(stream, DECODE)).total
+        backlog = await pipeline_backlog(broker, settings)
         if backlog < watermark:
             return
         if deadline is not None and time.monotonic() >= deadline:

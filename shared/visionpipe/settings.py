@@ -71,7 +71,7 @@ class LimitSettings(BaseModel):
     # 50 MP: a 16-bit decompression bomb stops here, a large phone photo (48 MP) still passes.
     max_image_pixels: int = 50_000_000
     max_message_bytes: int = 64 * 1024 * 1024
-    # Ingress stops admitting above this backlog (pending + undelivered) on the frames stream.
+    # Ingress stops admitting above this backlog (pending + undelivered, summed over every stage's input).
     ingress_high_watermark: int = 2_000
     max_retries: int = Field(3, description="transient failures of one message before it is dead-lettered")
 
@@ -99,7 +99,7 @@ class DecodeSettings(BaseModel):
     input_size: int = Field(640, ge=32, le=4096, description="letterboxed square side fed to the detector")
     batch: int = Field(16, ge=1, description="frames taken from the broker per decode batch")
     workers: int = Field(0, ge=0, description="CPU decode threads; 0 means every core")
-    # 114 is the grey YOLO-family letterboxes use; any mid-grey keeps the padding away from both ends of the input range.
+    # 114 is the grey YOLO-family letterboxes use; any mid-grey keeps padding away from both ends of the range.
     pad_value: int = Field(114, ge=0, le=255, description="grey level of the letterbox padding")
 
 
@@ -138,7 +138,7 @@ class ServiceSettings(BaseModel):
     consume_timeout_s: float = Field(0.1, gt=0.0, description="longest a consume call blocks waiting for a message")
     # Two consumed batches in flight keep the executor fed while the previous batch is published and acked.
     max_inflight_batches: int = Field(2, ge=1)
-    reclaim_interval_s: float = Field(5.0, gt=0.0, description="how often a stage looks for deliveries of dead consumers")
+    reclaim_interval_s: float = Field(5.0, gt=0.0, description="how often a stage reclaims dead consumers' deliveries")
 
 
 class Settings(BaseSettings):

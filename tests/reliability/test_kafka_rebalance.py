@@ -1,0 +1,71 @@
+"""Item 1 on the Kafka-protocol broker: a decode member SIGKILLed mid-run; the group rebalances its
+partitions to the survivor, which reads on from the committed offsets. Kafka has no per-message
+pending list to inspect, so the victim is killed once its metrics show it finishing work while
+frames are still queued; the check is the same as on Redis: one output per request after
+de-duplication, none lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.harness import Processes, Sink, frames, http_get, reliability_overrides, settings_of, stage_env
+from tests.servers import Server
+from visionpipe.broker import connect
+from visionpipe.ingress import Frame, ensure_pipeline_streams, submit_images
+
+REQUESTS = 120
+# Tansu reports end offsets exactly only with one record per batch (see tests/broker/conftest.py).
+TANSU_EXACT_OFFSETS = "producer.batch.num.messages=1"
+# A dead member is noticed after the session timeout; short, so the rebalance is quick.
+SESSION_TIMEOUT_MS = 3000
+OK_COUNT = re.compile(rb'visionpipe_messages_total\{outcome="ok",stage="decode"\} (\S+)')
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_kafka_member_killed_mid_run_its_partitions_move_to_the_survivor(
+    kafka_server: Server, tmp_path: Path, tag: str
+) -> None:
+    overrides = reliability_overrides(
+        f"kr{uuid.uuid4().hex[:8]}",
+        f"{kafka_server.url}?{TANSU_EXACT_OFFSETS}",
+        broker={"kafka_session_timeout_ms": SESSION_TIMEOUT_MS, "kafka_heartbeat_ms": 300},
+    )
+    s = settings_of(overrides)
+    procs = Processes(stage_env(overrides), tmp_path)
+    try:
+        async with await connect(settings=s) as broker:
+            await ensure_pipeline_streams(broker, s)
+            sink = await Sink(broker, s, stream="tensors").open()
+            victim, survivor = procs.start("decode"), procs.start("decode")
+            victim.wait_ready()
+            survivor.wait_ready()
+            imgs = frames(REQUESTS, seed=71)
+            sent = await submit_images(broker, s, [Frame(im, request_id=f"{tag}-{i}") for i, im in enumerate(imgs)])
+            deadline = time.monotonic() + 60
+            done = 0.0
+            while time.monotonic() < deadline:
+                m = OK_COUNT.search(http_get(victim.port, "/metrics")[1])
+                done = float(m.group(1)) if m else 0.0
+                if done > 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert done > 0, f"the victim never worked:\n{victim.log_tail()}"
+            victim.signal(signal.SIGKILL)
+            victim.wait(10)
+            t_kill = time.monotonic()
+            await sink.results_for(set(sent), timeout_s=120)
+            took = time.monotonic() - t_kill
+        assert survivor.alive()
+    finally:
+        procs.close()
+    print(f"\nkafka member killed: {len(sent)} requests, victim had finished {done:.0f}; "
+          f"{len(sent)} outputs after removing {sink.duplicates} duplicates, {took:.1f}s after the kill")
