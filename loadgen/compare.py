@@ -132,11 +132,11 @@ async def compare(base: Settings, opts: CompareOptions) -> list[RunResult]:
         except Exception as exc:  # one broker down must not cost the user the other broker's numbers
             failures.append((round_no, url, exc))
     if failures and not results:
-        _, url, exc = failures[0]
-        raise RuntimeError(f"every broker failed; first: {url}: {exc}") from exc
-    for round_no, url, exc in failures:
-        failed = failed_result(url, opts.spec, exc)
-        failed.round = round_no
+        _, first_url, first_exc = failures[0]
+        raise RuntimeError(f"every broker failed; first: {first_url}: {first_exc}") from first_exc
+    for failed_round, failed_url, error in failures:
+        failed = failed_result(failed_url, opts.spec, error)
+        failed.round = failed_round
         results.append(failed)
     return results
 

@@ -42,12 +42,23 @@ def write_plots(runs: list[dict[str, Any]], out_dir: Path) -> list[str]:
     return names
 
 
+def _plain_log_ticks(axis: Any) -> None:
+    """Label a log axis at 1-2-5 steps as plain numbers (200, 500, 1000) and leave the other ticks
+    unlabelled; matplotlib's default writes 2×10², 3×10², … which overlap on a short range."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _cdf(plt: Any, runs: list[dict[str, Any]]) -> Any:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for run in runs:
         points = run["summary"]["cdf"]
         ax.plot([p[0] for p in points], [p[1] for p in points], label=run["label"], drawstyle="steps-post")
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel("end-to-end latency (ms, log scale; from scheduled send)")
     ax.set_ylabel("fraction of requests")
     ax.set_ylim(0, 1.01)
@@ -64,6 +75,7 @@ def _timeline(plt: Any, runs: list[dict[str, Any]]) -> Any:
         points = run["summary"]["timeline"]
         ax.scatter([p[0] for p in points], [p[1] for p in points], s=6, alpha=0.6, label=run["label"])
     ax.set_yscale("log")
+    _plain_log_ticks(ax.yaxis)
     ax.set_xlabel("scheduled send time (s from start of the measured run)")
     ax.set_ylabel("end-to-end latency (ms, log scale)")
     ax.grid(True, which="both", alpha=0.3)

@@ -171,7 +171,7 @@ class Recorder:
         if self.first_send_mono_ns is not None and self.last_receive_mono_ns is not None:
             span_s = max(duration_s, (self.last_receive_mono_ns - self.first_send_mono_ns) / 1e9)
         e2e_ms = self.e2e_wall_sum_ns / 1e6
-        cat_ms: Counter[str] = Counter()
+        cat_ms: dict[str, float] = dict.fromkeys(CATEGORIES, 0.0)
         for name, ns in self.segment_sums_ns.items():
             cat_ms[category(name)] += ns / 1e6
         dnn_ms = cat_ms["detector"] + cat_ms["classifier"]

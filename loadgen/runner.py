@@ -142,7 +142,7 @@ async def _open_loop(broker: Broker, settings: Settings, rec: Recorder, spec: Lo
         if due_ns > now:
             await asyncio.sleep((due_ns - now) / 1e9)
             continue
-        batch = []
+        batch: list[tuple[str, int, bytes]] = []
         while i < len(offsets) and len(batch) < MAX_SEND_BATCH:
             sched = rec.mono0_ns + int(offsets[i] * 1e9)
             if sched > now:
@@ -227,7 +227,10 @@ async def run_load(
                 await _measure(broker, settings, main, spec, images, opts, dispatch)
         finally:
             stop.set()
-            await asyncio.gather(*readers, return_exceptions=True)
+            outcomes = await asyncio.gather(*readers, return_exceptions=True)
+        failed = [o for o in outcomes if isinstance(o, Exception)]
+        if failed:  # a reader that died would turn every later result into a "loss": say why instead
+            raise RuntimeError(f"reading results failed: {failed[0]!r}") from failed[0]
         elapsed = (time.monotonic_ns() - main.mono0_ns) / 1e9
         summary = main.summary(spec.duration_s)
         summary["undecodable"] = dispatch.undecodable
