@@ -21,7 +21,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from visionpipe.broker import Broker, BrokerError, DeadLetter, connect
+from visionpipe.broker import Broker, BrokerError, DeadLetter, connect, redact_url
 from visionpipe.envelope import Envelope, EnvelopeError
 from visionpipe.ingress import Backpressure, Frame, ensure_pipeline_streams, submit_images
 from visionpipe.loadgen.images import ImageSet
@@ -235,7 +235,7 @@ async def run_load(
         summary = main.summary(spec.duration_s)
         summary["undecodable"] = dispatch.undecodable
         summary["warmup"] = {"requests": opts.warmup_requests, "latency_ms": warm.summary(1.0)["latency_ms"]}
-        return RunResult(settings.broker.url, spec, summary, main.wall0_ns, elapsed)
+        return RunResult(redact_url(settings.broker.url), spec, summary, main.wall0_ns, elapsed)
     finally:
         await broker.close()
 
@@ -244,7 +244,7 @@ async def _measure(broker: Broker, settings: Settings, rec: Recorder, spec: Load
                    opts: RunOptions, dispatch: _Dispatch) -> None:
     from visionpipe.loadgen.progress import LiveProgress
 
-    with LiveProgress(rec, spec, opts.label or settings.broker.url, enabled=opts.progress) as live:
+    with LiveProgress(rec, spec, opts.label or redact_url(settings.broker.url), enabled=opts.progress) as live:
         if spec.pattern == "closed":
             sender = asyncio.create_task(_closed_loop(broker, settings, rec, spec, images, opts, dispatch))
         else:

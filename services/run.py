@@ -24,7 +24,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from visionpipe.broker import Broker, DeadLetter, connect
+from visionpipe.broker import Broker, DeadLetter, connect, redact_url
 from visionpipe.envelope import Envelope, EnvelopeError
 from visionpipe.ingress import STAGES, Frame, ensure_pipeline_streams, submit_images
 from visionpipe.logs import setup_logging
@@ -117,7 +117,7 @@ async def run_pipeline(
 ) -> RunSummary:
     settings = isolated(settings)
     inputs = [Input(p, f"{i:06d}-{uuid.uuid4().hex[:8]}") for i, p in enumerate(walk(paths))]
-    summary = RunSummary(inputs=len(inputs), broker=settings.broker.url)
+    summary = RunSummary(inputs=len(inputs), broker=redact_url(settings.broker.url))
     broker = await connect(settings=settings)
     try:
         await ensure_pipeline_streams(broker, settings)

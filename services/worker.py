@@ -105,7 +105,8 @@ class _Item:
     delivery: Delivery
     envelope: Envelope | None = None
     dead: str | None = None
-    duplicate: bool = False
+    duplicate: bool = False  # already finished here: ack the redelivered copy
+    in_progress: bool = False  # being worked on here now: leave it alone (see _admit)
 
 
 class Worker:
@@ -250,16 +251,22 @@ class Worker:
 
     def _admit(self, delivery: Delivery, now_ns: int) -> _Item:
         item = _Item(delivery)
-        if delivery.attempts > self.settings.limits.max_retries:
-            item.dead = f"gave up after {delivery.attempts - 1} deliveries that failed or timed out"
-            return item
         try:
             env = Envelope.decode(delivery.data, self.limits)
         except EnvelopeError as exc:
             item.dead = f"bad envelope: {exc.reason}"
             return item
-        if env.request_id in self._done or env.request_id in self._working:
-            item.duplicate = True  # done, or being done by this process right now: its pending copy finishes it
+        if env.request_id in self._working:
+            # Reclaimed while this process still works on it. Acking this copy would ack the same entry before
+            # its output is published; if that publish then fails (broker down), the request is lost. The
+            # working copy acks it; a copy that is another entry stays pending and is acked once done.
+            item.in_progress = True
+            return item
+        if env.request_id in self._done:
+            item.duplicate = True
+            return item
+        if delivery.attempts > self.settings.limits.max_retries:
+            item.dead = f"gave up after {delivery.attempts - 1} deliveries that failed or timed out"
             return item
         self._working.add(env.request_id)
         env.stamp(self.name, Event.DEQUEUED, now_ns)
@@ -271,7 +278,8 @@ class Worker:
         items = [self._admit(d, time.time_ns()) for d in deliveries]
         self.metrics.batch_size.labels(self.name).observe(len(items))
         work = [it for it in items if it.envelope is not None]
-        ready = [it for it in items if it.envelope is None]  # duplicates and dead letters: no work to wait for
+        # Duplicates and dead letters: no work to wait for.
+        ready = [it for it in items if it.envelope is None and not it.in_progress]
         if ready:
             await self._settle(ready, [])
         if not work:

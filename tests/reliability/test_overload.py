@@ -25,6 +25,9 @@ from visionpipe.ingress import STAGE_STREAMS, STAGES, Backpressure, Frame, submi
 from visionpipe.settings import Settings
 
 OVERLOAD_FACTOR = 3.0
+# Calibration on a short burst can underestimate the steady state (measured: 11.0 calibrated vs 11.4
+# sustained), so the schedule aims above the target; the assertion checks the rate actually offered.
+OFFER_MARGIN = 1.4
 OVERLOAD_S = 60.0
 CALIBRATION_REQUESTS = 16
 # The watermark is a few seconds of work at capacity: enough to keep every stage busy, little to drain.
@@ -91,7 +94,7 @@ async def test_three_times_capacity_for_a_minute_then_drain(pipeline: Pipeline, 
         watermark = max(MIN_WATERMARK, round(capacity * WATERMARK_SECONDS_OF_WORK))
         s = pipeline.settings.model_copy(deep=True)
         s.limits.ingress_high_watermark = watermark
-        rate = OVERLOAD_FACTOR * capacity
+        rate = OFFER_MARGIN * OVERLOAD_FACTOR * capacity
         pool = frames(20, seed=42)
 
         await broker.ensure(frames_stream, AUDIT_GROUP)  # pins every frame from here on: nothing may be trimmed
@@ -144,7 +147,10 @@ async def test_three_times_capacity_for_a_minute_then_drain(pipeline: Pipeline, 
     offered = len(admitted) + refused
     # Saturated, the pipeline admits what it finishes: this is its real capacity, whatever calibration said.
     sustained = len(admitted) / offered_s
-    assert rate >= OVERLOAD_FACTOR * sustained, f"offered {rate:.1f}/s is not {OVERLOAD_FACTOR}x of {sustained:.1f}/s"
+    offered_rate = offered / offered_s
+    assert offered_rate >= OVERLOAD_FACTOR * sustained, (
+        f"offered {offered_rate:.1f}/s is not {OVERLOAD_FACTOR}x of {sustained:.1f}/s"
+    )
     assert refused > 0, "3x capacity must hit the high watermark and be refused with Backpressure"
     assert final_len == base_len + len(admitted), "the frames stream holds every admitted request: none trimmed"
     assert not samples.length_mismatch, samples.length_mismatch[:5]
