@@ -39,7 +39,7 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
-	$(BIN)/visionpipe bench executor --device sim --json benchmarks/executor-sim.json --plot benchmarks/executor-sim.png
+	$(BIN)/visionpipe bench executor --device sim --cost h100 --json benchmarks/executor-sim-h100.json --plot benchmarks/executor-sim-h100.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info

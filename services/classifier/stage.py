@@ -7,9 +7,8 @@ objects fills a batch as well as many frames with one object each.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,13 +16,10 @@ import torch
 
 from visionpipe.envelope import Envelope, Event
 from visionpipe.ingress import CLASSIFIER
-from visionpipe.metrics import Metrics
-from visionpipe.services.executors import StageExecutor
-from visionpipe.services.models import LoadedModel, load_model, resolve_device
-from visionpipe.services.worker import BadInput, Outcome, Stage
-from visionpipe.settings import ClassifierSettings, ExecutorSettings, Settings
-
-log = logging.getLogger(__name__)
+from visionpipe.services.dnn_stage import DnnStage
+from visionpipe.services.models import LoadedModel
+from visionpipe.services.worker import BadInput, Outcome
+from visionpipe.settings import ClassifierSettings, ExecutorSettings
 
 # torchvision's ImageNet classifiers are trained on inputs normalised with these per-channel statistics.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -56,51 +52,24 @@ def classifier_fn(
     return fn
 
 
-class ClassifierStage(Stage):
+class ClassifierStage(DnnStage):
     name = CLASSIFIER
-
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        self.crop = settings.detector.crop_size
-        self.model: LoadedModel | None = None
-        self.executor: StageExecutor | None = None
-
-    async def start(self) -> None:
-        s = self.settings
-        device = resolve_device(s.service.device)
-        model = await asyncio.to_thread(load_model, "classification", s.classifier.model, s.classifier.weights)
-        self.model = model
-        fn = classifier_fn(model, s.classifier, s.executor, device)
-        self.executor = StageExecutor(fn, (3, self.crop, self.crop), s.executor, device, self._on_batch)
-        await self.executor.start()
-        log.info("classifier %s (%s weights) on %s", s.classifier.model, model.weights, device)
-
-    def _on_batch(self, size: int, timings: dict[str, float]) -> None:
-        if self.metrics is not None:
-            self.metrics.device_batch.labels(self.name).observe(size)
+    kind = "classification"
 
     @property
-    def ready(self) -> bool:
-        return self.executor is not None
+    def crop(self) -> int:
+        return self.settings.detector.crop_size
 
     @property
-    def weights(self) -> str | None:
-        return self.model.weights if self.model is not None else None
+    def model_spec(self) -> tuple[str, str]:
+        return self.settings.classifier.model, self.settings.classifier.weights
 
-    def observe_backlog(self, backlog: int) -> None:
-        if self.executor is not None:
-            self.executor.observe_backlog(backlog)
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return (3, self.crop, self.crop)
 
-    async def stop(self) -> None:
-        if self.executor is not None:
-            await self.executor.stop()
-
-    async def process(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
-        return list(await asyncio.gather(*self.items(envelopes)))
-
-    def items(self, envelopes: Sequence[Envelope]) -> list[Awaitable[Outcome]]:
-        return [self._one(env) for env in envelopes]
+    def build_fn(self, model: LoadedModel, device: str) -> Callable[[torch.Tensor], list[Any]]:
+        return classifier_fn(model, self.settings.classifier, self.settings.executor, device)
 
     async def _one(self, env: Envelope) -> Outcome:
         try:

@@ -9,71 +9,36 @@ batch — the executor's own wait, which the latency split counts as compute.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
 from visionpipe.envelope import Envelope, Event
 from visionpipe.ingress import DETECTOR
-from visionpipe.metrics import Metrics
 from visionpipe.services.detector.model import detector_fn
-from visionpipe.services.executors import StageExecutor
-from visionpipe.services.models import LoadedModel, load_model, resolve_device
-from visionpipe.services.worker import BadInput, Outcome, Stage
-from visionpipe.settings import Settings
-
-log = logging.getLogger(__name__)
+from visionpipe.services.dnn_stage import DnnStage
+from visionpipe.services.models import LoadedModel
+from visionpipe.services.worker import BadInput, Outcome
 
 
-class DetectorStage(Stage):
+class DetectorStage(DnnStage):
     name = DETECTOR
-
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        self.size = settings.decode.input_size
-        self.model: LoadedModel | None = None
-        self.executor: StageExecutor | None = None
-
-    async def start(self) -> None:
-        s = self.settings
-        device = resolve_device(s.service.device)
-        model = await asyncio.to_thread(load_model, "detection", s.detector.model, s.detector.weights)
-        self.model = model
-        fn = detector_fn(model, s.detector, s.executor, device)
-        self.executor = StageExecutor(fn, (self.size, self.size, 3), s.executor, device, self._on_batch)
-        await self.executor.start()
-        log.info("detector %s (%s weights) on %s", s.detector.model, model.weights, device)
-
-    def _on_batch(self, size: int, timings: dict[str, float]) -> None:
-        if self.metrics is not None:
-            self.metrics.device_batch.labels(self.name).observe(size)
+    kind = "detection"
 
     @property
-    def ready(self) -> bool:
-        return self.executor is not None
+    def model_spec(self) -> tuple[str, str]:
+        return self.settings.detector.model, self.settings.detector.weights
 
     @property
-    def weights(self) -> str | None:
-        return self.model.weights if self.model is not None else None
+    def item_shape(self) -> tuple[int, ...]:
+        size = self.settings.decode.input_size
+        return (size, size, 3)
 
-    def observe_backlog(self, backlog: int) -> None:
-        if self.executor is not None:
-            self.executor.observe_backlog(backlog)
-
-    async def stop(self) -> None:
-        if self.executor is not None:
-            await self.executor.stop()
-
-    async def process(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
-        return list(await asyncio.gather(*self.items(envelopes)))
-
-    def items(self, envelopes: Sequence[Envelope]) -> list[Awaitable[Outcome]]:
-        return [self._one(env) for env in envelopes]
+    def build_fn(self, model: LoadedModel, device: str) -> Callable[[torch.Tensor], list[Any]]:
+        return detector_fn(model, self.settings.detector, self.settings.executor, device)
 
     async def _one(self, env: Envelope) -> Outcome:
         try:
@@ -100,7 +65,7 @@ class DetectorStage(Stage):
 
     def _validate(self, env: Envelope) -> tuple[np.ndarray, dict[str, Any]]:
         image = env.arrays.get("image")
-        want = (self.size, self.size, 3)
+        want = self.item_shape
         if image is None or image.dtype != np.uint8 or image.shape != want:
             got = "none" if image is None else f"{image.dtype}{list(image.shape)}"
             raise BadInput(f"detector needs a uint8 image of shape {list(want)}, got {got}")
