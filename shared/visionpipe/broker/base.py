@@ -120,6 +120,11 @@ class Broker(ABC):
         record = DeadLetter(reason=reason, data=data, stage=stage, origin=origin, request_id=request_id)
         await self.publish(dlq, [record.encode()], [request_id])
 
+    def __repr__(self) -> str:
+        from visionpipe.broker.security import redact_url  # security imports settings; keep base import-light
+
+        return f"{type(self).__name__}({redact_url(self.url)!r})"
+
     async def __aenter__(self) -> Broker:
         return self
 

@@ -126,9 +126,6 @@ class KafkaBroker(Broker):
         self._lock = threading.Lock()
         self._topics: set[str] = set()
 
-    def __repr__(self) -> str:
-        return f"KafkaBroker({redact_url(self.url)!r})"
-
     @classmethod
     async def connect(cls, url: str, settings: Settings) -> KafkaBroker:
         warning = plaintext_password_warning(url, settings)

@@ -122,9 +122,6 @@ class RedisBroker(Broker):
         self._r = client
         self._ack_script = client.register_script(_ACK_AND_TRIM)
 
-    def __repr__(self) -> str:
-        return f"RedisBroker({redact_url(self.url)!r})"
-
     @classmethod
     async def connect(cls, url: str, settings: Settings) -> RedisBroker:
         warning = plaintext_password_warning(url, settings)
