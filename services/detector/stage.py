@@ -9,6 +9,7 @@ batch — the executor's own wait, which the latency split counts as compute.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,8 @@ from visionpipe.services.detector.model import detector_fn
 from visionpipe.services.dnn_stage import DnnStage
 from visionpipe.services.models import LoadedModel
 from visionpipe.services.worker import BadInput, Outcome
+
+log = logging.getLogger(__name__)
 
 
 class DetectorStage(DnnStage):
@@ -38,7 +41,17 @@ class DetectorStage(DnnStage):
         return (size, size, 3)
 
     def build_fn(self, model: LoadedModel, device: str) -> Callable[[torch.Tensor], list[Any]]:
-        return detector_fn(model, self.settings.detector, self.settings.executor, device)
+        detector = self.settings.detector
+        if model.is_random and "score_threshold" not in detector.model_fields_set:
+            # Random weights score ~0.01, so the default threshold would hand the classifier nothing and an
+            # offline `visionpipe run` would never exercise it; the scores mean nothing either way. Keep the top
+            # max_detections instead; a threshold that was set explicitly is always honoured.
+            log.warning(
+                "detector has random weights and no explicit score threshold: keeping the top %d boxes",
+                detector.max_detections,
+            )
+            detector = detector.model_copy(update={"score_threshold": 0.0})
+        return detector_fn(model, detector, self.settings.executor, device)
 
     async def _one(self, env: Envelope) -> Outcome:
         try:

@@ -128,3 +128,17 @@ def test_boxes_map_back_to_original_pixels(w: int, h: int) -> None:
         np.array([[-50, -50, 5000, 5000]], dtype=np.float32), np.array([0.5]), np.array([0]), payload
     )
     assert clipped["box"] == [0, 0, w, h]
+
+
+@pytest.mark.parametrize(("explicit", "expect_boxes"), [(None, True), (0.3, False)])
+def test_random_detector_keeps_top_boxes_unless_threshold_is_set(explicit: float | None, expect_boxes: bool) -> None:
+    """Random weights score ~0.01: with no explicit threshold the stage keeps the top boxes, so the classifier runs."""
+    from visionpipe.services.detector.stage import DetectorStage
+    from visionpipe.settings import load_settings
+
+    detector = {"model": DETECTOR, "max_detections": MAX_DETECTIONS, "crop_size": CROP, "score_threshold": explicit}
+    stage = DetectorStage(load_settings(detector=detector, decode={"input_size": INPUT_SIZE}))
+    fn = stage.build_fn(load_model("detection", DETECTOR, RANDOM), "cpu")
+    batch = torch.from_numpy(np.random.default_rng(1).integers(0, 255, (1, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8))
+    ((boxes, _scores, _labels, _crops),) = fn(batch)
+    assert (len(boxes) > 0) is expect_boxes
