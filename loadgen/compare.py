@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psutil
@@ -51,7 +52,7 @@ def broker_label(url: str) -> str:
 
 def settings_for(base: Settings, url: str, prefix: str | None) -> Settings:
     """The base settings pointed at ``url`` and (when given) a stream prefix of the run's own."""
-    update = {"broker": base.broker.model_copy(update={"url": url})}
+    update: dict[str, Any] = {"broker": base.broker.model_copy(update={"url": url})}
     if prefix is not None:
         update["streams"] = base.streams.model_copy(update={"prefix": prefix})
     return base.model_copy(update=update)
