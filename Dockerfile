@@ -2,7 +2,9 @@
 #
 # One image for every stage; the command picks the service:
 #   docker run --gpus all visionpipe serve detector
-#   docker run visionpipe loadgen run --broker redis://... --out /out
+# The load generator's image is the same build with the bench extra (matplotlib, hdrhistogram, psutil):
+#   docker build --build-arg EXTRAS=gpu,bench -t visionpipe-loadgen .
+#   docker run visionpipe-loadgen loadgen run --broker redis://... --out /out
 #
 # Why a CUDA 13 base: torch 2.14.1 from PyPI bundles the CUDA 13 user-space libraries (cuBLAS, cuDNN, NCCL…) and DALI
 # (nvidia-dali-cuda120) bundles its own CUDA 12 ones, so the image needs no CUDA toolkit of its own — only the driver,
@@ -37,12 +39,17 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     pip install pip==25.2 setuptools==80.9.0 wheel==0.45.1 \
     && pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 
-# 2. The remaining dependencies and the `gpu` extra (DALI), read from pyproject.toml alone, so that editing the
-#    code does not invalidate this layer; only a dependency change does.
+# 2. The remaining dependencies and the extras named by EXTRAS, read from pyproject.toml alone, so that editing the
+#    code does not invalidate this layer; only a dependency change does. A stage's image takes the `gpu` extra
+#    (DALI) only; the load generator's (compose builds it with EXTRAS=gpu,bench) adds what measures and draws.
+ARG EXTRAS=gpu
 COPY pyproject.toml /src/pyproject.toml
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['gpu']))" > /tmp/requirements.txt \
+    python -c "import os, tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
+wanted = [e for e in os.environ['EXTRAS'].split(',') if e not in ('', 'gpu')]; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['gpu'] \
++ [d for e in wanted for d in p['optional-dependencies'][e]]))" \
+    > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 
 # 3. The project itself, without touching the dependencies installed above. README.md is the package's readme.

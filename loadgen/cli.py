@@ -1,4 +1,4 @@
-"""``visionpipe loadgen``: run load, compare brokers, benchmark the broker alone.
+"""``visionpipe loadgen``: run load against the pipeline, compare brokers.
 
 ``run`` and ``compare`` take the same load options and share one code path:
 ``run`` is a comparison of one broker that by default drives stages already
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -179,39 +178,3 @@ def compare_cmd(brokers: str, external: bool, **kw: Any) -> None:
     if any(u.startswith("memory://") for u in urls):
         raise click.UsageError("memory:// lives inside one process; compare redis:// and kafka:// brokers")
     _execute(urls, external, kw["out_dir"] or Path("loadgen-compare"), kw)
-
-
-# The payload sizes our streams carry: a 640×480 JPEG frame, a crop batch, a letterboxed 640² uint8 tensor.
-STREAM_SIZES = (30_000, 150_000, 1_228_800)
-
-
-@loadgen.command(name="broker-bench")
-@click.option("--broker", "urls", multiple=True, required=True, help="broker URL; repeat to compare")
-@click.option("--size", "sizes", multiple=True, type=int, default=STREAM_SIZES, show_default=True,
-              help="payload bytes; repeat (defaults: JPEG frame, crop batch, 640² tensor)")
-@click.option("--rate", "rates", multiple=True, type=float, default=(100.0,), show_default=True,
-              help="offered msg/s, 0 = saturate; repeat")
-@click.option("--duration", type=float, default=5.0, show_default=True, help="seconds per point")
-@click.option("--batch", type=int, default=1, show_default=True, help="messages per publish call")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="folder for broker-bench.json and broker-bench.md")
-def broker_bench(urls: tuple[str, ...], sizes: tuple[int, ...], rates: tuple[float, ...], duration: float,
-                 batch: int, out_dir: Path | None) -> None:
-    """The broker alone, no DNN: produce -> consume -> ack hop at our streams' payload sizes.
-
-    A thin front for ``visionpipe bench broker`` (one benchmark, two doors), so that broker cost can be
-    read next to a ``loadgen compare`` report made with the same brokers.
-    """
-    from dataclasses import asdict
-
-    from visionpipe.broker.bench import markdown, run_bench
-
-    if not 0 < duration <= 600 or any(r < 0 for r in rates) or any(s < 8 for s in sizes) or batch < 1:
-        raise click.UsageError("need 0 < --duration <= 600, --rate >= 0, --size >= 8 and --batch >= 1")
-    results = asyncio.run(run_bench(list(urls), list(sizes), list(rates), duration, batch))
-    table = markdown(results)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "broker-bench.json").write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
-        (out_dir / "broker-bench.md").write_text(f"# Broker hop benchmark\n\n{table}\n")
-    click.echo(table)

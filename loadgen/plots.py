@@ -1,4 +1,8 @@
-"""The comparison's three pictures: latency CDF, latency over time, where the time goes.
+"""Every picture the benchmarks draw, with one matplotlib set-up.
+
+* a broker comparison's three: latency CDF, latency over time, where the time goes;
+* the executor benchmark's one PNG: p99 vs load per policy, and batch size
+  and latency over time on the burst.
 
 Matplotlib with the Agg backend (files only, no display), imported when a
 report is written so that the load generator itself starts without it.
@@ -9,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from visionpipe.loadgen.recorder import CATEGORIES
+import numpy as np
+
+from visionpipe.breakdown import CATEGORIES
 
 CDF_PNG = "latency_cdf.png"
 TIMELINE_PNG = "latency_over_time.png"
@@ -102,3 +108,99 @@ def _breakdown(plt: Any, runs: list[dict[str, Any]]) -> Any:
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
+
+
+# The executor benchmark.
+
+NS = 1_000_000_000
+# Latency over time is the p99 of arrivals in windows of this length: short enough to show a 0.3 s burst.
+TIMELINE_WINDOW_S = 0.05
+
+
+def best_params(summary: list[dict[str, Any]], policy: str, overlap: bool) -> str | None:
+    """The swept baseline's best point: highest capacity, as the targets compare."""
+    cands = [s for s in summary if s["policy"] == policy and s["overlap"] == overlap]
+    return max(cands, key=lambda s: s["capacity"])["params"] if cands else None
+
+
+def _series(
+    rows: list[dict[str, Any]], policy: str, params: str | None, overlap: bool
+) -> tuple[list[float], list[float]]:
+    pts = [
+        (r["load"], r["p99_ms"])
+        for r in rows
+        if r["trace"] == "poisson" and r["policy"] == policy and r["overlap"] == overlap
+        and (params is None or r["params"] == params) and r["p99_ms"] is not None
+    ]  # fmt: skip
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _p99_over_time(arrivals_ns: np.ndarray, done_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lat = (done_ns - arrivals_ns) / 1e6
+    bins = (arrivals_ns // int(TIMELINE_WINDOW_S * NS)).astype(np.int64)
+    xs, ys = [], []
+    for b in np.unique(bins):
+        sel = lat[(bins == b) & (done_ns >= 0)]
+        if len(sel):
+            xs.append(b * TIMELINE_WINDOW_S)
+            ys.append(float(np.percentile(sel, 99)))
+    return np.asarray(xs), np.asarray(ys)
+
+
+def plot_executor(
+    path: Path,
+    title: str,
+    rows: list[dict[str, Any]],
+    summary: list[dict[str, Any]],
+    slo_ms: float,
+    burst_runs: dict[tuple[str, str, bool], Any],
+    burst_window: tuple[float, float] | None,
+) -> None:
+    plt = _pyplot()
+
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5.2))
+    ax = axes[0]
+    # Adaptive last and thickest: it often coincides with greedy (Triton delay 0) and must stay visible.
+    shown: list[tuple[str, str | None]] = [("slack", None), ("aimd", None)]
+    shown += [("fixed", best_params(summary, "fixed", True)), ("timeout", best_params(summary, "timeout", True))]
+    shown.append(("adaptive", ""))
+    for i, (policy, params) in enumerate(shown):
+        color = f"C{i}"
+        for overlap, style in ((True, "-"), (False, "--")):
+            xs, ys = _series(rows, policy, params or None, overlap)
+            label = f"{policy} {params or ''} {'overlapped' if overlap else 'serial'}".replace("  ", " ")
+            wide = policy == "adaptive"
+            ax.plot(xs, ys, style, color=color, marker="o", ms=4 if wide else 3, lw=2.5 if wide else 1.2, label=label)
+    ax.axhline(slo_ms, color="k", lw=0.8, ls=":", label="SLO")
+    ax.set(xlabel="offered load (fraction of ideal capacity)", ylabel="p99 latency (ms)", yscale="log")
+    ax.set_ylim(top=slo_ms * 20)
+    ax.set_title("p99 vs load (best swept point of each baseline)")
+    ax.legend(fontsize=6)
+
+    burst_cfgs = [("timeout", best_params(summary, "timeout", True)), ("fixed", best_params(summary, "fixed", True)),
+                  ("adaptive", "")]  # fmt: skip
+    for i, (policy, params) in enumerate(burst_cfgs):
+        for overlap, style in ((True, "-"), (False, "--")):
+            res = burst_runs.get((policy, params or "", overlap))
+            if res is None:
+                continue
+            label = f"{policy} {params or ''} {'ov' if overlap else 'serial'}"
+            t = np.asarray(res.batch_dispatch_ns) / NS
+            lw = 1.6 if policy == "adaptive" else 0.8
+            axes[1].plot(t, res.batch_sizes, style, color=f"C{i}", lw=lw, label=label)
+            tx, ty = _p99_over_time(res.arrivals_ns, res.done_ns)
+            axes[2].plot(tx, ty, style, color=f"C{i}", lw=lw * 1.2, label=label)
+    for ax in axes[1:]:
+        if burst_window:
+            ax.axvspan(*burst_window, color="orange", alpha=0.15, label="2x burst")
+        ax.set_xlabel("time (s)")
+        ax.legend(fontsize=6)
+    axes[1].set(ylabel="batch size", title="batch size on the 2x burst (50% -> 100% load for 0.3 s)")
+    axes[2].axhline(slo_ms, color="k", lw=0.8, ls=":")
+    axes[2].set(ylabel=f"p99 latency per {int(TIMELINE_WINDOW_S * 1e3)} ms of arrivals (ms)", yscale="log",
+                title="latency on the 2x burst")  # fmt: skip
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)

@@ -3,12 +3,8 @@
 End-to-end latency runs from a request's *scheduled* send time (monotonic
 clock, so a clock step cannot bend it) to the moment its result is read
 back, recorded in an HDR histogram in microseconds. The per-stage breakdown
-uses the wall-clock stamps the stages put in the envelope, because those are
-the only times comparable across processes: the interval between two
-consecutive stamps is charged to the segment that ends at the later one, so
-a stage that does not stamp (say) ``batch_start`` has its queueing merged
-into its compute rather than lost, and the segments always add up to the
-whole.
+(``visionpipe.breakdown``) uses the wall-clock stamps the stages put in the
+envelope, because those are the only times comparable across processes.
 """
 
 from __future__ import annotations
@@ -19,70 +15,19 @@ from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from visionpipe.breakdown import CATEGORIES, DNN, SEGMENTS, category, segments
 from visionpipe.broker import DeadLetter
-from visionpipe.envelope import Envelope, Event
-from visionpipe.ingress import CLASSIFIER, DECODE, DETECTOR, INGRESS, STAGES
+from visionpipe.envelope import Envelope
 
 # HDR range: 1 µs to 1 h at 3 significant digits (0.1 % error), ~200 KB per histogram.
 HIST_MIN_US = 1
 HIST_MAX_US = 3_600_000_000
 HIST_DIGITS = 3
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
-DNN_STAGES = (DETECTOR, CLASSIFIER)
-SINK = "sink"
 
 
 def new_histogram() -> HdrHistogram:
     return HdrHistogram(HIST_MIN_US, HIST_MAX_US, HIST_DIGITS)
-
-
-def segment_chain() -> list[tuple[str, str, str]]:
-    """(segment name, stage, event) in pipeline order; each segment ends at its stamp."""
-    chain = [("ingress wait", INGRESS, str(Event.ENQUEUED))]
-    for stage in STAGES:
-        chain += [
-            (f"hop → {stage}", stage, str(Event.DEQUEUED)),
-            (f"{stage} queue", stage, str(Event.BATCH_START)),
-            (f"{stage} compute", stage, str(Event.COMPUTE_DONE)),
-            (f"{stage} post", stage, str(Event.PUBLISHED)),
-        ]
-    return chain
-
-
-SEGMENTS = [name for name, _, _ in segment_chain()] + [f"hop → {SINK}"]
-
-
-def category(segment: str) -> str:
-    """Group a segment for the stacked bars and the non-DNN share."""
-    if segment.startswith("hop"):
-        return "broker hops"
-    if segment.endswith("queue"):
-        return "stage queueing"
-    if segment.endswith("post"):
-        return "post-processing + publish"
-    if segment == f"{DECODE} compute":
-        return "decode"
-    if segment.endswith("compute"):
-        return segment.split()[0]  # detector / classifier
-    return segment  # ingress wait
-
-
-CATEGORIES = ("ingress wait", "broker hops", "stage queueing", "decode", "detector", "classifier",
-              "post-processing + publish")
-
-
-def breakdown(env: Envelope, scheduled_wall_ns: int, received_wall_ns: int) -> dict[str, int]:
-    """Nanoseconds per segment for one result; missing stamps merge into the next segment."""
-    out: dict[str, int] = {}
-    prev = scheduled_wall_ns
-    for name, stage, event in segment_chain():
-        ns = env.ts(stage, event)
-        if ns is None:
-            continue
-        out[name] = ns - prev
-        prev = ns
-    out[f"hop → {SINK}"] = received_wall_ns - prev
-    return out
 
 
 @dataclass
@@ -137,7 +82,7 @@ class Recorder:
         self.latency.record_value(max(HIST_MIN_US, latency_ns // 1000))
         self.latency_sum_ns += latency_ns
         sched_wall = self.wall0_ns + (sched - self.mono0_ns)
-        parts = breakdown(env, sched_wall, recv_wall_ns)
+        parts = segments(env, sched_wall, recv_wall_ns)
         for name, ns in parts.items():
             self.segments[name].record_value(max(HIST_MIN_US, ns // 1000))
             self.segment_sums_ns[name] += ns
@@ -174,7 +119,7 @@ class Recorder:
         cat_ms: dict[str, float] = dict.fromkeys(CATEGORIES, 0.0)
         for name, ns in self.segment_sums_ns.items():
             cat_ms[category(name)] += ns / 1e6
-        dnn_ms = cat_ms["detector"] + cat_ms["classifier"]
+        dnn_ms = sum(cat_ms[c] for c in DNN)
         return {
             "sent": sent,
             "completed": completed,

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from visionpipe.breakdown import CATEGORIES, SEGMENTS
 from visionpipe.loadgen.compare import broker_label
 from visionpipe.loadgen.plots import BREAKDOWN_PNG, CDF_PNG, TIMELINE_PNG, write_plots
-from visionpipe.loadgen.recorder import CATEGORIES, SEGMENTS
 from visionpipe.loadgen.runner import RunResult
 
 SECTIONS = ("Setup", "Summary", "Latency per segment", "Where the time goes", "Resources", "Verdict", "Plots")

@@ -21,8 +21,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from visionpipe.broker import Broker, BrokerError, DeadLetter, connect, redact_url
-from visionpipe.envelope import Envelope, EnvelopeError
+from visionpipe import topology
+from visionpipe.broker import Broker, BrokerError, connect, redact_url
+from visionpipe.collector import Collected, Collector
 from visionpipe.ingress import Backpressure, Frame, ensure_pipeline_streams, submit_images
 from visionpipe.loadgen.images import ImageSet
 from visionpipe.loadgen.recorder import Recorder
@@ -35,11 +36,9 @@ SOURCE = "loadgen"
 MAX_SEND_BATCH = 64
 # Reader poll: short, because some clients wait the whole timeout when fewer than `count` arrive.
 READ_TIMEOUT_S = 0.05
-READ_COUNT = 256
 PROGRESS_TICK_S = 0.25
 # However slowly results still trickle in, a run ends this long after its last send (bounded runs).
 DRAIN_CAP_S = 600.0
-STREAMS = ("frames", "tensors", "crops", "results", "dead_letter")
 
 
 @dataclass
@@ -82,39 +81,22 @@ class _Dispatch:
         if fut is not None and not fut.done():
             fut.set_result(None)
 
-    def result(self, data: bytes, mono_ns: int, wall_ns: int) -> None:
-        try:
-            env = Envelope.decode(data)
-        except EnvelopeError:
-            self.undecodable += 1
-            return
-        self._recorder(env.request_id).on_result(env, mono_ns, wall_ns)
-        self._wake(env.request_id)
-
-    def dead(self, data: bytes, mono_ns: int, wall_ns: int) -> None:
-        try:
-            letter = DeadLetter.decode(data)
-        except Exception:  # a foreign record on the dead-letter stream: count it, never crash the reader
-            self.undecodable += 1
-            return
-        self._recorder(letter.request_id).on_dead_letter(letter)
-        self._wake(letter.request_id)
+    def __call__(self, batch: Collected) -> None:
+        self.undecodable += batch.undecodable
+        for env in batch.results:
+            self._recorder(env.request_id).on_result(env, batch.mono_ns, batch.wall_ns)
+            self._wake(env.request_id)
+        for letter in batch.dead:
+            self._recorder(letter.request_id).on_dead_letter(letter)
+            self._wake(letter.request_id)
 
 
-async def _read(broker: Broker, stream: str, handle: Callable[[bytes, int, int], None], stop: asyncio.Event) -> None:
-    consumer = f"{SOURCE}-{uuid.uuid4().hex[:6]}"
+async def _read(collector: Collector, dispatch: _Dispatch, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
-            got = await broker.consume(stream, GROUP, consumer, READ_COUNT, READ_TIMEOUT_S)
+            await collector.poll(READ_TIMEOUT_S, dispatch)
         except BrokerError:
             await asyncio.sleep(READ_TIMEOUT_S)  # transient; the drain bound ends the run if it lasts
-            continue
-        if not got:
-            continue
-        mono_ns, wall_ns = time.monotonic_ns(), time.time_ns()
-        for d in got:
-            handle(d.data, mono_ns, wall_ns)
-        await broker.ack(stream, GROUP, got)
 
 
 async def _submit(broker: Broker, settings: Settings, rec: Recorder, batch: list[tuple[str, int, bytes]],
@@ -210,16 +192,12 @@ async def run_load(
     broker = await connect(settings.broker.url, settings)
     try:
         await ensure_pipeline_streams(broker, settings)
-        for name in ("results", "dead_letter"):
-            await broker.ensure(settings.streams.name(name), GROUP)
+        collector = await Collector(broker, settings, GROUP, f"{SOURCE}-{run_id}").open()
         warm = Recorder(f"{run_id}w", time.time_ns(), time.monotonic_ns())
         main = Recorder(run_id, 0, 0)
         dispatch = _Dispatch(warm, main)
         stop = asyncio.Event()
-        readers = [
-            asyncio.create_task(_read(broker, settings.streams.name("results"), dispatch.result, stop)),
-            asyncio.create_task(_read(broker, settings.streams.name("dead_letter"), dispatch.dead, stop)),
-        ]
+        readers = [asyncio.create_task(_read(collector, dispatch, stop))]
         try:
             await _warm_up(broker, settings, warm, images, opts)
             async with measuring() if measuring else contextlib.nullcontext():
@@ -277,7 +255,7 @@ async def delete_streams(settings: Settings) -> None:
     """Remove every stream of the run's prefix (after the stages have stopped)."""
     broker = await connect(settings.broker.url, settings)
     try:
-        for name in STREAMS:
-            await broker.delete(settings.streams.name(name))
+        for stream in topology.stream_names(settings):
+            await broker.delete(stream)
     finally:
         await broker.close()

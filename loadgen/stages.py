@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from visionpipe.ingress import STAGES
+from visionpipe.topology import STAGES
 
 # Loading torchvision models on a busy 2-core CPU takes tens of seconds; a GPU box is faster.
 READY_TIMEOUT_S = 240.0

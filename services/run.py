@@ -24,17 +24,20 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from visionpipe.broker import Broker, DeadLetter, connect, redact_url
-from visionpipe.envelope import Envelope, EnvelopeError
-from visionpipe.ingress import STAGES, Frame, ensure_pipeline_streams, submit_images
+from visionpipe import topology
+from visionpipe.breakdown import Split, categories_ms, segments
+from visionpipe.broker import Broker, connect, redact_url
+from visionpipe.collector import Collected, Collector
+from visionpipe.executor.torch_device import resolve_device
+from visionpipe.ingress import Frame, ensure_pipeline_streams, submit_images
 from visionpipe.logs import setup_logging
 from visionpipe.metrics import Metrics
-from visionpipe.services.report import Breakdown, breakdown, milliseconds, stage_times
 from visionpipe.services.samples import shipped_samples
 from visionpipe.services.serve import cli_settings, make_worker
 from visionpipe.services.summary import print_summary
 from visionpipe.services.worker import Worker
 from visionpipe.settings import Settings
+from visionpipe.topology import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ class RunSummary:
     decoder: str = ""
     device: str = ""
     broker: str = ""
-    split: Breakdown = field(default_factory=Breakdown)
+    split: Split = field(default_factory=Split)
     errors: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -71,7 +74,6 @@ class RunSummary:
 
     def as_dict(self) -> dict[str, Any]:
         """Machine-readable summary (``--summary-json``), the source of benchmarks/RESULTS.md's pipeline figures."""
-        n = max(len(self.split.totals), 1)
         return {
             "inputs": self.inputs,
             "ok": self.ok,
@@ -84,7 +86,8 @@ class RunSummary:
                 "p99": round(self.split.percentile(99) * 1e3, 2),
             },
             "share": {k: round(v, 4) for k, v in self.split.share.items()},
-            "mean_ms_per_request": {k: round(v / n * 1e3, 2) for k, v in self.split.seconds.items()},
+            "mean_ms_per_request": {k: round(v, 2) for k, v in self.split.mean_ms().items()},
+            "broker_hop_floor_ms": round(self.split.hop_floor_s * 1e3, 2),
             "device": self.device,
             "decoder": self.decoder,
             "broker": self.broker,
@@ -121,9 +124,7 @@ async def run_pipeline(
     broker = await connect(settings=settings)
     try:
         await ensure_pipeline_streams(broker, settings)
-        for key in ("results", "dead_letter"):
-            await broker.ensure(settings.streams.name(key), COLLECTOR)
-            await broker.prepare(settings.streams.name(key), COLLECTOR, "run")  # Kafka joins during model load
+        collector = await Collector(broker, settings, COLLECTOR, "run").open()  # Kafka joins during model load
         workers = [make_worker(name, broker, settings, Metrics()) for name in STAGES]
         tasks = [asyncio.create_task(w.run(), name=f"stage-{w.name}") for w in workers]
         try:
@@ -131,15 +132,15 @@ async def run_pipeline(
             await _wait_started(workers, tasks)
             summary.startup_s = time.monotonic() - t0
             _describe(summary, workers, settings)
-            records = await _process(inputs, broker, settings, tasks, summary, console)
+            records = await _process(inputs, broker, settings, collector, tasks, summary, console)
         finally:
             for w in workers:
                 w.stop()
             await asyncio.gather(*tasks, return_exceptions=True)
         _write(out, inputs, records)
     finally:
-        for key in ("frames", "tensors", "crops", "results", "dead_letter"):
-            await broker.delete(settings.streams.name(key))
+        for stream in topology.stream_names(settings):
+            await broker.delete(stream)
         await broker.close()
     return summary
 
@@ -157,8 +158,6 @@ def _describe(summary: RunSummary, workers: list[Worker], settings: Settings) ->
     stages = {w.name: w.stage for w in workers}
     summary.decoder = str(getattr(stages["decode"], "backend", ""))
     summary.weights = {k: str(stages[k].weights) for k in ("detector", "classifier")}
-    from visionpipe.services.models import resolve_device
-
     summary.device = resolve_device(settings.service.device)
 
 
@@ -166,6 +165,7 @@ async def _process(
     inputs: list[Input],
     broker: Broker,
     settings: Settings,
+    collector: Collector,
     tasks: list[asyncio.Task[None]],
     summary: RunSummary,
     console: Console | None,
@@ -181,7 +181,7 @@ async def _process(
         disable=console is None,
         transient=False,
     )
-    times: list[dict[str, float]] = []
+    split = Split()
     with progress:
         bar = progress.add_task("images", total=len(inputs))
         start = time.monotonic()
@@ -190,11 +190,11 @@ async def _process(
             for t in (*tasks, submitter):
                 if t.done() and t.exception() is not None:
                     raise RuntimeError(f"{t.get_name()} failed") from t.exception()
-            await _collect(broker, settings, by_id, records, times)
+            await collector.poll(COLLECT_TIMEOUT_S, lambda batch: _record(batch, by_id, records, split))
             progress.update(bar, completed=len(records))
         await submitter
         summary.elapsed_s = time.monotonic() - start
-    summary.split = breakdown(times)
+    summary.split = split
     for rec in records.values():
         if rec["ok"]:
             summary.ok += 1
@@ -225,35 +225,21 @@ async def _submit(inputs: list[Input], broker: Broker, settings: Settings, recor
         await submit_images(broker, settings, chunk)
 
 
-async def _collect(
-    broker: Broker,
-    settings: Settings,
-    by_id: dict[str, Input],
-    records: dict[str, dict[str, Any]],
-    times: list[dict[str, float]],
-) -> int:
-    got = 0
-    results, dlq = settings.streams.name("results"), settings.streams.name("dead_letter")
-    for d in await broker.consume(results, COLLECTOR, "run", 64, COLLECT_TIMEOUT_S):
-        received = time.time_ns()
-        try:
-            env = Envelope.decode(d.data)
-        except EnvelopeError:
-            continue
+def _record(batch: Collected, by_id: dict[str, Input], records: dict[str, dict[str, Any]], split: Split) -> None:
+    """Keep the first outcome of each of our requests: its result with its latency split, or its dead letter.
+
+    A request's time runs from its enqueue at ingress (file reading is not the pipeline's) to this read.
+    """
+    for env in batch.results:
         if env.request_id in by_id and env.request_id not in records:  # a redelivered duplicate is counted once
-            split = stage_times(env, received)
-            if split is not None:
-                times.append(split)
-            records[env.request_id] = {"ok": True, **env.payload, "latency_ms": milliseconds(split or {})}
-            got += 1
-        await broker.ack(results, COLLECTOR, [d])
-    for d in await broker.consume(dlq, COLLECTOR, "run", 64, COLLECT_TIMEOUT_S if not got else 0.0):
-        entry = DeadLetter.decode(d.data)
+            start = env.ts(topology.INGRESS, "enqueued")
+            parts = segments(env, start, batch.wall_ns) if start is not None else {}
+            if parts:
+                split.add(parts)
+            records[env.request_id] = {"ok": True, **env.payload, "latency_ms": categories_ms(parts)}
+    for entry in batch.dead:
         if entry.request_id in by_id and entry.request_id not in records:
             records[entry.request_id] = {"ok": False, "stage": entry.stage, "error": entry.reason}
-            got += 1
-        await broker.ack(dlq, COLLECTOR, [d])
-    return got
 
 
 def _write(out: Path, inputs: list[Input], records: dict[str, dict[str, Any]]) -> None:

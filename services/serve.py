@@ -19,11 +19,12 @@ import click
 
 from visionpipe.broker import Broker, connect
 from visionpipe.health import HealthServer
-from visionpipe.ingress import CLASSIFIER, DECODE, DETECTOR, STAGES
 from visionpipe.logs import setup_logging
 from visionpipe.metrics import Metrics
-from visionpipe.services.worker import Stage, Worker
+from visionpipe.services.stage import Stage
+from visionpipe.services.worker import Worker
 from visionpipe.settings import SETTINGS_FILE_ENV, Settings, load_settings
+from visionpipe.topology import CLASSIFIER, DECODE, DETECTOR, STAGES
 
 log = logging.getLogger(__name__)
 

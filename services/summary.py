@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from visionpipe.services.models import RANDOM
-from visionpipe.services.report import PARTS
+from visionpipe.breakdown import CATEGORIES
+from visionpipe.services.weights import RANDOM
 
 if TYPE_CHECKING:
     from visionpipe.services.run import RunSummary
@@ -33,10 +33,12 @@ def print_summary(s: RunSummary, out: Path, console: Console) -> None:
     split.add_column("part")
     split.add_column("share", justify="right")
     split.add_column("mean ms/request", justify="right")
-    n = max(len(s.split.totals), 1)
-    for part in PARTS:
-        split.add_row(part, f"{s.split.share[part] * 100:.1f}%", f"{s.split.seconds[part] / n * 1e3:.1f}")
+    mean = s.split.mean_ms()
+    for part in CATEGORIES:
+        split.add_row(part, f"{s.split.share[part] * 100:.1f}%", f"{mean[part]:.1f}")
     console.print(split)
+    floor = s.split.hop_floor_s * 1e3
+    console.print(f"broker hops: {floor:.1f} ms/request at the fastest, the rest is waiting in streams")
 
     if s.errors:
         bad = Table(title="bad inputs", title_justify="left")

@@ -1,20 +1,21 @@
-"""The loop every stage shares: consume, process, publish, dead-letter, ack — at least once, never silently.
+"""The loop every stage shares: consume, process, publish, ack — at least once, never silently.
 
-A :class:`Stage` only turns input envelopes into output envelopes. The
-:class:`Worker` around it owns the delivery contract:
+A :class:`~visionpipe.services.stage.Stage` only turns input envelopes into
+output envelopes. The :class:`Worker` around it owns the delivery contract:
 
 * input is acked only after its output (or its dead-letter entry) is published;
 * poison (undecodable envelope, bad image, wrong payload) is dead-lettered at
   once with its reason; a transient failure leaves the delivery pending, to
-  be redelivered by ``reclaim``, and after ``limits.max_retries`` deliveries it
-  is dead-lettered too, so nothing loops forever;
+  be redelivered by ``reclaim``;
 * deliveries left pending by dead consumers are reclaimed periodically;
-* request ids already finished by this process are acked without redoing
-  them (cheap idempotency against redelivery);
 * ``stop()`` (SIGTERM) stops consuming and waits for in-flight batches up to
   the grace period; whatever is unfinished stays unacked for another worker;
 * ``drain`` mode exits once the input and every upstream stage have had no
   backlog for ``service.drain_idle_s``.
+
+What happens to one message — duplicates, the bound on attempts, deadlines,
+dead letters, metrics — is decided by the middleware (``services/middleware``);
+this loop only fires their hooks.
 """
 
 from __future__ import annotations
@@ -23,22 +24,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from abc import ABC, abstractmethod
-from collections import OrderedDict
-from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
-from typing import TypeAlias
+from collections.abc import Sequence
+from typing import Any
 
+from visionpipe import topology
 from visionpipe.broker import Broker, BrokerError, Delivery
-from visionpipe.envelope import Envelope, EnvelopeError, Event, Limits, peek_request_id
-from visionpipe.ingress import STAGE_STREAMS, STAGES
+from visionpipe.envelope import Envelope, EnvelopeError, Event, Limits
 from visionpipe.metrics import Metrics
+from visionpipe.services.middleware import Item, Middleware, Verdict, default_middleware
+from visionpipe.services.middleware.base import ACKED
+from visionpipe.services.stage import BadInput, Outcome, Stage
 from visionpipe.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Request ids remembered for idempotency: a few minutes of traffic at thousands of messages per second.
-DONE_MEMORY = 100_000
 # Backoff after a broker error in the loop, doubled up to the cap: long enough not to spin, short to recover.
 BROKER_BACKOFF_S = 0.2
 BROKER_BACKOFF_MAX_S = 5.0
@@ -46,85 +45,28 @@ BROKER_BACKOFF_MAX_S = 5.0
 BACKLOG_POLL_S = 1.0
 
 
-class BadInput(ValueError):
-    """This message can never be processed: dead-letter it with ``reason``."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-Outcome: TypeAlias = Envelope | BadInput | Exception  # output, poison, or a transient failure (left pending)
-
-
-class Stage(ABC):
-    """One pipeline step. ``process`` gets a batch of decoded, dequeued envelopes; one outcome each.
-
-    Stages whose items finish at different times (the DNN stages, where the
-    executor splits a consumed batch into device batches) override ``items``
-    so that each output is published as soon as it is ready, not when the
-    slowest item of its consumed batch is.
-    """
-
-    name: str
-
-    @abstractmethod
-    async def start(self) -> None:
-        """Load models, start executors. Called once before the first batch."""
-
-    @abstractmethod
-    async def process(self, envelopes: Sequence[Envelope]) -> list[Outcome]: ...
-
-    def items(self, envelopes: Sequence[Envelope]) -> list[Awaitable[Outcome]]:
-        """One awaitable per envelope; by default all resolve together when ``process`` returns."""
-        batch = asyncio.ensure_future(self.process(envelopes))
-
-        async def pick(i: int) -> Outcome:
-            return (await asyncio.shield(batch))[i]
-
-        return [pick(i) for i in range(len(envelopes))]
-
-    async def stop(self) -> None:
-        return None
-
-    def observe_backlog(self, backlog: int) -> None:  # noqa: B027 - optional hook
-        """The stage's input backlog, for the executor's arrival-rate estimate."""
-
-    @property
-    def ready(self) -> bool:
-        return True
-
-    @property
-    def weights(self) -> str | None:
-        """What the stage's model weights are ("random", a file, a weights name); None for stages without a model."""
-        return None
-
-
-@dataclass
-class _Item:
-    delivery: Delivery
-    envelope: Envelope | None = None
-    dead: str | None = None
-    duplicate: bool = False  # already finished here: ack the redelivered copy
-    in_progress: bool = False  # being worked on here now: leave it alone (see _admit)
-
-
 class Worker:
     def __init__(
-        self, stage: Stage, broker: Broker, settings: Settings, metrics: Metrics, batch: int, drain: bool = False
+        self,
+        stage: Stage,
+        broker: Broker,
+        settings: Settings,
+        metrics: Metrics,
+        batch: int,
+        drain: bool = False,
+        middleware: Sequence[Middleware] | None = None,
     ) -> None:
         self.stage, self.broker, self.settings, self.metrics = stage, broker, settings, metrics
         self.name = stage.name
-        source, sink = STAGE_STREAMS[self.name]
-        self.input, self.output = settings.streams.name(source), settings.streams.name(sink)
+        self.input = topology.input_stream(self.name, settings)
+        self.output = topology.output_stream(self.name, settings)
         self.dlq = settings.streams.name("dead_letter")
-        self.group = settings.service.group or self.name
+        self.group = topology.group(self.name, settings)
         self.consumer = f"{settings.service.consumer}-{self.name}"
         self.batch = batch
         self.drain = drain
         self.limits = Limits(max_message_bytes=settings.limits.max_message_bytes)
-        self._done: OrderedDict[str, None] = OrderedDict()
-        self._working: set[str] = set()
+        self.middleware = list(default_middleware(settings) if middleware is None else middleware)
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self.started = False
@@ -219,11 +161,10 @@ class Worker:
         """
         if self._inflight:
             return None
-        own = STAGES.index(self.name)
-        for stage in (*STAGES[:own], self.name):
-            stream = self.settings.streams.name(STAGE_STREAMS[stage][0])
+        for stage in (*topology.upstream(self.name), self.name):
+            stream, group = topology.input_stream(stage, self.settings), topology.group(stage, self.settings)
             try:
-                if (await self.broker.backlog(stream, stage)).total:
+                if (await self.broker.backlog(stream, group)).total:
                     return None
             except BrokerError:
                 return None
@@ -249,118 +190,81 @@ class Worker:
                 self.stage.observe_backlog(backlog)
             await asyncio.sleep(BACKLOG_POLL_S)
 
-    def _admit(self, delivery: Delivery, now_ns: int) -> _Item:
-        item = _Item(delivery)
+    def _fire(self, hook: str, *args: Any) -> None:
+        for m in self.middleware:
+            getattr(m, hook)(self, *args)
+
+    def _admit(self, item: Item, now_ns: int) -> None:
+        """Decode, then let each middleware look; an item still ``WORK`` after all of them is processed."""
         try:
-            env = Envelope.decode(delivery.data, self.limits)
+            item.envelope = Envelope.decode(item.delivery.data, self.limits)
         except EnvelopeError as exc:
-            item.dead = f"bad envelope: {exc.reason}"
-            return item
-        if env.request_id in self._working:
-            # Reclaimed while this process still works on it. Acking this copy would ack the same entry before
-            # its output is published; if that publish then fails (broker down), the request is lost. The
-            # working copy acks it; a copy that is another entry stays pending and is acked once done.
-            item.in_progress = True
-            return item
-        if env.request_id in self._done:
-            item.duplicate = True
-            return item
-        if delivery.attempts > self.settings.limits.max_retries:
-            item.dead = f"gave up after {delivery.attempts - 1} deliveries that failed or timed out"
-            return item
-        self._working.add(env.request_id)
-        env.stamp(self.name, Event.DEQUEUED, now_ns)
-        item.envelope = env
-        return item
+            item.kill(f"bad envelope: {exc.reason}")
+            return
+        for m in self.middleware:
+            m.admit(self, item)
+            if item.verdict is not Verdict.WORK:
+                return
+        item.envelope.stamp(self.name, Event.DEQUEUED, now_ns)
 
     async def _handle(self, deliveries: list[Delivery]) -> None:
         """Admit a consumed batch, then publish and ack its items in groups as they complete."""
-        items = [self._admit(d, time.time_ns()) for d in deliveries]
-        self.metrics.batch_size.labels(self.name).observe(len(items))
-        work = [it for it in items if it.envelope is not None]
-        # Duplicates and dead letters: no work to wait for.
-        ready = [it for it in items if it.envelope is None and not it.in_progress]
-        if ready:
-            await self._settle(ready, [])
+        items = [Item(d) for d in deliveries]
+        self._fire("on_consume", items)
+        now = time.time_ns()
+        for it in items:
+            self._admit(it, now)
+        work = [it for it in items if it.verdict is Verdict.WORK]
+        decided = [it for it in items if it.verdict in ACKED]  # duplicates and dead letters: no work to wait for
+        if decided:
+            await self._settle(decided)
         if not work:
             return
-        pending: dict[asyncio.Future[Outcome], _Item] = {}
+        pending: dict[asyncio.Future[Outcome], Item] = {}
         for it, awaitable in zip(work, self.stage.items([it.envelope for it in work if it.envelope]), strict=True):
             pending[asyncio.ensure_future(awaitable)] = it
         try:
             while pending:
                 done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                group = [(pending.pop(fut), _outcome(fut)) for fut in done]
-                await self._settle([it for it, _ in group], [out for _, out in group])
+                group = []
+                for fut in done:
+                    it = pending.pop(fut)
+                    it.outcome = _outcome(fut)
+                    group.append(it)
+                await self._settle(group)
         finally:
             for fut in pending:  # cancelled (SIGTERM grace over): nothing of these is acked
                 fut.cancel()
-            # Also reached when an earlier group's publish failed (broker down): these items stay pending and come
-            # back by reclaim, so they must not look in progress then, or _admit would ack them as duplicates unworked.
-            self._working.difference_update(it.envelope.request_id for it in pending.values() if it.envelope)
+            self._fire("on_release", list(pending.values()))
 
-    async def _settle(self, items: list[_Item], outcomes: list[Outcome]) -> None:
-        """Publish outputs and dead letters of ``items``, then ack them; transient failures stay pending."""
-        outputs: list[Envelope] = []
-        acked: list[_Item] = [it for it in items if it.duplicate]
-        work = [it for it in items if it.envelope is not None]
-        for it, outcome in zip(work, outcomes, strict=True):
-            if isinstance(outcome, Envelope):
-                outputs.append(outcome)
-                acked.append(it)
-            elif isinstance(outcome, BadInput):
-                it.dead = outcome.reason
+    async def _settle(self, items: list[Item]) -> None:
+        """Publish the outputs of ``items``, let middleware act (dead letters), then ack what is settled."""
+        worked = [it for it in items if it.verdict is Verdict.WORK]
+        for it in worked:
+            if isinstance(it.outcome, Envelope):
+                it.verdict = Verdict.DONE
+            elif isinstance(it.outcome, BadInput):
+                it.kill(it.outcome.reason)
             else:
-                self.metrics.errors.labels(self.name, type(outcome).__name__).inc()
-                rid = it.envelope.request_id if it.envelope else None
-                log.warning("stage %s: request %s failed, left for redelivery: %r", self.name, rid, outcome)
-        dead = [it for it in items if it.dead is not None]
+                it.verdict = Verdict.FAILED
+            self._fire("on_outcome", it)
         try:
-            await self._publish(outputs, dead)
-            await self.broker.ack(self.input, self.group, [it.delivery for it in (*acked, *dead)])
-            self._remember([env.request_id for env in outputs])
+            outputs = [it.outcome for it in worked if it.verdict is Verdict.DONE and isinstance(it.outcome, Envelope)]
+            await self._publish(outputs)
+            for m in self.middleware:
+                await m.before_ack(self, items)
+            await self.broker.ack(self.input, self.group, [it.delivery for it in items if it.verdict in ACKED])
+            self._fire("after_ack", items)
         finally:
-            self._working.difference_update(it.envelope.request_id for it in work if it.envelope is not None)
-        self._count(items, outputs, dead)
+            self._fire("on_release", items)
 
-    async def _publish(self, outputs: list[Envelope], dead: list[_Item]) -> None:
-        if outputs:
-            now = time.time_ns()
-            for env in outputs:
-                env.stamp(self.name, Event.PUBLISHED, now)
-            await self.broker.publish(self.output, [e.encode() for e in outputs], [e.request_id for e in outputs])
-        for it in dead:
-            rid = it.envelope.request_id if it.envelope is not None else peek_request_id(it.delivery.data)
-            log.info("stage %s: dead-lettering %s: %s", self.name, rid, it.dead)
-            await self.broker.dead_letter(
-                self.dlq,
-                reason=it.dead or "",
-                data=it.delivery.data,
-                stage=self.name,
-                origin=self.input,
-                request_id=rid,
-            )
-
-    def _remember(self, request_ids: list[str]) -> None:
-        for rid in request_ids:
-            self._done[rid] = None
-        while len(self._done) > DONE_MEMORY:
-            self._done.popitem(last=False)
-
-    def _count(self, items: list[_Item], outputs: list[Envelope], dead: list[_Item]) -> None:
-        m = self.metrics
-        m.messages.labels(self.name, "ok").inc(len(outputs))
-        m.messages.labels(self.name, "dead_letter").inc(len(dead))
-        m.messages.labels(self.name, "duplicate").inc(sum(it.duplicate for it in items))
+    async def _publish(self, outputs: list[Envelope]) -> None:
+        if not outputs:
+            return
+        now = time.time_ns()
         for env in outputs:
-            phases = {
-                "queue": (_previous_publish(env, self.name), env.ts(self.name, Event.DEQUEUED)),
-                "compute": (env.ts(self.name, Event.BATCH_START), env.ts(self.name, Event.COMPUTE_DONE)),
-                "total": (env.ts(self.name, Event.DEQUEUED), env.ts(self.name, Event.PUBLISHED)),
-            }
-            for phase, (a, b) in phases.items():
-                if a is not None and b is not None:
-                    m.latency.labels(self.name, phase).observe(max(0, b - a) / 1e9)
+            env.stamp(self.name, Event.PUBLISHED, now)
+        await self.broker.publish(self.output, [e.encode() for e in outputs], [e.request_id for e in outputs])
 
 
 def _outcome(fut: asyncio.Future[Outcome]) -> Outcome:
@@ -369,11 +273,3 @@ def _outcome(fut: asyncio.Future[Outcome]) -> Outcome:
         return RuntimeError("cancelled")
     exc = fut.exception()
     return exc if isinstance(exc, Exception) else fut.result()
-
-
-def _previous_publish(env: Envelope, stage: str) -> int | None:
-    """When the message this stage consumed was published: upstream's ``published`` or ingress ``enqueued``."""
-    own = STAGES.index(stage)
-    if own == 0:
-        return env.ts("ingress", Event.ENQUEUED)
-    return env.ts(STAGES[own - 1], Event.PUBLISHED)

@@ -8,8 +8,9 @@ import pytest
 
 from visionpipe.broker import MemoryBroker
 from visionpipe.envelope import Envelope, Event
-from visionpipe.ingress import DECODE, Backpressure, Frame, ensure_pipeline_streams, submit_images
+from visionpipe.ingress import Backpressure, Frame, ensure_pipeline_streams, submit_images
 from visionpipe.settings import load_settings
+from visionpipe.topology import DECODE
 
 
 async def test_backpressure_rejects_then_admits_after_drain(ns: str) -> None:
@@ -33,3 +34,18 @@ async def test_backpressure_rejects_then_admits_after_drain(ns: str) -> None:
     assert await waiter == ["late"]
     env = Envelope.decode(got[0].data)
     assert env.payload["image"] == b"x" and env.ts("ingress", Event.ENQUEUED) is not None
+
+
+async def test_a_custom_group_is_the_one_counted_and_created(ns: str) -> None:
+    """``service.group`` names the group for ingress as for the workers: no orphan default group holds the backlog."""
+    settings = load_settings(streams={"prefix": ns}, service={"group": "blue"}, limits={"ingress_high_watermark": 2})
+    broker = MemoryBroker(f"memory://{ns}")
+    await ensure_pipeline_streams(broker, settings)
+    await submit_images(broker, settings, [Frame(b"x"), Frame(b"y")], wait_s=0)
+    frames = settings.streams.name("frames")
+    got = await broker.consume(frames, "blue", "c", 10, 0.1)  # the group a worker with this setting reads
+    await broker.ack(frames, "blue", got)
+    assert len(got) == 2
+    assert await submit_images(broker, settings, [Frame(b"z", request_id="admitted")], wait_s=0) == ["admitted"]
+    # x and y are gone from the stream: no second (default-named) group still needs them.
+    assert await broker.length(frames) == 1

@@ -15,41 +15,11 @@ import numpy as np
 import torch
 
 from visionpipe.envelope import Envelope, Event
-from visionpipe.ingress import CLASSIFIER
+from visionpipe.services.classifier.model import classifier_fn
 from visionpipe.services.dnn_stage import DnnStage
-from visionpipe.services.models import LoadedModel
-from visionpipe.services.worker import BadInput, Outcome
-from visionpipe.settings import ClassifierSettings, ExecutorSettings
-
-# torchvision's ImageNet classifiers are trained on inputs normalised with these per-channel statistics.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def classifier_fn(
-    model: LoadedModel, settings: ClassifierSettings, executor: ExecutorSettings, device: str
-) -> Callable[[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
-    """``fn(batch)`` for the executor: (b, 3, C, C) uint8 crops -> per crop (top-k scores, top-k labels)."""
-    module = model.module.to(device)
-    cuda = device.startswith("cuda")
-    if cuda and executor.channels_last and not model.scripted:
-        module = module.to(memory_format=torch.channels_last)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    autocast_dtype = getattr(torch, executor.dtype)
-
-    @torch.inference_mode()
-    def fn(batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        x = (batch.float().div_(255.0) - mean) / std
-        if cuda and executor.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=autocast_dtype, enabled=cuda and autocast_dtype != torch.float32):
-            logits = module(x)
-        probs = logits.float().softmax(dim=1)
-        top = probs.topk(min(settings.top_k, probs.shape[1]), dim=1)
-        return list(zip(top.values, top.indices, strict=True))
-
-    return fn
+from visionpipe.services.stage import BadInput, Outcome
+from visionpipe.services.weights import LoadedModel
+from visionpipe.topology import CLASSIFIER
 
 
 class ClassifierStage(DnnStage):
@@ -79,7 +49,7 @@ class ClassifierStage(DnnStage):
         assert self.executor is not None and self.model is not None, "start() first"
         start = time.time_ns()
         try:
-            tops = await asyncio.gather(*(self.executor.submit(crop) for crop in crops))
+            tops = await asyncio.gather(*(self.submit(crop) for crop in crops))
         except Exception as exc:  # transient: left for redelivery by the worker
             return exc
         done = time.time_ns()

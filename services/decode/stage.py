@@ -12,15 +12,15 @@ import time
 from collections.abc import Sequence
 
 from visionpipe.envelope import Envelope, Event
-from visionpipe.ingress import DECODE
+from visionpipe.executor.torch_device import resolve_device
 from visionpipe.services.decode.backends import Decoder, make_decoder
 from visionpipe.services.decode.images import BadImage
-from visionpipe.services.models import resolve_device
-from visionpipe.services.worker import BadInput, Outcome, Stage
+from visionpipe.services.stage import BadInput, BatchStage, Outcome
 from visionpipe.settings import Settings
+from visionpipe.topology import DECODE
 
 
-class DecodeStage(Stage):
+class DecodeStage(BatchStage):
     name = DECODE
 
     def __init__(self, settings: Settings) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torchvision.ops import roi_align
 
-from visionpipe.services.models import LoadedModel
+from visionpipe.services.weights import LoadedModel
 from visionpipe.settings import DetectorSettings, ExecutorSettings
 
 # roi_align samples 2x2 points per output pixel: enough to avoid aliasing when a crop shrinks, cheap when it grows.

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from visionpipe.envelope import Envelope, Event
-from visionpipe.ingress import DETECTOR
 from visionpipe.services.detector.model import detector_fn
 from visionpipe.services.dnn_stage import DnnStage
-from visionpipe.services.models import LoadedModel
-from visionpipe.services.worker import BadInput, Outcome
+from visionpipe.services.stage import BadInput, Outcome
+from visionpipe.services.weights import LoadedModel
+from visionpipe.topology import DETECTOR
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class DetectorStage(DnnStage):
         assert self.executor is not None and self.model is not None, "start() first"
         start = time.time_ns()
         try:
-            boxes, scores, labels, crops = await self.executor.submit(image)
+            boxes, scores, labels, crops = await self.submit(image)
         except Exception as exc:  # transient (device, executor); the worker leaves it for redelivery
             return exc
         done = time.time_ns()

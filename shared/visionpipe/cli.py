@@ -14,6 +14,9 @@ import click
 
 from visionpipe import __version__
 
+# Modules of the `bench` extra: a stage's image leaves them out, so their commands say how to get them.
+BENCH_EXTRA = frozenset({"hdrh", "matplotlib", "psutil"})
+
 
 class LazyGroup(click.Group):
     """A click group whose subcommands are ``(module:attribute, short help)``, imported on use."""
@@ -28,7 +31,14 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.lazy:
             module, attr = self.lazy[cmd_name][0].split(":")
-            command = getattr(importlib.import_module(module), attr)
+            try:
+                command = getattr(importlib.import_module(module), attr)
+            except ModuleNotFoundError as exc:
+                if exc.name not in BENCH_EXTRA:
+                    raise
+                raise click.ClickException(
+                    f"`{cmd_name}` needs {exc.name}, which is in the bench extra: pip install 'visionpipe[bench]'"
+                ) from exc
             if not isinstance(command, click.Command):
                 raise TypeError(f"{self.lazy[cmd_name][0]} is not a click command")
             return command
@@ -48,7 +58,10 @@ class LazyGroup(click.Group):
         "run": ("visionpipe.services.run:run", "Run the whole pipeline in one process over images."),
         "serve": ("visionpipe.services.serve:serve", "Run one stage (decode, detector, classifier) as a service."),
         "loadgen": ("visionpipe.loadgen.cli:loadgen", "Drive the pipeline with load; compare brokers."),
-        "broker-demo": ("visionpipe.broker.demo:broker_demo", "Pass messages through one stage; print hop latency."),
+        "broker-demo": (
+            "visionpipe.loadgen.bench.broker_demo:broker_demo",
+            "Pass messages through one relay stage; print hop latency.",
+        ),
         "dlq": ("visionpipe.broker.dlq:dlq", "List or replay dead-lettered messages."),
     },
 )
@@ -59,10 +72,21 @@ def main() -> None:
 
 @main.group(
     cls=LazyGroup,
+    short_help="Benchmarks: side-by-side ratios, written to files.",
     lazy={
-        "executor": ("visionpipe.executor.bench:bench_executor", "Batching policies side by side (sim, cpu, cuda)."),
-        "broker": ("visionpipe.broker.bench:bench_broker", "Produce -> consume -> ack hop at stream payload sizes."),
+        "executor": (
+            "visionpipe.loadgen.bench.executor:bench_executor",
+            "Batching policies side by side (sim, cpu, cuda).",
+        ),
+        "broker": (
+            "visionpipe.loadgen.bench.broker_hop:bench_broker",
+            "Produce -> consume -> ack hop at stream payload sizes.",
+        ),
+        "decode": ("visionpipe.loadgen.bench.decode:bench_decode", "Decode paths side by side on the same files."),
     },
 )
 def bench() -> None:
-    """Benchmarks that write machine-readable results (not timed tests)."""
+    """Benchmarks: side-by-side ratios written to files.
+
+    Not timed tests; their code lives in visionpipe.loadgen.bench.
+    """

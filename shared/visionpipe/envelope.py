@@ -81,6 +81,8 @@ class Envelope:
     payload: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     timestamps: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Wall-clock ns after which nobody waits for the result (a client's timeout); None: no deadline.
+    deadline_ns: int | None = None
     version: int = SCHEMA_VERSION
 
     def stamp(self, stage: str, event: Event | str, ns: int | None = None) -> None:
@@ -97,6 +99,7 @@ class Envelope:
             source=self.source,
             payload=dict(payload),
             timestamps={stage: dict(events) for stage, events in self.timestamps.items()},
+            deadline_ns=self.deadline_ns,
         )
 
     def encode(self) -> bytes:
@@ -115,6 +118,8 @@ class Envelope:
             "p": self.payload,
             "a": arrays,
         }
+        if self.deadline_ns is not None:
+            doc["dl"] = self.deadline_ns
         return msgpack.packb(doc, use_bin_type=True)
 
     @classmethod
@@ -173,12 +178,16 @@ def _from_doc(doc: dict[str, Any], limits: Limits) -> Envelope:
     payload = doc.get("p", {})
     if not isinstance(payload, dict):
         raise EnvelopeError("payload is not a map", request_id)
+    deadline = doc.get("dl")
+    if deadline is not None and (not isinstance(deadline, int) or isinstance(deadline, bool) or deadline < 0):
+        raise EnvelopeError("deadline is not a non-negative integer", request_id)
     return Envelope(
         request_id=request_id,
         source=source,
         payload=payload,
         arrays=_arrays(doc.get("a", {}), limits),
         timestamps=_timestamps(doc.get("ts", {})),
+        deadline_ns=deadline,
         version=version,
     )
 

@@ -16,18 +16,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from visionpipe import topology
 from visionpipe.broker import Broker
 from visionpipe.envelope import Envelope, Event
 from visionpipe.settings import Settings
-
-# Stage names double as consumer-group names and as timestamp keys in envelopes.
-INGRESS = "ingress"
-DECODE = "decode"
-DETECTOR = "detector"
-CLASSIFIER = "classifier"
-STAGES = (DECODE, DETECTOR, CLASSIFIER)
-# Stream each stage consumes, and the stream it publishes to (names are keys of StreamSettings).
-STAGE_STREAMS = {DECODE: ("frames", "tensors"), DETECTOR: ("tensors", "crops"), CLASSIFIER: ("crops", "results")}
+from visionpipe.topology import INGRESS, STAGES
 
 # How often a waiting producer re-reads the backlog: short against a batch's time, long against a broker call.
 BACKPRESSURE_POLL_S = 0.05
@@ -64,8 +57,8 @@ async def pipeline_backlog(broker: Broker, settings: Settings) -> int:
     frames stream alone never engages while the tensors stream grows without bound.
     """
     total = 0
-    for stage, (source, _sink) in STAGE_STREAMS.items():
-        total += (await broker.backlog(settings.streams.name(source), stage)).total
+    for stage in STAGES:
+        total += (await broker.backlog(topology.input_stream(stage, settings), topology.group(stage, settings))).total
     return total
 
 
@@ -99,7 +92,7 @@ async def submit_images(
 
 async def ensure_pipeline_streams(broker: Broker, settings: Settings) -> None:
     """Create every stream and stage group, so backlog is counted from the first message."""
-    for stage, (source, _sink) in STAGE_STREAMS.items():
-        await broker.ensure(settings.streams.name(source), stage)
+    for stage in STAGES:
+        await broker.ensure(topology.input_stream(stage, settings), topology.group(stage, settings))
     await broker.ensure(settings.streams.name("results"))
     await broker.ensure(settings.streams.name("dead_letter"))

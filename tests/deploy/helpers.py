@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from visionpipe.ingress import STAGE_STREAMS
 from visionpipe.settings import ENV_PREFIX, SETTINGS_FILE_ENV, Settings
+from visionpipe.topology import hop
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -83,7 +83,7 @@ def load_settings_from_env(env: dict[str, str]) -> Settings:
 
 def stage_streams(settings: Settings, stage: str) -> tuple[str, str]:
     """(input stream, output stream) of ``stage`` under ``settings`` — what its consumer group reads and writes."""
-    source, sink = STAGE_STREAMS[stage]
+    source, sink = hop(stage).source, hop(stage).sink
     return settings.streams.name(source), settings.streams.name(sink)
 
 

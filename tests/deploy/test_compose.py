@@ -28,7 +28,7 @@ from tests.deploy.helpers import (
     required_env,
     setting_env_names,
 )
-from visionpipe.ingress import STAGES
+from visionpipe.topology import STAGES
 
 SCHEMA_FILE = Path(__file__).with_name("compose-spec.json")
 BROKER_SERVICES = {"redis": "redis://", "kafka": "kafka://"}

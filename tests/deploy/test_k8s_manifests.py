@@ -33,7 +33,7 @@ from tests.deploy.manifests import (
     pod_spec,
     referenced,
 )
-from visionpipe.ingress import STAGES
+from visionpipe.topology import STAGES
 
 # --- rendering and schemas ---------------------------------------------------------------------------------------
 

@@ -34,8 +34,8 @@ from tests.deploy.manifests import (
     pod_spec,
 )
 from visionpipe.broker.kafka import kafka_group_id
-from visionpipe.ingress import STAGES
 from visionpipe.settings import Settings
+from visionpipe.topology import STAGES
 
 # --- the stages --------------------------------------------------------------------------------------------------
 

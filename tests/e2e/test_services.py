@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from tests.services.helpers import MAX_DETECTIONS, bad_images, env_for, fast_overrides, good_images
+from visionpipe import topology
 from visionpipe.broker import Broker, DeadLetter, connect
 from visionpipe.envelope import Envelope, Event
-from visionpipe.ingress import STAGE_STREAMS, STAGES, Frame, ensure_pipeline_streams, submit_images
+from visionpipe.ingress import Frame, ensure_pipeline_streams, submit_images
 from visionpipe.settings import Settings, load_settings
+from visionpipe.topology import STAGES
 
 # Three interpreters importing torch, loading models and warming up on 2 shared cores, then draining.
 STAGES_TIMEOUT_S = 100
@@ -57,7 +59,7 @@ async def _collect(settings: Settings, n_good: int, n_bad: int) -> tuple[list[En
         dead = [DeadLetter.decode(m) for m in await _read_all(broker, settings.streams.name("dead_letter"), n_bad)]
         backlog = 0
         for stage in STAGES:
-            backlog += (await broker.backlog(settings.streams.name(STAGE_STREAMS[stage][0]), stage)).total
+            backlog += (await broker.backlog(topology.input_stream(stage, settings), stage)).total
         return results, dead, backlog
     finally:
         await broker.close()

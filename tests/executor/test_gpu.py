@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.executor.fns import logits_fn
 from visionpipe.executor import BatchExecutor, TorchDevice, make_policy
-from visionpipe.executor.models import torchvision_classifier
 from visionpipe.settings import ExecutorSettings
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -59,7 +59,7 @@ def test_overlapped_pipeline_beats_serial_throughput() -> None:
 
 
 async def test_resnet_fp16_through_executor_on_cuda() -> None:
-    fn = torchvision_classifier("resnet18", torch.device("cuda"), "float16")
+    fn = logits_fn("resnet18", "cuda", torch.float16, channels_last=True)
     settings = ExecutorSettings(slo_ms=100, max_batch=16)
     executor = BatchExecutor(
         TorchDevice(fn, (3, 224, 224), max_batch=16, device="cuda"), make_policy(settings), settings
@@ -71,9 +71,9 @@ async def test_resnet_fp16_through_executor_on_cuda() -> None:
 
 
 def test_cuda_graph_fn_matches_eager() -> None:
-    from visionpipe.executor.models import CudaGraphFn
+    from visionpipe.executor.cuda_graphs import CudaGraphFn
 
-    eager = torchvision_classifier("resnet18", torch.device("cuda"), "float32", channels_last=False)
+    eager = logits_fn("resnet18", "cuda")
     graphed = CudaGraphFn(eager, sizes=(1, 4))
     x = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, device="cuda")
     with torch.inference_mode():

@@ -19,8 +19,8 @@ from visionpipe.executor import (
     make_policy,
 )
 from visionpipe.executor.policy import keep_up_batch
-from visionpipe.executor.simulate import simulate
-from visionpipe.executor.traces import burst, poisson
+from visionpipe.loadgen.bench.simulate import simulate
+from visionpipe.loadgen.bench.traces import burst, poisson
 from visionpipe.settings import ExecutorSettings
 
 # A linear card (seed 001's shape): compute 1 ms/image + 4 ms per batch; upload 0.4 ms/image pinned, 1 pageable.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from visionpipe.executor.rate import BACKLOG_DRAIN_S, RateEstimator
-from visionpipe.executor.traces import poisson
+from visionpipe.loadgen.bench.traces import poisson
 
 NS = 1_000_000_000
 

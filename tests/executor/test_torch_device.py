@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.executor.fns import logits_fn
 from visionpipe.executor import BatchExecutor, TorchDevice, make_policy
-from visionpipe.executor.models import classifier_fn, torchvision_classifier
 from visionpipe.executor.torch_device import split_outputs
 from visionpipe.settings import ExecutorSettings
 
@@ -18,7 +18,7 @@ SIZE = 64  # small inputs keep mobilenet_v3_small at a few ms per image on 2 cor
 
 async def test_mobilenet_through_the_executor_matches_direct_forward() -> None:
     torch.manual_seed(0)
-    fn = torchvision_classifier("mobilenet_v3_small", torch.device("cpu"))
+    fn = logits_fn("mobilenet_v3_small", "cpu")
     settings = ExecutorSettings(policy="adaptive", slo_ms=2000, max_batch=4, warmup_repeats=1)
     device = TorchDevice(fn, item_shape=(3, SIZE, SIZE), max_batch=4, device="cpu")
     executor = BatchExecutor(device, make_policy(settings), settings)
@@ -61,14 +61,6 @@ def test_batch_larger_than_max_is_refused() -> None:
 def test_overlap_is_off_without_cuda() -> None:
     device = TorchDevice(lambda x: x, item_shape=(1,), max_batch=2, device="cpu", overlap=True)
     assert device.overlap is False
-
-
-def test_classifier_fn_normalises_on_device() -> None:
-    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Identity())
-    fn = classifier_fn(module, torch.device("cpu"), channels_last=False)
-    grey = torch.full((1, 3, 2, 2), 124, dtype=torch.uint8)  # ≈ ImageNet mean for the red channel
-    out = fn(grey).view(3, 4)
-    assert abs(out[0].mean().item()) < 0.02 and out.dtype == torch.float32
 
 
 def test_read_only_items_are_accepted_without_warnings() -> None:

@@ -22,8 +22,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from visionpipe.broker import connect
 from visionpipe.envelope import Envelope, Event
-from visionpipe.ingress import CLASSIFIER, DECODE, STAGE_STREAMS
 from visionpipe.settings import Settings, load_settings
+from visionpipe.topology import CLASSIFIER, DECODE, hop
 
 COMPUTE_S = {"decode": 0.001, "detector": 0.003, "classifier": 0.002}
 POISON = b"not an image"
@@ -44,7 +44,7 @@ async def run_stage(
     stall: Callable[[str], float] | None = None,
 ) -> None:
     """Pass messages on until ``stop``; ``stall(request_id)`` gives seconds this stage hangs on a request."""
-    source, sink = STAGE_STREAMS[stage]
+    source, sink = hop(stage).source, hop(stage).sink
     src, dst = settings.streams.name(source), settings.streams.name(sink)
     broker = await connect(settings.broker.url, settings)
     try:

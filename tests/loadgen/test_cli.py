@@ -113,15 +113,3 @@ def test_compare_redis_and_kafka_with_the_real_stages_on_cpu(
     for png in doc["plots"]:
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert {v["metric"] for v in doc["verdict"]} >= {"throughput (req/s)", "latency p99 (ms)"}
-
-
-def test_broker_bench_measures_the_hop_on_both_brokers(redis_server: Server, kafka_server: Server,
-                                                       tmp_path: Path) -> None:
-    proc = loadgen("broker-bench", "--broker", redis_server.url, "--broker", kafka_server.url, "--size", "30000",
-                   "--rate", "50", "--duration", "1", "--out", str(tmp_path))
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    rows = json.loads((tmp_path / "broker-bench.json").read_text())
-    assert [r["broker"].split(":")[0] for r in rows] == ["redis", "kafka"]
-    for row in rows:
-        assert row["received"] == row["sent"] >= 40 and row["p50_ms"] > 0
-    assert "| redis | 30 KB |" in (tmp_path / "broker-bench.md").read_text()

@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 import pytest
 
 from tests.loadgen.passthrough import POISON, run_stage
-from visionpipe.ingress import STAGES
 from visionpipe.loadgen.images import ImageSet, synthetic
 from visionpipe.loadgen.runner import RunOptions, delete_streams, run_load
 from visionpipe.loadgen.schedule import LoadSpec
 from visionpipe.settings import Settings, load_settings
+from visionpipe.topology import STAGES
 
 SMALL = synthetic(48, 32, count=3)
 QUIET = RunOptions(progress=False, drain_timeout_s=10, warmup_requests=2, warmup_timeout_s=20)

@@ -28,11 +28,13 @@ import redis
 
 from tests.servers import free_port
 from tests.services.helpers import env_for, fast_overrides
+from visionpipe import topology
 from visionpipe.broker import Broker, DeadLetter
+from visionpipe.collector import Collected, Collector
 from visionpipe.envelope import Envelope, EnvelopeError
-from visionpipe.ingress import STAGE_STREAMS, STAGES
 from visionpipe.services.samples import scene_jpeg
 from visionpipe.settings import Settings, load_settings
+from visionpipe.topology import STAGES
 
 VISIONPIPE = str(Path(sys.executable).parent / "visionpipe")  # the console script the package installs
 # A stage imports torch, builds its model and warms the executor up: seconds alone, far more on 2 busy cores.
@@ -195,16 +197,13 @@ class Sink:
     """
 
     def __init__(self, broker: Broker, settings: Settings, stream: str = "results") -> None:
-        self.broker = broker
-        self.results_stream = settings.streams.name(stream)
-        self.dead_stream = settings.streams.name("dead_letter")
+        self.collector = Collector(broker, settings, SINK_GROUP, "sink", stream=stream)
         self.results: dict[str, Envelope] = {}
         self.seen: Counter[str] = Counter()
         self.dead: list[DeadLetter] = []
 
     async def open(self) -> Sink:
-        await self.broker.ensure(self.results_stream, SINK_GROUP)
-        await self.broker.ensure(self.dead_stream, SINK_GROUP)
+        await self.collector.open()
         return self
 
     @property
@@ -212,15 +211,13 @@ class Sink:
         return sum(n - 1 for n in self.seen.values())
 
     async def poll(self, timeout_s: float = 0.2) -> None:
-        got = await self.broker.consume(self.results_stream, SINK_GROUP, "sink", 256, timeout_s)
-        for d in got:
-            env = Envelope.decode(d.data)
+        await self.collector.poll(timeout_s, self._keep)
+
+    def _keep(self, batch: Collected) -> None:
+        for env in batch.results:
             self.seen[env.request_id] += 1
             self.results.setdefault(env.request_id, env)
-        await self.broker.ack(self.results_stream, SINK_GROUP, got)
-        dead = await self.broker.consume(self.dead_stream, SINK_GROUP, "sink", 256, 0.01)
-        self.dead += [DeadLetter.decode(d.data) for d in dead]
-        await self.broker.ack(self.dead_stream, SINK_GROUP, dead)
+        self.dead += batch.dead
 
     async def until(self, done: Callable[[], bool], timeout_s: float, what: Callable[[], str]) -> None:
         """Poll until ``done()`` holds; fail with ``what()`` after ``timeout_s``."""
@@ -245,7 +242,7 @@ async def settle_backlogs(broker: Broker, settings: Settings, timeout_s: float) 
     while time.monotonic() < deadline:
         total = 0
         for stage in STAGES:
-            total += (await broker.backlog(settings.streams.name(STAGE_STREAMS[stage][0]), stage)).total
+            total += (await broker.backlog(topology.input_stream(stage, settings), stage)).total
         if total == 0:
             return 0
         await asyncio.sleep(0.2)

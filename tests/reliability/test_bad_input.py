@@ -26,15 +26,16 @@ from tests.services.helpers import good_images
 from visionpipe.broker import DeadLetter, connect
 from visionpipe.broker.dlq import Entry, _decode
 from visionpipe.envelope import peek_request_id
-from visionpipe.ingress import STAGE_STREAMS, Frame, frame_envelope
+from visionpipe.ingress import Frame, frame_envelope
 from visionpipe.services.decode.images import BadImage, check_header, letterbox_cpu
 from visionpipe.settings import LimitSettings
+from visionpipe.topology import HOPS
 
 # Valid frames spread among the poison: one after every this many bad messages.
 INTERLEAVE_EVERY = 12
 # Everything decode refuses goes in milliseconds; the valid frames go through the CPU detector.
 POISON_TIMEOUT_S = 150
-STAGE_OF_STREAM = {source: stage for stage, (source, _sink) in STAGE_STREAMS.items()}
+STAGE_OF_STREAM = {h.source: h.stage for h in HOPS}
 
 
 @pytest.mark.timeout(240)

@@ -22,10 +22,12 @@ from tests.reliability.harness import Sink, frames, redis_client, request_id_of,
 from tests.servers import start_redis
 from visionpipe.broker import BrokerError, connect
 from visionpipe.envelope import Envelope, Event
-from visionpipe.ingress import DECODE, Frame, ensure_pipeline_streams, submit_images
+from visionpipe.ingress import Frame, ensure_pipeline_streams, submit_images
 from visionpipe.metrics import Metrics
-from visionpipe.services.worker import Outcome, Stage, Worker
+from visionpipe.services.stage import Outcome, Stage
+from visionpipe.services.worker import Worker
 from visionpipe.settings import load_settings
+from visionpipe.topology import DECODE
 
 BEFORE, AFTER = 24, 8
 DOWN_S = 3.0
@@ -88,9 +90,6 @@ class TwoSpeedStage(Stage):
 
     async def start(self) -> None:
         return None
-
-    async def process(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
-        return list(await asyncio.gather(*self.items(envelopes)))
 
     def items(self, envelopes: Sequence[Envelope]) -> list[Awaitable[Outcome]]:
         return [self._one(env) for env in envelopes]

@@ -20,9 +20,11 @@ import pytest
 
 from tests.reliability.conftest import Pipeline
 from tests.reliability.harness import Sink, frames, redis_client, settle_backlogs
+from visionpipe import topology
 from visionpipe.broker import Broker, connect
-from visionpipe.ingress import STAGE_STREAMS, STAGES, Backpressure, Frame, submit_images
+from visionpipe.ingress import Backpressure, Frame, submit_images
 from visionpipe.settings import Settings
+from visionpipe.topology import STAGES
 
 OVERLOAD_FACTOR = 3.0
 # Calibration on a short burst can underestimate the steady state (measured: 11.0 calibrated vs 11.4
@@ -111,7 +113,7 @@ async def test_three_times_capacity_for_a_minute_then_drain(pipeline: Pipeline, 
                         samples.rss_mb.setdefault(name, []).append((t, _rss_mb(proc)))
                 total = 0
                 for stage in STAGES:
-                    total += (await broker.backlog(s.streams.name(STAGE_STREAMS[stage][0]), stage)).total
+                    total += (await broker.backlog(topology.input_stream(stage, s), stage)).total
                 samples.backlog.append(total)
                 n = len(admitted)
                 length = client.xlen(frames_stream)

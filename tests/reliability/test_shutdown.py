@@ -20,8 +20,10 @@ import redis
 
 from tests.reliability.conftest import Pipeline
 from tests.reliability.harness import Sink, StageProc, frames, pending_by_consumer, redis_client, settle_backlogs
+from visionpipe import topology
 from visionpipe.broker import connect
-from visionpipe.ingress import DETECTOR, STAGE_STREAMS, Frame, submit_images
+from visionpipe.ingress import Frame, submit_images
+from visionpipe.topology import DETECTOR
 
 LONG_GRACE_S = 20.0
 # A CPU detector batch takes hundreds of milliseconds: 10 ms of grace cannot finish one.
@@ -38,7 +40,7 @@ WAVE_S = 15.0
 @pytest.mark.timeout(240)
 async def test_sigterm_finishes_in_flight_and_acks_nothing_unfinished(pipeline: Pipeline, tag: str) -> None:
     s = pipeline.settings
-    stream = s.streams.name(STAGE_STREAMS[DETECTOR][0])
+    stream = topology.input_stream(DETECTOR, s)
     client = redis_client(pipeline.url)
     graces = {"long": LONG_GRACE_S, "short": SHORT_GRACE_S}
     replicas = {

@@ -28,8 +28,10 @@ from tests.reliability.harness import (
     redis_client,
     settle_backlogs,
 )
+from visionpipe import topology
 from visionpipe.broker import connect
-from visionpipe.ingress import STAGE_STREAMS, STAGES, Frame, submit_images
+from visionpipe.ingress import Frame, submit_images
+from visionpipe.topology import STAGES
 
 REQUESTS = 36
 # Frames are sent in waves until every victim was caught holding work; this bounds the waves.
@@ -64,7 +66,7 @@ async def test_sigkill_mid_batch_in_every_stage_loses_nothing(pipeline: Pipeline
                 deadline = time.monotonic() + WAVE_S
                 while len(killed) < len(victims) and time.monotonic() < deadline:
                     for stage, victim in victims.items():
-                        stream = s.streams.name(STAGE_STREAMS[stage][0])
+                        stream = topology.input_stream(stage, s)
                         if stage in killed or not pending_by_consumer(client, stream, stage).get(victim.member):
                             continue
                         held = _held(client, stream, stage, victim)
@@ -82,7 +84,7 @@ async def test_sigkill_mid_batch_in_every_stage_loses_nothing(pipeline: Pipeline
             t_done = time.monotonic()
             assert await settle_backlogs(broker, s, 30) == 0
             for stage, victim in victims.items():
-                stream = s.streams.name(STAGE_STREAMS[stage][0])
+                stream = topology.input_stream(stage, s)
                 assert not pending_by_consumer(client, stream, stage).get(victim.member), "left with the dead member"
     finally:
         client.close()

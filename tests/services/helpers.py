@@ -81,7 +81,7 @@ def bad_images() -> dict[str, bytes]:
 
 def save_weights(folder: Path) -> tuple[Path, Path]:
     """Random detector and classifier weights as state-dict files, loaded by the stages through the real path."""
-    from visionpipe.services.models import save_random_weights
+    from visionpipe.services.weights import save_random_weights
 
     det = save_random_weights("detection", DETECTOR, folder / "detector.pt")
     cls = save_random_weights("classification", CLASSIFIER, folder / "classifier.pt")

@@ -8,9 +8,10 @@ import json
 from tests.services.helpers import fast_settings, good_images
 from visionpipe.broker import MemoryBroker
 from visionpipe.health import HealthServer
-from visionpipe.ingress import DECODE, Frame, ensure_pipeline_streams, submit_images
+from visionpipe.ingress import Frame, ensure_pipeline_streams, submit_images
 from visionpipe.metrics import Metrics
 from visionpipe.services.serve import make_worker
+from visionpipe.topology import DECODE
 
 
 async def _get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:

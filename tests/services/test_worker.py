@@ -14,13 +14,15 @@ import pytest
 
 from visionpipe.broker import Broker, DeadLetter, MemoryBroker
 from visionpipe.envelope import Envelope, Event
-from visionpipe.ingress import DECODE, Frame, ensure_pipeline_streams, submit_images
+from visionpipe.ingress import Frame, ensure_pipeline_streams, submit_images
 from visionpipe.metrics import Metrics
-from visionpipe.services.worker import BadInput, Outcome, Stage, Worker
+from visionpipe.services.stage import BadInput, BatchStage, Outcome, Stage
+from visionpipe.services.worker import Worker
 from visionpipe.settings import Settings, load_settings
+from visionpipe.topology import DECODE
 
 
-class EchoStage(Stage):
+class EchoStage(BatchStage):
     """Echoes frames; b"bad" is poison, b"flaky" fails transiently the first ``flaky`` times, b"slow" sleeps."""
 
     name = DECODE
@@ -169,7 +171,7 @@ async def test_stop_after_grace_leaves_unfinished_unacked(ns: str) -> None:
 @pytest.mark.parametrize("upstream_busy", [True, False])
 async def test_drain_waits_for_upstream(ns: str, upstream_busy: bool) -> None:
     """A detector in --drain mode keeps running while the decode stage still has frames to do."""
-    from visionpipe.ingress import DETECTOR
+    from visionpipe.topology import DETECTOR
 
     class Idle(EchoStage):
         name = DETECTOR

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
@@ -46,29 +47,8 @@ CONNECT_TIMEOUT_S = 5.0
 # Keeps XACK's argument list (and the Lua stack in the ack script) well under Lua's 8000-slot limit.
 ACK_CHUNK = 1000
 
-# XACK, then trim what every group is done with. An entry may go when, for each group, it is
-# below that group's oldest pending entry (or at/below its last-delivered id when none is pending).
-_ACK_AND_TRIM = """
-local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
-local floor_ms, floor_seq = nil, nil
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local info = {}
-  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
-  local id, bump = info['last-delivered-id'], 1
-  if info['pending'] > 0 then
-    id, bump = redis.call('XPENDING', KEYS[1], info['name'])[2], 0
-  end
-  local ms, seq = string.match(id, '(%d+)-(%d+)')
-  ms, seq = tonumber(ms), tonumber(seq) + bump
-  if floor_ms == nil or ms < floor_ms or (ms == floor_ms and seq < floor_seq) then
-    floor_ms, floor_seq = ms, seq
-  end
-end
-if floor_ms ~= nil then
-  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%.0f-%.0f', floor_ms, floor_seq))
-end
-return acked
-"""
+# XACK, then trim what every group is done with (keys and arguments documented in the file's header).
+ACK_AND_TRIM = (Path(__file__).parent / "ack_and_trim.lua").read_text()
 
 
 @contextlib.contextmanager
@@ -120,7 +100,7 @@ class RedisBroker(Broker):
     def __init__(self, url: str, client: aioredis.Redis) -> None:
         self.url = url
         self._r = client
-        self._ack_script = client.register_script(_ACK_AND_TRIM)
+        self._ack_script = client.register_script(ACK_AND_TRIM)
 
     @classmethod
     async def connect(cls, url: str, settings: Settings) -> RedisBroker:

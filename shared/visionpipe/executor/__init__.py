@@ -2,8 +2,9 @@
 
 ``BatchExecutor`` batches single-item requests onto a ``Device`` (``TorchDevice``
 on a GPU or CPU, ``SimDevice`` on a modelled clock) under a ``BatchPolicy``
-chosen by ``make_policy(settings.executor)``. ``simulate`` runs the same
-scheduler and policies on a virtual clock for tests and the benchmark.
+chosen by ``make_policy(settings.executor)``. The discrete-event simulator
+that runs the same scheduler and policies on a virtual clock, and every
+benchmark of them, live in ``visionpipe.loadgen.bench``.
 """
 
 from visionpipe.executor.device import Device
@@ -22,7 +23,7 @@ from visionpipe.executor.policy import (
 )
 from visionpipe.executor.rate import RateEstimator
 from visionpipe.executor.scheduler import Scheduler
-from visionpipe.executor.sim import COST_MODELS, CostModel, PhaseCost, SimDevice, cost_model
+from visionpipe.executor.sim_device import COST_MODELS, CostModel, PhaseCost, SimDevice, cost_model
 from visionpipe.executor.torch_device import TorchDevice
 
 __all__ = [

@@ -30,12 +30,13 @@ from visionpipe.executor.device import Device
 SLOTS = 2
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str) -> str:
+    """``auto`` means the GPU when there is one; asking for CUDA where there is none is an error, not a fallback."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but CUDA is not available")
-    return torch.device(device)
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device} was asked for but torch sees no CUDA device")
+    return device
 
 
 def to_host(out: Any, non_blocking: bool) -> Any:
@@ -109,7 +110,7 @@ class TorchDevice(Device):
         self.item_shape = tuple(item_shape)
         self.item_dtype = item_dtype
         self.max_batch = max_batch
-        self.torch_device = resolve_device(device)
+        self.torch_device = torch.device(resolve_device(device))
         self.name = self.torch_device.type
         self.overlap = overlap and self.torch_device.type == "cuda"
         self._next = 0

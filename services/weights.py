@@ -49,15 +49,6 @@ class LoadedModel:
         return f"class_{label}"
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` means the GPU when there is one."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device cuda was asked for but torch sees no CUDA device")
-    return device
-
-
 def load_model(kind: Kind, name: str, weights: str) -> LoadedModel:
     """The model ``name`` in eval mode on the CPU, with ``weights`` as described in the module docstring."""
     if name not in torchvision.models.list_models(module=_module(kind)):

@@ -16,11 +16,9 @@ stage's batch output is, every N/rate s) and consumes and acks up to N per call,
 so pipelining is measured; batch 1 is one message per call everywhere.
 
 Beside every ``redis://`` broker the command also measures a naive baseline
-(``redis-raw`` rows): raw redis-py, sync client, one ``XADD`` per message in a
-producer thread and ``XREADGROUP COUNT 1`` + ``XACK`` one at a time in a consumer
-thread, against the same server (credentials from the URL only), at the same
-sizes and rates, in the same run.
-The layer's Redis rows are read as ratios to those, not to numbers from another day.
+(``redis-raw`` rows, ``broker_raw.py``) against the same server, at the same
+sizes and rates, in the same run. The layer's Redis rows are read as ratios
+to those, not to numbers from another day.
 
 Producer and consumer run in one process, so the hop is timed with one
 monotonic clock (the send time travels in the first 8 bytes of each message).
@@ -32,13 +30,11 @@ import asyncio
 import json
 import os
 import struct
-import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import click
 from hdrh.histogram import HdrHistogram
@@ -83,7 +79,7 @@ class HopResult:
     load1: float = 0.0  # the machine's 1-minute load average when the point finished
 
 
-def _result(
+def hop_result(
     broker: str,
     size: int,
     rate: float,
@@ -181,101 +177,7 @@ async def hop(broker: Broker, size: int, rate: float, duration_s: float, batch: 
     seconds, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     await broker.delete(stream)
     name = redact_url(broker.url).split("?")[0]
-    return _result(name, size, rate, batch, sent, received, seconds, cpu_s, hist)
-
-
-class _RawLoop:
-    """The naive baseline: raw sync redis-py, one XADD per message, XREADGROUP COUNT 1 + XACK one at a time.
-
-    Same schedule, window, stamp and entry layout (field ``d``) as :func:`hop`, with a producer thread
-    and a consumer thread, each with its own connection. No trimming: the stream is deleted afterwards.
-    """
-
-    def __init__(self, url: str, size: int, rate: float, duration_s: float) -> None:
-        import redis
-
-        self.url, self.size, self.rate, self.duration_s = url, size, rate, duration_s
-        self.stream = f"bench.raw.{uuid.uuid4().hex[:8]}"
-        self.producer_r, self.consumer_r = redis.Redis.from_url(url), redis.Redis.from_url(url)
-        self.filler = bytes(max(0, size - STAMP.size))
-        self.hist = HdrHistogram(1, HIST_MAX_US, 3)
-        self.sent = self.received = 0
-        self.producer_done, self.room, self.failed = threading.Event(), threading.Event(), threading.Event()
-        self.room.set()
-        self.errors: list[BaseException] = []
-
-    def read_one(self, block_ms: int) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        reply: Any = self.consumer_r.xreadgroup(GROUP, "raw", {self.stream: ">"}, count=1, block=block_ms)
-        return [e for _name, entries in reply or [] for e in entries]
-
-    def produce(self) -> None:
-        t0 = time.perf_counter()
-        i = 0
-        while time.perf_counter() - t0 < self.duration_s and not self.failed.is_set():
-            if self.rate > 0:
-                delay = t0 + i / self.rate - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-            elif not self.room.wait(0.1):
-                continue
-            self.producer_r.xadd(self.stream, {"d": STAMP.pack(time.perf_counter_ns()) + self.filler})
-            self.sent += 1
-            i += 1
-            if self.rate <= 0 and self.sent - self.received >= SATURATION_WINDOW:
-                self.room.clear()
-
-    def consume(self) -> None:
-        last = time.monotonic()
-        while not (self.producer_done.is_set() and self.received >= self.sent) and not self.failed.is_set():
-            for entry_id, fields in self.read_one(50):
-                now = time.perf_counter_ns()
-                self.hist.record_value(max(1, (now - STAMP.unpack_from(fields[b"d"])[0]) // 1000))
-                self.consumer_r.xack(self.stream, GROUP, entry_id)
-                self.received += 1
-                last = time.monotonic()
-            if self.producer_done.is_set() and time.monotonic() - last > DRAIN_STALL_S:
-                raise RuntimeError(f"{self.sent - self.received} messages never came back")
-            if self.sent - self.received < SATURATION_WINDOW // 2:
-                self.room.set()
-
-    def _guarded(self, fn: Callable[[], None], done: threading.Event | None = None) -> None:
-        try:
-            fn()
-        except BaseException as exc:
-            self.errors.append(exc)
-            self.failed.set()
-        finally:
-            if done is not None:
-                done.set()
-
-    def run(self) -> HopResult:
-        try:
-            self.producer_r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
-            self.producer_r.xadd(self.stream, {"d": STAMP.pack(0)})  # warm-up round, as hop() does
-            self.consumer_r.xack(self.stream, GROUP, *[i for i, _ in self.read_one(int(WARMUP_S * 1000))])
-            threads = [
-                threading.Thread(target=self._guarded, args=(self.produce, self.producer_done), name="raw-producer"),
-                threading.Thread(target=self._guarded, args=(self.consume,), name="raw-consumer"),
-            ]
-            t0, cpu0 = time.perf_counter(), time.process_time()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            seconds, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
-            if self.errors:
-                raise self.errors[0]
-        finally:
-            self.producer_r.delete(self.stream)
-            self.producer_r.close()
-            self.consumer_r.close()
-        host = redact_url(self.url).split("?")[0].split(":", 1)[1]
-        return _result(f"{RAW}:{host}", self.size, self.rate, 1, self.sent, self.received, seconds, cpu_s, self.hist)
-
-
-def raw_redis_hop(url: str, size: int, rate: float, duration_s: float) -> HopResult:
-    """One point of the naive raw redis-py loop (see :class:`_RawLoop`), blocking."""
-    return _RawLoop(url, size, rate, duration_s).run()
+    return hop_result(name, size, rate, batch, sent, received, seconds, cpu_s, hist)
 
 
 def _label(r: HopResult) -> str:
@@ -364,6 +266,8 @@ async def run_bench(
                 click.echo(f"skipped: {rate:g} msg/s of {size} B offers over {max_offered_mbps:g} MB/s", err=True)
             else:
                 points.append((size, rate))
+    from visionpipe.loadgen.bench.broker_raw import raw_redis_hop  # it imports this module's helpers
+
     for url in urls:
         raw_here = baseline and url.startswith(("redis://", "rediss://"))
         async with await connect(url, settings) as broker:
@@ -426,6 +330,12 @@ async def run_bench(
     help="skip paced points offering more MB/s than this (saturation rows cover them)",
 )
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write results here")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="folder for broker-bench.json and broker-bench.md (to read beside a `loadgen compare` report)",
+)
 def bench_broker(
     urls: tuple[str, ...],
     sizes: tuple[int, ...],
@@ -435,6 +345,7 @@ def bench_broker(
     baseline: bool,
     max_offered_mbps: float,
     json_path: Path | None,
+    out_dir: Path | None,
 ) -> None:
     """Produce -> consume -> ack hop latency and throughput per broker, payload size and batch."""
     results = asyncio.run(
@@ -448,9 +359,15 @@ def bench_broker(
             max_offered_mbps=max_offered_mbps,
         )
     )
-    if json_path is not None:
-        json_path.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
-    click.echo(markdown(results))
+    doc = json.dumps([asdict(r) for r in results], indent=1) + "\n"
+    text = markdown(results)
     table = ratios(results)
     if table:
-        click.echo(f"\nRedis layer / raw redis-py loop (same server, same run):\n\n{table}")
+        text += f"\n\nRedis layer / raw redis-py loop (same server, same run):\n\n{table}"
+    if json_path is not None:
+        json_path.write_text(doc)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "broker-bench.json").write_text(doc)
+        (out_dir / "broker-bench.md").write_text(f"# Broker hop benchmark\n\n{text}\n")
+    click.echo(text)

@@ -17,14 +17,15 @@ import numpy as np
 import torch
 
 from visionpipe.executor.executor import BatchExecutor
-from visionpipe.executor.models import torchvision_classifier
 from visionpipe.executor.policy import AdaptivePolicy, BatchPolicy, FixedPolicy, SlackPolicy, TimeoutPolicy
-from visionpipe.executor.simulate import SimResult
-from visionpipe.executor.suite import _num
-from visionpipe.executor.targets import SATURATION
 from visionpipe.executor.torch_device import TorchDevice, resolve_device
-from visionpipe.executor.traces import Trace, burst, poisson
-from visionpipe.settings import ExecutorSettings
+from visionpipe.loadgen.bench.simulate import SimResult
+from visionpipe.loadgen.bench.suite import _num
+from visionpipe.loadgen.bench.targets import SATURATION
+from visionpipe.loadgen.bench.traces import Trace, burst, poisson
+from visionpipe.services.classifier.model import classifier_fn
+from visionpipe.services.weights import RANDOM, load_model
+from visionpipe.settings import ClassifierSettings, ExecutorSettings
 
 LIVE_LOADS = (0.3, 0.6, 0.9)
 SATURATION_LOAD = 1.3
@@ -33,6 +34,11 @@ SATURATION_LOAD = 1.3
 RAW_REPEATS = 7
 # SLO as a multiple of one max-batch forward: room for one batch filling while another computes, plus jitter.
 SLO_BATCHES = 4.0
+
+
+def stage_classifier(name: str, device: str) -> Any:
+    """The classifier stage's own device function on a torchvision model with random weights: what a service runs."""
+    return classifier_fn(load_model("classification", name, RANDOM), ClassifierSettings(), ExecutorSettings(), device)
 
 
 def _raw_throughput(fn: Any, shape: tuple[int, ...], mb: int, device: str) -> float:
@@ -95,12 +101,12 @@ def run_live(
     plot_path: Path | None,
 ) -> dict[str, Any]:
     tdev = resolve_device(device)
-    cuda = tdev.type == "cuda"
+    cuda = tdev.startswith("cuda")
     model = model or ("resnet50" if cuda else "mobilenet_v3_small")
     size = image_size or (224 if cuda else 96)
     mb = max_batch or (256 if cuda else 16)
     shape = (3, size, size)
-    fn = torchvision_classifier(model, tdev)
+    fn = stage_classifier(model, tdev)
     raw = _raw_throughput(fn, shape, mb, device)
     slo = slo_ms or round(SLO_BATCHES * mb / raw * 1e3, 1)
     settings = ExecutorSettings(slo_ms=slo, max_batch=mb, warmup_repeats=2)
@@ -134,9 +140,9 @@ def run_live(
                 print(rows[-1], flush=True)
     summary = _capacity_from_rows(rows, slo)
     meta = {
-        "device": f"{tdev.type} ({torch.cuda.get_device_name(tdev) if cuda else 'CPU'})",
+        "device": f"{tdev} ({torch.cuda.get_device_name(tdev) if cuda else 'CPU'})",
         "machine": "this host",
-        "model": f"{model} (random weights), input uint8 {shape}, "
+        "model": f"{model} (random weights, the classifier stage's fn: top-5 on the device), input uint8 {shape}, "
         + ("float16 channels_last" if cuda else "float32 contiguous"),
         "slo_ms": slo,
         "max_batch": mb,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from visionpipe.executor.bench import bench_executor
-from visionpipe.executor.sim import COST_MODELS
-from visionpipe.executor.suite import Suite, configs
+from visionpipe.executor.sim_device import COST_MODELS
+from visionpipe.loadgen.bench.executor import bench_executor
+from visionpipe.loadgen.bench.suite import Suite, configs
 
 ROW_KEYS = {"policy", "params", "overlap", "trace", "rate", "throughput", "p50_ms", "p99_ms", "slo_attainment",
             "mean_batch", "gpu_busy_s"}  # fmt: skip

@@ -16,8 +16,8 @@ import click
 from hdrh.histogram import HdrHistogram
 
 from visionpipe.broker import Broker, connect
-from visionpipe.broker.bench import HIST_MAX_US, WARMUP_S, warm_up
 from visionpipe.broker.security import redact_url
+from visionpipe.loadgen.bench.broker_hop import HIST_MAX_US, WARMUP_S, warm_up
 from visionpipe.settings import load_settings
 
 STAMPS = struct.Struct("<qq")  # (sent, relayed) in perf_counter_ns; one process, one clock

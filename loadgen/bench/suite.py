@@ -15,9 +15,9 @@ from functools import partial
 from typing import Any
 
 from visionpipe.executor.policy import AdaptivePolicy, AimdPolicy, BatchPolicy, FixedPolicy, SlackPolicy, TimeoutPolicy
-from visionpipe.executor.sim import CostModel
-from visionpipe.executor.simulate import SimResult, simulate
-from visionpipe.executor.traces import Trace, burst, poisson, ramp
+from visionpipe.executor.sim_device import CostModel
+from visionpipe.loadgen.bench.simulate import SimResult, simulate
+from visionpipe.loadgen.bench.traces import Trace, burst, poisson, ramp
 
 LOAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 TRITON_DELAYS_MS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0)

@@ -1,7 +1,7 @@
 """A simulated device: a linear (or floored) cost per phase and the occupancy of each stream.
 
-Used two ways: by the discrete-event simulator (``schedule`` on a virtual
-clock — deterministic and fast, for policy tests and the benchmark), and as
+Used two ways: by the discrete-event simulator (``visionpipe.loadgen.bench.simulate``:
+``schedule`` on a virtual clock — deterministic and fast, for policy tests and the benchmark), and as
 a ``Device`` for the asyncio executor (``launch``/``collect`` on the real
 monotonic clock, sleeping for the modelled time), so the executor's API can
 be exercised without torch or a GPU.

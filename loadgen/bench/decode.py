@@ -1,4 +1,4 @@
-"""Decode paths side by side on the same files: ``python -m visionpipe.services.decode.bench DIR... [--json FILE]``.
+"""``visionpipe bench decode DIR...``: the decode paths side by side on the same files.
 
 Each directory (e.g. the ``vga/`` and ``hd/`` folders written by
 ``python -m visionpipe.services.samples --bench``) is decoded and letterboxed
@@ -9,10 +9,11 @@ so one hiccup of a shared machine does not decide the ratio.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
+
+import click
 
 from visionpipe.services.decode.backends import CpuDecoder, DaliDecoder, Decoder, NvjpegDecoder, dali_available
 from visionpipe.settings import DecodeSettings, LimitSettings
@@ -51,26 +52,22 @@ def _label(decoder: Decoder) -> str:
     return names.get(decoder.name, decoder.name)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dirs", nargs="+", type=Path)
-    parser.add_argument("--size", type=int, default=640)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    settings = DecodeSettings(input_size=args.size, batch=args.batch)
+@click.command("decode")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--size", type=int, default=640, show_default=True, help="letterbox side")
+@click.option("--batch", type=int, default=16, show_default=True, help="images per decode call")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="write results here")
+def bench_decode(dirs: tuple[Path, ...], size: int, batch: int, json_path: Path | None) -> None:
+    """Images/s of every decode path this machine has (Pillow, DALI on the CPU, nvJPEG, DALI mixed) per folder."""
+    settings = DecodeSettings(input_size=size, batch=batch)
     results: dict[str, dict[str, float]] = {}
     for decoder in decoders(settings, LimitSettings()):
         label = _label(decoder)
-        for folder in args.dirs:
+        for folder in dirs:
             images = [p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()]
-            results.setdefault(folder.name, {})[label] = round(images_per_s(decoder, images, args.batch), 1)
+            results.setdefault(folder.name, {})[label] = round(images_per_s(decoder, images, batch), 1)
         decoder.close()
     text = json.dumps(results, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    click.echo(text)
+    if json_path is not None:
+        json_path.write_text(text + "\n")

@@ -17,7 +17,7 @@ import numpy as np
 from visionpipe.executor.latency import LatencyModel
 from visionpipe.executor.policy import BatchPolicy
 from visionpipe.executor.scheduler import Batch, Scheduler
-from visionpipe.executor.sim import CostModel, SimBatch, SimDevice
+from visionpipe.executor.sim_device import CostModel, SimBatch, SimDevice
 
 NS = 1_000_000_000
 # Warm-up spacing: far enough apart that warm-up batches never queue behind each other.

@@ -17,9 +17,9 @@ from typing import Any
 
 import click
 
-from visionpipe.executor.sim import cost_model
-from visionpipe.executor.suite import Suite, configs
-from visionpipe.executor.targets import evaluate
+from visionpipe.executor.sim_device import cost_model
+from visionpipe.loadgen.bench.suite import Suite, configs
+from visionpipe.loadgen.bench.targets import evaluate
 
 # Per cost model: (SLO ms, max batch). H100 ResNet-50: b256 takes 18.5 ms, so 50 ms leaves room for one
 # batch filling while another computes; the 1080 Ti is ~15x slower per image, so b64 and 200 ms.
@@ -59,7 +59,7 @@ def bench_executor(
     if device == "sim":
         doc = run_sim(cost_name, slo_ms, max_batch, duration or 2.0, noise, seed, quick, plot_path)
     else:
-        from visionpipe.executor.bench_live import run_live
+        from visionpipe.loadgen.bench.executor_live import run_live
 
         doc = run_live(device, model, slo_ms, max_batch, duration or 3.0, image_size, seed, quick, plot_path)
     doc["meta"]["command"] = "visionpipe bench executor " + " ".join(sys.argv[3:] if len(sys.argv) > 3 else [])
@@ -108,10 +108,10 @@ def run_sim(
     }
     targets = evaluate(rows, summary, upload_share=upload_share, slo_ms=slo, raw=suite.ref)
     if plot_path:
-        from visionpipe.executor.plots import plot
+        from visionpipe.loadgen.plots import plot_executor
 
-        plot(plot_path, f"executor policies, sim {cost_name}, SLO {slo:g} ms, max batch {mb}", rows, summary, slo,
-             suite.burst_runs, suite.burst.window_s)  # fmt: skip
+        title = f"executor policies, sim {cost_name}, SLO {slo:g} ms, max batch {mb}"
+        plot_executor(plot_path, title, rows, summary, slo, suite.burst_runs, suite.burst.window_s)
     return {"meta": meta, "rows": rows, "summary": summary, "targets": targets}
 
 

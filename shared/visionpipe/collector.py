@@ -1,0 +1,86 @@
+"""Reading what comes out of the pipeline: results and dead letters, in a consumer group of the reader's own.
+
+``visionpipe run``, the load generator, the HTTP gateway and the tests all
+need the same thing — every result and every dead letter, decoded, handed to
+them, acked only after they have it (at least once), and foreign or broken
+entries counted rather than crashing the reader — so it is written once.
+Each reader names its own group, so several readers each see everything.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from visionpipe.broker import Broker, DeadLetter
+from visionpipe.envelope import Envelope, EnvelopeError
+from visionpipe.settings import Settings
+
+# Entries taken per consume: a burst of results is read in a few calls, and one call's decode stays short.
+READ_COUNT = 256
+
+
+@dataclass
+class Collected:
+    """One poll's worth, with when it was read (monotonic and wall clock, ns)."""
+
+    results: list[Envelope] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    undecodable: int = 0  # entries that were neither: another writer's, or damaged
+    mono_ns: int = 0
+    wall_ns: int = 0
+
+
+class Collector:
+    def __init__(
+        self,
+        broker: Broker,
+        settings: Settings,
+        group: str,
+        consumer: str | None = None,
+        *,
+        stream: str = "results",
+        count: int = READ_COUNT,
+    ) -> None:
+        """``stream``: the StreamSettings key read as results (tests tap an inner stream the same way)."""
+        self.broker, self.group, self.count = broker, group, count
+        self.consumer = consumer or f"{group}-{uuid.uuid4().hex[:6]}"
+        self.results_stream = settings.streams.name(stream)
+        self.dead_stream = settings.streams.name("dead_letter")
+
+    async def open(self) -> Collector:
+        """Create the group on both streams (reading from their start) and join it (Kafka takes seconds)."""
+        for stream in (self.results_stream, self.dead_stream):
+            await self.broker.ensure(stream, self.group)
+            await self.broker.prepare(stream, self.group, self.consumer)
+        return self
+
+    async def poll(self, timeout_s: float, sink: Callable[[Collected], None] | None = None) -> Collected:
+        """Read what is there (waiting up to ``timeout_s`` for results), hand it to ``sink``, then ack it.
+
+        Dead letters are read without waiting once results came, so neither stream delays the other.
+        """
+        got = await self.broker.consume(self.results_stream, self.group, self.consumer, self.count, timeout_s)
+        batch = Collected(mono_ns=time.monotonic_ns(), wall_ns=time.time_ns())
+        for d in got:
+            try:
+                batch.results.append(Envelope.decode(d.data))
+            except EnvelopeError:
+                batch.undecodable += 1
+        dead = await self.broker.consume(
+            self.dead_stream, self.group, self.consumer, self.count, 0.0 if got else timeout_s
+        )
+        for d in dead:
+            try:
+                batch.dead.append(DeadLetter.decode(d.data))
+            except (ValueError, KeyError, TypeError, OverflowError):  # a foreign record: msgpack errors are ValueErrors
+                batch.undecodable += 1
+        if sink is not None:
+            sink(batch)
+        if got:
+            await self.broker.ack(self.results_stream, self.group, got)
+        if dead:
+            await self.broker.ack(self.dead_stream, self.group, dead)
+        return batch
