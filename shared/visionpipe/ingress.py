@@ -65,9 +65,7 @@ async def pipeline_backlog(broker: Broker, settings: Settings) -> int:
     return total
 
 
-async def wait_for_room(
-    broker: Broker, settings: Settings, wait_s: float | None, watermark: int | None = None
-) -> None:
+async def wait_for_room(broker: Broker, settings: Settings, wait_s: float | None, watermark: int | None = None) -> None:
     """Return once the pipeline's backlog is under the watermark; raise Backpressure after ``wait_s``.
 
     ``wait_s=0`` never waits (HTTP-style: reject now), ``None`` waits as long as it takes. ``watermark``
