@@ -136,7 +136,7 @@ def test_fuzz_round_trip(request_id: str, dtype: str, shape: list[int]) -> None:
 
 def _ref(**over: object) -> StreamRef:
     base: dict[str, object] = {"stream_id": "cam1", "index": 12, "capture_ns": 5, "run": "ab12", "pts": 6144}
-    base.update(time_base=(1, 15360), session=1, sampled_out=2, dropped=3, missed=4)
+    base.update(time_base=(1, 15360), size=(1920, 1080), session=1, sampled_out=2, dropped=3, missed=4)
     base.update(over)
     return StreamRef(**base)  # type: ignore[arg-type]
 
@@ -167,6 +167,7 @@ def test_previous_index_chains_the_frames_of_a_stream() -> None:
         ({"id": "c", "index": 1, "pts": 1.5}, "pts"),
         ({"id": "c", "index": 1, "tb": [1, 0]}, "time base"),
         ({"id": "c", "index": 1, "tb": [1]}, "time base"),
+        ({"id": "c", "index": 1, "size": [0, 5]}, "size"),
     ],
 )
 def test_bad_stream_refs_raise_envelope_error(sr: object, fragment: str) -> None:

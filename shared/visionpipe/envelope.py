@@ -94,6 +94,7 @@ class StreamRef:
     run: str = ""
     pts: int | None = None
     time_base: tuple[int, int] | None = None  # pts * num / den = seconds
+    size: tuple[int, int] | None = None  # the source frame's (width, height); results are in the sent image's pixels
     session: int = 0  # connections to the source before this frame's: 0 until the first reconnect
     sampled_out: int = 0  # decoded but skipped by the stream's fps since the previous frame sent
     dropped: int = 0  # decoded but dropped by the live policy (pipeline behind) since then
@@ -108,6 +109,7 @@ class StreamRef:
         doc: dict[str, Any] = {k: getattr(self, k) for k in _REF_INTS}
         doc.update(id=self.stream_id, run=self.run, pts=self.pts)
         doc["tb"] = list(self.time_base) if self.time_base is not None else None
+        doc["size"] = list(self.size) if self.size is not None else None
         return doc
 
     @classmethod
@@ -120,12 +122,11 @@ class StreamRef:
         ints = {k: raw.get(k, 0) for k in _REF_INTS}
         if not all(_is_int(v) and v >= 0 for v in ints.values()):
             raise EnvelopeError("stream reference counters must be non-negative integers")
-        pts, tb = raw.get("pts"), raw.get("tb")
+        pts = raw.get("pts")
         if pts is not None and not _is_int(pts):
             raise EnvelopeError("stream reference pts is not an integer")
-        if tb is not None and not (isinstance(tb, list) and len(tb) == 2 and all(_is_int(v) and v > 0 for v in tb)):
-            raise EnvelopeError("stream reference time base is not two positive integers")
-        return cls(stream_id=sid, run=run, pts=pts, time_base=None if tb is None else (tb[0], tb[1]), **ints)
+        tb, size = _int_pair(raw.get("tb"), "time base"), _int_pair(raw.get("size"), "size")
+        return cls(stream_id=sid, run=run, pts=pts, time_base=tb, size=size, **ints)
 
 
 _REF_INTS = ("index", "capture_ns", "session", "sampled_out", "dropped", "missed")
@@ -133,6 +134,14 @@ _REF_INTS = ("index", "capture_ns", "session", "sampled_out", "dropped", "missed
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_pair(raw: Any, what: str) -> tuple[int, int] | None:
+    if raw is None:
+        return None
+    if not (isinstance(raw, list) and len(raw) == 2 and all(_is_int(v) and v > 0 for v in raw)):
+        raise EnvelopeError(f"stream reference {what} is not two positive integers")
+    return raw[0], raw[1]
 
 
 @dataclass
