@@ -10,6 +10,15 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+
+class StreamExists(KeyError):
+    """A stream with this id is already registered (remove it first)."""
+
+
+class UnknownStream(KeyError):
+    """No stream has this id."""
+
+
 State = Literal["connecting", "running", "reconnecting", "draining", "finished", "failed", "removed"]
 
 

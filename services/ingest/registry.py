@@ -12,20 +12,12 @@ import logging
 from dataclasses import replace
 
 from visionpipe.broker import Broker
-from visionpipe.services.ingest.models import StreamInfo
+from visionpipe.services.ingest.models import StreamExists, StreamInfo, UnknownStream
 from visionpipe.services.ingest.source import Source, classify, default_id
 from visionpipe.services.ingest.stream import Stream
 from visionpipe.settings import Settings, StreamSource
 
 log = logging.getLogger(__name__)
-
-
-class StreamExists(KeyError):
-    """A stream with this id is already registered (remove it first)."""
-
-
-class UnknownStream(KeyError):
-    """No stream has this id."""
 
 
 class StreamRegistry:

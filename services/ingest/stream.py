@@ -29,6 +29,7 @@ from visionpipe.services.ingest.buffer import FrameBuffer
 from visionpipe.services.ingest.encode import FrameEncoder
 from visionpipe.services.ingest.models import State, StreamCounters, StreamInfo
 from visionpipe.services.ingest.reader import Captured, Reader, merge_dropped
+from visionpipe.services.ingest.results import END_OF_STREAM
 from visionpipe.services.ingest.source import Source
 from visionpipe.services.ingest.stats import StreamStats
 from visionpipe.settings import Settings, StreamSource
@@ -36,7 +37,6 @@ from visionpipe.topology import INGRESS
 
 log = logging.getLogger(__name__)
 
-END_OF_STREAM = "end_of_stream"  # payload key of the end-of-stream message on the results stream
 # Backoff while the broker is unreachable: frames wait in hand (lossless) or keep being replaced (latest).
 BROKER_BACKOFF_S = 0.2
 BROKER_BACKOFF_MAX_S = 5.0

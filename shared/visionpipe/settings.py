@@ -146,7 +146,7 @@ STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
 class StreamSource(BaseModel):
-    """One video source of ``visionpipe ingest``: where it is, how many frames a second go on, what to do when behind."""
+    """One source of ``visionpipe ingest``: where it is, how many frames a second go on, what to do when behind."""
 
     url: str = Field(
         description="a file path, rtsp://, http(s):// (HLS or MPEG-TS), a V4L2 device (/dev/videoN) or lavfi:GRAPH"
