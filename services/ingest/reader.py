@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import av
+import av.logging
 from av.container import InputContainer
 
 from visionpipe.envelope import StreamRef
@@ -111,13 +112,18 @@ class Reader(threading.Thread):
         self._session = 0
         self._last_ns: int | None = None
         self._hwaccel = settings.hwaccel == "cuda"
+        self._log: list[tuple[int, str, str]] = []
 
     def stop(self) -> None:
         self.stopping.set()
 
     def run(self) -> None:
+        # FFmpeg's own errors are the only sign of some damage (a cut MPEG-TS decodes to its end without raising):
+        # read them from this thread's log (local capture) and count each as the stream's error.
+        av.logging.set_level(av.logging.ERROR)
         try:
-            self.outcome = self._read()
+            with av.logging.Capture(local=True) as self._log:
+                self.outcome = self._read()
         except Exception as exc:  # a bug here must end the stream visibly, not the thread silently
             log.exception("stream %s: reader failed", self.stream_id)
             self.stats.error(describe_error(exc))
@@ -155,8 +161,10 @@ class Reader(threading.Thread):
     def _connection(self, container: InputContainer) -> bool:
         """Decode one connection; True when it ended cleanly (or was stopped), False for a file cut short."""
         stream = container.streams.video[0]  # IndexError: no video in it
-        if not self.source.live:
-            stream.thread_type = "AUTO"  # frame threads add (threads - 1) frames of delay: files only
+        # Decode in this thread: FFmpeg logs a decoder's errors from the thread that decodes, and only this
+        # thread's log is read. Streams decode in parallel, one thread each; frame threads would also add
+        # (threads - 1) frames of delay on a live source.
+        stream.codec_context.thread_count = 1
         fps = float(stream.average_rate or stream.guessed_rate or 0) or DEFAULT_FPS
         ctx = stream.codec_context
         self.stats.decoder = ctx.name + (" (nvdec)" if self._hwaccel else "")
@@ -174,11 +182,19 @@ class Reader(threading.Thread):
                     return True
                 first = False
                 decoded += 1
+            if self._log:
+                self._log_errors()
         declared = stream.frames
         if not self.source.live and declared and decoded < declared:
             self.stats.error(f"truncated: decoded {decoded} of the {declared} frames the container declares")
             return False
         return True
+
+    def _log_errors(self) -> None:
+        for level, name, message in self._log:
+            if level <= av.logging.ERROR:
+                self.stats.error(f"{name}: {message.strip()}")
+        self._log.clear()  # read as it comes, so a long stream's log never piles up
 
     def _frame(self, frame: av.VideoFrame, first: bool, fps: float) -> bool:
         """Number, sample and hand over one frame; False when the stream is stopping."""

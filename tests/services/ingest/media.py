@@ -66,3 +66,37 @@ def write_video(
 def decoded_count(path: Path) -> int:
     with av.open(str(path)) as c:
         return sum(1 for _ in c.decode(video=0))
+
+
+# --- the RTSP test camera (rtsp_server.py) ---------------------------------------------------------------------
+
+STAMP_BITS = 32
+STAMP_H = 24
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, where python3-gi lives; the venv's Python cannot import gi
+RTSP_SERVER = Path(__file__).with_name("rtsp_server.py")
+
+
+def _strip(y: np.ndarray, row: int) -> int:
+    cw = y.shape[1] // STAMP_BITS
+    band = y[row * STAMP_H + 6 : row * STAMP_H + STAMP_H - 6]
+    n = 0
+    for b in range(STAMP_BITS):
+        n = (n << 1) | (1 if band[:, b * cw + cw // 4 : b * cw + cw * 3 // 4].mean() > 128 else 0)
+    return n
+
+
+def read_stamp(rgb: np.ndarray) -> int:
+    """The frame index an rtsp_server.py frame carries (from RGB at the server's size)."""
+    return _strip(rgb.mean(axis=2), 0)
+
+
+def gst_rtsp_missing() -> str | None:
+    """Why the RTSP test camera cannot run here, or None when it can."""
+    import subprocess
+
+    probe = "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
+    try:
+        proc = subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{SYSTEM_PYTHON}: {exc}"
+    return None if proc.returncode == 0 else proc.stderr.decode(errors="replace")[-300:]
