@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -51,6 +52,6 @@ def assert_chain(frames: list[Envelope], end: Envelope) -> None:
     """Each message names its predecessor exactly: what a consumer relies on to reorder and to miss nothing."""
     refs = [e.stream for e in [*frames, end]]
     assert refs[0] is not None and refs[0].previous_index == -1
-    for before, after in zip(refs, refs[1:], strict=False):
+    for before, after in itertools.pairwise(refs):
         assert before is not None and after is not None
         assert after.previous_index == before.index, (before, after)
