@@ -152,9 +152,11 @@ class Reader(threading.Thread):
                 return "eof" if ended_clean else "failed"
             if ended_clean:
                 self.stats.error("the live source ended its stream")
-            attempt = 0 if self.stats.decoded > decoded_before else attempt + 1
-            self._session += 1
-            self.stats.reconnects += 1
+            if self.stats.decoded > decoded_before:  # a connection that delivered: the next one is a new session
+                self._session += 1
+                attempt = 0
+            else:
+                attempt += 1
             self._backoff(attempt)
         return "stopped"
 
@@ -200,6 +202,7 @@ class Reader(threading.Thread):
         """Number, sample and hand over one frame; False when the stream is stopping."""
         now = time.time_ns()
         if first and self._session > 0 and self._last_ns is not None:
+            self.stats.reconnects += 1
             gap = max(0, round((now - self._last_ns) / 1e9 * fps) - 1)
             self.next_index += gap
             self.tail.missed += gap

@@ -95,7 +95,7 @@ class StreamRef:
     pts: int | None = None
     time_base: tuple[int, int] | None = None  # pts * num / den = seconds
     size: tuple[int, int] | None = None  # the source frame's (width, height); results are in the sent image's pixels
-    session: int = 0  # connections to the source before this frame's: 0 until the first reconnect
+    session: int = 0  # connections that delivered frames before this frame's: 0 until the first reconnect
     sampled_out: int = 0  # decoded but skipped by the stream's fps since the previous frame sent
     dropped: int = 0  # decoded but dropped by the live policy (pipeline behind) since then
     missed: int = 0  # estimated lost while the source was disconnected, just before this frame

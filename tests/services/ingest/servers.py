@@ -47,6 +47,7 @@ class RtspCamera:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
+        self._close()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -55,6 +56,11 @@ class RtspCamera:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._close()
+
+    def _close(self) -> None:
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def require_gst_rtsp() -> None:
