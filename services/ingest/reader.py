@@ -203,7 +203,9 @@ class Reader(threading.Thread):
         now = time.time_ns()
         if first and self._session > 0 and self._last_ns is not None:
             self.stats.reconnects += 1
-            gap = max(0, round((now - self._last_ns) / 1e9 * fps) - 1)
+            # The first frame of a connection waited in FFmpeg's probe buffer for about the probe's length.
+            outage_s = (now - self._last_ns) / 1e9 - (self.settings.analyze_duration_s if self.source.live else 0.0)
+            gap = max(0, round(outage_s * fps) - 1)
             self.next_index += gap
             self.tail.missed += gap
             self.stats.missed += gap
