@@ -34,7 +34,9 @@ def camera() -> Iterator[RtspCamera]:
     cam.stop()
 
 
-async def test_a_cut_stream_reconnects_and_its_indices_show_exactly_the_counted_gap(camera: RtspCamera, ns: str) -> None:
+async def test_a_cut_stream_reconnects_and_its_indices_show_exactly_the_counted_gap(
+    camera: RtspCamera, ns: str
+) -> None:
     reg, broker, settings = await registry(ns, reconnect_backoff_s=0.1)
     await reg.add(StreamSource(url=camera.url, id="cam"))
     frames_stream = settings.streams.name("frames")
