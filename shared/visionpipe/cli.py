@@ -87,6 +87,10 @@ def main() -> None:
             "Produce -> consume -> ack hop at stream payload sizes.",
         ),
         "decode": ("visionpipe.loadgen.bench.decode:bench_decode", "Decode paths side by side on the same files."),
+        "ingest": (
+            "visionpipe.loadgen.bench.ingest:bench_ingest",
+            "One video stream through the pipeline vs decode alone; JPEG vs raw transport.",
+        ),
     },
 )
 def bench() -> None:
