@@ -6,6 +6,9 @@ import asyncio
 import resource
 from pathlib import Path
 
+import pytest
+import torch
+
 from tests.services.ingest.helpers import assert_chain, end_of, image, published, registry, wait_until
 from tests.services.ingest.media import read_index, write_video
 from visionpipe.envelope import Envelope
@@ -95,3 +98,27 @@ async def test_broken_inputs_fail_their_own_stream_with_a_clear_error_and_the_ot
     # A cut MPEG-TS decodes to its end without raising: FFmpeg's log is the only sign, and the stream reports it.
     assert cut_ts.state == "finished" and cut_ts.counters.errors >= 1
     assert cut_ts.last_error is not None and "error while decoding" in cut_ts.last_error
+
+
+async def test_nvdec_asked_for_without_a_usable_gpu_falls_back_to_the_cpu(tmp_path: Path, ns: str) -> None:
+    video = write_video(tmp_path / "hw.mp4", 15)
+    reg, _, _ = await registry(ns, hwaccel="cuda")
+    await reg.add(StreamSource(url=str(video), id="hw"))
+    await reg.wait_ended()
+    info = reg.get("hw")
+    assert info.state == "finished" and info.counters.published == 15
+    if not torch.cuda.is_available():
+        assert info.decoder == "h264"  # no "(nvdec)": the fallback is said, not hidden
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+async def test_nvdec_decodes_on_the_gpu(tmp_path: Path, ns: str) -> None:
+    video = write_video(tmp_path / "hw.mp4", 30)
+    reg, broker, settings = await registry(ns, hwaccel="cuda")
+    await reg.add(StreamSource(url=str(video), id="hw"))
+    await reg.wait_ended()
+    info = reg.get("hw")
+    assert info.decoder.endswith("(nvdec)") and info.counters.published == 30
+    envs = await published(broker, settings)
+    assert [read_index(image(e)) for e in envs] == list(range(30))
