@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from visionpipe import __version__
-from visionpipe.broker import Broker, connect
+from visionpipe.broker import Broker, connect, redact_url
 from visionpipe.ingress import ensure_pipeline_streams
 from visionpipe.metrics import Metrics
 from visionpipe.services.ingest.api import streams_router
@@ -123,11 +123,15 @@ class IngestService:
         sink_task = asyncio.create_task(sink.run(self.stopping.is_set), name="ingest-results") if sink else None
         try:
             for spec in specs:
-                info = await registry.add(spec)
+                try:
+                    info = await registry.add(spec)
+                except (ValueError, KeyError) as exc:  # one bad entry must not take every other camera down
+                    log.error("source %s not started: %s", redact_url(spec.url), exc)
+                    continue
                 if sink is not None:
                     sink.follow(info.run, StreamTarget(info.id, registry.streams[info.id].source.target, spec.annotate))
             log.info("ingest on http://%s:%d (/v1/streams /healthz /readyz /metrics)", cfg.host, self.port)
-            await self._wait(registry, sink, until_done)
+            await self._wait(registry, until_done)
         finally:
             await registry.close()
             if sink is not None and until_done:
@@ -144,7 +148,7 @@ class IngestService:
             return None
         return await ResultsSink(broker, self.settings, self.results, f"ingest-{uuid.uuid4().hex[:6]}").open()
 
-    async def _wait(self, registry: StreamRegistry, sink: ResultsSink | None, until_done: bool) -> None:
+    async def _wait(self, registry: StreamRegistry, until_done: bool) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
