@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from visionpipe.envelope import SCHEMA_VERSION, Envelope, EnvelopeError, Event, Limits, peek_request_id
+from visionpipe.envelope import SCHEMA_VERSION, Envelope, EnvelopeError, Event, Limits, StreamRef, peek_request_id
 
 
 def test_round_trip_keeps_everything() -> None:
@@ -132,3 +132,44 @@ def test_fuzz_round_trip(request_id: str, dtype: str, shape: list[int]) -> None:
     out = Envelope.decode(Envelope(request_id, arrays={"a": arr}).encode())
     assert out.request_id == request_id
     assert out.arrays["a"].shape == arr.shape and out.arrays["a"].dtype == arr.dtype
+
+
+def _ref(**over: object) -> StreamRef:
+    base: dict[str, object] = {"stream_id": "cam1", "index": 12, "capture_ns": 5, "run": "ab12", "pts": 6144}
+    base.update(time_base=(1, 15360), size=(1920, 1080), session=1, sampled_out=2, dropped=3, missed=4)
+    base.update(over)
+    return StreamRef(**base)  # type: ignore[arg-type]
+
+
+def test_stream_ref_round_trips_and_every_child_keeps_it() -> None:
+    env = Envelope("r", payload={"image": b"x"}, stream=_ref())
+    out = Envelope.decode(env.encode())
+    assert out.stream == _ref()
+    grandchild = out.child(a=1).child(b=2)
+    assert Envelope.decode(grandchild.encode()).stream == _ref()
+    assert Envelope.decode(Envelope("still").encode()).stream is None
+
+
+def test_previous_index_chains_the_frames_of_a_stream() -> None:
+    assert _ref().previous_index == 12 - 1 - 2 - 3 - 4
+    assert _ref(index=0, sampled_out=0, dropped=0, missed=0).previous_index == -1
+
+
+@pytest.mark.parametrize(
+    ("sr", "fragment"),
+    [
+        ([1], "not a map"),
+        ({"index": 1}, "stream id"),
+        ({"id": "", "index": 1}, "stream id"),
+        ({"id": "c", "index": -1}, "non-negative"),
+        ({"id": "c", "index": True}, "non-negative"),
+        ({"id": "c", "index": 1, "dropped": "3"}, "non-negative"),
+        ({"id": "c", "index": 1, "pts": 1.5}, "pts"),
+        ({"id": "c", "index": 1, "tb": [1, 0]}, "time base"),
+        ({"id": "c", "index": 1, "tb": [1]}, "time base"),
+        ({"id": "c", "index": 1, "size": [0, 5]}, "size"),
+    ],
+)
+def test_bad_stream_refs_raise_envelope_error(sr: object, fragment: str) -> None:
+    with pytest.raises(EnvelopeError, match=fragment):
+        Envelope.decode(_doc(sr=sr))

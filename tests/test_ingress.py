@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from visionpipe.broker import MemoryBroker
-from visionpipe.envelope import Envelope, Event
-from visionpipe.ingress import Backpressure, Frame, ensure_pipeline_streams, submit_images
+from visionpipe.envelope import Envelope, Event, StreamRef
+from visionpipe.ingress import Backpressure, Frame, ensure_pipeline_streams, submit_images, wait_for_room
 from visionpipe.settings import load_settings
 from visionpipe.topology import DECODE
 
@@ -49,3 +49,17 @@ async def test_a_custom_group_is_the_one_counted_and_created(ns: str) -> None:
     assert await submit_images(broker, settings, [Frame(b"z", request_id="admitted")], wait_s=0) == ["admitted"]
     # x and y are gone from the stream: no second (default-named) group still needs them.
     assert await broker.length(frames) == 1
+
+
+async def test_a_video_frame_carries_its_stream_ref_and_a_lower_watermark_applies(ns: str) -> None:
+    settings = load_settings(streams={"prefix": ns}, limits={"ingress_high_watermark": 100})
+    broker = MemoryBroker(f"memory://{ns}")
+    await ensure_pipeline_streams(broker, settings)
+    ref = StreamRef("cam", index=7, capture_ns=1, pts=7)
+    await submit_images(broker, settings, [Frame(b"x", request_id="f7", stream=ref)], wait_s=0)
+    with pytest.raises(Backpressure) as info:  # a live stream asks for less queued ahead of it
+        await wait_for_room(broker, settings, wait_s=0, watermark=1)
+    assert info.value.watermark == 1
+    await wait_for_room(broker, settings, wait_s=0)  # the default watermark still has room
+    (got,) = await broker.peek(settings.streams.name("frames"), 1)
+    assert Envelope.decode(got.data).stream == ref

@@ -63,6 +63,10 @@ class LazyGroup(click.Group):
             "Pass messages through one relay stage; print hop latency.",
         ),
         "dlq": ("visionpipe.broker.dlq:dlq", "List or replay dead-lettered messages."),
+        "ingest": (
+            "visionpipe.services.ingest.cli:ingest",
+            "Ingest video streams (files, RTSP, HTTP, V4L2); add, list and remove them at run time.",
+        ),
     },
 )
 @click.version_option(__version__, prog_name="visionpipe")
@@ -83,6 +87,10 @@ def main() -> None:
             "Produce -> consume -> ack hop at stream payload sizes.",
         ),
         "decode": ("visionpipe.loadgen.bench.decode:bench_decode", "Decode paths side by side on the same files."),
+        "ingest": (
+            "visionpipe.loadgen.bench.ingest:bench_ingest",
+            "One video stream through the pipeline vs decode alone; JPEG vs raw transport.",
+        ),
     },
 )
 def bench() -> None:

@@ -3,7 +3,11 @@
 An envelope carries a request through the pipeline: its id, where it came
 from, wall-clock timestamps of every stage event (so a report can split
 end-to-end latency into queueing, broker hops, decode and DNN time), a small
-msgpack-native payload and named arrays as dtype + shape + raw bytes.
+msgpack-native payload and named arrays as dtype + shape + raw bytes. A frame
+of a video stream also carries a :class:`StreamRef` (stream id, frame index,
+pts, capture time, what was skipped before it), which every stage's
+``child()`` passes on, so the result names its frame without any stage
+knowing about video.
 
 Decoding treats the bytes as hostile: sizes are bounded before msgpack
 allocates, every field is type-checked, and array shapes are checked against
@@ -74,6 +78,72 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+@dataclass(frozen=True)
+class StreamRef:
+    """Which frame of which video stream a message is, and what the ingest skipped since the stream's last one.
+
+    ``sampled_out + dropped + missed`` are the frames between the previous frame sent on this stream and
+    this one, so ``previous_index`` chains every message of a stream: a consumer puts results back in order
+    and can tell a frame still on its way from one that was never sent. ``run`` tells incarnations of a
+    stream id apart (indices restart at 0 when a stream is added again).
+    """
+
+    stream_id: str
+    index: int  # the frame's number in the source, as the ingest counted decoded frames
+    capture_ns: int  # wall clock when the ingest decoded it
+    run: str = ""
+    pts: int | None = None
+    time_base: tuple[int, int] | None = None  # pts * num / den = seconds
+    size: tuple[int, int] | None = None  # the source frame's (width, height); results are in the sent image's pixels
+    session: int = 0  # connections that delivered frames before this frame's: 0 until the first reconnect
+    sampled_out: int = 0  # decoded but skipped by the stream's fps since the previous frame sent
+    dropped: int = 0  # decoded but dropped by the live policy (pipeline behind) since then
+    missed: int = 0  # estimated lost while the source was disconnected, just before this frame
+
+    @property
+    def previous_index(self) -> int:
+        """Index of the frame sent before this one on the stream; -1 for the first."""
+        return self.index - 1 - self.sampled_out - self.dropped - self.missed
+
+    def to_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {k: getattr(self, k) for k in _REF_INTS}
+        doc.update(id=self.stream_id, run=self.run, pts=self.pts)
+        doc["tb"] = list(self.time_base) if self.time_base is not None else None
+        doc["size"] = list(self.size) if self.size is not None else None
+        return doc
+
+    @classmethod
+    def from_doc(cls, raw: Any) -> StreamRef:
+        if not isinstance(raw, dict):
+            raise EnvelopeError("stream reference is not a map")
+        sid, run = raw.get("id"), raw.get("run", "")
+        if not isinstance(sid, str) or not 0 < len(sid) <= MAX_ID_CHARS or not isinstance(run, str) or len(run) > 64:
+            raise EnvelopeError("stream reference has no valid stream id")
+        ints = {k: raw.get(k, 0) for k in _REF_INTS}
+        if not all(_is_int(v) and v >= 0 for v in ints.values()):
+            raise EnvelopeError("stream reference counters must be non-negative integers")
+        pts = raw.get("pts")
+        if pts is not None and not _is_int(pts):
+            raise EnvelopeError("stream reference pts is not an integer")
+        tb, size = _int_pair(raw.get("tb"), "time base"), _int_pair(raw.get("size"), "size")
+        return cls(stream_id=sid, run=run, pts=pts, time_base=tb, size=size, **ints)
+
+
+_REF_INTS = ("index", "capture_ns", "session", "sampled_out", "dropped", "missed")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_pair(raw: Any, what: str) -> tuple[int, int] | None:
+    if raw is None:
+        return None
+    if not (isinstance(raw, list) and len(raw) == 2 and all(_is_int(v) and v > 0 for v in raw)):
+        raise EnvelopeError(f"stream reference {what} is not two positive integers")
+    return raw[0], raw[1]
+
+
 @dataclass
 class Envelope:
     request_id: str
@@ -83,6 +153,8 @@ class Envelope:
     timestamps: dict[str, dict[str, int]] = field(default_factory=dict)
     # Wall-clock ns after which nobody waits for the result (a client's timeout); None: no deadline.
     deadline_ns: int | None = None
+    # The frame of a video stream this message is; None for a still image.
+    stream: StreamRef | None = None
     version: int = SCHEMA_VERSION
 
     def stamp(self, stage: str, event: Event | str, ns: int | None = None) -> None:
@@ -93,13 +165,14 @@ class Envelope:
         return self.timestamps.get(stage, {}).get(str(event))
 
     def child(self, **payload: Any) -> Envelope:
-        """A new envelope for the next stage: same id, source and history, new payload."""
+        """A new envelope for the next stage: same id, source, history and stream frame, new payload."""
         return Envelope(
             request_id=self.request_id,
             source=self.source,
             payload=dict(payload),
             timestamps={stage: dict(events) for stage, events in self.timestamps.items()},
             deadline_ns=self.deadline_ns,
+            stream=self.stream,
         )
 
     def encode(self) -> bytes:
@@ -120,6 +193,8 @@ class Envelope:
         }
         if self.deadline_ns is not None:
             doc["dl"] = self.deadline_ns
+        if self.stream is not None:
+            doc["sr"] = self.stream.to_doc()
         return msgpack.packb(doc, use_bin_type=True)
 
     @classmethod
@@ -181,6 +256,7 @@ def _from_doc(doc: dict[str, Any], limits: Limits) -> Envelope:
     deadline = doc.get("dl")
     if deadline is not None and (not isinstance(deadline, int) or isinstance(deadline, bool) or deadline < 0):
         raise EnvelopeError("deadline is not a non-negative integer", request_id)
+    stream = StreamRef.from_doc(doc["sr"]) if doc.get("sr") is not None else None
     return Envelope(
         request_id=request_id,
         source=source,
@@ -188,6 +264,7 @@ def _from_doc(doc: dict[str, Any], limits: Limits) -> Envelope:
         arrays=_arrays(doc.get("a", {}), limits),
         timestamps=_timestamps(doc.get("ts", {})),
         deadline_ns=deadline,
+        stream=stream,
         version=version,
     )
 

@@ -1,7 +1,7 @@
 """The pipeline's front door: admit images, or push back when the pipeline is behind.
 
-Everything that feeds the pipeline (``visionpipe run``, the load generator,
-a user's client) goes through :func:`submit_images`, so backpressure is
+Everything that feeds the pipeline (``visionpipe run``, ``visionpipe ingest``,
+the load generator, a user's client) goes through :func:`submit_images`, so backpressure is
 applied in one place: when the pipeline's backlog (every stage's pending plus
 undelivered messages) is above the high watermark, callers wait (bounded) or get
 :class:`Backpressure` — requests are never dropped silently and streams are
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from visionpipe import topology
 from visionpipe.broker import Broker
-from visionpipe.envelope import Envelope, Event
+from visionpipe.envelope import Envelope, Event, StreamRef
 from visionpipe.settings import Settings
 from visionpipe.topology import INGRESS, STAGES
 
@@ -40,11 +40,14 @@ class Frame:
     image: bytes
     request_id: str = ""
     source: str = ""
+    stream: StreamRef | None = None  # set for a frame of a video stream
 
 
 def frame_envelope(frame: Frame) -> Envelope:
     """The ingress message: the encoded image as bytes in the payload, stamped on enqueue."""
-    env = Envelope(frame.request_id or uuid.uuid4().hex, source=frame.source, payload={"image": frame.image})
+    env = Envelope(
+        frame.request_id or uuid.uuid4().hex, source=frame.source, payload={"image": frame.image}, stream=frame.stream
+    )
     env.stamp(INGRESS, Event.ENQUEUED)
     return env
 
@@ -62,12 +65,13 @@ async def pipeline_backlog(broker: Broker, settings: Settings) -> int:
     return total
 
 
-async def wait_for_room(broker: Broker, settings: Settings, wait_s: float | None) -> None:
+async def wait_for_room(broker: Broker, settings: Settings, wait_s: float | None, watermark: int | None = None) -> None:
     """Return once the pipeline's backlog is under the watermark; raise Backpressure after ``wait_s``.
 
-    ``wait_s=0`` never waits (HTTP-style: reject now), ``None`` waits as long as it takes.
+    ``wait_s=0`` never waits (HTTP-style: reject now), ``None`` waits as long as it takes. ``watermark``
+    overrides ``limits.ingress_high_watermark`` for producers that want less queued ahead of them (live video).
     """
-    watermark = settings.limits.ingress_high_watermark
+    watermark = settings.limits.ingress_high_watermark if watermark is None else watermark
     deadline = None if wait_s is None else time.monotonic() + wait_s
     while True:
         backlog = await pipeline_backlog(broker, settings)
@@ -83,6 +87,11 @@ async def submit_images(
 ) -> list[str]:
     """Publish ``frames`` to the frames stream after backpressure allows; returns their request ids."""
     await wait_for_room(broker, settings, wait_s)
+    return await publish_frames(broker, settings, frames)
+
+
+async def publish_frames(broker: Broker, settings: Settings, frames: Sequence[Frame]) -> list[str]:
+    """Publish ``frames`` now, for a producer that has just waited for room itself (:func:`wait_for_room`)."""
     envelopes = [frame_envelope(f) for f in frames]
     await broker.publish(
         settings.streams.name("frames"), [e.encode() for e in envelopes], [e.request_id for e in envelopes]

@@ -17,7 +17,7 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -141,6 +141,57 @@ class ServiceSettings(BaseModel):
     reclaim_interval_s: float = Field(5.0, gt=0.0, description="how often a stage reclaims dead consumers' deliveries")
 
 
+# A stream id travels in request ids, metric labels and URLs: short, and nothing that needs escaping.
+STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class StreamSource(BaseModel):
+    """One source of ``visionpipe ingest``: where it is, how many frames a second go on, what to do when behind."""
+
+    url: str = Field(
+        description="a file path, rtsp://, http(s):// (HLS or MPEG-TS), a V4L2 device (/dev/videoN) or lavfi:GRAPH"
+    )
+    id: str | None = Field(None, pattern=STREAM_ID_PATTERN, description="stream id; default: made from the URL")
+    fps: float | None = Field(None, gt=0, description="frames per second sent on; default: ingest.fps")
+    policy: Literal["auto", "lossless", "latest"] = Field(
+        "auto", description="lossless: backpressure pauses reading; latest: keep the newest frame, count drops"
+    )
+    live: bool | None = Field(None, description="reconnect on loss and default to `latest`; default: from the URL")
+    annotate: str | None = Field(None, description="write the video with boxes and labels drawn here (files only)")
+
+
+class IngestSettings(BaseModel):
+    sources: list[StreamSource] = Field(
+        default_factory=list, description='streams started with the service: JSON list of URLs or {"url": ..., ...}'
+    )
+    fps: float | None = Field(None, gt=0, description="default frames per second sent on per stream; none: all")
+    max_side: int | None = Field(
+        None, ge=32, description="frames are downscaled to this long side before JPEG; default: decode.input_size"
+    )
+    jpeg_quality: int = Field(85, ge=10, le=100)
+    # Live streams keep little queued ahead of them: a frame waiting behind hundreds of others is stale, and
+    # the newest-frame policy can only help when the backlog is short. Two decode batches keep decode fed.
+    live_high_watermark: int = Field(32, ge=1, description="pipeline backlog above which live streams drop frames")
+    file_queue_frames: int = Field(4, ge=1, description="decoded frames a file stream reads ahead")
+    publish_batch: int = Field(8, ge=1, description="frames of a file stream published per call")
+    open_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(3.0, gt=0, description="a live source silent this long is reconnected")
+    # FFmpeg probes a live source for 5 s by default before the first frame; 0.2 s finds H.264 parameters.
+    analyze_duration_s: float = Field(0.2, gt=0)
+    reconnect_backoff_s: float = Field(0.25, gt=0)
+    reconnect_backoff_max_s: float = Field(8.0, gt=0)
+    hwaccel: Literal["none", "cuda"] = Field("none", description="cuda: NVDEC where FFmpeg and the driver allow")
+    results_group: str = Field("ingest", description="consumer group of the results reader (--results, annotate)")
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _urls_as_sources(cls, value: Any) -> Any:
+        """A bare URL is a source with the defaults."""
+        if isinstance(value, list):
+            return [{"url": v} if isinstance(v, str) else v for v in value]
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -157,6 +208,7 @@ class Settings(BaseSettings):
     detector: DetectorSettings = DetectorSettings()
     classifier: ClassifierSettings = ClassifierSettings()
     service: ServiceSettings = ServiceSettings()
+    ingest: IngestSettings = IngestSettings()
 
     @classmethod
     def settings_customise_sources(

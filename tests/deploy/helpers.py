@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,12 @@ CONTAINER_HOST = "0.0.0.0"
 
 
 def _section_model(annotation: Any) -> type[BaseModel] | None:
-    """The BaseModel inside ``annotation`` (also through ``X | None``), or None for a leaf setting."""
-    for candidate in (annotation, *typing.get_args(annotation)):
+    """The BaseModel inside ``annotation`` (also through ``X | None``), or None for a leaf setting.
+
+    A list of models (``ingest.sources``) is a leaf: it is set as one JSON value, not field by field.
+    """
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    for candidate in (annotation, *(typing.get_args(annotation) if union else ())):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return candidate
     return None

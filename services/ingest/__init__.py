@@ -1,0 +1,1 @@
+"""Video ingest: the ingest service (visionpipe.services.ingest)."""
