@@ -107,7 +107,8 @@ def crops(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
     Padding rows are cut too (from whatever box they hold): fixed shapes cost a few wasted crops, never a sync.
     """
     b, d = boxes.shape[:2]
-    index = torch.arange(b, device=boxes.device, dtype=boxes.dtype).repeat_interleave(d)
+    # arange + expand, not repeat_interleave: some torch versions build its repeats tensor from a host value.
+    index = torch.arange(b, device=boxes.device, dtype=boxes.dtype)[:, None].expand(b, d).reshape(b * d)
     rois = torch.cat((index[:, None], boxes.reshape(b * d, 4).to(images.dtype)), dim=1)
     out = roi_align(images, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=ROI_SAMPLING_RATIO,
                     aligned=True)  # fmt: skip

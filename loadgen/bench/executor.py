@@ -30,8 +30,9 @@ SIM_DEFAULTS = {"h100": (50.0, 256), "h100-uint8": (50.0, 256), "h100-graphs": (
 @click.option("--device", type=click.Choice(["sim", "cpu", "cuda"]), default="sim", show_default=True)
 @click.option("--cost", "cost_name", default="h100", show_default=True,
               help="sim: h100, h100-uint8, h100-graphs or gtx1080ti")  # fmt: skip
-@click.option("--model", default=None, help="cpu/cuda: torchvision classifier (default resnet50 on cuda, "
-              "mobilenet_v3_small on cpu); random weights")  # fmt: skip
+@click.option("--model", default=None, help="cpu/cuda: a torchvision classifier (default resnet50 on cuda, "
+              "mobilenet_v3_small on cpu), or detector / classifier: that stage's own function; "
+              "random weights")  # fmt: skip
 @click.option("--slo-ms", type=float, default=None, help="latency SLO (default per cost model / device)")
 @click.option("--max-batch", type=int, default=None)
 @click.option("--duration", type=float, default=None, help="seconds per trace (sim default 2, live 3)")
@@ -40,7 +41,8 @@ SIM_DEFAULTS = {"h100": (50.0, 256), "h100-uint8": (50.0, 256), "h100-graphs": (
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="fewer swept baseline points (smoke runs)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="sim: the p99, batch-size and burst plots")  # fmt: skip
 def bench_executor(
     device: str,
     cost_name: str,
@@ -62,7 +64,7 @@ def bench_executor(
     else:
         from visionpipe.loadgen.bench.executor_live import run_live
 
-        doc = run_live(device, model, slo_ms, max_batch, duration or 3.0, image_size, seed, quick, plot_path)
+        doc = run_live(device, model, slo_ms, max_batch, duration or 3.0, image_size, seed, quick)
     doc["meta"]["command"] = "visionpipe bench executor " + " ".join(sys.argv[3:] if len(sys.argv) > 3 else [])
     doc["meta"]["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     doc["meta"]["elapsed_s"] = round(time.perf_counter() - started, 1)

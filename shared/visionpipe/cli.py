@@ -83,6 +83,10 @@ def main() -> None:
             "Produce -> consume -> ack hop at stream payload sizes.",
         ),
         "decode": ("visionpipe.loadgen.bench.decode:bench_decode", "Decode paths side by side on the same files."),
+        "gpu-check": (
+            "visionpipe.loadgen.bench.gpu_check:gpu_check",
+            "Everything issue 15 measures on a GPU (or its CPU mode), as JSON + Markdown.",
+        ),
     },
 )
 def bench() -> None:
