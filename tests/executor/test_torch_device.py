@@ -94,3 +94,19 @@ def test_a_dict_that_is_not_batched_is_an_error() -> None:
 def test_serial_mechanics_on_the_cpu_are_pageable(pinned: bool) -> None:
     device = TorchDevice(lambda x: x, item_shape=(2,), max_batch=2, device="cpu", overlap=False, pinned=pinned)
     assert device.mechanics == "serial-pageable"  # no pinned memory without CUDA
+
+
+def test_a_large_batch_is_staged_in_parallel_rows_intact() -> None:
+    from visionpipe.executor.host_io import STAGE_PARALLEL_BYTES, fill
+
+    shape = (256, 256, 3)  # 8 items of 196 KB: past the parallel threshold together
+    n = STAGE_PARALLEL_BYTES // (256 * 256 * 3) * 2 + 3
+    rng = np.random.default_rng(0)
+    items: list[object] = [np.frombuffer(rng.bytes(256 * 256 * 3), np.uint8).reshape(shape) for _ in range(n)]
+    items[1] = torch.from_numpy(np.array(items[1]))  # a CPU tensor among read-only views
+    buffer = torch.empty((n, *shape), dtype=torch.uint8)
+    fill(buffer, items, shape)
+    assert all(np.array_equal(buffer[i].numpy(), np.asarray(items[i])) for i in range(n))
+    items[-1] = np.zeros((2, 2, 3), np.uint8)
+    with pytest.raises(ValueError, match="shape"):
+        fill(buffer, items, shape)

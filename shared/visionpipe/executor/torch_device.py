@@ -47,6 +47,9 @@ from visionpipe.executor.scheduler import MAX_IN_FLIGHT_OVERLAP
 SLOTS = MAX_IN_FLIGHT_OVERLAP
 # Batches whose CUDA events are kept for inspection (tests, gpu-check) when ``event_log`` is on.
 EVENT_LOG = 64
+# A slot's previous batch is launched within milliseconds of being staged; this long means it never will be
+# (a caller staged a batch and dropped it), and waiting on would hang the stager for good.
+SLOT_WAIT_S = 30.0
 
 
 def resolve_device(device: str) -> str:
@@ -161,7 +164,9 @@ class TorchDevice(Device):
         slot = self._slots[self._next]
         self._next = (self._next + 1) % len(self._slots)
         if slot.used:
-            slot.launched.wait()  # the compute reading this device buffer is queued (so `consumed` is current)
+            # The compute reading this device buffer is queued (so `consumed` is current)...
+            if not slot.launched.wait(SLOT_WAIT_S):
+                raise RuntimeError("a staged batch was never launched: launch() every batch stage() returned")
             slot.uploaded.synchronize()  # the upload from this host buffer, SLOTS batches back, is done
         slot.used = True
         slot.launched.clear()
