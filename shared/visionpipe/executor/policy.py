@@ -32,9 +32,9 @@ SLACK_MARGIN_FRACTION = 0.12
 AIMD_DECREASE = 0.9
 # On an idle device, wait for the keep-up batch at most this fraction of its compute time (when the policy is not
 # seed-literal). Waiting costs the first request that much; in the simulator waiting the whole fill time b/λ (seed
-# 001 literally) raised p99 1.5-2.2x at 80-90% load on the H100 cost for 1-3% less GPU time per request (the linear
-# fit of a launch-bound, floored cost overestimates b), while a quarter merges near-simultaneous arrivals at no
-# measurable cost. benchmarks/RESULTS.md ("adaptive vs greedy") has the side-by-side.
+# 001 literally) raised p99 1.3-2.1x at 80-90% load on the h100-uint8 and h100-graphs costs for 1-2% less GPU time
+# per request (the linear fit of a launch-bound, floored cost overestimates b), while a quarter merges
+# near-simultaneous arrivals at no measurable cost. benchmarks/RESULTS.md ("Executor after issue 15") has the rows.
 IDLE_FILL_FRACTION = 0.25
 
 
@@ -161,8 +161,8 @@ class AdaptivePolicy(BatchPolicy):
 
     Target b = the smallest batch with which every stream keeps up at the measured λ (``keep_up_batch``);
     ``slo_batch`` is the largest b the SLO allows at that λ, and a target above it means no batch meets
-    the SLO at this load (exported as ``slo_feasible``). The policy is asked when the device can take a
-    batch: with two streams that is seed 001's planned upload moment, T_compute_end − t_up(b).
+    the SLO at this load (recorded in ``slo_feasible``). The policy is asked when the device can take a
+    batch: with two streams that is seed 001's planned upload moment, T_compute_end − t_stage(b) − t_up(b).
 
     * The device is busy (the planned moment): send what has filled — the load rose if b or more are
       queued, fell if fewer — but never so many that the most urgent request misses its deadline, and
