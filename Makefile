@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint sysdeps bench clean
+.PHONY: install run test lint sysdeps bench gpu-check gpu-check-cpu gpu-wheels clean
 
 install: $(STAMP)
 
@@ -37,9 +37,24 @@ sysdeps:
 run: install
 	$(BIN)/visionpipe run
 
+# DALI on the CPU, so its decode path, its isolation of a bad image and its pipeline rebuild run on every test run.
+# nvidia-dali-cuda120 pins packaging<=26.3, which the venv's resolver would downgrade, so it goes into a --target
+# dir of its own on the test run's path. The --no-deps set is what CPU decoding needs (DALI dlopens nvImageCodec
+# even on the CPU; nvImageCodec's GPU codec extras are left out). Measured: ~14 s, 880 MB. A failed download skips
+# the DALI tests with a loud line rather than failing the run.
+DALI_DIR := .ci-dali
+DALI_WHEELS := nvidia-dali-cuda120==2.4.0 nvidia-nvimgcodec-cu12==0.9.0.20 astunparse==1.6.3 gast==0.7.0 \
+	six==1.17.0 optree==0.20.0 nvtx==0.2.17 makefun==1.16.0
+
+$(DALI_DIR)/.installed: | install
+	@start=$$(date +%s); \
+	if timeout 300 $(BIN)/python -m pip install -q --no-cache-dir --no-deps --target $(DALI_DIR) $(DALI_WHEELS); then \
+		touch $@; echo "DALI (CPU) for the decode tests: $$(( $$(date +%s) - start )) s, $$(du -sh $(DALI_DIR) | cut -f1)"; \
+	else echo "!!! DALI could not be installed: the DALI decode tests will SKIP in this run" >&2; fi
+
 # pytest exits 5 when it collected nothing: treat that as a failure, not a pass.
-test: install sysdeps
-	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+test: install sysdeps $(DALI_DIR)/.installed
+	PYTHONPATH=$(CURDIR)/$(DALI_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: install
@@ -48,6 +63,26 @@ lint: install
 
 bench: install
 	$(BIN)/visionpipe bench executor --device sim --cost h100 --json benchmarks/executor-sim-h100.json --plot benchmarks/executor-sim-h100.png
+
+# Issue 15's GPU measurements into DIR (JSON + Markdown), <= 8 minutes on one H200. On the lent machine, with
+# .whl/ carried: `make gpu-check DIR=$OUT` (its python3, no venv). gpu-check-cpu: the same script on the CPU at toy
+# sizes from the venv (CI runs it through tests/loadgen/bench/test_gpu_check.py).
+DIR ?= out/gpu-check
+gpu-check:
+	benchmarks/gpu-check.sh $(DIR)
+
+gpu-check-cpu: install
+	PYTHON=$(BIN)/python benchmarks/gpu-check.sh $(DIR) --cpu
+
+# The cp312 wheels the lent GPU machine lacks, at the venv's versions (pbr, hdrhistogram's build dependency, is not
+# needed at run time). 8.6 MiB; git-ignored; the device tool's `carry` takes .whl along.
+GPU_WHEELS := pydantic==2.14.4 pydantic-core==2.50.5 pydantic-settings==2.16.3 typing-extensions==4.16.0 \
+	typing-inspection==0.4.5 annotated-types==0.8.0 python-dotenv==1.2.4 redis==8.1.0 confluent-kafka==2.16.1 \
+	hdrhistogram==0.10.8 pytest-asyncio==1.5.0 pytest==9.2.0
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		--platform manylinux1_x86_64 -d .whl $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

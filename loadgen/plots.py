@@ -117,19 +117,23 @@ NS = 1_000_000_000
 TIMELINE_WINDOW_S = 0.05
 
 
-def best_params(summary: list[dict[str, Any]], policy: str, overlap: bool) -> str | None:
+# Line style per mechanics: overlapped solid, serial with pinned memory dashed, plain serial dotted.
+MECHANICS_STYLES = (("overlapped", "-"), ("serial-pinned", "--"), ("serial-pageable", ":"))
+
+
+def best_params(summary: list[dict[str, Any]], policy: str, mechanics: str) -> str | None:
     """The swept baseline's best point: highest capacity, as the targets compare."""
-    cands = [s for s in summary if s["policy"] == policy and s["overlap"] == overlap]
+    cands = [s for s in summary if s["policy"] == policy and s["mechanics"] == mechanics]
     return max(cands, key=lambda s: s["capacity"])["params"] if cands else None
 
 
 def _series(
-    rows: list[dict[str, Any]], policy: str, params: str | None, overlap: bool
+    rows: list[dict[str, Any]], policy: str, params: str | None, mechanics: str
 ) -> tuple[list[float], list[float]]:
     pts = [
         (r["load"], r["p99_ms"])
         for r in rows
-        if r["trace"] == "poisson" and r["policy"] == policy and r["overlap"] == overlap
+        if r["trace"] == "poisson" and r["policy"] == policy and r["mechanics"] == mechanics
         and (params is None or r["params"] == params) and r["p99_ms"] is not None
     ]  # fmt: skip
     return [p[0] for p in pts], [p[1] for p in pts]
@@ -153,7 +157,7 @@ def plot_executor(
     rows: list[dict[str, Any]],
     summary: list[dict[str, Any]],
     slo_ms: float,
-    burst_runs: dict[tuple[str, str, bool], Any],
+    burst_runs: dict[tuple[str, str, str], Any],
     burst_window: tuple[float, float] | None,
 ) -> None:
     plt = _pyplot()
@@ -162,13 +166,14 @@ def plot_executor(
     ax = axes[0]
     # Adaptive last and thickest: it often coincides with greedy (Triton delay 0) and must stay visible.
     shown: list[tuple[str, str | None]] = [("slack", None), ("aimd", None)]
-    shown += [("fixed", best_params(summary, "fixed", True)), ("timeout", best_params(summary, "timeout", True))]
+    shown += [("fixed", best_params(summary, "fixed", "overlapped")),
+              ("timeout", best_params(summary, "timeout", "overlapped"))]  # fmt: skip
     shown.append(("adaptive", ""))
     for i, (policy, params) in enumerate(shown):
         color = f"C{i}"
-        for overlap, style in ((True, "-"), (False, "--")):
-            xs, ys = _series(rows, policy, params or None, overlap)
-            label = f"{policy} {params or ''} {'overlapped' if overlap else 'serial'}".replace("  ", " ")
+        for mechanics, style in MECHANICS_STYLES:
+            xs, ys = _series(rows, policy, params if params is not None else None, mechanics)
+            label = f"{policy} {params or ''} {mechanics}".replace("  ", " ")
             wide = policy == "adaptive"
             ax.plot(xs, ys, style, color=color, marker="o", ms=4 if wide else 3, lw=2.5 if wide else 1.2, label=label)
     ax.axhline(slo_ms, color="k", lw=0.8, ls=":", label="SLO")
@@ -177,14 +182,14 @@ def plot_executor(
     ax.set_title("p99 vs load (best swept point of each baseline)")
     ax.legend(fontsize=6)
 
-    burst_cfgs = [("timeout", best_params(summary, "timeout", True)), ("fixed", best_params(summary, "fixed", True)),
-                  ("adaptive", "")]  # fmt: skip
+    burst_cfgs = [("timeout", best_params(summary, "timeout", "overlapped")),
+                  ("fixed", best_params(summary, "fixed", "overlapped")), ("adaptive", "")]  # fmt: skip
     for i, (policy, params) in enumerate(burst_cfgs):
-        for overlap, style in ((True, "-"), (False, "--")):
-            res = burst_runs.get((policy, params or "", overlap))
+        for mechanics, style in MECHANICS_STYLES:
+            res = burst_runs.get((policy, params or "", mechanics))
             if res is None:
                 continue
-            label = f"{policy} {params or ''} {'ov' if overlap else 'serial'}"
+            label = f"{policy} {params or ''} {mechanics}"
             t = np.asarray(res.batch_dispatch_ns) / NS
             lw = 1.6 if policy == "adaptive" else 0.8
             axes[1].plot(t, res.batch_sizes, style, color=f"C{i}", lw=lw, label=label)

@@ -5,7 +5,11 @@ what one item looks like; loading, readiness, backlog hints, metrics and the
 one-awaitable-per-envelope fan-out live here once. Both DNN stages submit
 one item per image or crop and let the executor form batches across every
 message in flight: the executor decides when a batch goes (policy,
-deadlines), the stage only decides what an item is.
+deadlines), the stage only decides what an item is. The worker keeps
+``prefetch_requests`` items in flight (``service.prefetch_batches`` device
+batches' worth), so a device batch can fill to ``executor.max_batch`` however
+few messages one consume brings; the broker backlog reaches the executor's
+arrival estimate in requests, not messages.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 
 from visionpipe.envelope import Envelope
 from visionpipe.executor import BatchExecutor, TorchDevice, make_policy
+from visionpipe.executor.cuda_graphs import prepare_fn
 from visionpipe.executor.torch_device import resolve_device
 from visionpipe.metrics import Metrics
 from visionpipe.services.stage import Outcome, Stage
@@ -32,21 +37,27 @@ log = logging.getLogger(__name__)
 # On a CPU a bigger batch buys almost nothing (no kernel-launch cost to spread, threads already busy) while
 # warm-up times the largest batch several times: a 32-image detector batch is ~4 s per run on 2 cores.
 CPU_MAX_BATCH = 4
+# Requests per message start at one and follow the messages seen: an EWMA over about the last 20 messages.
+PER_MESSAGE_WEIGHT = 0.05
 
 
 def stage_executor(
-    fn: Callable[[torch.Tensor], list[Any]], item_shape: tuple[int, ...], settings: ExecutorSettings, device: str
+    fn: Callable[[torch.Tensor], Any], item_shape: tuple[int, ...], settings: ExecutorSettings, device: str
 ) -> BatchExecutor:
-    """A ``BatchExecutor`` around ``fn`` on ``device``, built the same way for every DNN stage."""
+    """A ``BatchExecutor`` around ``fn`` on ``device``, built the same way for every DNN stage.
+
+    ``fn`` is compiled and graphed as the settings ask (graphs are captured in the device's warm-up).
+    """
     if device == "cpu" and settings.max_batch > CPU_MAX_BATCH:
         settings = settings.model_copy(update={"max_batch": CPU_MAX_BATCH})
     torch_device = TorchDevice(
-        fn,
+        prepare_fn(fn, settings, device, settings.max_batch),
         item_shape=item_shape,
         item_dtype=torch.uint8,
         max_batch=settings.max_batch,
         device=device,
         overlap=settings.overlap,
+        pinned=settings.pinned,
     )
     return BatchExecutor(torch_device, make_policy(settings), settings)
 
@@ -59,6 +70,7 @@ class DnnStage(Stage):
         self.metrics = metrics
         self.model: LoadedModel | None = None
         self.executor: BatchExecutor | None = None
+        self.requests_per_message = 1.0
 
     @property
     @abstractmethod
@@ -70,7 +82,8 @@ class DnnStage(Stage):
     def item_shape(self) -> tuple[int, ...]: ...
 
     @abstractmethod
-    def build_fn(self, model: LoadedModel, device: str) -> Callable[[torch.Tensor], list[Any]]: ...
+    def build_fn(self, model: LoadedModel, device: str) -> Callable[[torch.Tensor], Any]:
+        """The device function (the contract in ``visionpipe.executor.host_io``) for ``model`` on ``device``."""
 
     @abstractmethod
     async def _one(self, env: Envelope) -> Outcome: ...
@@ -86,11 +99,23 @@ class DnnStage(Stage):
         log.info("%s %s (%s weights) on %s", self.name, name, model.weights, device)
 
     async def submit(self, item: np.ndarray) -> Any:
-        """One item's output; the executor gives it the deadline arrival + ``executor.slo_ms`` on its own clock."""
+        """One item's output; the executor gives it the deadline arrival + ``executor.slo_ms`` on its own clock.
+
+        ``item`` may be a read-only view of the received message: the device copies it straight into its
+        (pinned) batch buffer on the stager thread, the only copy it gets.
+        """
         assert self.executor is not None, "start() first"
-        if not item.flags.writeable:  # views of a received message are read-only; torch.from_numpy warns on those
-            item = item.copy()
         return await self.executor.submit(item, deadline_ns=None)
+
+    def requests_in(self, env: Envelope) -> int:
+        """Executor requests this envelope becomes: one image; the classifier overrides (one per crop)."""
+        return 1
+
+    @property
+    def prefetch_requests(self) -> int | None:
+        if self.executor is None:
+            return None
+        return max(1, round(self.settings.service.prefetch_batches * self.executor.max_batch))
 
     def _on_batch(self, size: int, timings: dict[str, float]) -> None:
         if self.metrics is not None:
@@ -105,12 +130,15 @@ class DnnStage(Stage):
         return self.model.weights if self.model is not None else None
 
     def observe_backlog(self, backlog: int) -> None:
+        """The broker's backlog is in messages; the executor's arrival estimate counts requests."""
         if self.executor is not None:
-            self.executor.observe_backlog(backlog)
+            self.executor.observe_backlog(round(backlog * self.requests_per_message))
 
     async def stop(self) -> None:
         if self.executor is not None:
             await self.executor.stop()
 
     def items(self, envelopes: Sequence[Envelope]) -> list[Awaitable[Outcome]]:
+        for env in envelopes:
+            self.requests_per_message += PER_MESSAGE_WEIGHT * (self.requests_in(env) - self.requests_per_message)
         return [self._one(env) for env in envelopes]

@@ -47,6 +47,15 @@ class Stage(ABC):
     def observe_backlog(self, backlog: int) -> None:  # noqa: B027 - optional hook
         """The stage's input backlog, for the executor's arrival-rate estimate."""
 
+    def requests_in(self, env: Envelope) -> int:
+        """How much of the worker's prefetch this envelope takes (``prefetch_requests``): one by default."""
+        return 1
+
+    @property
+    def prefetch_requests(self) -> int | None:
+        """Requests to keep in flight (a DNN stage: device batches' worth); None: count consumed batches instead."""
+        return None
+
     @property
     def ready(self) -> bool:
         return True

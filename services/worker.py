@@ -8,6 +8,9 @@ output envelopes. The :class:`Worker` around it owns the delivery contract:
   once with its reason; a transient failure leaves the delivery pending, to
   be redelivered by ``reclaim``;
 * deliveries left pending by dead consumers are reclaimed periodically;
+* it consumes while what it holds in flight is under the stage's prefetch
+  (``services/prefetch.py``): consumed batches for decode, requests for the
+  DNN stages, so their device batches can fill;
 * ``stop()`` (SIGTERM) stops consuming and waits for in-flight batches up to
   the grace period; whatever is unfinished stays unacked for another worker;
 * ``drain`` mode exits once the input and every upstream stage have had no
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -33,6 +37,7 @@ from visionpipe.envelope import Envelope, EnvelopeError, Event, Limits
 from visionpipe.metrics import Metrics
 from visionpipe.services.middleware import Item, Middleware, Verdict, default_middleware
 from visionpipe.services.middleware.base import ACKED
+from visionpipe.services.prefetch import Prefetch
 from visionpipe.services.stage import BadInput, Outcome, Stage
 from visionpipe.settings import Settings
 
@@ -104,15 +109,21 @@ class Worker:
             await self._finish_inflight()
             await self.stage.stop()
 
+    def _prefetch(self) -> tuple[Prefetch, bool]:
+        """The in-flight limit, and whether it counts requests (else consumed batches)."""
+        requests = self.stage.prefetch_requests
+        if requests is None:
+            return Prefetch(self.settings.service.max_inflight_batches), False
+        return Prefetch(requests), True
+
     async def _loop(self) -> None:
-        slots = asyncio.Semaphore(self.settings.service.max_inflight_batches)
+        slots, by_request = self._prefetch()
         backoff = BROKER_BACKOFF_S
         next_reclaim = time.monotonic() + self.settings.service.reclaim_interval_s
         idle_since: float | None = None
         while not self._stopping.is_set():
-            await slots.acquire()
-            if self._stopping.is_set():  # stopped while every slot was busy: take nothing more
-                slots.release()
+            await slots.room()
+            if self._stopping.is_set():  # stopped while the prefetch was full: take nothing more
                 return
             try:
                 deliveries = await self.broker.consume(
@@ -125,14 +136,12 @@ class Worker:
                     )
                 backoff = BROKER_BACKOFF_S
             except BrokerError as exc:
-                slots.release()
                 self.metrics.errors.labels(self.name, "broker").inc()
                 log.warning("stage %s: broker error while consuming (%s); retrying in %.1fs", self.name, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BROKER_BACKOFF_MAX_S)
                 continue
             if not deliveries:
-                slots.release()
                 if self.drain:
                     idle_since = await self._drain_check(idle_since)
                     if idle_since is not None and time.monotonic() - idle_since >= self.settings.service.drain_idle_s:
@@ -140,14 +149,18 @@ class Worker:
                         return
                 continue
             idle_since = None
-            task = asyncio.create_task(self._handle(deliveries))
+            held = len(deliveries) if by_request else 1  # by request: provisional, corrected once admitted
+            slots.take(held)
+            task = asyncio.create_task(self._handle(deliveries, slots if by_request else None))
             self._inflight.add(task)
             self.metrics.inflight.labels(self.name).set(len(self._inflight))
-            task.add_done_callback(lambda t: self._batch_done(t, slots))
+            task.add_done_callback(functools.partial(self._batch_done, slots=slots, held=0 if by_request else held))
+            if by_request:
+                await asyncio.sleep(0)  # let it admit and count its real weight before the next look at the room
 
-    def _batch_done(self, task: asyncio.Task[None], slots: asyncio.Semaphore) -> None:
+    def _batch_done(self, task: asyncio.Task[None], slots: Prefetch, held: int) -> None:
         self._inflight.discard(task)
-        slots.release()
+        slots.give(held)
         self.metrics.inflight.labels(self.name).set(len(self._inflight))
         if not task.cancelled() and task.exception() is not None:
             log.error("stage %s: batch failed", self.name, exc_info=task.exception())
@@ -207,14 +220,33 @@ class Worker:
                 return
         item.envelope.stamp(self.name, Event.DEQUEUED, now_ns)
 
-    async def _handle(self, deliveries: list[Delivery]) -> None:
-        """Admit a consumed batch, then publish and ack its items in groups as they complete."""
+    async def _handle(self, deliveries: list[Delivery], requests: Prefetch | None = None) -> None:
+        """Admit a consumed batch, then publish and ack its items in groups as they complete.
+
+        ``requests``: the prefetch counted in requests, held as one per delivery until admitted, then as each
+        work item's requests until it settles.
+        """
         items = [Item(d) for d in deliveries]
-        self._fire("on_consume", items)
-        now = time.time_ns()
-        for it in items:
-            self._admit(it, now)
-        work = [it for it in items if it.verdict is Verdict.WORK]
+        weight: dict[int, int] = {}
+        held = len(deliveries) if requests is not None else 0
+        try:
+            self._fire("on_consume", items)
+            now = time.time_ns()
+            for it in items:
+                self._admit(it, now)
+            work = [it for it in items if it.verdict is Verdict.WORK]
+            if requests is not None:
+                weight = {id(it): self.stage.requests_in(it.envelope) for it in work if it.envelope is not None}
+                requests.take(sum(weight.values()) - held)
+                held = 0
+            await self._work(items, work, requests, weight)
+        finally:
+            if requests is not None:
+                requests.give(held + sum(weight.values()))
+
+    async def _work(
+        self, items: list[Item], work: list[Item], requests: Prefetch | None, weight: dict[int, int]
+    ) -> None:
         decided = [it for it in items if it.verdict in ACKED]  # duplicates and dead letters: no work to wait for
         if decided:
             await self._settle(decided)
@@ -232,6 +264,8 @@ class Worker:
                     it.outcome = _outcome(fut)
                     group.append(it)
                 await self._settle(group)
+                if requests is not None:
+                    requests.give(sum(weight.pop(id(it), 0) for it in group))
         finally:
             for fut in pending:  # cancelled (SIGTERM grace over): nothing of these is acked
                 fut.cancel()

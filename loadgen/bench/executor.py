@@ -18,19 +18,21 @@ from typing import Any
 import click
 
 from visionpipe.executor.sim_device import cost_model
-from visionpipe.loadgen.bench.suite import Suite, configs
-from visionpipe.loadgen.bench.targets import evaluate
+from visionpipe.loadgen.bench.suite import Suite, adaptive_vs_greedy, configs
+from visionpipe.loadgen.bench.targets import evaluate, met_label
 
 # Per cost model: (SLO ms, max batch). H100 ResNet-50: b256 takes 18.5 ms, so 50 ms leaves room for one
 # batch filling while another computes; the 1080 Ti is ~15x slower per image, so b64 and 200 ms.
-SIM_DEFAULTS = {"h100": (50.0, 256), "h100-uint8": (50.0, 256), "gtx1080ti": (200.0, 64)}
+SIM_DEFAULTS = {"h100": (50.0, 256), "h100-uint8": (50.0, 256), "h100-graphs": (50.0, 256), "gtx1080ti": (200.0, 64)}
 
 
 @click.command("executor")
 @click.option("--device", type=click.Choice(["sim", "cpu", "cuda"]), default="sim", show_default=True)
-@click.option("--cost", "cost_name", default="h100", show_default=True, help="sim: h100, h100-uint8 or gtx1080ti")
-@click.option("--model", default=None, help="cpu/cuda: torchvision classifier (default resnet50 on cuda, "
-              "mobilenet_v3_small on cpu); random weights")  # fmt: skip
+@click.option("--cost", "cost_name", default="h100", show_default=True,
+              help="sim: h100, h100-uint8, h100-graphs or gtx1080ti")  # fmt: skip
+@click.option("--model", default=None, help="cpu/cuda: a torchvision classifier (default resnet50 on cuda, "
+              "mobilenet_v3_small on cpu), or detector / classifier: that stage's own function; "
+              "random weights")  # fmt: skip
 @click.option("--slo-ms", type=float, default=None, help="latency SLO (default per cost model / device)")
 @click.option("--max-batch", type=int, default=None)
 @click.option("--duration", type=float, default=None, help="seconds per trace (sim default 2, live 3)")
@@ -39,7 +41,8 @@ SIM_DEFAULTS = {"h100": (50.0, 256), "h100-uint8": (50.0, 256), "gtx1080ti": (20
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="fewer swept baseline points (smoke runs)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="sim: the p99, batch-size and burst plots")  # fmt: skip
 def bench_executor(
     device: str,
     cost_name: str,
@@ -61,7 +64,7 @@ def bench_executor(
     else:
         from visionpipe.loadgen.bench.executor_live import run_live
 
-        doc = run_live(device, model, slo_ms, max_batch, duration or 3.0, image_size, seed, quick, plot_path)
+        doc = run_live(device, model, slo_ms, max_batch, duration or 3.0, image_size, seed, quick)
     doc["meta"]["command"] = "visionpipe bench executor " + " ".join(sys.argv[3:] if len(sys.argv) > 3 else [])
     doc["meta"]["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     doc["meta"]["elapsed_s"] = round(time.perf_counter() - started, 1)
@@ -92,9 +95,11 @@ def run_sim(
         r, s = suite.run_config(cfg)
         rows += r
         summary.append(s)
-        click.echo(f"  {cfg.policy:8s} {s['params']:28s} overlap={cfg.overlap!s:5s} capacity={s['capacity']:9.1f}/s",
+        click.echo(f"  {cfg.policy:8s} {s['params']:28s} {cfg.mechanics:15s} capacity={s['capacity']:9.1f}/s",
                    err=True)  # fmt: skip
-    upload_share = cost.upload_pageable.ms(mb) / cost.compute.ms(mb)
+    compute_ms = max(cost.compute.ms(mb), cost.launch.ms(mb))
+    lead_share = (cost.stage.ms(mb) + cost.upload.ms(mb)) / compute_ms
+    pageable_share = (cost.stage.ms(mb) + cost.upload_pageable.ms(mb)) / compute_ms
     meta = {
         "device": f"sim ({cost_name} cost model, noise cv {noise})",
         "machine": "discrete-event simulation (virtual clock)",
@@ -103,16 +108,18 @@ def run_sim(
         "duration_s": duration,
         "seed": seed,
         "ideal_capacity": round(suite.ref, 1),
-        "pageable_upload_share_of_compute": round(upload_share, 3),
-        "pinned_upload_share_of_compute": round(cost.upload.ms(mb) / cost.compute.ms(mb), 3),
+        "staging_and_pageable_upload_share_of_compute": round(pageable_share, 3),
+        "staging_and_pinned_upload_share_of_compute": round(lead_share, 3),
+        "launch_ms_per_batch": cost.launch.ms(1),
     }
-    targets = evaluate(rows, summary, upload_share=upload_share, slo_ms=slo, raw=suite.ref)
+    targets = evaluate(rows, summary, lead_share=lead_share, pageable_share=pageable_share, slo_ms=slo, raw=suite.ref)
     if plot_path:
         from visionpipe.loadgen.plots import plot_executor
 
         title = f"executor policies, sim {cost_name}, SLO {slo:g} ms, max batch {mb}"
         plot_executor(plot_path, title, rows, summary, slo, suite.burst_runs, suite.burst.window_s)
-    return {"meta": meta, "rows": rows, "summary": summary, "targets": targets}
+    return {"meta": meta, "rows": rows, "summary": summary, "targets": targets,
+            "adaptive_vs_greedy": adaptive_vs_greedy(rows)}  # fmt: skip
 
 
 def _plain(obj: Any) -> Any:
@@ -128,14 +135,14 @@ def print_report(doc: dict[str, Any]) -> None:
 
     console = Console(stderr=True)
     table = Table(title=f"capacity at p99 <= SLO ({doc['meta']['device']})")
-    for col in ("policy", "params", "overlap", "capacity"):
+    for col in ("policy", "params", "mechanics", "capacity"):
         table.add_column(col)
     for s in sorted(doc["summary"], key=lambda s: -s["capacity"])[:16]:
-        table.add_row(s["policy"], s["params"], str(s["overlap"]), f"{s['capacity']:.1f}")
+        table.add_row(s["policy"], s["params"], s["mechanics"], f"{s['capacity']:.1f}")
     console.print(table)
-    targets = Table(title="issue 4 targets")
+    targets = Table(title="executor targets")
     for col in ("target", "value", "threshold", "met"):
         targets.add_column(col)
     for t in doc.get("targets", []):
-        targets.add_row(t["target"], str(t["value"]), f"{t['op']} {t['threshold']}", "yes" if t["met"] else "NO")
+        targets.add_row(t["target"], str(t["value"]), f"{t['op']} {t['threshold']}", met_label(t["met"]))
     console.print(targets)

@@ -1,47 +1,88 @@
 """The executor benchmark on a real device (``--device cpu|cuda``): the asyncio executor and ``TorchDevice``.
 
-Open-loop Poisson arrivals in real time against a torchvision classifier
-with random weights. Short on purpose: on a shared machine absolute times
-are noisy, so only ratios measured in the same run mean anything. On the
-CPU there are no streams or copy engines, so only the serial mechanics run.
+Open-loop Poisson arrivals in real time against a device function with
+random weights: a torchvision classifier through the classifier stage's
+function (``resnet50`` by default on CUDA), or a shipped stage's own function
+(``--model detector`` / ``--model classifier``: the stage's default model,
+built through its own path). Two side-by-sides, each in one run:
+
+* mechanics — overlapped vs serial-pinned vs serial-pageable, all greedy
+  (Triton delay 0), at rising load and at saturation: overlap alone is
+  overlapped ÷ serial-pinned, pinned memory alone serial-pinned ÷ pageable;
+* policies — adaptive vs the timeout batcher swept over its delays, on the
+  best mechanics: batch sizes, GPU time per request, p99, the burst.
+
+Short on purpose: on a shared machine absolute times are noisy, so only
+ratios measured in the same run mean anything. On the CPU there are no
+streams, copy engines or pinned memory, so only serial-pageable runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
 from visionpipe.executor.executor import BatchExecutor
-from visionpipe.executor.policy import AdaptivePolicy, BatchPolicy, FixedPolicy, SlackPolicy, TimeoutPolicy
+from visionpipe.executor.latency import PHASES
+from visionpipe.executor.policy import AdaptivePolicy, BatchPolicy, TimeoutPolicy
 from visionpipe.executor.torch_device import TorchDevice, resolve_device
 from visionpipe.loadgen.bench.simulate import SimResult
-from visionpipe.loadgen.bench.suite import _num
-from visionpipe.loadgen.bench.targets import SATURATION
+from visionpipe.loadgen.bench.suite import MECHANICS, _num, adaptive_vs_greedy
+from visionpipe.loadgen.bench.targets import SATURATION, ratio, target
 from visionpipe.loadgen.bench.traces import Trace, burst, poisson
-from visionpipe.services.classifier.model import classifier_fn
-from visionpipe.services.weights import RANDOM, load_model
-from visionpipe.settings import ClassifierSettings, ExecutorSettings
+from visionpipe.settings import ExecutorSettings
 
-LIVE_LOADS = (0.3, 0.6, 0.9)
+MECH_LOADS = (0.5, 0.8, 0.95)
+POLICY_LOADS = (0.3, 0.7)
+TIMEOUT_DELAYS_MS = (0.0, 1.0, 2.0, 5.0)
 SATURATION_LOAD = 1.3
 # Timed max-batch forwards for the raw-throughput reference (after one untimed). The fastest is kept: on a
 # shared machine other jobs only ever slow a run down, so the minimum is the device's own speed.
 RAW_REPEATS = 7
 # SLO as a multiple of one max-batch forward: room for one batch filling while another computes, plus jitter.
 SLO_BATCHES = 4.0
+OVERLAP_HEAVY, OVERLAP_TARGET = 0.30, 1.10
+STAGES = ("detector", "classifier")
 
 
-def stage_classifier(name: str, device: str) -> Any:
-    """The classifier stage's own device function on a torchvision model with random weights: what a service runs."""
-    return classifier_fn(load_model("classification", name, RANDOM), ClassifierSettings(), ExecutorSettings(), device)
+@dataclass
+class LiveModel:
+    name: str
+    fn: Callable[[torch.Tensor], Any]
+    item_shape: tuple[int, ...]
+    describe: str
 
 
-def _raw_throughput(fn: Any, shape: tuple[int, ...], mb: int, device: str) -> float:
+def live_model(spec: str, device: str, image_size: int | None) -> LiveModel:
+    """``detector``/``classifier``: that stage's own function and default model; else a torchvision classifier."""
+    from visionpipe.services.weights import RANDOM, load_model
+    from visionpipe.settings import Settings
+
+    if spec in STAGES:
+        from visionpipe.services.classifier.stage import ClassifierStage
+        from visionpipe.services.detector.stage import DetectorStage
+
+        stage = (DetectorStage if spec == "detector" else ClassifierStage)(Settings())
+        name, _ = stage.model_spec
+        fn = stage.build_fn(load_model(stage.kind, name, RANDOM), device)
+        return LiveModel(spec, fn, stage.item_shape, f"the {spec} stage's own function, {name} (random weights)")
+    from visionpipe.services.classifier.model import classifier_fn
+    from visionpipe.settings import ClassifierSettings
+
+    size = image_size or (224 if device.startswith("cuda") else 96)
+    fn = classifier_fn(load_model("classification", spec, RANDOM), ClassifierSettings(), ExecutorSettings(), device)
+    return LiveModel(spec, fn, (3, size, size), f"{spec} (random weights) through the classifier stage's fn: top-5")
+
+
+def raw_throughput(fn: Callable[[torch.Tensor], Any], shape: tuple[int, ...], mb: int, device: str) -> float:
+    """Items/s of back-to-back max-batch forwards with the input already on the device (compute phase only)."""
     dev = TorchDevice(fn, shape, torch.uint8, mb, device=device, overlap=False)
     item = dev.example_item()
     dev.run([item] * mb)
@@ -78,93 +119,147 @@ async def _drive(executor: BatchExecutor, trace: Trace, item: np.ndarray) -> Sim
     return SimResult(arrivals, done, [], sizes, busy[0], executor.scheduler.slo_ns)
 
 
-async def _run_one(fn: Any, shape: tuple[int, ...], device: str, overlap: bool, policy: BatchPolicy,
-                   settings: ExecutorSettings, trace: Trace) -> SimResult:  # fmt: skip
-    dev = TorchDevice(fn, shape, torch.uint8, settings.max_batch, device=device, overlap=overlap)
+async def _run_one(m: LiveModel, device: str, mech: tuple[str, bool, bool], policy: BatchPolicy,
+                   settings: ExecutorSettings, trace: Trace) -> tuple[SimResult, dict[str, float]]:  # fmt: skip
+    _, overlap, pinned = mech
+    dev = TorchDevice(m.fn, m.item_shape, torch.uint8, settings.max_batch, device=device, overlap=overlap,
+                      pinned=pinned)  # fmt: skip
     executor = BatchExecutor(dev, policy, settings)
     await executor.start()
     try:
-        return await _drive(executor, trace, dev.example_item())
+        res = await _drive(executor, trace, dev.example_item())
     finally:
         await executor.stop()
+    mb = settings.max_batch
+    return res, {p: round(executor.model.phases[p].line(mb) * 1e3, 3) for p in PHASES}
 
 
-def run_live(
-    device: str,
-    model: str | None,
-    slo_ms: float | None,
-    max_batch: int | None,
-    duration: float,
-    image_size: int | None,
-    seed: int,
-    quick: bool,
-    plot_path: Path | None,
-) -> dict[str, Any]:
+def _row(name: str, params: dict[str, Any], mech: tuple[str, bool, bool], trace: Trace, load: float,
+         res: SimResult) -> dict[str, Any]:  # fmt: skip
+    s = res.summary()
+    return {
+        "policy": name, "params": ",".join(f"{k}={v}" for k, v in params.items()), "mechanics": mech[0],
+        "overlap": mech[1], "pinned": mech[2], "trace": trace.name, "rate": round(trace.rate, 1), "load": load,
+        "throughput": round(s["throughput"], 1), "p50_ms": _num(s["p50_ms"]), "p99_ms": _num(s["p99_ms"]),
+        "slo_attainment": round(s["slo_attainment"], 4), "mean_batch": round(s["mean_batch"], 2),
+        "gpu_busy_s": round(res.gpu_busy_s, 4),
+        "gpu_busy_ms_per_request": round(1e3 * res.gpu_busy_s / max(len(res.arrivals_ns), 1), 5),
+        **({"peak_p99_ms": _num(res.peak_p99_ms())} if trace.name == "burst" else {}),
+    }  # fmt: skip
+
+
+def _plan(raw: float, duration: float, seed: int, quick: bool) -> list[tuple[str, Trace, float]]:
+    """(section, trace, load): mechanics at rising load and saturation, then policies at two loads and a burst."""
+    mech_loads = MECH_LOADS[1:2] if quick else MECH_LOADS
+    plan = [("mechanics", poisson(raw * f, duration, seed), f) for f in mech_loads]
+    sat = poisson(raw * SATURATION_LOAD, duration, seed)
+    plan.append(("mechanics", Trace("saturation", sat.rate, sat.arrivals_ns, sat.rate_at), SATURATION_LOAD))
+    plan += [("policies", poisson(raw * f, duration, seed), f) for f in (POLICY_LOADS[:1] if quick else POLICY_LOADS)]
+    if not quick:
+        plan.append(("policies", burst(raw * 0.5, max(duration, 1.5), seed), 0.5))
+    return plan
+
+
+def run_live(device: str, model: str | None, slo_ms: float | None, max_batch: int | None, duration: float,
+             image_size: int | None, seed: int, quick: bool,
+             deadline: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Both side-by-sides for one model; ``deadline`` (monotonic s): stop adding runs past it, and say so."""
     tdev = resolve_device(device)
     cuda = tdev.startswith("cuda")
-    model = model or ("resnet50" if cuda else "mobilenet_v3_small")
-    size = image_size or (224 if cuda else 96)
-    mb = max_batch or (256 if cuda else 16)
-    shape = (3, size, size)
-    fn = stage_classifier(model, tdev)
-    raw = _raw_throughput(fn, shape, mb, device)
+    m = live_model(model or ("resnet50" if cuda else "mobilenet_v3_small"), tdev, image_size)
+    mb = max_batch or (256 if cuda and m.name not in STAGES else 32 if cuda else 8)
+    raw = raw_throughput(m.fn, m.item_shape, mb, tdev)
     slo = slo_ms or round(SLO_BATCHES * mb / raw * 1e3, 1)
     settings = ExecutorSettings(slo_ms=slo, max_batch=mb, warmup_repeats=2)
-    policies: list[tuple[str, dict[str, Any], Any]] = [
-        ("adaptive", {}, AdaptivePolicy),
-        ("timeout", {"max_batch": mb, "delay_ms": 0.0}, lambda: TimeoutPolicy(mb, 0.0)),
-        ("fixed", {"batch": mb // 2}, lambda: FixedPolicy(mb // 2)),
-        ("slack", {}, SlackPolicy),
-    ]
-    traces = [(poisson(raw * f, duration, seed), f) for f in LIVE_LOADS]
-    sat = poisson(raw * SATURATION_LOAD, duration, seed)
-    traces.append((Trace("saturation", sat.rate, sat.arrivals_ns, sat.rate_at), SATURATION_LOAD))
-    if not quick:
-        traces.append((burst(raw * 0.5, max(duration, 1.5), seed), 0.5))
+    mechanics = MECHANICS if cuda else MECHANICS[2:]
+    best = mechanics[0]
     rows: list[dict[str, Any]] = []
-    # Policies interleaved per trace, so that drift in the machine's load hits every policy alike.
-    for trace, load in traces:
-        for overlap in (True, False) if cuda else (False,):
-            for name, params, make in policies:
-                res = asyncio.run(_run_one(fn, shape, device, overlap, make(), settings, trace))
-                s = res.summary()
-                rows.append({
-                    "policy": name, "params": ",".join(f"{k}={v}" for k, v in params.items()), "overlap": overlap,
-                    "trace": trace.name, "rate": round(trace.rate, 1), "load": load,
-                    "throughput": round(s["throughput"], 1), "p50_ms": _num(s["p50_ms"]),
-                    "p99_ms": _num(s["p99_ms"]), "slo_attainment": round(s["slo_attainment"], 4),
-                    "mean_batch": round(s["mean_batch"], 2), "gpu_busy_s": round(res.gpu_busy_s, 4),
-                    "gpu_busy_ms_per_request": round(1e3 * res.gpu_busy_s / max(len(res.arrivals_ns), 1), 5),
-                    **({"peak_p99_ms": _num(res.peak_p99_ms())} if trace.name == "burst" else {}),
-                })  # fmt: skip
-                print(rows[-1], flush=True)
-    summary = _capacity_from_rows(rows, slo)
+    phases: dict[str, dict[str, float]] = {}
+    skipped = 0
+    for section, trace, load in _plan(raw, duration, seed, quick):
+        runs: list[tuple[str, dict[str, Any], Callable[[], BatchPolicy], tuple[str, bool, bool]]]
+        if section == "mechanics":  # greedy, every mechanics: the mechanics alone differ
+            runs = [("timeout", {"max_batch": mb, "delay_ms": 0.0}, partial(TimeoutPolicy, mb, 0.0), mc)
+                    for mc in mechanics]  # fmt: skip
+            if trace.name == "saturation":
+                runs.append(("adaptive", {}, AdaptivePolicy, best))
+        else:
+            runs = [("adaptive", {}, AdaptivePolicy, best)]
+            runs += [("timeout", {"max_batch": mb, "delay_ms": d}, partial(TimeoutPolicy, mb, d), best)
+                     for d in TIMEOUT_DELAYS_MS]  # fmt: skip
+        for name, params, make, mech in runs:
+            if deadline is not None and time.monotonic() > deadline:
+                skipped += 1
+                continue
+            res, lines = asyncio.run(_run_one(m, tdev, mech, make(), settings, trace))
+            phases.setdefault(mech[0], lines)
+            rows.append(_row(name, params, mech, trace, load, res))
     meta = {
         "device": f"{tdev} ({torch.cuda.get_device_name(tdev) if cuda else 'CPU'})",
         "machine": "this host",
-        "model": f"{model} (random weights, the classifier stage's fn: top-5 on the device), input uint8 {shape}, "
-        + ("float16 channels_last" if cuda else "float32 contiguous"),
+        "model": m.describe + f", input uint8 {m.item_shape}",
         "slo_ms": slo,
         "max_batch": mb,
         "raw_throughput": round(raw, 1),
+        "phases_ms_at_max_batch": phases,
+        "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "duration_s": duration,
+        "runs_skipped_for_time": skipped,
     }
-    sat_row = next(r for r in rows if (r["policy"], r["overlap"], r["trace"]) == ("adaptive", cuda, "saturation"))
-    targets = [
-        {"target": "saturation: adaptive throughput ÷ raw max-batch forward throughput",
-         "value": round(sat_row["throughput"] / raw, 3), "op": ">=", "threshold": SATURATION,
-         "met": bool(sat_row["throughput"] >= SATURATION * raw),
-         "detail": f"raw b{mb} forward {raw:.1f}/s, timed in this process before the runs"},
-    ]  # fmt: skip
-    del plot_path  # the live run is too short for the burst plots; the sim run draws them
-    return {"meta": meta, "rows": rows, "summary": summary, "targets": targets}
+    summary = capacity_from_rows(rows, slo)
+    return {"meta": meta, "rows": rows, "summary": summary, "targets": live_targets(rows, summary, phases, raw, best),
+            "adaptive_vs_greedy": adaptive_vs_greedy(rows, best[0])}  # fmt: skip
 
 
-def _capacity_from_rows(rows: list[dict[str, Any]], slo: float) -> list[dict[str, Any]]:
+def capacity_from_rows(rows: list[dict[str, Any]], slo: float) -> list[dict[str, Any]]:
     """Live runs cannot afford a bisection: capacity is the highest tested rate whose p99 met the SLO."""
-    out: dict[tuple[str, str, bool], float] = {}
+    out: dict[tuple[str, str, str], float] = {}
     for r in rows:
-        key = (r["policy"], r["params"], r["overlap"])
+        key = (r["policy"], r["params"], r["mechanics"])
         ok = r["trace"] == "poisson" and r["p99_ms"] is not None and r["p99_ms"] <= slo
         out[key] = max(out.get(key, 0.0), r["rate"] if ok else 0.0)
-    return [{"policy": p, "params": q, "overlap": o, "capacity": c} for (p, q, o), c in out.items()]
+    return [{"policy": p, "params": q, "mechanics": m, "overlap": m == "overlapped", "capacity": c}
+            for (p, q, m), c in out.items()]  # fmt: skip
+
+
+def live_targets(rows: list[dict[str, Any]], summary: list[dict[str, Any]], phases: dict[str, dict[str, float]],
+                 raw: float, best: tuple[str, bool, bool]) -> list[dict[str, Any]]:  # fmt: skip
+    def sat(policy: str, mech: str) -> float | None:
+        r = next((r for r in rows if (r["policy"], r["mechanics"], r["trace"]) == (policy, mech, "saturation")), None)
+        return None if r is None else r["throughput"]
+
+    def cap(policy: str, mech: str) -> float:
+        return max((s["capacity"] for s in summary if (s["policy"], s["mechanics"]) == (policy, mech)), default=0.0)
+
+    out = []
+    ov = phases.get("overlapped", {})
+    if ov:
+        lead = (ov["stage"] + ov["upload"]) / max(ov["compute"], 1e-9)
+        share = f"staging + upload = {lead:.0%} of compute at max batch (fitted)"
+        th = OVERLAP_TARGET if lead >= OVERLAP_HEAVY else 1.0
+        greedy = "timeout"
+        out.append(target("mechanics: saturation throughput overlapped ÷ serial-pinned (overlap alone)",
+                          ratio(sat(greedy, "overlapped"), sat(greedy, "serial-pinned")), ">=", th, share))
+        out.append(target("mechanics: capacity at the p99 SLO overlapped ÷ serial-pinned (load grid)",
+                          ratio(cap(greedy, "overlapped"), cap(greedy, "serial-pinned")), ">=", th, share))
+        out.append(target("mechanics: saturation throughput serial-pinned ÷ serial-pageable (pinned alone)",
+                          ratio(sat(greedy, "serial-pinned"), sat(greedy, "serial-pageable")), ">=", 1.0))  # fmt: skip
+    mech = best[0]
+    worst: tuple[float | None, str] = (None, "no policy rows")
+    for r in rows:
+        if (r["policy"], r["mechanics"], r["params"]) != ("adaptive", mech, "") or r["trace"] == "saturation":
+            continue
+        key = "peak_p99_ms" if r["trace"] == "burst" else "p99_ms"
+        timeouts = [t[key] for t in rows if t["policy"] == "timeout" and t["mechanics"] == mech
+                    and (t["trace"], t["load"]) == (r["trace"], r["load"]) and t[key] is not None]  # fmt: skip
+        got = ratio(r[key], min(timeouts) if timeouts else None)
+        if got[0] is None or worst[0] is None or got[0] > worst[0]:
+            worst = got
+            if got[0] is None:
+                break
+    out.append(target("policy: adaptive p99 ÷ best swept timeout p99, worst of the loads and the burst", worst,
+                      "<=", 1.05))  # fmt: skip
+    out.append(target("saturation: adaptive throughput ÷ raw max-batch forward", ratio(sat("adaptive", mech), raw),
+                      ">=", SATURATION, f"raw forward {raw:.1f}/s, timed in this process before the runs"))  # fmt: skip
+    return out

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from visionpipe.executor.latency import LatencyModel
+from visionpipe.executor.latency import PHASES, LatencyModel
 from visionpipe.executor.policy import BatchPolicy
 from visionpipe.executor.scheduler import Batch, Scheduler
 from visionpipe.executor.sim_device import CostModel, SimBatch, SimDevice
@@ -72,16 +72,18 @@ class SimResult:
         return worst
 
 
-def warmed_model(cost: CostModel, overlap: bool, sizes: tuple[int, int], history: int, seed: int) -> LatencyModel:
+def warmed_model(
+    cost: CostModel, overlap: bool, sizes: tuple[int, int], history: int, seed: int, pinned: bool = True
+) -> LatencyModel:
     """A latency model seeded as ``BatchExecutor.start`` seeds it: a few timed runs at two batch sizes."""
-    dev = SimDevice(cost, max_batch=max(sizes), overlap=overlap, seed=seed + 7919)
-    samples: dict[str, list[tuple[int, float]]] = {"upload": [], "compute": [], "download": []}
+    dev = SimDevice(cost, max_batch=max(sizes), overlap=overlap, seed=seed + 7919, pinned=pinned)
+    samples: dict[str, list[tuple[int, float]]] = {p: [] for p in PHASES}
     t = 0
     for b in sizes:
         for _ in range(WARMUP_REPEATS):
             timings = dev.schedule(b, t).timings()
-            for phase, s in timings.items():
-                samples[phase].append((b, s))
+            for phase in PHASES:
+                samples[phase].append((b, timings[phase]))
             t += _WARMUP_GAP_NS
     model = LatencyModel(history)
     model.seed(samples)
@@ -96,6 +98,7 @@ def simulate(
     overlap: bool,
     max_batch: int,
     slo_ms: float,
+    pinned: bool = True,
     seed: int = 0,
     history: int = 64,
     model: LatencyModel | None = None,
@@ -104,11 +107,13 @@ def simulate(
 ) -> SimResult:
     """Run ``arrivals_ns`` (sorted) through the scheduler, ``policy`` and a simulated device.
 
+    ``overlap``: the two-stream mechanics; serially, ``pinned`` picks a pinned or a pageable upload.
+
     ``max_queue``: give up once this many requests wait (a hopelessly overloaded run); the rest count as
     unserved, which makes its p99 infinite, and its throughput is what the device did until then.
     """
-    model = model or warmed_model(cost, overlap, (1, max_batch), history, seed)
-    device = device or SimDevice(cost, max_batch=max_batch, overlap=overlap, seed=seed)
+    model = model or warmed_model(cost, overlap, (1, max_batch), history, seed, pinned)
+    device = device or SimDevice(cost, max_batch=max_batch, overlap=overlap, seed=seed, pinned=pinned)
     sched = Scheduler(policy, model, max_batch=max_batch, overlap=overlap, slo_ns=int(slo_ms * 1e6))
     arrivals = np.asarray(arrivals_ns, dtype=np.int64)
     arr = arrivals.tolist()

@@ -1,5 +1,9 @@
-"""The simulated side-by-side: every policy × overlapped/serial × every trace, and the issue's targets.
+"""The simulated side-by-side: every policy × mechanics × every trace, and the issue's targets.
 
+Mechanics are three, so that the two gains are reported apart: *overlapped*
+(two streams, pinned buffers), *serial-pinned* (one stream, pinned buffers:
+what overlap alone adds is overlapped ÷ this) and *serial-pageable* (a plain
+PyTorch server: what pinned memory alone adds is serial-pinned ÷ this).
 Baselines are swept, not picked: fixed batch sizes (powers of two up to the
 maximum) and Triton max-queue-delay values including 0; every point is a row
 and the best one is what the targets compare against. All runs see the same
@@ -32,16 +36,29 @@ OVERLOAD_BATCHES = 20
 SATURATION_LOAD = 1.5  # offered load for the saturation row: the queue never empties, batches are full
 
 
+# (name, overlap, pinned): the three mechanics every policy runs on.
+MECHANICS = (("overlapped", True, True), ("serial-pinned", False, True), ("serial-pageable", False, False))
+
+
+def mechanics_name(overlap: bool, pinned: bool) -> str:
+    return "overlapped" if overlap else ("serial-pinned" if pinned else "serial-pageable")
+
+
 @dataclass(frozen=True)
 class Config:
     policy: str
     params: dict[str, Any]
     overlap: bool
     make: Callable[[], BatchPolicy]
+    pinned: bool = True
 
     @property
-    def key(self) -> tuple[str, str, bool]:
-        return self.policy, _params_str(self.params), self.overlap
+    def mechanics(self) -> str:
+        return mechanics_name(self.overlap, self.pinned)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.policy, _params_str(self.params), self.mechanics
 
 
 def _params_str(params: dict[str, Any]) -> str:
@@ -53,15 +70,18 @@ def configs(max_batch: int, quick: bool = False) -> Iterator[Config]:
     delays: tuple[float, ...] = TRITON_DELAYS_MS
     if quick:
         sizes, delays = [max(1, max_batch // 8), max_batch // 2], (0.0, 2.0)
-    for overlap in (True, False):
-        yield Config("adaptive", {}, overlap, AdaptivePolicy)
-        yield Config("slack", {}, overlap, SlackPolicy)
-        yield Config("aimd", {"max_batch": max_batch}, overlap, partial(AimdPolicy, max_batch, start=max_batch))
+    for _, overlap, pinned in MECHANICS:
+        yield Config("adaptive", {}, overlap, AdaptivePolicy, pinned)
+        if not quick:  # seed 001 literally: on an idle device wait the whole fill time b/λ
+            yield Config("adaptive", {"idle_fill": None}, overlap, partial(AdaptivePolicy, None), pinned)
+        yield Config("slack", {}, overlap, SlackPolicy, pinned)
+        aimd = partial(AimdPolicy, max_batch, start=max_batch)
+        yield Config("aimd", {"max_batch": max_batch}, overlap, aimd, pinned)
         for b in sizes:
-            yield Config("fixed", {"batch": b}, overlap, partial(FixedPolicy, b))
+            yield Config("fixed", {"batch": b}, overlap, partial(FixedPolicy, b), pinned)
         for d in delays:
             params = {"max_batch": max_batch, "delay_ms": d}
-            yield Config("timeout", params, overlap, partial(TimeoutPolicy, max_batch, d))
+            yield Config("timeout", params, overlap, partial(TimeoutPolicy, max_batch, d), pinned)
 
 
 def ideal_capacity(cost: CostModel, max_batch: int) -> float:
@@ -81,7 +101,7 @@ class Suite:
         self.ramp = ramp(self.ref * RAMP_LOW, self.ref * RAMP_HIGH, max(duration_s, 2.0), seed)
         sat = poisson(self.ref * SATURATION_LOAD, duration_s, seed)
         self.saturation = Trace("saturation", sat.rate, sat.arrivals_ns, sat.rate_at)
-        self.burst_runs: dict[tuple[str, str, bool], SimResult] = {}
+        self.burst_runs: dict[tuple[str, str, str], SimResult] = {}
 
     def run(self, cfg: Config, trace: Trace) -> SimResult:
         return simulate(
@@ -89,6 +109,7 @@ class Suite:
             self.cost,
             trace.arrivals_ns,
             overlap=cfg.overlap,
+            pinned=cfg.pinned,
             max_batch=self.max_batch,
             slo_ms=self.slo_ms,
             seed=self.seed,
@@ -101,6 +122,8 @@ class Suite:
             "policy": cfg.policy,
             "params": _params_str(cfg.params),
             "overlap": cfg.overlap,
+            "pinned": cfg.pinned,
+            "mechanics": cfg.mechanics,
             "trace": trace.name,
             "rate": round(trace.rate, 1),
             "load": load,
@@ -140,10 +163,43 @@ class Suite:
         rows.append(self.row(cfg, self.burst, res, BURST_LOAD))
         rows.append(self.row(cfg, self.ramp, self.run(cfg, self.ramp), None))
         rows.append(self.row(cfg, self.saturation, self.run(cfg, self.saturation), SATURATION_LOAD))
-        summary = {"policy": cfg.policy, "params": _params_str(cfg.params), "overlap": cfg.overlap}
+        summary = {"policy": cfg.policy, "params": _params_str(cfg.params), "overlap": cfg.overlap,
+                   "pinned": cfg.pinned, "mechanics": cfg.mechanics}  # fmt: skip
         summary["capacity"] = round(self.capacity(cfg), 1)
         return rows, summary
 
 
 def _num(x: float) -> float | None:
     return round(x, 3) if math.isfinite(x) else None
+
+
+def adaptive_vs_greedy(rows: list[dict[str, Any]], mechanics: str = "overlapped") -> list[dict[str, Any]]:
+    """Where adaptive (and seed 001's literal idle wait) differs from greedy: batch sizes, GPU time, latency.
+
+    One row per trace and load, side by side from the same run; ``differs`` says whether any of the
+    compared numbers moved by more than 2% (simulation noise is deterministic, so any change is the policy's).
+    """
+    def pick(policy: str, params_ok: Callable[[str], bool]) -> dict[tuple[str, Any], dict[str, Any]]:
+        return {(r["trace"], r["load"]): r for r in rows
+                if r["policy"] == policy and r["mechanics"] == mechanics and params_ok(r["params"])}  # fmt: skip
+
+    greedy = pick("timeout", lambda p: p.endswith("delay_ms=0.0"))
+    variants = {"adaptive": pick("adaptive", lambda p: p == ""), "adaptive-seed": pick("adaptive", lambda p: p != "")}
+    keys = ("mean_batch", "gpu_busy_ms_per_request", "p50_ms", "p99_ms", "peak_p99_ms")
+    out = []
+    for key, g in greedy.items():
+        row: dict[str, Any] = {"trace": key[0], "load": key[1]}
+        for k in keys:
+            row[f"greedy_{k}"] = g.get(k)
+        moved = False
+        for name, rows_of in variants.items():
+            a = rows_of.get(key)
+            if a is None:
+                continue
+            for k in keys:
+                row[f"{name}_{k}"] = a.get(k)
+                ga, aa = g.get(k), a.get(k)
+                moved |= (ga is None) != (aa is None) or (ga is not None and abs(aa - ga) > 0.02 * max(abs(ga), 1e-9))
+        row["differs"] = moved
+        out.append(row)
+    return out

@@ -33,8 +33,11 @@ def imagenet_input(device: str, channels_last: bool) -> Callable[[torch.Tensor],
 
 def classifier_fn(
     model: LoadedModel, settings: ClassifierSettings, executor: ExecutorSettings, device: str
-) -> Callable[[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
-    """``fn(batch)`` for the executor: (b, 3, C, C) uint8 crops -> per crop (top-k scores, top-k labels)."""
+) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """``fn(batch)`` for the executor: (b, 3, C, C) uint8 crops -> ``scores`` and ``labels``, (b, top_k) each.
+
+    The device-function contract (``visionpipe.executor.host_io``): batched tensors, no host synchronisation.
+    """
     module = model.module.to(device)
     cuda = device.startswith("cuda")
     # channels_last helps tensor cores; on the CPU it sent mobilenet_v3_small's depthwise convs down a path ~9x
@@ -46,12 +49,14 @@ def classifier_fn(
     autocast_dtype = getattr(torch, executor.dtype)
 
     @torch.inference_mode()
-    def fn(batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def fn(batch: torch.Tensor) -> dict[str, torch.Tensor]:
         x = prepare(batch)
-        with torch.autocast("cuda", dtype=autocast_dtype, enabled=cuda and autocast_dtype != torch.float32):
+        # Autocast's weight cache lives for one call anyway; off, so the function can be captured as a CUDA graph.
+        enabled = cuda and autocast_dtype != torch.float32
+        with torch.autocast("cuda", dtype=autocast_dtype, enabled=enabled, cache_enabled=False):
             logits = module(x)
         probs = logits.float().softmax(dim=1)
         top = probs.topk(min(settings.top_k, probs.shape[1]), dim=1)
-        return list(zip(top.values, top.indices, strict=True))
+        return {"scores": top.values, "labels": top.indices.to(torch.int32)}
 
     return fn

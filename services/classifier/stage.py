@@ -38,8 +38,12 @@ class ClassifierStage(DnnStage):
     def item_shape(self) -> tuple[int, ...]:
         return (3, self.crop, self.crop)
 
-    def build_fn(self, model: LoadedModel, device: str) -> Callable[[torch.Tensor], list[Any]]:
+    def build_fn(self, model: LoadedModel, device: str) -> Callable[[torch.Tensor], Any]:
         return classifier_fn(model, self.settings.classifier, self.settings.executor, device)
+
+    def requests_in(self, env: Envelope) -> int:
+        objects = env.payload.get("objects")
+        return len(objects) if isinstance(objects, list) else 1
 
     async def _one(self, env: Envelope) -> Outcome:
         try:
@@ -54,10 +58,11 @@ class ClassifierStage(DnnStage):
             return exc
         done = time.time_ns()
         results = []
-        for obj, (scores, labels) in zip(objects, tops, strict=True):
+        for obj, top in zip(objects, tops, strict=True):
+            scores, labels = np.asarray(top["scores"]).tolist(), np.asarray(top["labels"]).tolist()
             top_k = [
                 {"label": int(label), "name": self.model.label_name(int(label)), "score": round(float(score), 5)}
-                for score, label in zip(np.asarray(scores).tolist(), np.asarray(labels).tolist(), strict=True)
+                for score, label in zip(scores, labels, strict=True)
             ]
             results.append({**obj, "top_k": top_k})
         weights = dict(env.payload.get("weights") or {})

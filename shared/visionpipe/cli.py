@@ -91,6 +91,10 @@ def main() -> None:
             "visionpipe.loadgen.bench.ingest:bench_ingest",
             "One video stream through the pipeline vs decode alone; JPEG vs raw transport.",
         ),
+        "gpu-check": (
+            "visionpipe.loadgen.bench.gpu_check:gpu_check",
+            "Everything measured on a GPU in one run (or its CPU mode), as JSON + Markdown.",
+        ),
     },
 )
 def bench() -> None:

@@ -85,11 +85,19 @@ class ExecutorSettings(BaseModel):
     overlap: bool = Field(True, description="two CUDA streams and pinned buffers: upload of n+1 during compute of n")
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     channels_last: bool = True
-    cuda_graphs: bool = False
+    cuda_graphs: bool = Field(False, description="replay the device function from CUDA graphs captured at warm-up")
     history: int = Field(64, description="batches in the latency model's least-squares window")
     fixed_timeout_ms: float | None = Field(None, description="fixed policy: send a partial batch after this wait")
     warmup_small: int = Field(1, description="warm-up times this batch size and max_batch to seed the model")
     warmup_repeats: int = Field(3, description="timed runs per warm-up batch size (after one untimed run)")
+    pinned: bool = Field(True, description="serial path (overlap off): stage batches in pinned memory, not pageable")
+    graph_batches: list[int] = Field(
+        default_factory=list,
+        description="cuda_graphs: batch sizes captured at warm-up (batches pad up to the next); empty: powers of two",
+    )
+    compile: Literal["off", "default", "max-autotune-no-cudagraphs"] = Field(
+        "off", description="torch.compile the stage's device function with this mode (start-up costs tens of s)"
+    )
 
 
 class DecodeSettings(BaseModel):
@@ -137,7 +145,10 @@ class ServiceSettings(BaseModel):
     drain_idle_s: float = Field(1.5, ge=0.0, description="idle time at zero backlog before --drain exits")
     consume_timeout_s: float = Field(0.1, gt=0.0, description="longest a consume call blocks waiting for a message")
     # Two consumed batches in flight keep the executor fed while the previous batch is published and acked.
-    max_inflight_batches: int = Field(2, ge=1)
+    max_inflight_batches: int = Field(2, ge=1, description="decode: consumed batches in flight")
+    # Detector/classifier: one device batch computing and one filling, counted in images or crops (not messages), so a
+    # device batch can reach executor.max_batch however few items one consume brings.
+    prefetch_batches: float = Field(2.0, gt=0.0, description="DNN stages: device batches of requests kept in flight")
     reclaim_interval_s: float = Field(5.0, gt=0.0, description="how often a stage reclaims dead consumers' deliveries")
 
 

@@ -1,8 +1,16 @@
-"""On a GPU: the two-stream mechanics really overlap, measured with CUDA events. Skipped without CUDA."""
+"""On a GPU: the two-stream mechanics really overlap, measured with CUDA events. Skipped without CUDA.
+
+The stage tests build the detector's and the classifier's device functions
+through the stages' own path (``Stage(settings).build_fn``) with the default
+models, so when the defaults change these tests follow.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,13 +18,17 @@ import torch
 
 from tests.executor.fns import logits_fn
 from visionpipe.executor import BatchExecutor, TorchDevice, make_policy
-from visionpipe.settings import ExecutorSettings
+from visionpipe.executor.cuda_graphs import CudaGraphFn, prepare_fn
+from visionpipe.settings import ExecutorSettings, Settings
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 # Large enough that upload and compute each take milliseconds, so overlap is measurable above launch jitter.
 ITEM = (3, 512, 512)
 BATCH = 32
+STAGE_BATCH = 16
+# Consecutive batch pairs the overlap test looks at once the pipeline is full.
+PAIRS = 6
 
 
 def _heavy(x: torch.Tensor) -> torch.Tensor:
@@ -26,12 +38,73 @@ def _heavy(x: torch.Tensor) -> torch.Tensor:
     return y.mean(dim=(1, 2, 3))
 
 
+def _stage(kind: str) -> Any:
+    from visionpipe.services.classifier.stage import ClassifierStage
+    from visionpipe.services.detector.stage import DetectorStage
+
+    return (DetectorStage if kind == "detector" else ClassifierStage)(Settings())
+
+
+def stage_fn(kind: str) -> tuple[Callable[[torch.Tensor], Any], tuple[int, ...]]:
+    """The stage's own device function for its default model (random weights) on CUDA, and its item shape."""
+    from visionpipe.services.weights import RANDOM, load_model
+
+    stage = _stage(kind)
+    name, _ = stage.model_spec
+    fn = stage.build_fn(load_model(stage.kind, name, RANDOM), "cuda")
+    return fn, stage.item_shape
+
+
+def _random_items(shape: tuple[int, ...], n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(n)]
+
+
+@pytest.mark.parametrize("kind", ["detector", "classifier"])
+def test_stage_function_never_synchronises_with_the_host(kind: str) -> None:
+    fn, shape = stage_fn(kind)
+    device = TorchDevice(fn, shape, max_batch=STAGE_BATCH, device="cuda", overlap=True)
+    device.run(_random_items(shape, STAGE_BATCH))  # warm-up: cuDNN, the caching allocators
+    staged = device.stage(_random_items(shape, STAGE_BATCH))
+    torch.cuda.set_sync_debug_mode("error")  # any .item(), .cpu(), nonzero, blocking copy in fn raises
+    try:
+        handle = device.launch(staged)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    outputs, timings = device.collect(handle)
+    assert len(outputs) == STAGE_BATCH and isinstance(outputs[0], dict)
+    assert all(v.device.type == "cpu" for v in outputs[0].values())
+    assert timings["compute"] > 0
+
+
+@pytest.mark.parametrize("kind", ["detector", "classifier"])
+async def test_next_upload_starts_before_current_compute_ends_with_the_stage_function(kind: str) -> None:
+    """Through the executor, at full load: from the CUDA events, batch n+1's upload begins while n computes."""
+    fn, shape = stage_fn(kind)
+    settings = ExecutorSettings(policy="timeout", max_queue_delay_ms=0.0, slo_ms=1000, max_batch=STAGE_BATCH)
+    device = TorchDevice(fn, shape, max_batch=STAGE_BATCH, device="cuda", overlap=True)
+    executor = BatchExecutor(device, make_policy(settings), settings)
+    await executor.start()
+    device.enable_event_log()
+    items = _random_items(shape, STAGE_BATCH)
+    await asyncio.gather(*(executor.submit(items[i % STAGE_BATCH]) for i in range(STAGE_BATCH * (PAIRS + 2))))
+    await executor.stop()
+    assert device.event_log is not None
+    log = list(device.event_log)
+    overlapped = 0
+    for prev, nxt in itertools.pairwise(log):
+        comp0, comp1, up0 = prev[2], prev[3], nxt[0]
+        if comp0.elapsed_time(up0) < comp0.elapsed_time(comp1):
+            overlapped += 1
+    assert overlapped >= (len(log) - 1) // 2, f"only {overlapped} of {len(log) - 1} uploads overlapped a compute"
+
+
 def test_upload_of_next_batch_overlaps_current_compute() -> None:
     device = TorchDevice(_heavy, ITEM, torch.float32, BATCH, device="cuda", overlap=True)
     item = np.ones(ITEM, np.float32)
     device.run([item] * BATCH)  # warm-up
-    first = device.launch([item] * BATCH)
-    second = device.launch([item] * BATCH)
+    first = device.launch(device.stage([item] * BATCH))
+    second = device.launch(device.stage([item] * BATCH))
     device.collect(first)
     device.collect(second)
     up0_2, up1_2 = second.events[0], second.events[1]
@@ -49,7 +122,7 @@ def test_overlapped_pipeline_beats_serial_throughput() -> None:
         device.run([item] * BATCH)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        handles = [device.launch([item] * BATCH) for _ in range(10)]
+        handles = [device.launch(device.stage([item] * BATCH)) for _ in range(10)]
         for h in handles:
             device.collect(h)
         end.record()
@@ -70,12 +143,33 @@ async def test_resnet_fp16_through_executor_on_cuda() -> None:
     assert all(o.device.type == "cpu" and o.shape == (1000,) for o in outs)
 
 
-def test_cuda_graph_fn_matches_eager() -> None:
-    from visionpipe.executor.cuda_graphs import CudaGraphFn
-
+def test_cuda_graph_fn_matches_eager_and_pads_to_its_bucket() -> None:
     eager = logits_fn("resnet18", "cuda")
     graphed = CudaGraphFn(eager, sizes=(1, 4))
     x = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, device="cuda")
     with torch.inference_mode():
-        torch.testing.assert_close(graphed(x), eager(x), rtol=1e-3, atol=1e-3)
+        graphed.capture(x)
+        assert graphed.captured == (1, 4)
+        torch.testing.assert_close(graphed(x), eager(x), rtol=1e-3, atol=1e-3)  # 3 padded up to 4
         assert graphed(x[:1]).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("kind", ["detector", "classifier"])
+def test_stage_function_replayed_from_graphs_matches_eager(kind: str) -> None:
+    """``executor.cuda_graphs`` on the stage's own function: captured at warm-up, same outputs as eager."""
+    fn, shape = stage_fn(kind)
+    settings = ExecutorSettings(cuda_graphs=True, graph_batches=[2, 8])
+    graphed = prepare_fn(fn, settings, "cuda", 8)
+    assert isinstance(graphed, CudaGraphFn)
+    device = TorchDevice(graphed, shape, max_batch=8, device="cuda", overlap=True)
+    device.warmup([1, 8], 1)
+    assert graphed.captured == (2, 8)
+    items = _random_items(shape, 5)
+    got, _ = device.run(items)  # 5 pads up to 8
+    want, _ = TorchDevice(fn, shape, max_batch=8, device="cuda", overlap=True).run(items)
+    # Random weights score classes nearly alike, so which label wins a near-tie may differ between two kernel
+    # choices; the scores (sorted) and the counts may not.
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g["scores"], w["scores"], rtol=2e-2, atol=2e-3)
+        if "count" in w:
+            assert g["count"] == w["count"]

@@ -137,3 +137,65 @@ def test_simulation_is_deterministic() -> None:
 @pytest.mark.parametrize("name", ["adaptive", "slack", "fixed", "timeout", "aimd"])
 def test_make_policy_by_setting(name: str) -> None:
     assert make_policy(ExecutorSettings(policy=name)).name == name  # type: ignore[arg-type]
+
+
+def test_keep_up_takes_each_streams_own_slope_and_intercept() -> None:
+    """Transfer-bound (upload 0.05 ms/image, compute 0.01 ms/image + 1 ms): upload's own k and c set the batch."""
+    lines = {"upload": Line(0.05e-3, 0.0), "compute": Line(0.01e-3, 1e-3), "download": Line(0.0, 0.0)}
+    model = LatencyModel.from_lines(lines)
+    rate = 15_000.0
+    # compute keeps up at b ≥ 1e-3·λ/(1 − 1e-5·λ) = 17.6; upload (c = 0) at any b while 0.05e-3·λ < 1
+    assert keep_up_batch(model, rate, overlap=True, max_batch=256) == 18
+    assert model.ceiling(overlap=True) == pytest.approx(1 / 0.05e-3)  # the steepest stream, not compute
+    assert keep_up_batch(model, 25_000.0, overlap=True, max_batch=256) == 256  # past upload's ceiling
+
+
+def test_slo_batch_is_the_largest_batch_meeting_the_slo() -> None:
+    from visionpipe.executor.policy import slo_batch
+
+    model = LatencyModel.from_lines(LINES)
+    for rate in (100.0, 500.0, 900.0):
+        b = slo_batch(model, rate, 0.2)
+        assert b / rate + model.total(b) == pytest.approx(0.2)  # L(b) = b/λ + t(b) = S exactly at the bound
+    assert slo_batch(model, 900.0, 0.003) < 1  # no batch meets a 3 ms SLO: the fixed costs alone are 4.1 ms
+
+
+def test_busy_adaptive_never_sends_more_than_the_oldest_deadline_allows() -> None:
+    """A backlog of 60: sending all would finish past the oldest's deadline; the policy sends what fits, ≥ keep-up."""
+    from visionpipe.executor.policy import QueueView
+
+    model = LatencyModel.from_lines(LINES)
+    ms = 1_000_000
+    view = QueueView(now_ns=0, queued=60, oldest_arrival_ns=-150 * ms, earliest_deadline_ns=50 * ms, rate=300.0,
+                     model=model, max_batch=MAX_BATCH, overlap=True, compute_free_ns=5 * ms,
+                     slo_ns=200 * ms)  # fmt: skip
+    n = AdaptivePolicy().decide(view).dispatch
+    fits = view.largest_on_time(60)
+    assert 0 < fits < 60 and n == max(fits, keep_up_batch(model, 300.0, True, MAX_BATCH))
+    assert view.done_ns(n, 0) <= 50 * ms - 10 * ms  # within the deadline, less the 5% margin
+    late = QueueView(**{**{f: getattr(view, f) for f in view.__dataclass_fields__}, "earliest_deadline_ns": 0})
+    assert AdaptivePolicy().decide(late).dispatch == 60  # already late: drain as fast as the device can
+
+
+def test_adaptive_flags_a_load_no_batch_can_serve_within_the_slo() -> None:
+    policy = AdaptivePolicy()
+    simulate(policy, LINEAR, poisson(950.0, 0.5, seed=1).arrivals_ns, overlap=True, max_batch=MAX_BATCH, slo_ms=20.0)
+    assert policy.slo_feasible is False  # keep-up at 95% of 1/k needs ~80 images: 80 ms of compute > 20 ms
+
+
+def test_serial_pinned_sits_between_pageable_and_overlapped() -> None:
+    trace = poisson(3000.0, 0.5, seed=8)
+    got = {
+        mech: run(TimeoutPolicy(MAX_BATCH, 0.0), trace, overlap=ov, pinned=pin).summary()["throughput"]
+        for mech, ov, pin in (("ov", True, True), ("pinned", False, True), ("pageable", False, False))
+    }
+    assert got["pageable"] < got["pinned"] < got["ov"]
+
+
+def test_a_launch_bound_batch_computes_no_faster_than_its_launch() -> None:
+    cost = CostModel("launchy", PhaseCost(0.0), PhaseCost(0.0), PhaseCost(0.01, 0.2), PhaseCost(0.0),
+                     launch=PhaseCost(0.0, 5.0))  # fmt: skip
+    for overlap in (True, False):
+        batch = SimDevice(cost, max_batch=8, overlap=overlap).schedule(8, 0)
+        assert batch.compute_end - batch.upload_end >= 5_000_000
+        assert batch.timings()["launch"] == pytest.approx(5e-3)

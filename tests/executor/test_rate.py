@@ -48,3 +48,25 @@ def test_backlog_adds_the_rate_needed_to_drain_it() -> None:
     assert est.rate(0) == pytest.approx(500 / BACKLOG_DRAIN_S)
     est.observe_backlog(0)
     assert est.rate(0) == 0.0
+
+
+def test_a_consumed_batch_arriving_at_once_is_not_read_as_a_rate_per_microsecond() -> None:
+    """A stage submits a whole consume (8 messages × 8 crops) in one event-loop pass: 64 arrivals µs apart."""
+    est = RateEstimator()
+    t = 0
+    for _ in range(64):
+        est.arrive(t)
+        t += 2_000  # 2 µs apart
+    assert est.rate(t) == 0.0  # one consume says nothing about the rate yet
+    for _ in range(5):  # then one consume of 64 every 50 ms: 1280 requests/s
+        t += 50 * NS // 1000
+        for _ in range(64):
+            est.arrive(t)
+    assert est.rate(t) == pytest.approx(1280, rel=0.05)
+
+
+def test_arrivals_may_be_counted_in_bulk() -> None:
+    est = RateEstimator()
+    for i in range(10):
+        est.arrive(i * NS // 100, n=4)  # 4 crops per message, 100 messages/s
+    assert est.rate(9 * NS // 100) == pytest.approx(400, rel=0.02)

@@ -78,7 +78,7 @@ def test_cpu_decoder_rejects_oversized_bytes() -> None:
     assert isinstance(out, BadImage) and "exceeds the limit of 1000" in out.reason
 
 
-@pytest.mark.skipif(not dali_available(), reason="nvidia-dali-cuda120 is not installed (pip install -e '.[gpu]')")
+@pytest.mark.skipif(not dali_available(), reason="DALI is not installed (make test installs it into .ci-dali)")
 def test_dali_cpu_pipeline_matches_cpu_geometry_and_survives_bad_batch() -> None:
     """The DALI graph on the CPU (device_id=None): same letterbox as the CPU path, bad images isolated."""
     decoder = DaliDecoder(SETTINGS, LIMITS, device_id=None)
@@ -88,8 +88,14 @@ def test_dali_cpu_pipeline_matches_cpu_geometry_and_survives_bad_batch() -> None
         # A JPEG whose header passes but whose data is garbage fails a DALI batch; the others still decode.
         jpeg = scene_jpeg(640, 480, seed=5)
         corrupt = jpeg[:600] + bytes(len(jpeg) - 600)
+        before = decoder.pipe
         results = decoder.decode([jpeg, corrupt, jpeg])
         assert not isinstance(results[0], BadImage) and not isinstance(results[2], BadImage)
+        assert isinstance(results[1], BadImage)
+        # DALI declares a pipeline that failed a batch invalid: it was rebuilt, and the new one decodes a full batch.
+        assert decoder.pipe is not before
+        again = decoder.decode([jpeg] * 4)
+        assert all(not isinstance(r, BadImage) for r in again)
         ref = cpu.decode([jpeg])[0]
         assert not isinstance(ref, BadImage)
         # Different resamplers: the same picture in the same place, not the same bytes.
@@ -127,3 +133,17 @@ def test_truncated_jpeg_never_reaches_nvjpeg() -> None:
     jpeg = scene_jpeg(640, 480)
     assert _ends_with_eoi(jpeg) and _ends_with_eoi(jpeg + bytes(16))
     assert not _ends_with_eoi(jpeg[: len(jpeg) // 2])
+
+
+@pytest.mark.skipif(not dali_available(), reason="DALI is not installed (make test installs it into .ci-dali)")
+def test_dali_backend_by_setting_runs_on_the_cpu_without_a_gpu() -> None:
+    """``decode.backend = dali`` on a machine without CUDA: the same graph on the CPU, not an error."""
+    from visionpipe.services.decode.backends import make_decoder
+
+    settings = SETTINGS.model_copy(update={"backend": "dali"})
+    decoder = make_decoder(settings, LIMITS, "cpu")
+    try:
+        assert isinstance(decoder, DaliDecoder) and decoder.device_id is None
+        _check_good(decoder.decode(good_images()))
+    finally:
+        decoder.close()

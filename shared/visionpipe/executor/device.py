@@ -1,10 +1,14 @@
-"""The device seam: something that runs a batch in three phases and says how long each took.
+"""The device seam: something that runs a batch in phases and says how long each took.
 
-``launch`` enqueues a batch (on a GPU it returns as soon as the copies and
-kernels are queued) and ``collect`` blocks until the outputs are on the host.
-The executor calls ``launch`` from one thread, in dispatch order, and
-``collect`` from another, so neither kernel launches (≈5 ms for an eager
-ResNet-50) nor waiting ever blocks the event loop.
+``stage`` copies the items into the device's host-side batch buffer and
+starts the upload (host work: a memcpy; it may wait for that buffer's
+previous upload, never for compute), ``launch`` enqueues the computation
+and the download (on a GPU it returns as soon as the kernels are queued) and
+``collect`` blocks until the outputs are on the host. The executor calls
+each from threads of its own — one stager and one launcher, both in
+dispatch order, and collectors — so neither copies, kernel launches (≈5 ms
+for an eager ResNet-50) nor waiting ever block the event loop, and a long
+launch never delays the next batch's upload.
 """
 
 from __future__ import annotations
@@ -23,9 +27,13 @@ class Device(ABC):
     overlap: bool
     name: str = "device"
 
+    def stage(self, items: Sequence[Any]) -> Any:
+        """Host staging of a batch (and, on a GPU, the queued upload); returns what ``launch`` takes."""
+        return items
+
     @abstractmethod
-    def launch(self, items: Sequence[Any]) -> Any:
-        """Start a batch; returns a handle for ``collect``. Must not wait for the device."""
+    def launch(self, staged: Any) -> Any:
+        """Start a staged batch; returns a handle for ``collect``. Must not wait for the device."""
 
     @abstractmethod
     def collect(self, handle: Any) -> tuple[list[Any], dict[str, float]]:
@@ -36,7 +44,7 @@ class Device(ABC):
         """An input item of the right shape and dtype, for warm-up."""
 
     def run(self, items: Sequence[Any]) -> tuple[list[Any], dict[str, float]]:
-        return self.collect(self.launch(items))
+        return self.collect(self.launch(self.stage(items)))
 
     def warmup(self, sizes: Sequence[int], repeats: int) -> dict[str, list[tuple[int, float]]]:
         """Time each batch size ``repeats`` times after one untimed run (autotune, allocation, lazy init).

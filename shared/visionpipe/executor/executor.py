@@ -1,9 +1,11 @@
 """``BatchExecutor``: the asyncio face of the scheduler, one per DNN service process.
 
 Requests are submitted one at a time and awaited; the loop forms batches as
-the policy says and hands them to the device through two thread pools (one
-launching in dispatch order, one waiting for completions), so the event loop
-never blocks on a GPU. A batch's exception reaches every request in it and
+the policy says and hands them to the device through three thread pools (a
+stager copying items into the batch buffer and queueing the upload, a
+launcher queueing the computation — each one thread, in dispatch order — and
+collectors waiting for completions), so the event loop never blocks on a
+GPU and a slow kernel launch never holds up the next batch's upload. A batch's exception reaches every request in it and
 the loop goes on; a failure in the loop itself is logged and the loop goes
 on too.
 """
@@ -64,6 +66,7 @@ class BatchExecutor:
         self._running: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._closed = False
+        self._stager = ThreadPoolExecutor(1, thread_name_prefix="vp-stage")
         self._launcher = ThreadPoolExecutor(1, thread_name_prefix="vp-launch")
         self._waiter = ThreadPoolExecutor(MAX_IN_FLIGHT_OVERLAP, thread_name_prefix="vp-collect")
 
@@ -111,6 +114,7 @@ class BatchExecutor:
             await self._task
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+        self._stager.shutdown(wait=True)
         self._launcher.shutdown(wait=True)
         self._waiter.shutdown(wait=True)
         self._closed = True
@@ -157,7 +161,8 @@ class BatchExecutor:
         items = [r.payload[0] for r in batch.requests]
         futures: list[asyncio.Future[Any]] = [r.payload[1] for r in batch.requests]
         try:
-            handle = await loop.run_in_executor(self._launcher, self.device.launch, items)
+            staged = await loop.run_in_executor(self._stager, self.device.stage, items)
+            handle = await loop.run_in_executor(self._launcher, self.device.launch, staged)
             outputs, timings = await loop.run_in_executor(self._waiter, self.device.collect, handle)
             if len(outputs) != len(items):
                 raise RuntimeError(f"device returned {len(outputs)} outputs for {len(items)} items")

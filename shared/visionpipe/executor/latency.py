@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PHASES = ("upload", "compute", "download")
+# stage: the host copy into the (pinned) batch buffer, on its own thread; upload: host→device DMA; compute: the
+# model on the compute stream; download: device→host DMA. With overlap each is its own serialising resource.
+PHASES = ("stage", "upload", "compute", "download")
 
 # Batches timed at start-up or just after it include cuDNN autotuning and allocator growth.
 WARMUP_SKIP = 2
@@ -142,6 +144,9 @@ class LatencyModel:
     def line(self, phase: str) -> Line:
         return self.phases[phase].line
 
+    def stage(self, b: float) -> float:
+        return self.phases["stage"].line(b)
+
     def upload(self, b: float) -> float:
         return self.phases["upload"].line(b)
 
@@ -151,17 +156,30 @@ class LatencyModel:
     def download(self, b: float) -> float:
         return self.phases["download"].line(b)
 
+    def lead(self, b: float) -> float:
+        """Dispatch until the batch is on the device: the host staging copy, then the upload."""
+        return self.stage(b) + self.upload(b)
+
     def total(self, b: float) -> float:
-        """GPU processing time of one batch, dispatch to output on the host."""
-        return self.upload(b) + self.compute(b) + self.download(b)
+        """Processing time of one batch with nothing overlapped, dispatch to output on the host."""
+        return sum(self.phases[p].line(b) for p in PHASES)
+
+    def streams(self, overlap: bool) -> list[Line]:
+        """One line per resource that serialises batches: every phase its own with overlap, one sum without."""
+        lines = [self.line(p) for p in PHASES]
+        if overlap:
+            return lines
+        return [Line(sum(line.k for line in lines), sum(line.c for line in lines))]
 
     def bottleneck(self, b: float, overlap: bool) -> float:
-        """Time per batch the device sustains: with two streams only compute serialises (seed 001)."""
-        if overlap:
-            return max(self.compute(b), self.upload(b), self.download(b))
-        return self.total(b)
+        """Time per batch the device sustains: the slowest stream when they overlap, the sum when serial."""
+        return max(line(b) for line in self.streams(overlap))
 
     def ceiling(self, overlap: bool) -> float:
-        """Concurrency ceiling 1/k (requests/s) of seed 001; inf when the slope is zero."""
-        k = self.line("compute").k if overlap else sum(self.line(p).k for p in PHASES)
+        """Concurrency ceiling 1/k (requests/s) of seed 001, of the steepest stream; inf when every slope is zero.
+
+        With overlap this is 1/max(k_p): each phase runs on its own resource, so the steepest one bounds the
+        rate however large the batch (an upload slower per image than compute caps it, not compute).
+        """
+        k = max(line.k for line in self.streams(overlap))
         return 1.0 / k if k > 0 else float("inf")

@@ -30,10 +30,11 @@ DEADLINE_MARGIN_FRACTION = 0.05
 SLACK_MARGIN_FRACTION = 0.12
 # Clipper's AIMD: +1 per batch under the SLO, ×0.9 on a miss (its paper's backoff factor).
 AIMD_DECREASE = 0.9
-# On an idle device, wait for the keep-up batch at most this fraction of its compute time. Waiting costs
-# the first request that much; in the simulator waiting until the batch is due (seed 001 literally) raised
-# p99 1.5-1.8x at 80-90% load on the H100 cost (the linear fit overestimates b on launch-bound models),
-# while a quarter merges near-simultaneous arrivals at no measurable cost.
+# On an idle device, wait for the keep-up batch at most this fraction of its compute time (when the policy is not
+# seed-literal). Waiting costs the first request that much; in the simulator waiting the whole fill time b/λ (seed
+# 001 literally) raised p99 1.3-2.1x at 80-90% load on the h100-uint8 and h100-graphs costs for 1-2% less GPU time
+# per request (the linear fit of a launch-bound, floored cost overestimates b), while a quarter merges
+# near-simultaneous arrivals at no measurable cost. benchmarks/RESULTS.md ("Executor after issue 15") has the rows.
 IDLE_FILL_FRACTION = 0.25
 
 
@@ -56,9 +57,21 @@ class QueueView:
         """When a batch of ``n`` dispatched at ``dispatch_ns`` should be back on the host."""
         m = self.model
         if self.overlap:
-            start = max(dispatch_ns + int(m.upload(n) * NS), self.compute_free_ns)
+            start = max(dispatch_ns + int(m.lead(n) * NS), self.compute_free_ns)
             return start + int((m.compute(n) + m.download(n)) * NS)
         return max(dispatch_ns, self.compute_free_ns) + int(m.total(n) * NS)
+
+    def largest_on_time(self, hi: int, margin_fraction: float = DEADLINE_MARGIN_FRACTION) -> int:
+        """The largest batch ≤ ``hi`` sent now whose most urgent request still meets its deadline; 0 if none.
+
+        ``done_ns`` grows with n, so a bisection finds it in log2(max batch) steps.
+        """
+        limit = self.earliest_deadline_ns - int(self.slo_ns * margin_fraction)
+        lo, top = 0, hi
+        while lo < top:
+            mid = (lo + top + 1) // 2
+            lo, top = (mid, top) if self.done_ns(mid, self.now_ns) <= limit else (lo, mid - 1)
+        return lo
 
     def latest_dispatch_ns(self, n: int, margin_fraction: float = DEADLINE_MARGIN_FRACTION) -> int:
         """The last moment a batch of ``n`` can leave and still meet the earliest deadline (with margin)."""
@@ -110,50 +123,76 @@ def _wait_or_dispatch(view: QueueView, target: int, until_ns: int) -> Decision:
 
 
 def keep_up_batch(model: LatencyModel, rate: float, overlap: bool, max_batch: int) -> int:
-    """Seed 001: the smallest b with t(b) ≤ b/λ (the device finishes a batch before the next has arrived).
+    """Seed 001: the smallest b with which every serialising stream finishes a batch before the next has arrived.
 
-    The bottleneck term is compute with two streams, the whole round trip without. Solving
-    k·b + c ≤ b/λ gives b ≥ cλ / (1 − kλ); past the ceiling λ ≥ 1/k no b keeps up and the
-    answer is the largest batch, which drains the queue fastest.
+    For a stream with t(b) = k·b + c, keeping up means t(b) ≤ b/λ, i.e. b ≥ cλ / (1 − kλ). Serially the
+    round trip is one stream (k and c summed over the phases); with overlap each phase is its own (host
+    staging, upload, compute, download), so b is the largest of the per-stream bounds — each with its own
+    k *and* c, never one phase's slope with another's intercept. Past a stream's ceiling λ ≥ 1/k no b keeps
+    up and the answer is the largest batch, which drains the queue fastest.
     """
     if rate <= 0:
         return 1
-    lines = [model.line("compute")] if overlap else [model.line(p) for p in ("upload", "compute", "download")]
-    k = sum(line.k for line in lines)
-    c = sum(line.c for line in lines)
-    if overlap:  # an upload or download slower than compute becomes the bottleneck instead
-        k = max(k, model.line("upload").k, model.line("download").k)
-    denom = 1.0 - k * rate
-    if denom <= 0:
-        return max_batch
-    return max(1, min(max_batch, math.ceil(c * rate / denom - 1e-9)))
+    need = 1.0
+    for line in model.streams(overlap):
+        denom = 1.0 - line.k * rate
+        if denom <= 0:
+            return max_batch
+        need = max(need, line.c * rate / denom)
+    return max(1, min(max_batch, math.ceil(need - 1e-9)))
+
+
+def slo_batch(model: LatencyModel, rate: float, slo_s: float) -> float:
+    """The largest b whose first request meets the SLO when the batch fills at λ: b/λ + t(b) ≤ S.
+
+    Seed 001's latency bound with the fitted phases, L(b) = b/λ + t_stage + t_up + t_comp + t_down. It is the
+    same with two streams, because the gate dispatches just in time (the upload ends as the previous compute
+    does), so a batch never waits for the device. Solving gives b ≤ λ(S − C) / (1 + Kλ); with λ = 0 there is
+    no fill time and any b with t(b) ≤ S fits. May be < 1: then no batch meets the SLO at this λ.
+    """
+    (line,) = model.streams(overlap=False)
+    if rate <= 0:
+        return math.inf if line.k == 0 else (slo_s - line.c) / line.k
+    return rate * (slo_s - line.c) / (1.0 + line.k * rate)
 
 
 class AdaptivePolicy(BatchPolicy):
-    """Seed 001's keep-up rule with deadlines.
+    """Seed 001's rule in its two-stream form, with the fitted phases and the SLO bound.
 
-    Target b = the smallest batch that keeps up at the measured λ. The policy
-    is asked when the device can take a batch, i.e. at seed 001's planned
-    upload moment (the current compute ends as this upload does). Load rises:
-    b or more are already queued → all of them go (up to the maximum) and b is
-    re-planned from the new λ. Load falls: the batch is not full at the
-    planned moment → the partial batch goes now rather than let the compute
-    stream idle. Only when the device is already idle does the policy wait for
-    the batch to fill, and then no longer than ``IDLE_FILL_FRACTION`` of its
-    compute time and never past the most urgent request's deadline.
+    Target b = the smallest batch with which every stream keeps up at the measured λ (``keep_up_batch``);
+    ``slo_batch`` is the largest b the SLO allows at that λ, and a target above it means no batch meets
+    the SLO at this load (recorded in ``slo_feasible``). The policy is asked when the device can take a
+    batch: with two streams that is seed 001's planned upload moment, T_compute_end − t_stage(b) − t_up(b).
+
+    * The device is busy (the planned moment): send what has filled — the load rose if b or more are
+      queued, fell if fewer — but never so many that the most urgent request misses its deadline, and
+      never fewer than the keep-up batch (fewer would let the queue grow without bound).
+    * The device is idle: wait for the target to fill, at most ``idle_fill`` of its compute time (None:
+      the whole fill time b/λ, seed 001 literally) and never past the most urgent request's deadline.
     """
 
     name = "adaptive"
 
+    def __init__(self, idle_fill: float | None = IDLE_FILL_FRACTION) -> None:
+        self.idle_fill = idle_fill
+        self.slo_feasible = True
+
+    def params(self) -> dict[str, float | int | str | None]:
+        return {} if self.idle_fill == IDLE_FILL_FRACTION else {"idle_fill": self.idle_fill}
+
     def decide(self, view: QueueView) -> Decision:
-        target = keep_up_batch(view.model, view.rate, view.overlap, view.max_batch)
-        if view.queued >= target:
-            return Decision(min(view.queued, view.max_batch))
-        if view.compute_free_ns > view.now_ns:  # the planned upload moment: do not let compute idle
-            return Decision(view.queued)
-        fill_s = target / view.rate if view.rate > 0 else 0.0
-        wait_ns = int(min(fill_s, IDLE_FILL_FRACTION * view.model.compute(target)) * NS)
-        return _wait_or_dispatch(view, target, min(view.oldest_arrival_ns + wait_ns, view.latest_dispatch_ns(target)))
+        keep = keep_up_batch(view.model, view.rate, view.overlap, view.max_batch)
+        slo_s = view.slo_ns * (1.0 - DEADLINE_MARGIN_FRACTION) / NS
+        self.slo_feasible = keep <= slo_batch(view.model, view.rate, slo_s)
+        hi = min(view.queued, view.max_batch)
+        if view.compute_free_ns > view.now_ns or view.queued >= keep:
+            fit = view.largest_on_time(hi)
+            return Decision(max(fit, min(keep, hi)) if fit else hi)
+        fill_s = keep / view.rate if view.rate > 0 else 0.0
+        if self.idle_fill is not None:
+            fill_s = min(fill_s, self.idle_fill * view.model.compute(keep))
+        until = min(view.oldest_arrival_ns + int(fill_s * NS), view.latest_dispatch_ns(keep))
+        return _wait_or_dispatch(view, keep, until)
 
 
 class SlackPolicy(BatchPolicy):

@@ -7,11 +7,11 @@ asyncio executor runs it on ``time.monotonic_ns()`` and the simulator on a
 virtual clock — the same decisions either way.
 
 The gate is the mechanics of seed 001's two streams: the next batch may be
-handed to the device once an upload started now would finish no earlier than
-the current compute ends (``compute_free − t_up(n)``), so batches keep
-filling while the device is busy and the compute stream never idles waiting
-for an upload. Serially (one stream, pageable memory) the next batch goes
-only when the last one is back on the host.
+handed to the device once its host staging and upload, started now, would
+finish no earlier than the current compute ends (``compute_free − t_stage(n)
+− t_up(n)``), so batches keep filling while the device is busy and the
+compute stream never idles waiting for an upload. Serially (one stream) the
+next batch goes only when the last one is back on the host.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class Scheduler:
             gate = self.compute_free_ns
             for _ in range(GATE_STEPS):
                 n = min(len(self._heap) + int(rate * max(gate - now_ns, 0) / NS), self.max_batch)
-                gate = self.compute_free_ns - int(self.model.upload(max(n, 1)) * NS)
+                gate = self.compute_free_ns - int(self.model.lead(max(n, 1)) * NS)
             return max(now_ns, gate)
         return now_ns if self.in_flight == 0 else None
 
@@ -150,9 +150,9 @@ class Scheduler:
         reqs = [heapq.heappop(self._heap) for _ in range(n)]
         m = self.model
         if self.overlap:
-            start = max(now_ns + int(m.upload(n) * NS), self.compute_free_ns)
+            start = max(now_ns + int(m.lead(n) * NS), self.compute_free_ns)
         else:
-            start = max(now_ns, self.compute_free_ns) + int(m.upload(n) * NS)
+            start = max(now_ns, self.compute_free_ns) + int(m.lead(n) * NS)
         end = start + int(m.compute(n) * NS)
         self.compute_free_ns = end
         self.in_flight += 1

@@ -1,33 +1,55 @@
 """A torch function on a GPU with seed 001's mechanics, or on the CPU through the same code.
 
-Overlapped (CUDA, ``overlap=True``): two pinned host buffers and two device
-buffers, each for ``max_batch`` items, allocated once; an upload stream, a
-compute stream and a download stream ordered by CUDA events, never by
-``torch.cuda.synchronize()``. While batch n computes, batch n+1 is copied
-into the other pinned buffer and uploaded, and batch n−1's outputs come
-down. Phase times are read from the same events once the batch is done.
+Overlapped (CUDA, ``overlap=True``): pinned host buffers and device buffers,
+each for ``max_batch`` items, allocated once; an upload stream, a compute
+stream and a download stream ordered by CUDA events, never by
+``torch.cuda.synchronize()``. The work of one batch is split over three host
+threads (the executor's):
 
-Serial (``overlap=False``): what a plain PyTorch server does — stack into
-pageable memory, ``.to(device)``, forward, ``.cpu()``, one stream.
+* ``stage`` (the stager): copies the items straight from their bytes into a
+  pinned buffer and queues its upload;
+* ``launch`` (the launcher): queues ``fn`` on the compute stream behind the
+  upload's event, then the download of every output tensor into pinned
+  memory behind the compute's event. ``fn`` must not synchronise with the
+  host (see ``host_io`` for the contract), so the launcher returns as soon
+  as the kernels are queued and the next batch's upload is never held up;
+* ``collect`` (a collector): waits on the batch's last event and reads the
+  phase times from the events.
 
-On the CPU the serial path runs (there are no streams or copy engines to
-overlap) and phases are timed with ``perf_counter_ns``.
+While batch n computes, batch n+1 is staged and uploaded and batch n−1's
+outputs come down.
+
+Serial (``overlap=False``): one stream, each phase waited for before the
+next — with ``pinned`` through a pinned buffer (the baseline that shows
+what overlap alone buys), without it what a plain PyTorch server does
+(stack into pageable memory, ``.to(device)``, forward, ``.cpu()``). On the
+CPU the serial pageable path runs (no streams, no copy engines, no pinned
+memory) and phases are timed with ``perf_counter_ns``.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from visionpipe.executor.device import Device
+from visionpipe.executor.host_io import example, fill, record_stream, split_outputs, to_host
+from visionpipe.executor.scheduler import MAX_IN_FLIGHT_OVERLAP
 
-# Two slots double-buffer the host and device inputs: one uploading while the other is read by compute.
-SLOTS = 2
+# One slot per batch the scheduler lets be in flight: a slot's buffers are reused only after its batch is back.
+SLOTS = MAX_IN_FLIGHT_OVERLAP
+# Batches whose CUDA events are kept for inspection (tests, gpu-check) when ``event_log`` is on.
+EVENT_LOG = 64
+# A slot's previous batch is launched within milliseconds of being staged; this long means it never will be
+# (a caller staged a batch and dropped it), and waiting on would hang the stager for good.
+SLOT_WAIT_S = 30.0
 
 
 def resolve_device(device: str) -> str:
@@ -39,53 +61,37 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def to_host(out: Any, non_blocking: bool) -> Any:
-    """Tensors (also inside tuples, lists and dicts) copied to the CPU."""
-    if isinstance(out, torch.Tensor):
-        return out.to("cpu", non_blocking=non_blocking)
-    if isinstance(out, dict):
-        return {k: to_host(v, non_blocking) for k, v in out.items()}
-    if isinstance(out, (list, tuple)):
-        return type(out)(to_host(v, non_blocking) for v in out)
-    return out
-
-
-def _record_stream(out: Any, stream: torch.cuda.Stream) -> None:
-    # Outputs allocated on the compute stream are read on the download stream: tell the caching allocator.
-    if isinstance(out, torch.Tensor):
-        out.record_stream(stream)
-    elif isinstance(out, dict):
-        for v in out.values():
-            _record_stream(v, stream)
-    elif isinstance(out, (list, tuple)):
-        for v in out:
-            _record_stream(v, stream)
-
-
-def split_outputs(out: Any, n: int) -> list[Any]:
-    """fn may return one batched tensor or one output per item; the caller always gets a list of n."""
-    if isinstance(out, torch.Tensor):
-        return list(out.unbind(0))
-    outputs = list(out)
-    if len(outputs) != n:
-        raise ValueError(f"fn returned {len(outputs)} outputs for a batch of {n}")
-    return outputs
+def _timing_event(blocking: bool = False) -> torch.cuda.Event:
+    # The collector waits on the last event of a batch: a blocking one lets its thread sleep instead of spin.
+    return torch.cuda.Event(enable_timing=True, blocking=blocking)
 
 
 @dataclass
 class _Slot:
     host: torch.Tensor  # pinned
     dev: torch.Tensor
-    uploaded: torch.cuda.Event  # host buffer may be rewritten once this has fired
-    consumed: torch.cuda.Event  # device buffer may be overwritten once compute has read it
+    uploaded: torch.cuda.Event  # the host buffer may be rewritten once this has fired
+    consumed: torch.cuda.Event  # the device buffer may be overwritten once compute has read it
+    launched: threading.Event = field(default_factory=threading.Event)  # `consumed` is recorded for its batch
     used: bool = False
+
+
+@dataclass
+class _Staged:
+    n: int
+    stage_s: float
+    slot: _Slot | None = None  # overlapped
+    events: tuple[torch.cuda.Event, ...] = ()  # upload start, end
+    batch: torch.Tensor | None = None  # serial: the host batch
 
 
 @dataclass
 class _CudaBatch:
     n: int
-    events: list[torch.cuda.Event]  # upload start/end, compute start/end, download end
+    events: tuple[torch.cuda.Event, ...]  # upload start/end, compute start/end, download end
     outputs: Any
+    stage_s: float
+    launch_s: float
 
 
 @dataclass
@@ -105,6 +111,7 @@ class TorchDevice(Device):
         max_batch: int = 32,
         device: str = "auto",
         overlap: bool = True,
+        pinned: bool = True,
     ) -> None:
         self.fn = fn
         self.item_shape = tuple(item_shape)
@@ -112,31 +119,105 @@ class TorchDevice(Device):
         self.max_batch = max_batch
         self.torch_device = torch.device(resolve_device(device))
         self.name = self.torch_device.type
-        self.overlap = overlap and self.torch_device.type == "cuda"
+        cuda = self.torch_device.type == "cuda"
+        self.overlap = overlap and cuda
+        self.pinned = cuda and (pinned or self.overlap)
+        # (upload start, upload end, compute start, compute end, download end) of recent batches, when not None.
+        self.event_log: deque[tuple[torch.cuda.Event, ...]] | None = None
         self._next = 0
         self._slots: list[_Slot] = []
-        if self.overlap:
+        if self.pinned:
             self._up, self._comp, self._down = torch.cuda.Stream(), torch.cuda.Stream(), torch.cuda.Stream()
             shape = (max_batch, *self.item_shape)
-            for _ in range(SLOTS):
-                self._slots.append(
-                    _Slot(
-                        host=torch.empty(shape, dtype=item_dtype, pin_memory=True),
-                        dev=torch.empty(shape, dtype=item_dtype, device=self.torch_device),
-                        uploaded=torch.cuda.Event(),
-                        consumed=torch.cuda.Event(),
-                    )
+            for _ in range(SLOTS if self.overlap else 1):
+                slot = _Slot(
+                    host=torch.empty(shape, dtype=item_dtype, pin_memory=True),
+                    dev=torch.empty(shape, dtype=item_dtype, device=self.torch_device),
+                    uploaded=torch.cuda.Event(),
+                    consumed=torch.cuda.Event(),
                 )
+                slot.launched.set()
+                self._slots.append(slot)
+
+    @property
+    def mechanics(self) -> str:
+        return "overlapped" if self.overlap else ("serial-pinned" if self.pinned else "serial-pageable")
 
     def example_item(self) -> np.ndarray:
-        return torch.zeros(self.item_shape, dtype=self.item_dtype).numpy()
+        return example(self.item_shape, self.item_dtype)
 
-    def launch(self, items: Sequence[Any]) -> _CudaBatch | _DoneBatch:
-        if not 0 < len(items) <= self.max_batch:
-            raise ValueError(f"batch of {len(items)} items; this device takes 1..{self.max_batch}")
-        if self.overlap:
-            return self._launch_streams(items)
-        return self._run_serial(items)
+    def warmup(self, sizes: Sequence[int], repeats: int) -> dict[str, list[tuple[int, float]]]:
+        """Capture CUDA graphs first (``fn.capture``, before any traffic: capturing synchronises), then time."""
+        capture = getattr(self.fn, "capture", None)
+        if capture is not None and self.torch_device.type == "cuda":
+            like = torch.zeros((self.max_batch, *self.item_shape), dtype=self.item_dtype, device=self.torch_device)
+            with torch.inference_mode():
+                capture(like)
+        return super().warmup(sizes, repeats)
+
+    def stage(self, items: Sequence[Any]) -> _Staged:
+        n = len(items)
+        if not 0 < n <= self.max_batch:
+            raise ValueError(f"batch of {n} items; this device takes 1..{self.max_batch}")
+        if not self.overlap:
+            return self._stage_serial(items)
+        slot = self._slots[self._next]
+        self._next = (self._next + 1) % len(self._slots)
+        if slot.used:
+            # The compute reading this device buffer is queued (so `consumed` is current)...
+            if not slot.launched.wait(SLOT_WAIT_S):
+                raise RuntimeError("a staged batch was never launched: launch() every batch stage() returned")
+            slot.uploaded.synchronize()  # the upload from this host buffer, SLOTS batches back, is done
+        slot.used = True
+        slot.launched.clear()
+        t0 = time.perf_counter_ns()
+        try:
+            fill(slot.host, items, self.item_shape)
+        except Exception:
+            slot.launched.set()
+            raise
+        stage_s = (time.perf_counter_ns() - t0) / 1e9
+        up0, up1 = _timing_event(), _timing_event()
+        with torch.cuda.stream(self._up):
+            self._up.wait_event(slot.consumed)
+            up0.record()
+            slot.dev[:n].copy_(slot.host[:n], non_blocking=True)
+            up1.record()
+            slot.uploaded.record()
+        return _Staged(n, stage_s, slot, (up0, up1))
+
+    def _stage_serial(self, items: Sequence[Any]) -> _Staged:
+        t0 = time.perf_counter_ns()
+        if self.pinned:
+            batch = self._slots[0].host[: len(items)]
+            fill(batch, items, self.item_shape)
+        else:  # a plain server: a fresh pageable batch
+            batch = torch.empty((len(items), *self.item_shape), dtype=self.item_dtype)
+            fill(batch, items, self.item_shape)
+        return _Staged(len(items), (time.perf_counter_ns() - t0) / 1e9, batch=batch)
+
+    def launch(self, staged: _Staged) -> _CudaBatch | _DoneBatch:
+        if staged.slot is None:
+            return self._run_serial(staged)
+        slot, n = staged.slot, staged.n
+        comp0, comp1, down1 = _timing_event(), _timing_event(), _timing_event(blocking=True)
+        try:
+            with torch.cuda.stream(self._comp), torch.inference_mode():
+                self._comp.wait_event(staged.events[1])
+                comp0.record()
+                t0 = time.perf_counter_ns()
+                out = self.fn(slot.dev[:n])
+                launch_s = (time.perf_counter_ns() - t0) / 1e9
+                comp1.record()
+                slot.consumed.record()
+        finally:
+            slot.launched.set()
+        with torch.cuda.stream(self._down):
+            self._down.wait_event(comp1)
+            record_stream(out, self._down)
+            host_out = to_host(out, non_blocking=True, pinned=True)
+            down1.record()
+        return _CudaBatch(n, (*staged.events, comp0, comp1, down1), host_out, staged.stage_s, launch_s)
 
     def collect(self, handle: _CudaBatch | _DoneBatch) -> tuple[list[Any], dict[str, float]]:
         if isinstance(handle, _DoneBatch):
@@ -144,58 +225,21 @@ class TorchDevice(Device):
         up0, up1, comp0, comp1, down1 = handle.events
         down1.synchronize()  # this batch only; other streams keep running
         timings = {
+            "stage": handle.stage_s,
             "upload": up0.elapsed_time(up1) / 1e3,
             "compute": comp0.elapsed_time(comp1) / 1e3,
             "download": comp1.elapsed_time(down1) / 1e3,
+            "launch": handle.launch_s,
         }
+        if self.event_log is not None:
+            self.event_log.append(handle.events)
         return split_outputs(handle.outputs, handle.n), timings
 
-    def _as_tensor(self, item: Any) -> torch.Tensor:
-        if isinstance(item, np.ndarray):
-            # Views of a received message are read-only and torch.from_numpy warns on those; the bytes are
-            # copied into the batch buffer next anyway, so a copy here only costs on that path.
-            t = torch.from_numpy(item if item.flags.writeable else item.copy())
-        else:
-            t = torch.as_tensor(item)
-        if tuple(t.shape) != self.item_shape:
-            raise ValueError(f"item of shape {tuple(t.shape)}; this device takes {self.item_shape}")
-        return t
-
-    def _launch_streams(self, items: Sequence[Any]) -> _CudaBatch:
-        n = len(items)
-        slot = self._slots[self._next]
-        self._next = (self._next + 1) % SLOTS
-        if slot.used:
-            slot.uploaded.synchronize()  # the upload two batches back must have left this pinned buffer
-        slot.used = True
-        for i, item in enumerate(items):
-            slot.host[i].copy_(self._as_tensor(item))
-        events = [torch.cuda.Event(enable_timing=True) for _ in range(5)]
-        up0, up1, comp0, comp1, down1 = events
-        with torch.cuda.stream(self._up):
-            self._up.wait_event(slot.consumed)  # compute two batches back has finished reading this device slot
-            up0.record()
-            dev = slot.dev[:n]
-            dev.copy_(slot.host[:n], non_blocking=True)
-            up1.record()
-            slot.uploaded.record()
-        with torch.cuda.stream(self._comp), torch.inference_mode():
-            self._comp.wait_event(up1)
-            comp0.record()
-            out = self.fn(dev)
-            comp1.record()
-            slot.consumed.record()
-        with torch.cuda.stream(self._down):
-            self._down.wait_event(comp1)
-            _record_stream(out, self._down)
-            host_out = to_host(out, non_blocking=True)
-            down1.record()
-        return _CudaBatch(n, events, host_out)
-
-    def _run_serial(self, items: Sequence[Any]) -> _DoneBatch:
+    def _run_serial(self, staged: _Staged) -> _DoneBatch:
+        assert staged.batch is not None
         cuda = self.torch_device.type == "cuda"
         t0 = time.perf_counter_ns()
-        batch = torch.stack([self._as_tensor(it) for it in items]).to(self.torch_device)
+        batch = staged.batch.to(self.torch_device, non_blocking=self.pinned)
         if cuda:
             torch.cuda.synchronize(self.torch_device)  # serial baseline: a plain server blocks here anyway
         t1 = time.perf_counter_ns()
@@ -204,10 +248,21 @@ class TorchDevice(Device):
         if cuda:
             torch.cuda.synchronize(self.torch_device)
         t2 = time.perf_counter_ns()
-        host = to_host(out, non_blocking=False)
+        host = to_host(out, non_blocking=self.pinned, pinned=self.pinned)
+        if self.pinned:
+            torch.cuda.synchronize(self.torch_device)
         t3 = time.perf_counter_ns()
-        timings = {"upload": (t1 - t0) / 1e9, "compute": (t2 - t1) / 1e9, "download": (t3 - t2) / 1e9}
-        return _DoneBatch(split_outputs(host, len(items)), timings)
+        timings = {
+            "stage": staged.stage_s,
+            "upload": (t1 - t0) / 1e9,
+            "compute": (t2 - t1) / 1e9,
+            "download": (t3 - t2) / 1e9,
+            "launch": (t2 - t1) / 1e9,
+        }
+        return _DoneBatch(split_outputs(host, staged.n), timings)
+
+    def enable_event_log(self) -> None:
+        self.event_log = deque(maxlen=EVENT_LOG)
 
     def close(self) -> None:
         self._slots.clear()
