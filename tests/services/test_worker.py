@@ -14,7 +14,7 @@ import pytest
 
 from visionpipe.broker import Broker, DeadLetter, MemoryBroker
 from visionpipe.envelope import Envelope, Event
-from visionpipe.ingress import Frame, ensure_pipeline_streams, submit_images
+from visionpipe.ingress import Frame, ensure_pipeline_streams, frame_envelope, submit_images
 from visionpipe.metrics import Metrics
 from visionpipe.services.stage import BadInput, BatchStage, Outcome, Stage
 from visionpipe.services.worker import Worker
@@ -123,17 +123,28 @@ async def test_poison_that_always_fails_is_dead_lettered_after_max_retries(ns: s
     assert await _read(broker, settings.streams.name("tensors")) == []
 
 
-async def test_duplicate_request_is_acked_not_redone(ns: str) -> None:
+async def test_second_copy_of_one_submission_is_acked_without_a_second_output(ns: str) -> None:
     settings = _settings(ns)
     broker = MemoryBroker(settings.broker.url)
     await ensure_pipeline_streams(broker, settings)
-    frame = Frame(b"a", request_id="same-id")
-    await submit_images(broker, settings, [frame])
-    await submit_images(broker, settings, [frame])
-    stage = EchoStage()
-    await _drain(stage, settings, broker)
+    copy = frame_envelope(Frame(b"a", request_id="same-id")).encode()  # one submission, in the stream twice
+    await broker.publish(settings.streams.name("frames"), [copy, copy], ["same-id", "same-id"])
+    await _drain(EchoStage(), settings, broker)
     assert len(await _read(broker, settings.streams.name("tensors"))) == 1
     assert (await broker.backlog(settings.streams.name("frames"), DECODE)).total == 0
+
+
+async def test_a_later_request_reusing_an_id_is_a_new_request(ns: str) -> None:
+    """Not acked as a duplicate with neither result nor dead letter: a new submission has a new ingress stamp."""
+    settings = _settings(ns)
+    broker = MemoryBroker(settings.broker.url)
+    await ensure_pipeline_streams(broker, settings)
+    await submit_images(broker, settings, [Frame(b"first", request_id="reused")])
+    await _drain(EchoStage(), settings, broker)
+    await submit_images(broker, settings, [Frame(b"second", request_id="reused")])
+    await _drain(EchoStage(), settings, broker)
+    outputs = [Envelope.decode(m) for m in await _read(broker, settings.streams.name("tensors"))]
+    assert sorted(e.payload["echo"] for e in outputs) == [b"first", b"second"]
 
 
 async def test_stop_finishes_in_flight_batch_and_acks_it(ns: str) -> None:
