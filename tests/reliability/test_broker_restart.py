@@ -4,7 +4,8 @@ pipeline is busy, kept down a few seconds, and started again on the same append-
 Every stage must report not-ready while the broker is gone and ready again after it returns
 (reconnecting with backoff, without a restart of its own), a producer must get a clear error
 rather than a silent drop, and every request published before the crash, or after the return,
-must end with exactly one result: with ``appendfsync always`` an acknowledged write survives.
+must end with exactly one result: with ``appendfsync everysec`` (compose's default) an acknowledged write
+survives a killed redis-server, which has handed it to the kernel before answering.
 """
 
 from __future__ import annotations

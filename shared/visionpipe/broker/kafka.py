@@ -162,12 +162,11 @@ class KafkaBroker(Broker):
 
     def _create_topic(self, stream: str) -> None:
         b = self._settings.broker
-        topic = NewTopic(
-            stream,
-            b.kafka_partitions,
-            replication_factor=-1,  # the cluster's default.replication.factor (KIP-464), not a guess here
-            config={"max.message.bytes": str(b.kafka_max_message_bytes)},
-        )
+        config = {"max.message.bytes": str(b.kafka_max_message_bytes)}
+        if b.kafka_min_insync_replicas is not None:
+            config["min.insync.replicas"] = str(b.kafka_min_insync_replicas)
+        # -1 is the cluster's default.replication.factor (KIP-464).
+        topic = NewTopic(stream, b.kafka_partitions, replication_factor=b.kafka_replication_factor, config=config)
         for fut in self._admin.create_topics([topic], request_timeout=REQUEST_TIMEOUT_S).values():
             try:
                 fut.result()
