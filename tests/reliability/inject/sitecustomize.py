@@ -1,8 +1,8 @@
 """Test-only faults for ``visionpipe serve`` processes started with this folder on PYTHONPATH (Python imports a
 ``sitecustomize`` by itself at start-up). Nothing in the package knows of it.
 
-* A message whose request id starts with ``KILL-ME`` kills the process (SIGKILL) the moment the worker takes
-  the batch holding it, as a decoder segfault or an OOM kill would.
+* A message whose request id starts with ``KILL-ME`` kills the process (SIGKILL) the moment the stage is given
+  it to work on, as a decoder segfault or an OOM kill would (not before: the worker may dead-letter it first).
 * With ``RELIABILITY_STANDIN_STAGES=1``, the detector and classifier are stand-ins without a model (a few ms of
   sleep for compute) and decode is the real CPU letterbox without the torch import: the worker, its middleware
   and the broker are the real ones, and a restart costs a second instead of a torch import and a warm-up, so a
@@ -16,7 +16,7 @@ import os
 import signal
 from collections.abc import Sequence
 
-KILL_MARK = b"KILL-ME"
+KILL_MARK = "KILL-ME"
 COMPUTE_S = {"decode": 0.005, "detector": 0.03, "classifier": 0.02}
 
 try:
@@ -30,14 +30,20 @@ except ImportError:  # another Python program started with this PYTHONPATH: noth
 
 
 if _worker is not None:
-    _handle = _worker.Worker._handle
+    _init = _worker.Worker.__init__
 
-    async def _handle_or_die(self, deliveries):  # type: ignore[no-untyped-def]
-        if any(KILL_MARK in d.data for d in deliveries):
-            os.kill(os.getpid(), signal.SIGKILL)
-        return await _handle(self, deliveries)
+    def _init_armed(self, stage, *args, **kwargs):  # type: ignore[no-untyped-def]
+        _init(self, stage, *args, **kwargs)
+        items = stage.items
 
-    _worker.Worker._handle = _handle_or_die  # type: ignore[method-assign]
+        def items_or_die(envelopes):  # type: ignore[no-untyped-def]
+            if any(env.request_id.startswith(KILL_MARK) for env in envelopes):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return items(envelopes)
+
+        stage.items = items_or_die
+
+    _worker.Worker.__init__ = _init_armed  # type: ignore[method-assign]
 
     class StandIn(BatchStage):
         def __init__(self, name: str, settings) -> None:  # type: ignore[no-untyped-def]
