@@ -17,12 +17,13 @@ Mapping of the contract onto Kafka:
 * attempts: counted where a crash could be blamed on a delivery, in the group's
   attempts topic (``kafka_attempts.py``), so a message that kills its stage is
   dead-lettered after ``limits.max_retries`` instead of blocking its partition;
-* settle: outputs are published, then the inputs committed; outputs of a
-  delivery this process no longer holds (settled already, or its partition
-  revoked to another member, which redoes it) are dropped. Between the publish
-  and the commit a kill -9 can still double an output: closing that window
-  takes transactions, which Tansu, the test broker, cannot recover after a kill
-  (DESIGN.md, "Facts");
+* settle: a settled delivery's outputs wait in its member until every delivery
+  below it in its partition is settled too; then the prefix's outputs are
+  published and its offsets committed. Outputs of a delivery this process no
+  longer holds (settled already, or its partition revoked to another member,
+  which redoes it) are dropped. Between that publish and that commit a kill -9
+  can still double an output: closing the window takes transactions, which
+  Tansu, the test broker, does not recover after a kill (DESIGN.md, "Facts");
 * backlog: end offset − committed offset, summed over partitions.
 
 confluent-kafka blocks, so every call runs in this broker's own thread pool and
@@ -86,6 +87,7 @@ class KafkaBroker(Broker):
         self._members: dict[tuple[str, str, str], Member] = {}
         self._readers: dict[str, Consumer] = {}  # per group, for committed offsets; never subscribes
         self._owner: dict[tuple[str, str, int], Member] = {}  # (stream, group, partition) -> member that delivered
+        self._settle_locks: dict[int, asyncio.Lock] = {}  # id(member) -> its settles, one at a time
         self._lock = threading.Lock()
         self._topics: set[str] = set()
 
@@ -229,18 +231,25 @@ class KafkaBroker(Broker):
             return self._owner.get((stream, group, int(p))), int(p), int(o)
 
     async def settle(self, stream: str, group: str, settled: Sequence[Settled]) -> int:
-        outputs: dict[str, list[Output]] = {}
+        by_member: dict[int, tuple[Member, list[tuple[int, int, tuple[Output, ...]]]]] = {}
         dropped = 0
-        for s in settled:
-            member, p, o = self._holder(stream, group, s.delivery)
-            if member is None or not member.holds(p, o):
-                dropped += bool(s.outputs)
+        for item in settled:
+            member, p, o = self._holder(stream, group, item.delivery)
+            if member is None:
+                dropped += bool(item.outputs)
                 continue
-            for out in s.outputs:
-                outputs.setdefault(out.stream, []).append(out)
-        for name, outs in outputs.items():
-            await self.publish(name, [o.data for o in outs], [o.key for o in outs])
-        await self.ack(stream, group, [s.delivery for s in settled])
+            by_member.setdefault(id(member), (member, []))[1].append((p, o, item.outputs))
+        for key, (member, items) in by_member.items():
+            # One settle at a time per member: two would both find the same prefix and publish it twice.
+            async with self._settle_locks.setdefault(key, asyncio.Lock()):
+                dropped += member.mark(items)
+                outputs, commits = member.committable()
+                by_stream: dict[str, list[Output]] = {}
+                for out in outputs:
+                    by_stream.setdefault(out.stream, []).append(out)
+                for name, outs in by_stream.items():
+                    await self.publish(name, [o.data for o in outs], [o.key for o in outs])
+                await self._run(member.commit, commits)
         return dropped
 
     async def touch(self, stream: str, group: str, consumer: str, deliveries: Sequence[Delivery]) -> None:
@@ -253,15 +262,7 @@ class KafkaBroker(Broker):
             member.touch(offsets)
 
     async def ack(self, stream: str, group: str, deliveries: Sequence[Delivery]) -> None:
-        by_member: dict[int, tuple[Member, list[tuple[int, int]]]] = {}
-        with self._lock:
-            for d in deliveries:
-                p, _, o = d.id.partition(":")
-                member = self._owner.get((stream, group, int(p)))
-                if member is not None:
-                    by_member.setdefault(id(member), (member, []))[1].append((int(p), int(o)))
-        for member, offsets in by_member.values():
-            await self._run(member.ack, offsets)
+        await self.settle(stream, group, [Settled(d) for d in deliveries])
 
     async def reclaim(self, stream: str, group: str, consumer: str, min_idle_s: float, count: int) -> list[Delivery]:
         """Hand out again this process's deliveries left unacked for ``min_idle_s`` (a failed batch).

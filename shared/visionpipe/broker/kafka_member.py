@@ -28,7 +28,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from visionpipe.broker.base import BrokerError, BrokerStateLost, Delivery
+from visionpipe.broker.base import BrokerError, BrokerStateLost, Delivery, Output
 from visionpipe.broker.kafka_attempts import AttemptLedger, Careful
 from visionpipe.broker.security import BrokerAuthError, redact_url
 
@@ -63,6 +63,7 @@ class Open:
     since: float  # monotonic time of the last hand-out
     attempts: int = 1
     acked: bool = False
+    outputs: tuple[Output, ...] = ()  # settled, waiting to be published with the commit that covers this offset
 
 
 class Member:
@@ -202,12 +203,6 @@ class Member:
             d = self.open.get(p, {}).get(o)
             return d.attempts if d is not None else 1
 
-    def holds(self, p: int, o: int) -> bool:
-        """Whether offset ``o`` of ``p`` is handed out here, not yet acked, and the partition still ours."""
-        with self.lock:
-            d = self.open.get(p, {}).get(o)
-            return d is not None and not d.acked
-
     def touch(self, offsets: Sequence[tuple[int, int]]) -> None:
         now = time.monotonic()
         with self.lock:
@@ -240,28 +235,51 @@ class Member:
         with self.poll_lock:
             self.rewind(fut.result())
 
-    def ack(self, offsets: Sequence[tuple[int, int]]) -> None:
+    def mark(self, settled: Sequence[tuple[int, int, tuple[Output, ...]]]) -> int:
+        """Mark deliveries settled, keeping their outputs until a commit covers them; returns how many with
+        outputs were no longer held here (settled before, or their partition revoked: the new owner redoes them)."""
+        dropped = 0
+        with self.lock:
+            for p, o, outputs in settled:
+                d = self.open.get(p, {}).get(o)
+                if d is None or d.acked:
+                    dropped += bool(outputs)
+                    continue
+                d.acked, d.outputs = True, outputs
+        return dropped
+
+    def committable(self) -> tuple[list[Output], list[TopicPartition]]:
+        """The outputs of each partition's settled prefix, in offset order, and the commit that covers them.
+
+        Commits are "everything below is done", so an output settled past an unsettled delivery waits here:
+        published now, it would be published again when a crash makes the commit's new owner redo it.
+        """
+        outputs: list[Output] = []
         commits = []
         with self.lock:
-            for p, o in offsets:
-                pending = self.open.get(p)
-                if pending is not None and o in pending:
-                    pending[o].acked = True
-                if self.in_hand == (p, o):
-                    self.in_hand = None
-            for p, _ in set(offsets):
-                pending = self.open.get(p, {})
+            for p, pending in self.open.items():
                 done = None
-                for o in list(pending):
-                    if not pending[o].acked:
+                for o, d in pending.items():
+                    if not d.acked:
                         break
+                    outputs += d.outputs
                     done = o
-                    del pending[o]
                 if done is not None:
                     commits.append(TopicPartition(self.stream, p, done + 1))
+        return outputs, commits
+
+    def commit(self, commits: Sequence[TopicPartition]) -> None:
+        """Forget the deliveries below ``commits`` (their outputs are published) and commit them, synchronously."""
+        with self.lock:
+            for tp in commits:
+                pending = self.open.get(tp.partition, {})
+                for o in [o for o in pending if o < tp.offset]:
+                    del pending[o]
+                if self.in_hand is not None and self.in_hand[0] == tp.partition and self.in_hand[1] < tp.offset:
+                    self.in_hand = None
         if commits:
             try:
-                self.consumer.commit(offsets=commits, asynchronous=False)
+                self.consumer.commit(offsets=list(commits), asynchronous=False)
             except KafkaException as exc:  # partition moved on: the new owner redelivers, which is at-least-once
                 log.info("commit refused", extra={"stream": self.stream, "error": str(exc)})
 
