@@ -17,13 +17,13 @@ Mapping of the contract onto Kafka:
 * attempts: counted where a crash could be blamed on a delivery, in the group's
   attempts topic (``kafka_attempts.py``), so a message that kills its stage is
   dead-lettered after ``limits.max_retries`` instead of blocking its partition;
-* settle: a settled delivery's outputs wait in its member until every delivery
-  below it in its partition is settled too; then the prefix's outputs are
-  published and its offsets committed. Outputs of a delivery this process no
-  longer holds (settled already, or its partition revoked to another member,
-  which redoes it) are dropped. Between that publish and that commit a kill -9
-  can still double an output: closing the window takes transactions, which
-  Tansu, the test broker, does not recover after a kill (DESIGN.md, "Facts");
+* settle: a delivery's outputs wait in its member until every delivery below it
+  in its partition is settled too; then the prefix's outputs are published and
+  its offsets committed. Outputs of a delivery no longer held here (settled, or
+  its partition revoked: the new owner redoes it) are dropped. Between that
+  publish and commit a kill -9 can double an output, unless
+  ``broker.kafka_transactions`` makes them one transaction (``kafka_txn.py``;
+  off by default: Tansu, the test broker, cannot recover a killed producer's);
 * backlog: end offset − committed offset, summed over partitions.
 
 confluent-kafka blocks, so every call runs in this broker's own thread pool and
@@ -50,6 +50,7 @@ from visionpipe.broker.base import Backlog, Broker, BrokerError, BrokerStateLost
 from visionpipe.broker.kafka_attempts import AttemptLedger, attempts_topic
 from visionpipe.broker.kafka_config import DELIVERY_TIMEOUT_MS, client_configs
 from visionpipe.broker.kafka_member import Member, position, raise_for, to_delivery
+from visionpipe.broker.kafka_txn import Transactions
 from visionpipe.broker.retry import with_retries
 from visionpipe.broker.security import BrokerAuthError, plaintext_password_warning, redact_url
 
@@ -83,6 +84,8 @@ class KafkaBroker(Broker):
         self._common, producer_conf, self._consumer_conf = client_configs(url, settings)
         self._pool = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="kafka")
         self._producer = Producer({**self._common, **producer_conf})
+        txns = settings.broker.kafka_transactions
+        self._txns = Transactions({**self._common, **producer_conf}, url) if txns else None
         self._admin = AdminClient(self._common)
         self._members: dict[tuple[str, str, str], Member] = {}
         self._readers: dict[str, Consumer] = {}  # per group, for committed offsets; never subscribes
@@ -247,6 +250,9 @@ class KafkaBroker(Broker):
                 by_stream: dict[str, list[Output]] = {}
                 for out in outputs:
                     by_stream.setdefault(out.stream, []).append(out)
+                if self._txns is not None and outputs:
+                    await self._run(self._txns.settle, member, outputs, commits)
+                    continue
                 for name, outs in by_stream.items():
                     await self.publish(name, [o.data for o in outs], [o.key for o in outs])
                 await self._run(member.commit, commits)
@@ -388,5 +394,7 @@ class KafkaBroker(Broker):
         loop = asyncio.get_running_loop()
         done: list[Future[Any]] = [self._pool.submit(close) for close in closers]
         done.append(self._pool.submit(self._producer.flush, 5.0))
+        if self._txns is not None:
+            done.append(self._pool.submit(self._txns.close))
         await asyncio.gather(*(asyncio.wrap_future(f, loop=loop) for f in done), return_exceptions=True)
         self._pool.shutdown(wait=False, cancel_futures=True)

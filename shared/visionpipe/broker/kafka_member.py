@@ -71,6 +71,7 @@ class Member:
 
     def __init__(self, conf: dict[str, Any], stream: str, group: str, ledger: AttemptLedger, window: int) -> None:
         self.stream, self.group = stream, group
+        self.group_id, self.name = str(conf["group.id"]), str(conf.get("client.id", ""))
         self.lock = threading.Lock()
         self.poll_lock = threading.Lock()
         # partition -> {offset: delivery}, in delivery (= offset) order; acked ones wait for those below them
@@ -270,6 +271,15 @@ class Member:
 
     def commit(self, commits: Sequence[TopicPartition]) -> None:
         """Forget the deliveries below ``commits`` (their outputs are published) and commit them, synchronously."""
+        self.forget(commits)
+        if commits:
+            try:
+                self.consumer.commit(offsets=list(commits), asynchronous=False)
+            except KafkaException as exc:  # partition moved on: the new owner redelivers, which is at-least-once
+                log.info("commit refused", extra={"stream": self.stream, "error": str(exc)})
+
+    def forget(self, commits: Sequence[TopicPartition]) -> None:
+        """Drop the deliveries below ``commits``: committed (by us, or in a transaction)."""
         with self.lock:
             for tp in commits:
                 pending = self.open.get(tp.partition, {})
@@ -277,11 +287,6 @@ class Member:
                     del pending[o]
                 if self.in_hand is not None and self.in_hand[0] == tp.partition and self.in_hand[1] < tp.offset:
                     self.in_hand = None
-        if commits:
-            try:
-                self.consumer.commit(offsets=list(commits), asynchronous=False)
-            except KafkaException as exc:  # partition moved on: the new owner redelivers, which is at-least-once
-                log.info("commit refused", extra={"stream": self.stream, "error": str(exc)})
 
     def close(self) -> None:
         """Leave the group; waits for a poll still running in another thread (closing under it is unsafe)."""
