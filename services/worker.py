@@ -295,17 +295,17 @@ class Worker:
         """Let middleware add what to publish (dead letters), then publish and ack every settled item in one step."""
         worked = [it for it in items if it.verdict is Verdict.WORK]
         now = time.time_ns()
-        for it in worked:
-            if isinstance(it.outcome, Envelope):
-                it.verdict = Verdict.DONE
-                it.outcome.stamp(self.name, Event.PUBLISHED, now)
-                it.outputs.append(Output(self.output, it.outcome.encode(), it.outcome.request_id))
-            elif isinstance(it.outcome, BadInput):
-                it.kill(it.outcome.reason)
-            else:
-                it.verdict = Verdict.FAILED
-            self._fire("on_outcome", it)
-        try:
+        try:  # an output that cannot be encoded fails the group, which is then released all the same
+            for it in worked:
+                if isinstance(it.outcome, Envelope):
+                    it.verdict = Verdict.DONE
+                    it.outcome.stamp(self.name, Event.PUBLISHED, now)
+                    it.outputs.append(Output(self.output, it.outcome.encode(), it.outcome.request_id))
+                elif isinstance(it.outcome, BadInput):
+                    it.kill(it.outcome.reason)
+                else:
+                    it.verdict = Verdict.FAILED
+                self._fire("on_outcome", it)
             for m in self.middleware:
                 await m.before_ack(self, items)
             settled = [Settled(it.delivery, tuple(it.outputs), it.once) for it in items if it.verdict in ACKED]

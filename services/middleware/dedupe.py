@@ -3,20 +3,22 @@
 The guard that counts lives in the broker: every settled item carries a
 once-key, and the broker's settle publishes nothing for a key it has already
 settled (Redis: a key with a TTL set in the same script that publishes and
-acks; Kafka: the transaction that commits the input's offset with its
-outputs). So a second copy of a request — reclaimed from a consumer that was
-killed or stalled, a settle retried after its reply was lost — adds nothing
-to the output, across processes.
+acks; memory: the same under its lock). So a second copy of a request —
+reclaimed from a consumer that was killed or stalled, a settle retried after
+its reply was lost — adds nothing to the output, across processes. Kafka
+ignores the key: its settle publishes an input's outputs with the commit of
+its offset (in one transaction where ``broker.kafka_transactions`` is on), and
+a redelivered offset is one that was not committed, so not published.
 
 The key names the stage and the *submission*: the request id together with
 the ingress enqueue stamp. Redeliveries of one submission share it; a later
 request that reuses an id was stamped at a different time, so it is a new key
 and is processed (not acked as a duplicate with neither result nor dead
-letter); a dead letter sent back by ``visionpipe dlq replay`` carries a
-replay stamp, so it is a new key too. Inputs without an id or stamp (a broken
-envelope) are keyed by their place in the stream. Refusing reused ids at ingress instead would need a
-registry of every id ever seen, and a time window on the id alone would still
-swallow a reuse inside the window.
+letter); a dead letter sent back by ``visionpipe dlq replay`` carries a replay
+stamp, so it is a new key too. Inputs without an id or stamp (a broken
+envelope) are keyed by their place in the stream. Refusing reused ids at
+ingress instead would need a registry of every id ever seen, and a time
+window on the id alone would still swallow a reuse inside the window.
 
 Here, in the process, two cheap shortcuts: a copy of a request still being
 worked on here is left alone (``SKIP``: acking it would ack the entry before

@@ -57,12 +57,10 @@ class Heartbeat(Middleware):
         while self.held:
             await asyncio.sleep(self.interval_s)
             now = time.monotonic()
-            # Skipped copies are another item's business (the working copy settles the entry); hung ones go back.
-            live = [
-                it.delivery
-                for it, since in list(self.held.values())
-                if it.verdict is not Verdict.SKIP and now - since < self.work_timeout_s
-            ]
+            # Skipped copies are never released: another item's business (the working copy settles the entry).
+            for key in [k for k, (it, _) in self.held.items() if it.verdict is Verdict.SKIP]:
+                del self.held[key]
+            live = [it.delivery for it, since in list(self.held.values()) if now - since < self.work_timeout_s]
             try:
                 await worker.broker.touch(worker.input, worker.group, worker.consumer, live)
             except BrokerError as exc:  # the settle or the next consume reports a broker that stays away

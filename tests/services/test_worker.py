@@ -198,3 +198,51 @@ async def test_drain_waits_for_upstream(ns: str, upstream_busy: bool) -> None:
     assert task.done() is not upstream_busy
     worker.stop()
     await asyncio.wait_for(task, 5)
+
+
+async def test_a_slow_live_consumer_keeps_its_delivery_a_second_one_takes_nothing(ns: str) -> None:
+    """Without heartbeats the second worker would reclaim the slow item after 0.2 s idle, redo it and, past
+    max_retries, dead-letter it while the first copy was about to publish: a result *and* a dead letter."""
+    base = _settings(ns)
+    settings = base.model_copy(update={"broker": base.broker.model_copy(update={"reclaim_idle_s": 0.2})})
+    broker = MemoryBroker(settings.broker.url)
+    await ensure_pipeline_streams(broker, settings)
+    await submit_images(broker, settings, [Frame(b"slow", request_id="slow")])
+    slow, thief = EchoStage(slow_s=1.5), EchoStage()
+    settings_b = settings.model_copy(update={"service": settings.service.model_copy(update={"consumer": "b"})})
+    first = Worker(slow, broker, settings, Metrics(), batch=4)
+    run_a = asyncio.create_task(first.run())
+    while slow.calls == 0:
+        await asyncio.sleep(0.01)
+    second = Worker(thief, broker, settings_b, Metrics(), batch=4)
+    run_b = asyncio.create_task(second.run())
+    while (await broker.backlog(settings.streams.name("frames"), DECODE)).total:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    for w in (first, second):
+        w.stop()
+    await asyncio.wait_for(asyncio.gather(run_a, run_b), 10)
+    assert (slow.calls, thief.calls) == (1, 0)
+    assert len(await _read(broker, settings.streams.name("tensors"))) == 1
+    assert await _read(broker, settings.streams.name("dead_letter")) == []
+
+
+async def test_a_broker_that_lost_the_group_is_answered_by_making_it_again(ns: str) -> None:
+    settings = _settings(ns)
+    broker = MemoryBroker(settings.broker.url)
+    await ensure_pipeline_streams(broker, settings)
+    metrics = Metrics()
+    worker = Worker(EchoStage(), broker, settings, metrics, batch=4)
+    run = asyncio.create_task(worker.run())
+    await submit_images(broker, settings, [Frame(b"a", request_id="before")])
+    tensors = settings.streams.name("tensors")
+    while not await broker.length(tensors):
+        await asyncio.sleep(0.01)
+    await broker.delete(settings.streams.name("frames"))  # as a broker restarted without its data
+    await submit_images(broker, settings, [Frame(b"b", request_id="after")])
+    while await broker.length(tensors) < 2:
+        await asyncio.sleep(0.01)
+    assert metrics.broker_resets.labels(DECODE)._value.get() == 1
+    assert (await worker.ready_checks())["broker_state"] is True
+    worker.stop()
+    await asyncio.wait_for(run, 10)

@@ -3,6 +3,8 @@
 
 * A message whose request id starts with ``KILL-ME`` kills the process (SIGKILL) the moment the stage is given
   it to work on, as a decoder segfault or an OOM kill would (not before: the worker may dead-letter it first).
+* With ``RELIABILITY_PLAIN_SETTLE=1`` the Redis settle is the two-step fallback (publish, then ack): a control,
+  to see the exactly-once tests fail without the one-step settle.
 * With ``RELIABILITY_STANDIN_STAGES=1``, the detector and classifier are stand-ins without a model (a few ms of
   sleep for compute) and decode is the real CPU letterbox without the torch import: the worker, its middleware
   and the broker are the real ones, and a restart costs a second instead of a torch import and a warm-up, so a
@@ -94,3 +96,18 @@ if _worker is not None:
             return StandIn(name, settings)
 
         _serve.make_stage = _stand_in  # type: ignore[assignment]
+
+    if os.environ.get("RELIABILITY_PLAIN_SETTLE") == "1":  # a control: publish, then ack, in two steps as before
+        from visionpipe.broker import Settled
+        from visionpipe.broker.redis_streams import RedisBroker
+
+        _one_step = RedisBroker.settle
+
+        async def _two_steps(self, stream, group, settled):  # type: ignore[no-untyped-def]
+            for item in settled:
+                for out in item.outputs:
+                    await self.publish(out.stream, [out.data], [out.key])
+            await _one_step(self, stream, group, [Settled(item.delivery) for item in settled])
+            return 0
+
+        RedisBroker.settle = _two_steps  # type: ignore[method-assign]
