@@ -12,7 +12,8 @@ suite (``tests/broker``) run unchanged against each:
   delivered. Streams are never trimmed by length: that would lose data;
 * ``settle`` publishes a stage's outputs for its inputs and acks the inputs,
   each input's outputs at most once per idempotency key, in one step where
-  the backend can (Redis: one script; Kafka: one transaction), so a process
+  the backend can (Redis: one script; memory: one lock; Kafka: with the
+  commit that covers them, in one transaction where enabled), so a process
   killed between the two, a lost ack reply or a stolen delivery never doubles
   a result.
 """
