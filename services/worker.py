@@ -4,13 +4,22 @@ A :class:`~visionpipe.services.stage.Stage` only turns input envelopes into
 output envelopes. The :class:`Worker` around it owns the delivery contract:
 
 * input is acked only after its output (or its dead-letter entry) is published;
+* outputs and dead letters are published and their inputs acked in one
+  ``Broker.settle`` (one atomic step where the backend can), each input's at
+  most once; a settle the broker refuses (down, full) is retried here, in place,
+  rather than left to reclaim, where each try would count as a failed delivery;
 * poison (undecodable envelope, bad image, wrong payload) is dead-lettered at
   once with its reason; a transient failure leaves the delivery pending, to
   be redelivered by ``reclaim``;
-* deliveries left pending by dead consumers are reclaimed periodically;
+* deliveries left pending by dead consumers are reclaimed periodically, one at
+  a time, and a delivery seen before (``attempts > 1``) is worked on alone:
+  if it is what killed a consumer, it kills only itself, and no innocent
+  delivery is counted a failed attempt beside it;
 * it consumes while what it holds in flight is under the stage's prefetch
   (``services/prefetch.py``): consumed batches for decode, requests for the
   DNN stages, so their device batches can fill;
+* a broker that lost our streams or group (restarted empty) is told loudly,
+  counted, and answered by making them again; readiness drops meanwhile;
 * ``stop()`` (SIGTERM) stops consuming and waits for in-flight batches up to
   the grace period; whatever is unfinished stays unacked for another worker;
 * ``drain`` mode exits once the input and every upstream stage have had no
@@ -32,7 +41,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from visionpipe import topology
-from visionpipe.broker import Broker, BrokerError, Delivery
+from visionpipe.broker import Broker, BrokerError, BrokerStateLost, Delivery, Output, Settled
 from visionpipe.envelope import Envelope, EnvelopeError, Event, Limits
 from visionpipe.metrics import Metrics
 from visionpipe.services.middleware import Item, Middleware, Verdict, default_middleware
@@ -74,6 +83,7 @@ class Worker:
         self.middleware = list(default_middleware(settings) if middleware is None else middleware)
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._state_lost = False  # the broker forgot our streams or group; cleared once they are made again
         self.started = False
 
     def stop(self) -> None:
@@ -88,14 +98,18 @@ class Worker:
         return {
             "model": self.started and self.stage.ready,
             "broker": broker_ok,
+            "broker_state": not self._state_lost,
             "consuming": not self._stopping.is_set(),
         }
 
-    async def run(self) -> None:
+    async def _ensure_streams(self) -> None:
         await self.broker.ensure(self.input, self.group)
         await self.broker.prepare(self.input, self.group, self.consumer)  # Kafka's group join overlaps model load
         await self.broker.ensure(self.output)
         await self.broker.ensure(self.dlq)
+
+    async def run(self) -> None:
+        await self._ensure_streams()
         await self.stage.start()
         self.started = True
         self.metrics.ready.labels(self.name).set(1)
@@ -126,20 +140,21 @@ class Worker:
             if self._stopping.is_set():  # stopped while the prefetch was full: take nothing more
                 return
             try:
-                deliveries = await self.broker.consume(
-                    self.input, self.group, self.consumer, self.batch, self.settings.service.consume_timeout_s
-                )
+                deliveries: list[Delivery] = []
                 if time.monotonic() >= next_reclaim:
-                    next_reclaim = time.monotonic() + self.settings.service.reclaim_interval_s
-                    deliveries += await self.broker.reclaim(
-                        self.input, self.group, self.consumer, self.settings.broker.reclaim_idle_s, self.batch
+                    # One at a time: each is a suspect (it may be what killed its consumer), worked on alone below.
+                    deliveries = await self.broker.reclaim(
+                        self.input, self.group, self.consumer, self.settings.broker.reclaim_idle_s, 1
+                    )
+                    if not deliveries:  # none left: the next look in reclaim_interval_s; else look again at once
+                        next_reclaim = time.monotonic() + self.settings.service.reclaim_interval_s
+                if not deliveries:
+                    deliveries = await self.broker.consume(
+                        self.input, self.group, self.consumer, self.batch, self.settings.service.consume_timeout_s
                     )
                 backoff = BROKER_BACKOFF_S
             except BrokerError as exc:
-                self.metrics.errors.labels(self.name, "broker").inc()
-                log.warning("stage %s: broker error while consuming (%s); retrying in %.1fs", self.name, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BROKER_BACKOFF_MAX_S)
+                backoff = await self._broker_trouble(exc, backoff)
                 continue
             if not deliveries:
                 if self.drain:
@@ -149,14 +164,57 @@ class Worker:
                         return
                 continue
             idle_since = None
-            held = len(deliveries) if by_request else 1  # by request: provisional, corrected once admitted
+            await self._dispatch(deliveries, slots, by_request)
+
+    async def _dispatch(self, deliveries: list[Delivery], slots: Prefetch, by_request: bool) -> None:
+        """Start work on a batch; then each delivery seen before, alone, once everything else here is done.
+
+        By request, a batch is held provisionally as one per delivery, corrected once admitted (``_handle``).
+        """
+        requests = slots if by_request else None
+        fresh = [d for d in deliveries if d.attempts <= 1]
+        if fresh:
+            held = len(fresh) if by_request else 1
             slots.take(held)
-            task = asyncio.create_task(self._handle(deliveries, slots if by_request else None))
+            task = asyncio.create_task(self._handle(fresh, requests))
             self._inflight.add(task)
             self.metrics.inflight.labels(self.name).set(len(self._inflight))
             task.add_done_callback(functools.partial(self._batch_done, slots=slots, held=0 if by_request else held))
             if by_request:
                 await asyncio.sleep(0)  # let it admit and count its real weight before the next look at the room
+        for suspect in (d for d in deliveries if d.attempts > 1):
+            if self._inflight:
+                await asyncio.wait(set(self._inflight))
+            if requests is not None:
+                requests.take(1)
+            try:
+                await self._handle([suspect], requests)
+            except Exception:
+                log.exception("stage %s: redelivered %s failed", self.name, suspect.id)
+
+    async def _broker_trouble(self, exc: BrokerError, backoff: float) -> float:
+        """After a failed consume: make lost state again at once, or back off; returns the next backoff."""
+        self.metrics.errors.labels(self.name, "broker").inc()
+        if isinstance(exc, BrokerStateLost):
+            self._state_lost = True
+            self.metrics.ready.labels(self.name).set(0)
+            self.metrics.broker_resets.labels(self.name).inc()
+            log.error(
+                "stage %s: THE BROKER HAS LOST ITS STATE (%s). Everything it held is gone (it restarted empty?); "
+                "making %s, its group %s and our output streams again",
+                self.name, exc, self.input, self.group,
+            )
+            try:
+                await self._ensure_streams()
+            except BrokerError as again:
+                log.warning("stage %s: could not make the streams yet (%s)", self.name, again)
+            else:
+                self._state_lost = False
+                self.metrics.ready.labels(self.name).set(1)
+                return BROKER_BACKOFF_S
+        log.warning("stage %s: broker error while consuming (%s); retrying in %.1fs", self.name, exc, backoff)
+        await asyncio.sleep(backoff)
+        return min(backoff * 2, BROKER_BACKOFF_MAX_S)
 
     def _batch_done(self, task: asyncio.Task[None], slots: Prefetch, held: int) -> None:
         self._inflight.discard(task)
@@ -272,33 +330,46 @@ class Worker:
             self._fire("on_release", list(pending.values()))
 
     async def _settle(self, items: list[Item]) -> None:
-        """Publish the outputs of ``items``, let middleware act (dead letters), then ack what is settled."""
+        """Let middleware add what to publish (dead letters), then publish and ack every settled item in one step."""
         worked = [it for it in items if it.verdict is Verdict.WORK]
-        for it in worked:
-            if isinstance(it.outcome, Envelope):
-                it.verdict = Verdict.DONE
-            elif isinstance(it.outcome, BadInput):
-                it.kill(it.outcome.reason)
-            else:
-                it.verdict = Verdict.FAILED
-            self._fire("on_outcome", it)
-        try:
-            outputs = [it.outcome for it in worked if it.verdict is Verdict.DONE and isinstance(it.outcome, Envelope)]
-            await self._publish(outputs)
+        now = time.time_ns()
+        try:  # an output that cannot be encoded fails the group, which is then released all the same
+            for it in worked:
+                if isinstance(it.outcome, Envelope):
+                    it.verdict = Verdict.DONE
+                    it.outcome.stamp(self.name, Event.PUBLISHED, now)
+                    it.outputs.append(Output(self.output, it.outcome.encode(), it.outcome.request_id))
+                elif isinstance(it.outcome, BadInput):
+                    it.kill(it.outcome.reason)
+                else:
+                    it.verdict = Verdict.FAILED
+                self._fire("on_outcome", it)
             for m in self.middleware:
                 await m.before_ack(self, items)
-            await self.broker.ack(self.input, self.group, [it.delivery for it in items if it.verdict in ACKED])
+            settled = [Settled(it.delivery, tuple(it.outputs), it.once) for it in items if it.verdict in ACKED]
+            if settled:
+                duplicates = await self._settle_until_done(settled)
+                self.metrics.duplicates.labels(self.name).inc(duplicates)
             self._fire("after_ack", items)
         finally:
             self._fire("on_release", items)
 
-    async def _publish(self, outputs: list[Envelope]) -> None:
-        if not outputs:
-            return
-        now = time.time_ns()
-        for env in outputs:
-            env.stamp(self.name, Event.PUBLISHED, now)
-        await self.broker.publish(self.output, [e.encode() for e in outputs], [e.request_id for e in outputs])
+    async def _settle_until_done(self, settled: list[Settled]) -> int:
+        """``Broker.settle``, retried here on a broker error until it goes through (or shutdown cancels it).
+
+        These items are done; only the broker stands in the way. Left to reclaim instead, every
+        retry would count as a failed delivery, and a full or restarting broker would end good
+        work in the dead-letter stream. The heartbeat keeps the deliveries ours meanwhile.
+        """
+        backoff = BROKER_BACKOFF_S
+        while True:
+            try:
+                return await self.broker.settle(self.input, self.group, settled)
+            except BrokerError as exc:
+                self.metrics.errors.labels(self.name, "broker").inc()
+                log.warning("stage %s: settle of %d failed (%s); retry in %.1fs", self.name, len(settled), exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BROKER_BACKOFF_MAX_S)
 
 
 def _outcome(fut: asyncio.Future[Outcome]) -> Outcome:

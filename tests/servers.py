@@ -76,13 +76,14 @@ def redis_binary() -> str | None:
     return shutil.which("redis-server")
 
 
-def start_redis(workdir: Path, *extra: str, persistence: bool = False) -> Server:
+def start_redis(workdir: Path, *extra: str, persistence: bool = False, appendfsync: str = "always") -> Server:
+    """``persistence``: an append-only file in ``workdir``, fsynced as ``appendfsync`` says (compose: everysec)."""
     binary = redis_binary()
     if binary is None:
         raise RuntimeError("redis-server not found; `make sysdeps` installs it")
     port = free_port()
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", ""]
-    argv += ["--appendonly", "yes", "--appendfsync", "always"] if persistence else ["--appendonly", "no"]
+    argv += ["--appendonly", "yes", "--appendfsync", appendfsync] if persistence else ["--appendonly", "no"]
     argv += list(extra)
     return Server(argv, port, f"redis://127.0.0.1:{port}/0", workdir).start()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -63,3 +64,46 @@ async def test_a_video_frame_carries_its_stream_ref_and_a_lower_watermark_applie
     await wait_for_room(broker, settings, wait_s=0)  # the default watermark still has room
     (got,) = await broker.peek(settings.streams.name("frames"), 1)
     assert Envelope.decode(got.data).stream == ref
+
+
+BYTE_LIMIT = 400_000
+FRAME_BYTES = 20_000
+BATCH = 4
+PRODUCERS = 6
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_byte_bound_overshoots_by_one_batch_at_most_with_producers_racing(
+    backend: str, request: pytest.FixtureRequest, ns: str
+) -> None:
+    """Six producers, each on its own connection, submit 4-frame batches as fast as they can: the check and the
+    publish are one broker step, so together they end under the bound plus one batch (not one batch each)."""
+    from visionpipe.broker import Room, connect
+    from visionpipe.topology import stream_names
+
+    url = f"memory://{ns}" if backend == "memory" else request.getfixturevalue("redis_server").url
+    settings = load_settings(
+        broker={"url": url},
+        streams={"prefix": ns},
+        limits={"ingress_max_bytes": BYTE_LIMIT, "ingress_high_watermark": 10**6},
+    )
+    refusals: list[str] = []
+
+    async def produce(k: int) -> None:
+        async with await connect(settings=settings) as broker:
+            for i in range(1000):
+                batch = [Frame(os.urandom(FRAME_BYTES), request_id=f"p{k}-{i}-{j}") for j in range(BATCH)]
+                try:
+                    await submit_images(broker, settings, batch, wait_s=0)
+                except Backpressure as exc:
+                    refusals.append(str(exc))
+                    return
+
+    await asyncio.gather(*(produce(k) for k in range(PRODUCERS)))
+    async with await connect(settings=settings) as broker:
+        # A bound of zero refuses anything: the reply is what each stream holds.
+        held = await broker.publish_if_room("unused", [b""], [None], Room(tuple(stream_names(settings)), 0))
+    assert held is not None and len(refusals) == PRODUCERS
+    one_batch = BATCH * FRAME_BYTES * 1.1  # the envelope and, on Redis, the stream's own bookkeeping
+    assert BYTE_LIMIT <= sum(held.values()) < BYTE_LIMIT + one_batch, held
+    assert all("limits.ingress_max_bytes" in r and f"most in {ns}.frames" in r for r in refusals), refusals[0]

@@ -24,7 +24,7 @@ from typing import Any
 
 from visionpipe.broker import Broker, BrokerError
 from visionpipe.envelope import Envelope, Event, StreamRef
-from visionpipe.ingress import Frame, publish_frames, wait_for_room
+from visionpipe.ingress import Frame, submit_images, wait_for_room
 from visionpipe.services.ingest.buffer import FrameBuffer
 from visionpipe.services.ingest.encode import FrameEncoder
 from visionpipe.services.ingest.models import State, StreamCounters, StreamInfo
@@ -151,8 +151,8 @@ class Stream:
         ]
         backoff = BROKER_BACKOFF_S
         while True:
-            try:
-                await publish_frames(self.broker, self.settings, frames)
+            try:  # waits on, rather than refuses, the watermark and the byte bound: a paused stream loses nothing
+                await submit_images(self.broker, self.settings, frames, wait_s=None)
                 break
             except BrokerError as exc:
                 backoff = await self._broker_down(exc, backoff)

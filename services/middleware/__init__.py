@@ -13,22 +13,36 @@ from visionpipe.services.middleware.base import Item, Middleware, Verdict
 from visionpipe.services.middleware.dead_letters import DeadLetters
 from visionpipe.services.middleware.deadline import Deadline
 from visionpipe.services.middleware.dedupe import Dedupe
+from visionpipe.services.middleware.heartbeat import Heartbeat
 from visionpipe.services.middleware.metrics import StageMetrics
 from visionpipe.services.middleware.retries import Retries
 from visionpipe.settings import Settings
 
-__all__ = ["DeadLetters", "Deadline", "Dedupe", "Item", "Middleware", "Retries", "StageMetrics", "Verdict"]
+__all__ = [
+    "DeadLetters",
+    "Deadline",
+    "Dedupe",
+    "Heartbeat",
+    "Item",
+    "Middleware",
+    "Retries",
+    "StageMetrics",
+    "Verdict",
+]
 
 
 def default_middleware(settings: Settings) -> list[Middleware]:
     """The policies every stage runs, in hook order.
 
-    Dedupe first: a copy of a request this process is still working on must be
-    left alone before anything else may ack or dead-letter it. Then the bound
-    on attempts and the deadline, which may dead-letter; the dead-letter
-    publisher before the ack; metrics last, so they count what the others decided.
+    The heartbeat first, so every delivery taken is kept ours from the start.
+    Dedupe next: a copy of a request this process is still working on must be
+    left alone before anything else may ack or dead-letter it, and it names
+    each input's once-key for the settle. Then the bound on attempts and the
+    deadline, which may dead-letter; the dead letters, settled with the ack;
+    metrics last, so they count what the others decided.
     """
     return [
+        Heartbeat(settings.broker.reclaim_idle_s, settings.service.work_timeout_s),
         Dedupe(),
         Retries(settings.limits.max_retries),
         Deadline(),

@@ -10,18 +10,19 @@ left alone, neither worked on nor acked).
 Hook order for one consumed batch::
 
     on_consume (the whole batch) -> admit (each item, until one middleware decides)
-    -> the stage works -> on_outcome (each processed item) -> before_ack -> ack -> after_ack
+    -> the stage works -> on_outcome (each processed item) -> before_ack
+    -> settle (outputs published and inputs acked in one step) -> after_ack
     -> on_release (every item but the skipped)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from visionpipe.broker import Delivery
+from visionpipe.broker import Delivery, Output
 from visionpipe.envelope import Envelope, peek_request_id
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ class Item:
     verdict: Verdict = Verdict.WORK
     reason: str | None = None  # why it was dead-lettered
     outcome: Outcome | None = None
+    outputs: list[Output] = field(default_factory=list)  # published when the item is settled, with its ack
+    once: str | None = None  # the broker's key for "this input is settled": a second settle publishes nothing
 
     def kill(self, reason: str) -> None:
         self.verdict, self.reason = Verdict.DEAD, reason
@@ -73,10 +76,10 @@ class Middleware:
         """A processed item, with its outcome and the verdict it led to."""
 
     async def before_ack(self, worker: Worker, items: Sequence[Item]) -> None:
-        """Outputs are published; nothing of ``items`` is acked yet."""
+        """Verdicts are final; a policy may add to ``item.outputs`` and set ``item.once`` before the settle."""
 
     def after_ack(self, worker: Worker, items: Sequence[Item]) -> None:
-        """``items`` whose verdict is acked are acked."""
+        """``items`` whose verdict is acked are settled: their outputs published and their inputs acked."""
 
     def on_release(self, worker: Worker, items: Sequence[Item]) -> None:
         """Work on ``items`` is over here: settled, failed, or cancelled by a shutdown."""

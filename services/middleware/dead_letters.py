@@ -1,8 +1,9 @@
-"""Dead letters are published before the ack of their input, with the reason and the original bytes.
+"""Dead letters are settled with the ack of their input, with the reason and the original bytes.
 
-Before, not after: acking first and crashing before the dead letter is
-published would lose the message without a trace. ``visionpipe dlq`` reads
-and replays what lands here.
+In the same step, not after: acking first and crashing before the dead letter
+is published would lose the message without a trace. The dead letter shares
+the input's once-key with its output, so one input never ends with both a
+result and a dead letter. ``visionpipe dlq`` reads and replays what lands here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from visionpipe.broker import DeadLetter, Output
 from visionpipe.services.middleware.base import Item, Middleware, Verdict
 
 if TYPE_CHECKING:
@@ -26,11 +28,7 @@ class DeadLetters(Middleware):
                 continue
             rid = it.request_id
             log.info("stage %s: dead-lettering %s: %s", worker.name, rid, it.reason)
-            await worker.broker.dead_letter(
-                worker.dlq,
-                reason=it.reason or "",
-                data=it.delivery.data,
-                stage=worker.name,
-                origin=worker.input,
-                request_id=rid,
+            record = DeadLetter(
+                reason=it.reason or "", data=it.delivery.data, stage=worker.name, origin=worker.input, request_id=rid
             )
+            it.outputs.append(Output(worker.dlq, record.encode(), rid))

@@ -9,14 +9,17 @@ Each reader names its own group, so several readers each see everything.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from visionpipe.broker import Broker, DeadLetter
+from visionpipe.broker import Broker, BrokerStateLost, DeadLetter, Delivery
 from visionpipe.envelope import Envelope, EnvelopeError
 from visionpipe.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # Entries taken per consume: a burst of results is read in a few calls, and one call's decode stays short.
 READ_COUNT = 256
@@ -61,17 +64,27 @@ class Collector:
         """Read what is there (waiting up to ``timeout_s`` for results), hand it to ``sink``, then ack it.
 
         Dead letters are read without waiting once results came, so neither stream delays the other.
+        A broker that lost our group (restarted empty) gets it back, and this poll returns nothing.
         """
-        got = await self.broker.consume(self.results_stream, self.group, self.consumer, self.count, timeout_s)
+        try:
+            return await self._poll(timeout_s, sink)
+        except BrokerStateLost as exc:
+            log.error("the broker has lost the %s group (%s): making it again; what it held is gone", self.group, exc)
+            await self.open()
+            return Collected(mono_ns=time.monotonic_ns(), wall_ns=time.time_ns())
+
+    async def _consume(self, stream: str, timeout_s: float) -> list[Delivery]:
+        return await self.broker.consume(stream, self.group, self.consumer, self.count, timeout_s)
+
+    async def _poll(self, timeout_s: float, sink: Callable[[Collected], None] | None) -> Collected:
+        got = await self._consume(self.results_stream, timeout_s)
         batch = Collected(mono_ns=time.monotonic_ns(), wall_ns=time.time_ns())
         for d in got:
             try:
                 batch.results.append(Envelope.decode(d.data))
             except EnvelopeError:
                 batch.undecodable += 1
-        dead = await self.broker.consume(
-            self.dead_stream, self.group, self.consumer, self.count, 0.0 if got else timeout_s
-        )
+        dead = await self._consume(self.dead_stream, 0.0 if got else timeout_s)
         for d in dead:
             try:
                 batch.dead.append(DeadLetter.decode(d.data))

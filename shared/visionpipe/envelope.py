@@ -50,6 +50,12 @@ class Event(StrEnum):
     PUBLISHED = "published"
 
 
+# An ingress stamp outside Event (stages never stamp it): when a dead letter that ``visionpipe dlq replay`` sent back
+# was dead-lettered. It makes the replay a new submission for the stages' once-keys, and the same one however often
+# that dead letter is replayed (an interrupted replay sends it again).
+REPLAYED = "replayed"
+
+
 class EnvelopeError(ValueError):
     """A message that cannot be trusted: poison, never retried.
 

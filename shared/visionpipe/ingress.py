@@ -2,10 +2,24 @@
 
 Everything that feeds the pipeline (``visionpipe run``, ``visionpipe ingest``,
 the load generator, a user's client) goes through :func:`submit_images`, so backpressure is
-applied in one place: when the pipeline's backlog (every stage's pending plus
-undelivered messages) is above the high watermark, callers wait (bounded) or get
-:class:`Backpressure` — requests are never dropped silently and streams are
-never trimmed.
+applied in one place. Callers wait (bounded) or get :class:`Backpressure`
+while any of these holds — requests are never dropped silently and streams
+are never trimmed:
+
+* the pipeline's backlog (every stage's pending plus undelivered messages)
+  is above ``limits.ingress_high_watermark``;
+* the streams the pipeline writes, frames to dead letters, hold
+  ``limits.ingress_max_bytes`` or more: checked and published in one broker
+  step (a Redis script), so producers that submit at once overshoot by at
+  most the one batch admitted just under the bound;
+* the broker itself refuses writes (Redis at ``maxmemory``).
+
+The results stream counts even when no consumer group reads it: Redis holds
+its bytes all the same, and a pipeline whose results nobody collects should
+stop with a refusal that says so, not at ``maxmemory``. Once a reader (the
+HTTP gateway, ``visionpipe run``'s collector, your own group) acks results,
+the ack trims them and the bound frees again. Dead letters count too, until
+``visionpipe dlq replay`` or an operator's group takes them.
 """
 
 from __future__ import annotations
@@ -17,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from visionpipe import topology
-from visionpipe.broker import Broker
+from visionpipe.broker import Broker, BrokerFull, Room
 from visionpipe.envelope import Envelope, Event, StreamRef
 from visionpipe.settings import Settings
 from visionpipe.topology import INGRESS, STAGES
@@ -27,12 +41,31 @@ BACKPRESSURE_POLL_S = 0.05
 
 
 class Backpressure(RuntimeError):
-    """The pipeline is behind: the ingress backlog is above the high watermark."""
+    """The pipeline is behind, or its broker full: retry later. The message says which bound was hit."""
 
-    def __init__(self, backlog: int, watermark: int) -> None:
-        super().__init__(f"ingress backlog {backlog} is above the high watermark {watermark}; retry later")
+    def __init__(self, message: str, backlog: int | None = None, watermark: int | None = None) -> None:
+        super().__init__(message)
         self.backlog = backlog
         self.watermark = watermark
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def bytes_refusal(held: dict[str, int], limit: int) -> str:
+    """Why a batch was refused for bytes, naming the stream that holds the most."""
+    top = max(held, key=lambda name: held[name])
+    detail = ", ".join(f"{name} {_mib(n)}" for name, n in sorted(held.items(), key=lambda kv: -kv[1]) if n)
+    hint = (
+        " (results that no reader has collected and acked: run a reader, e.g. the gateway, or raise the limit)"
+        if top.endswith(".results") or top == "results"
+        else ""
+    )
+    return (
+        f"the pipeline's streams hold {_mib(sum(held.values()))}, at or above limits.ingress_max_bytes "
+        f"{_mib(limit)}: {detail}; most in {top}{hint}; retry later"
+    )
 
 
 @dataclass(frozen=True)
@@ -78,25 +111,39 @@ async def wait_for_room(broker: Broker, settings: Settings, wait_s: float | None
         if backlog < watermark:
             return
         if deadline is not None and time.monotonic() >= deadline:
-            raise Backpressure(backlog, watermark)
+            raise Backpressure(
+                f"ingress backlog {backlog} is above the high watermark {watermark}; retry later", backlog, watermark
+            )
         await asyncio.sleep(BACKPRESSURE_POLL_S)
+
+
+async def _publish_if_room(broker: Broker, settings: Settings, envelopes: list[Envelope]) -> str | None:
+    """Publish the frames unless the byte bound or a full broker refuses them; returns why it refused, or None."""
+    room = Room(tuple(topology.stream_names(settings)), settings.limits.ingress_max_bytes)
+    try:
+        held = await broker.publish_if_room(
+            settings.streams.name("frames"), [e.encode() for e in envelopes], [e.request_id for e in envelopes], room
+        )
+    except BrokerFull as exc:
+        return f"the broker is full and refuses writes ({exc}); retry once the stages have drained some work"
+    return None if held is None else bytes_refusal(held, room.max_bytes)
 
 
 async def submit_images(
     broker: Broker, settings: Settings, frames: Sequence[Frame], wait_s: float | None = None
 ) -> list[str]:
-    """Publish ``frames`` to the frames stream after backpressure allows; returns their request ids."""
-    await wait_for_room(broker, settings, wait_s)
-    return await publish_frames(broker, settings, frames)
-
-
-async def publish_frames(broker: Broker, settings: Settings, frames: Sequence[Frame]) -> list[str]:
-    """Publish ``frames`` now, for a producer that has just waited for room itself (:func:`wait_for_room`)."""
-    envelopes = [frame_envelope(f) for f in frames]
-    await broker.publish(
-        settings.streams.name("frames"), [e.encode() for e in envelopes], [e.request_id for e in envelopes]
-    )
-    return [e.request_id for e in envelopes]
+    """Publish ``frames`` to the frames stream once backpressure allows; returns their request ids."""
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        await wait_for_room(broker, settings, left)
+        envelopes = [frame_envelope(f) for f in frames]  # stamped enqueued now, after any wait
+        refusal = await _publish_if_room(broker, settings, envelopes)
+        if refusal is None:
+            return [e.request_id for e in envelopes]
+        if deadline is not None and time.monotonic() >= deadline:
+            raise Backpressure(refusal)
+        await asyncio.sleep(BACKPRESSURE_POLL_S)
 
 
 async def ensure_pipeline_streams(broker: Broker, settings: Settings) -> None:

@@ -52,6 +52,18 @@ class Metrics:
             "visionpipe_gpu_memory_bytes", "CUDA memory held by torch in this process", ["kind"], registry=r
         )
         self.ready = Gauge("visionpipe_ready", "1 when the stage is ready to serve", ["stage"], registry=r)
+        self.broker_resets = Counter(
+            "visionpipe_broker_resets",
+            "Times the broker had lost the stage's streams or group (restarted empty) and they were made again",
+            ["stage"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "visionpipe_duplicates_dropped",
+            "Inputs settled again whose outputs the broker had already published, so published nothing",
+            ["stage"],
+            registry=r,
+        )
 
     def observe_gpu_memory(self) -> None:
         """Refresh GPU memory gauges (on scrape); a no-op without CUDA or torch."""

@@ -52,6 +52,29 @@ class BrokerSettings(BaseModel):
     connect_retries: int = 20
     connect_backoff_s: float = 0.2
     connect_backoff_max_s: float = 5.0
+    # Kafka topics made by ensure(): -1 takes the cluster's default.replication.factor (KIP-464). compose sets 1
+    # (one broker); the Kubernetes kafka overlay 3, with min.insync.replicas 2, so an acknowledged write (acks=all)
+    # is on two brokers and survives the loss of any one.
+    kafka_replication_factor: int = Field(
+        -1, ge=-1, description="replicas of each topic ensure() makes (-1: the cluster's default)"
+    )
+    kafka_min_insync_replicas: int | None = Field(
+        None, ge=1, description="min.insync.replicas of each topic ensure() makes (unset: cluster default)"
+    )
+    # How long a stage remembers, in the broker, that it settled an input (published its output or dead letter), so
+    # that a second settle of the same input publishes nothing. It must outlast the longest time between two settles
+    # of one input: a delivery reclaimed from a stalled consumer (reclaim_idle_s plus its work), or a retried settle
+    # whose reply was lost (seconds). Ten minutes is ample for both; each key costs ~150 bytes of broker memory.
+    dedupe_ttl_s: float = Field(600.0, gt=0.0, description="how long the broker remembers a settled input")
+    # After a Kafka partition is assigned, its first messages are delivered one at a time, each counted in the
+    # group's attempts topic before it is handed out, so a message that kills the process is seen failing and
+    # dead-lettered after limits.max_retries. It must cover what a member holds unacked per partition:
+    # service.max_inflight_batches x the stage's consume batch (2 x 16 at most with the defaults).
+    kafka_careful_window: int = Field(32, ge=1, description="messages delivered singly, counted, after an assignment")
+    # Each Kafka settle (outputs and the commit of the inputs) as one transaction: exactly once across a kill -9.
+    # Off by default: Tansu, the broker the tests run, cannot recover a killed producer's transaction (it stays
+    # open for ever, or is made visible by the successor); Apache Kafka aborts it. Turn it on with Apache Kafka.
+    kafka_transactions: bool = Field(False, description="settle each Kafka batch in a transaction (Apache Kafka)")
 
 
 class StreamSettings(BaseModel):
@@ -74,6 +97,12 @@ class LimitSettings(BaseModel):
     # Ingress stops admitting above this backlog (pending + undelivered, summed over every stage's input).
     ingress_high_watermark: int = 2_000
     max_retries: int = Field(3, description="transient failures of one message before it is dead-lettered")
+    # Ingress also stops admitting while the pipeline's streams (frames to dead letters, results included) hold this
+    # many bytes (Redis: MEMORY USAGE; memory broker: payload bytes; Kafka keeps its log on disk under retention and
+    # is not bounded here). Keep it under Redis's maxmemory by what admitted frames grow into when decoded.
+    ingress_max_bytes: int = Field(
+        1024**3, ge=1, description="bytes held by the pipeline's streams above which ingress refuses"
+    )
 
 
 class ExecutorSettings(BaseModel):
@@ -150,6 +179,9 @@ class ServiceSettings(BaseModel):
     # device batch can reach executor.max_batch however few items one consume brings.
     prefetch_batches: float = Field(2.0, gt=0.0, description="DNN stages: device batches of requests kept in flight")
     reclaim_interval_s: float = Field(5.0, gt=0.0, description="how often a stage reclaims dead consumers' deliveries")
+    # A delivery is kept ours (its idle time refreshed) while it is worked on, up to this long; past it, it is presumed
+    # hung and reclaim may hand it to another consumer. Minutes: far beyond any batch, even a CPU detector's.
+    work_timeout_s: float = Field(300.0, gt=0.0, description="longest a delivery is kept from reclaim while worked on")
 
 
 # A stream id travels in request ids, metric labels and URLs: short, and nothing that needs escaping.

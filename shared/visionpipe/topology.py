@@ -79,3 +79,12 @@ def output_stream(stage: str, settings: Settings) -> str:
 def stream_names(settings: Settings) -> list[str]:
     """Every stream of the pipeline, frames to dead letters, under the settings' prefix."""
     return [settings.streams.name(key) for key in STREAM_KEYS]
+
+
+def once_prefix(settings: Settings) -> str:
+    """Where stages keep their "input settled" keys in the broker: beside the streams, under the same prefix.
+
+    Under the prefix so that a Redis ACL pattern on it (``~vp.*``) covers them as it covers the streams.
+    """
+    prefix = settings.streams.prefix
+    return f"{prefix}.once." if prefix else "once."

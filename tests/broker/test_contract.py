@@ -10,7 +10,7 @@ import asyncio
 import time
 
 from tests.broker.conftest import client_url
-from visionpipe.broker import Broker, DeadLetter, Delivery, connect
+from visionpipe.broker import Broker, DeadLetter, Delivery, Output, Settled, connect
 from visionpipe.settings import Settings
 
 # Kafka's first consume joins the group, which Tansu answers in ~1 s with our test session timeout.
@@ -207,3 +207,32 @@ async def test_unacked_delivery_of_a_live_member_comes_back(broker: Broker, ns: 
     assert await broker.reclaim(stream, "g", "c", min_idle_s=0.2, count=10) == [], "idle time restarts on hand-out"
     await broker.ack(stream, "g", again)
     assert (await broker.backlog(stream, "g")).total == 0
+
+
+async def test_settle_publishes_outputs_and_acks_in_one_step(broker: Broker, ns: str) -> None:
+    src, out, dead = f"{ns}.in", f"{ns}.out", f"{ns}.dead"
+    for stream in (src, out, dead):
+        await broker.ensure(stream, "g")
+    await broker.publish(src, [b"a", b"b"], ["ka", "kb"])
+    got = sorted(await take(broker, src, "g", "c", 2), key=lambda d: d.data)
+    settled = [
+        Settled(got[0], (Output(out, b"A", "ka"),), f"{ns}.once.a"),
+        Settled(got[1], (Output(dead, b"B-dead", "kb"),), f"{ns}.once.b"),
+    ]
+    assert await broker.settle(src, "g", settled) == 0
+    assert (await broker.backlog(src, "g")).total == 0
+    assert [(d.data, d.key) for d in await take(broker, out, "g", "c", 1)] == [(b"A", "ka")]
+    assert [d.data for d in await take(broker, dead, "g", "c", 1)] == [b"B-dead"]
+
+
+async def test_settling_a_delivery_again_publishes_nothing(broker: Broker, ns: str) -> None:
+    """A retried settle (its reply lost) or a second worker's settle of the same delivery adds no output."""
+    src, out = f"{ns}.in", f"{ns}.out"
+    await broker.ensure(src, "g")
+    await broker.ensure(out, "g")
+    await broker.publish(src, [b"a"])
+    (got,) = await take(broker, src, "g", "c", 1)
+    once = Settled(got, (Output(out, b"A"),), f"{ns}.once.a")
+    await broker.settle(src, "g", [once])
+    await broker.settle(src, "g", [once])
+    assert [d.data for d in await take(broker, out, "g", "c", 2, within_s=3.0)] == [b"A"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from visionpipe.broker import connect
-from visionpipe.broker.kafka import _client_configs
+from visionpipe.broker.kafka_config import client_configs
 from visionpipe.broker.redis_streams import pool_kwargs
 from visionpipe.broker.security import (
     credentials,
@@ -78,7 +78,7 @@ def test_kafka_sasl_ssl_config(tmp_path: Path) -> None:
 
 
 def test_kafka_url_options_reach_the_right_client() -> None:
-    common, producer, consumer = _client_configs("kafka://a:1,b:2?producer.linger.ms=5&client.rack=r1", load_settings())
+    common, producer, consumer = client_configs("kafka://a:1,b:2?producer.linger.ms=5&client.rack=r1", load_settings())
     assert common["bootstrap.servers"] == "a:1,b:2" and common["client.rack"] == "r1"
     assert producer["linger.ms"] == "5" and "linger.ms" not in consumer
     with pytest.raises(ValueError, match="password"):

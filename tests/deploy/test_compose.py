@@ -155,11 +155,15 @@ def test_stages_share_one_environment_apart_from_their_own_section(compose: dict
 # --- the brokers -----------------------------------------------------------------------------------------------
 
 
-def test_redis_has_no_persistence_a_memory_bound_and_no_eviction(compose: dict[str, Any]) -> None:
+def test_redis_is_durable_by_default_with_a_memory_bound_and_no_eviction(compose: dict[str, Any]) -> None:
     redis = compose["services"]["redis"]
     args = redis["command"]
     opts = dict(zip(args[1::2], args[2::2], strict=True))
-    assert opts["--save"] == "" and opts["--appendonly"] == "no"
+    # An append-only file on a named volume: a restart keeps what was in flight (README states each loss window).
+    assert opts["--appendonly"] == "yes" and opts["--appendfsync"] == "everysec"
+    assert "redis-data:/data" in redis["volumes"] and "redis-data" in compose["volumes"]
+    always = load_compose({"REDIS_APPENDFSYNC": "always"})["services"]["redis"]["command"]
+    assert dict(zip(always[1::2], always[2::2], strict=True))["--appendfsync"] == "always"
     # Evicting a stream would drop messages without a word; refusing writes makes ingress back off instead.
     assert opts["--maxmemory-policy"] == "noeviction"
     assert opts["--maxmemory"] and redis["deploy"]["resources"]["limits"]["memory"]
@@ -190,6 +194,16 @@ def test_kafka_accepts_the_messages_the_stages_send(compose: dict[str, Any]) -> 
         ):
             assert kafka_env[prop] > biggest, f"{prop} is below {stage}'s kafka_max_message_bytes"
         assert kafka_env["KAFKA_NUM_PARTITIONS"] == settings.broker.kafka_partitions
+        # One node: the stages must not ask for more copies than there are nodes, or topic creation fails.
+        assert settings.broker.kafka_replication_factor == kafka_env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == 1
+        assert settings.broker.kafka_min_insync_replicas == kafka_env["KAFKA_MIN_INSYNC_REPLICAS"] == 1
+
+
+def test_kafka_keeps_its_log_on_a_named_volume(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]
+    (volume,) = kafka["volumes"]
+    name, path = volume.split(":")
+    assert name in compose["volumes"] and kafka["environment"]["KAFKA_LOG_DIRS"] == path
 
 
 def test_the_broker_is_switched_by_one_variable() -> None:

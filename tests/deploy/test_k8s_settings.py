@@ -205,7 +205,7 @@ def test_kafka_accepts_the_messages_the_stages_send(rendered: dict[str, Objects]
     kafka = by_kind(objects, "StatefulSet")["kafka"]
     spec = pod_spec(kafka)
     (container,) = spec["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert container["image"].startswith("apache/kafka:")
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
     for prop in (
@@ -221,8 +221,30 @@ def test_kafka_accepts_the_messages_the_stages_send(rendered: dict[str, Objects]
     assert spec["enableServiceLinks"] is False
     # The advertised address must be one the stages can resolve: the pod's name under the headless Service.
     advertised = env["KAFKA_ADVERTISED_LISTENERS"].split("://", 1)[1]
-    assert advertised.startswith(f"{kafka['metadata']['name']}-0.{kafka['spec']['serviceName']}.visionpipe.svc")
+    assert advertised.startswith(f"$(POD_NAME).{kafka['spec']['serviceName']}.visionpipe.svc")
+    fields = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"] if "valueFrom" in e}
+    assert fields["POD_NAME"] == "metadata.name"
     assert urlsplit(settings.broker.url).netloc.startswith(f"{kafka['spec']['serviceName']}.visionpipe.svc")
+
+
+def test_kafka_is_three_nodes_and_every_topic_survives_losing_one(rendered: dict[str, Objects]) -> None:
+    objects = objects_of(rendered, "kafka")
+    settings = _settings(objects)
+    kafka = by_kind(objects, "StatefulSet")["kafka"]
+    (container,) = pod_spec(kafka)["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    nodes = kafka["spec"]["replicas"]
+    voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
+    name, service = kafka["metadata"]["name"], kafka["spec"]["serviceName"]
+    assert voters == [f"{i}@{name}-{i}.{service}.visionpipe.svc.cluster.local:9093" for i in range(nodes)]
+    node_id = next(e for e in container["env"] if e["name"] == "KAFKA_NODE_ID")["valueFrom"]["fieldRef"]
+    assert node_id["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+    assert kafka["spec"]["podManagementPolicy"] == "Parallel", "the quorum forms only with every node running"
+    assert by_kind(objects, "Service")[service]["spec"]["publishNotReadyAddresses"] is True
+    assert (nodes, settings.broker.kafka_replication_factor, settings.broker.kafka_min_insync_replicas) == (3, 3, 2)
+    assert int(env["KAFKA_DEFAULT_REPLICATION_FACTOR"]) == nodes and int(env["KAFKA_MIN_INSYNC_REPLICAS"]) == 2
+    assert int(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == nodes
+    assert by_kind(objects, "PodDisruptionBudget")["kafka"]["spec"]["maxUnavailable"] == 1
 
 
 def test_overlays_differ_only_in_the_broker(rendered: dict[str, Objects]) -> None:

@@ -46,7 +46,10 @@ def test_serve_reads_settings_file_answers_probes_and_drains_on_sigterm(
             if ready and ready["ready"]:
                 break
             time.sleep(0.2)
-        assert ready == {"ready": True, "checks": {"model": True, "broker": True, "consuming": True}}, (
+        assert ready == {
+            "ready": True,
+            "checks": {"model": True, "broker": True, "broker_state": True, "consuming": True},
+        }, (
             tmp_path / "decode.log"
         ).read_text()[-2000:]
         proc.send_signal(signal.SIGTERM)

@@ -37,6 +37,11 @@ from visionpipe.settings import Settings, load_settings
 from visionpipe.topology import STAGES
 
 VISIONPIPE = str(Path(sys.executable).parent / "visionpipe")  # the console script the package installs
+# On a stage's PYTHONPATH, this folder's sitecustomize makes a message whose request id starts KILL-ME SIGKILL it,
+# and can swap the models for stand-ins (inject/sitecustomize.py).
+INJECT = Path(__file__).with_name("inject")
+KILL_MARK = "KILL-ME"
+STANDIN_ENV = {"PYTHONPATH": str(INJECT), "RELIABILITY_STANDIN_STAGES": "1"}
 # A stage imports torch, builds its model and warms the executor up: seconds alone, far more on 2 busy cores.
 READY_TIMEOUT_S = 90.0
 PROBE_TIMEOUT_S = 2.0
@@ -109,6 +114,11 @@ class StageProc:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def restart(self) -> StageProc:
+        """Start again under the same consumer name, as an orchestrator restarts a pod: its old deliveries are its."""
+        self.stop()
+        return self.start()
+
     def readyz(self, host: str = "127.0.0.1") -> tuple[bool, dict[str, Any]]:
         status, body = http_get(self.port, "/readyz", host)
         if status == 0:
@@ -157,8 +167,12 @@ class Processes:
         self.env, self.logdir = env, logdir
         self.procs: list[StageProc] = []
 
-    def start(self, stage: str, *, drain: bool = False, env: dict[str, str] | None = None) -> StageProc:
-        p = StageProc(stage, {**self.env, **(env or {})}, self.logdir, drain=drain).start()
+    def start(
+        self, stage: str, *, drain: bool = False, env: dict[str, str] | None = None, killable: bool = False
+    ) -> StageProc:
+        """``killable``: a message whose request id starts with KILL_MARK SIGKILLs the process (see killer/)."""
+        extra = {"PYTHONPATH": str(INJECT)} if killable else {}
+        p = StageProc(stage, {**self.env, **(env or {}), **extra}, self.logdir, drain=drain).start()
         self.procs.append(p)
         return p
 
@@ -271,3 +285,39 @@ def request_id_of(data: bytes) -> str | None:
 
 def _s(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
+
+
+def raw_counts(client: redis.Redis, stream: str) -> Counter[str]:
+    """Request ids of every entry the stream holds, as many times as they occur: no de-duplication."""
+    out: Counter[str] = Counter()
+    last = "-"
+    while True:
+        entries: Any = client.xrange(stream, last, "+", count=1000)
+        if last != "-":
+            entries = entries[1:]
+        if not entries:
+            return out
+        for _eid, fields in entries:
+            out[request_id_of(fields[b"d"]) or "?"] += 1
+        last = entries[-1][0].decode()
+
+
+def dead_counts(client: redis.Redis, stream: str) -> dict[str, list[str]]:
+    """Request id -> the reasons of every dead letter the stream holds for it."""
+    out: dict[str, list[str]] = {}
+    for _eid, fields in client.xrange(stream):
+        record = DeadLetter.decode(fields[b"d"])
+        out.setdefault(record.request_id or "?", []).append(record.reason)
+    return out
+
+
+AUDIT_GROUP = "reliability-audit"
+
+
+def pin(client: redis.Redis, stream: str) -> None:
+    """A group that never reads ``stream``: acks by others may then trim nothing, so it keeps every entry."""
+    try:
+        client.xgroup_create(stream, AUDIT_GROUP, id="$", mkstream=True)
+    except redis.exceptions.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise

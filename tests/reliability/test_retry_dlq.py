@@ -81,7 +81,7 @@ async def test_failing_delivery_is_retried_bounded_then_dead_lettered_and_replay
         assert not [r for r in json.loads("[" + ",".join(cli(sec, "dlq", "list", "--json").splitlines()) + "]")
                     if r.get("request_id") == rid], "a replayed entry leaves the dead-letter stream"
     finally:
-        keys = (f"~{s.streams.name('frames')}", f"~{dead_stream}")
+        keys = (f"~{s.streams.name('frames')}", f"~{dead_stream}", f"~{s.streams.prefix}.once.*")
         admin.execute_command("ACL", "SETUSER", "decode", "resetkeys", *keys)  # as the fixture made it
         admin.close()
     print(f"\nretry bound: dead-lettered after {SECURED_MAX_RETRIES} failed deliveries in {took:.1f}s "

@@ -44,7 +44,7 @@ async def test_probes_and_metrics_follow_the_stage(ns: str) -> None:
         status, body = await _get(port, "/readyz")
         assert status == 200 and json.loads(body) == {
             "ready": True,
-            "checks": {"model": True, "broker": True, "consuming": True},
+            "checks": {"model": True, "broker": True, "broker_state": True, "consuming": True},
         }
         status, text = await _get(port, "/metrics")
         assert status == 200

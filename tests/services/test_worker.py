@@ -14,7 +14,7 @@ import pytest
 
 from visionpipe.broker import Broker, DeadLetter, MemoryBroker
 from visionpipe.envelope import Envelope, Event
-from visionpipe.ingress import Frame, ensure_pipeline_streams, submit_images
+from visionpipe.ingress import Frame, ensure_pipeline_streams, frame_envelope, submit_images
 from visionpipe.metrics import Metrics
 from visionpipe.services.stage import BadInput, BatchStage, Outcome, Stage
 from visionpipe.services.worker import Worker
@@ -123,17 +123,28 @@ async def test_poison_that_always_fails_is_dead_lettered_after_max_retries(ns: s
     assert await _read(broker, settings.streams.name("tensors")) == []
 
 
-async def test_duplicate_request_is_acked_not_redone(ns: str) -> None:
+async def test_second_copy_of_one_submission_is_acked_without_a_second_output(ns: str) -> None:
     settings = _settings(ns)
     broker = MemoryBroker(settings.broker.url)
     await ensure_pipeline_streams(broker, settings)
-    frame = Frame(b"a", request_id="same-id")
-    await submit_images(broker, settings, [frame])
-    await submit_images(broker, settings, [frame])
-    stage = EchoStage()
-    await _drain(stage, settings, broker)
+    copy = frame_envelope(Frame(b"a", request_id="same-id")).encode()  # one submission, in the stream twice
+    await broker.publish(settings.streams.name("frames"), [copy, copy], ["same-id", "same-id"])
+    await _drain(EchoStage(), settings, broker)
     assert len(await _read(broker, settings.streams.name("tensors"))) == 1
     assert (await broker.backlog(settings.streams.name("frames"), DECODE)).total == 0
+
+
+async def test_a_later_request_reusing_an_id_is_a_new_request(ns: str) -> None:
+    """Not acked as a duplicate with neither result nor dead letter: a new submission has a new ingress stamp."""
+    settings = _settings(ns)
+    broker = MemoryBroker(settings.broker.url)
+    await ensure_pipeline_streams(broker, settings)
+    await submit_images(broker, settings, [Frame(b"first", request_id="reused")])
+    await _drain(EchoStage(), settings, broker)
+    await submit_images(broker, settings, [Frame(b"second", request_id="reused")])
+    await _drain(EchoStage(), settings, broker)
+    outputs = [Envelope.decode(m) for m in await _read(broker, settings.streams.name("tensors"))]
+    assert sorted(e.payload["echo"] for e in outputs) == [b"first", b"second"]
 
 
 async def test_stop_finishes_in_flight_batch_and_acks_it(ns: str) -> None:
@@ -239,3 +250,51 @@ async def test_prefetch_counts_requests_not_consumed_batches(ns: str) -> None:
     stage.release.set()
     await asyncio.wait_for(run, 20)
     assert len(await _read(broker, settings.streams.name("tensors"))) == 20
+
+
+async def test_a_slow_live_consumer_keeps_its_delivery_a_second_one_takes_nothing(ns: str) -> None:
+    """Without heartbeats the second worker would reclaim the slow item after 0.2 s idle, redo it and, past
+    max_retries, dead-letter it while the first copy was about to publish: a result *and* a dead letter."""
+    base = _settings(ns)
+    settings = base.model_copy(update={"broker": base.broker.model_copy(update={"reclaim_idle_s": 0.2})})
+    broker = MemoryBroker(settings.broker.url)
+    await ensure_pipeline_streams(broker, settings)
+    await submit_images(broker, settings, [Frame(b"slow", request_id="slow")])
+    slow, thief = EchoStage(slow_s=1.5), EchoStage()
+    settings_b = settings.model_copy(update={"service": settings.service.model_copy(update={"consumer": "b"})})
+    first = Worker(slow, broker, settings, Metrics(), batch=4)
+    run_a = asyncio.create_task(first.run())
+    while slow.calls == 0:
+        await asyncio.sleep(0.01)
+    second = Worker(thief, broker, settings_b, Metrics(), batch=4)
+    run_b = asyncio.create_task(second.run())
+    while (await broker.backlog(settings.streams.name("frames"), DECODE)).total:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    for w in (first, second):
+        w.stop()
+    await asyncio.wait_for(asyncio.gather(run_a, run_b), 10)
+    assert (slow.calls, thief.calls) == (1, 0)
+    assert len(await _read(broker, settings.streams.name("tensors"))) == 1
+    assert await _read(broker, settings.streams.name("dead_letter")) == []
+
+
+async def test_a_broker_that_lost_the_group_is_answered_by_making_it_again(ns: str) -> None:
+    settings = _settings(ns)
+    broker = MemoryBroker(settings.broker.url)
+    await ensure_pipeline_streams(broker, settings)
+    metrics = Metrics()
+    worker = Worker(EchoStage(), broker, settings, metrics, batch=4)
+    run = asyncio.create_task(worker.run())
+    await submit_images(broker, settings, [Frame(b"a", request_id="before")])
+    tensors = settings.streams.name("tensors")
+    while not await broker.length(tensors):
+        await asyncio.sleep(0.01)
+    await broker.delete(settings.streams.name("frames"))  # as a broker restarted without its data
+    await submit_images(broker, settings, [Frame(b"b", request_id="after")])
+    while await broker.length(tensors) < 2:
+        await asyncio.sleep(0.01)
+    assert metrics.broker_resets.labels(DECODE)._value.get() == 1
+    assert (await worker.ready_checks())["broker_state"] is True
+    worker.stop()
+    await asyncio.wait_for(run, 10)

@@ -9,7 +9,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from visionpipe.broker.base import Backlog, Broker, BrokerError, DeadLetter, Delivery
+from visionpipe.broker.base import (
+    Backlog,
+    Broker,
+    BrokerError,
+    BrokerFull,
+    BrokerStateLost,
+    DeadLetter,
+    Delivery,
+    Output,
+    Room,
+    Settled,
+)
 from visionpipe.broker.memory import MemoryBroker
 from visionpipe.broker.security import BrokerAuthError, redact_url
 
@@ -21,9 +32,14 @@ __all__ = [
     "Broker",
     "BrokerAuthError",
     "BrokerError",
+    "BrokerFull",
+    "BrokerStateLost",
     "DeadLetter",
     "Delivery",
     "MemoryBroker",
+    "Output",
+    "Room",
+    "Settled",
     "connect",
     "redact_url",
 ]
@@ -40,7 +56,7 @@ async def connect(url: str | None = None, settings: Settings | None = None) -> B
     url = url or settings.broker.url
     scheme = urlsplit(url).scheme
     if scheme == "memory":
-        return MemoryBroker(url)
+        return MemoryBroker(url, once_ttl_s=settings.broker.dedupe_ttl_s)
     if scheme in ("redis", "rediss"):
         from visionpipe.broker.redis_streams import RedisBroker
 

@@ -9,7 +9,13 @@ suite (``tests/broker``) run unchanged against each:
   *pending* until ``ack``; a delivery never acked is handed again, to another
   member, by ``reclaim`` (Redis, memory) or a group rebalance (Kafka);
 * ``backlog`` counts what a group still has to do: pending plus not yet
-  delivered. Streams are never trimmed by length: that would lose data.
+  delivered. Streams are never trimmed by length: that would lose data;
+* ``settle`` publishes a stage's outputs for its inputs and acks the inputs,
+  each input's outputs at most once per idempotency key, in one step where
+  the backend can (Redis: one script; memory: one lock; Kafka: with the
+  commit that covers them, in one transaction where enabled), so a process
+  killed between the two, a lost ack reply or a stolen delivery never doubles
+  a result.
 """
 
 from __future__ import annotations
@@ -27,6 +33,24 @@ class BrokerError(RuntimeError):
     """Retryable: the broker is unreachable or timed out. Callers back off and retry."""
 
 
+class BrokerStateLost(BrokerError):
+    """A stream or consumer group this pipeline made is gone: the broker restarted empty, or someone deleted it.
+
+    Retryable once the caller has made them again (``ensure``); whatever the broker held is lost with it.
+    """
+
+    def __init__(self, message: str, stream: str) -> None:
+        super().__init__(message)
+        self.stream = stream
+
+
+class BrokerFull(BrokerError):
+    """The broker refuses writes for want of memory (Redis ``maxmemory`` with ``noeviction``).
+
+    Retryable once consumers have acked (and so freed) enough; ingress turns it into ``Backpressure``.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     stream: str
@@ -34,6 +58,36 @@ class Delivery:
     data: bytes
     key: str | None = None
     attempts: int = 1  # times this entry has been delivered, this one included, where the backend knows
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A message a stage publishes for one of its inputs."""
+
+    stream: str
+    data: bytes
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """One input a stage is done with: the outputs it led to (none for a duplicate), then its ack.
+
+    ``once`` names the input's outcome: a second ``settle`` with the same key within
+    ``broker.dedupe_ttl_s`` acks without publishing again. None: no such guard.
+    """
+
+    delivery: Delivery
+    outputs: tuple[Output, ...] = ()
+    once: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """A bound on what ``streams`` may hold together before a producer is refused."""
+
+    streams: tuple[str, ...]
+    max_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +134,39 @@ class Broker(ABC):
     @abstractmethod
     async def reclaim(self, stream: str, group: str, consumer: str, min_idle_s: float, count: int) -> list[Delivery]:
         """Take over deliveries pending longer than ``min_idle_s`` at other (dead) members."""
+
+    async def settle(self, stream: str, group: str, settled: Sequence[Settled]) -> int:
+        """Publish each input's outputs unless its ``once`` key was settled before, then ack every input.
+
+        Returns how many inputs were duplicates (acked, nothing published). This fallback
+        publishes, then acks, with no guard; the backends override it with one atomic step.
+        """
+        by_stream: dict[str, list[Output]] = {}
+        for s in settled:
+            for out in s.outputs:
+                by_stream.setdefault(out.stream, []).append(out)
+        for name, outs in by_stream.items():
+            await self.publish(name, [o.data for o in outs], [o.key for o in outs])
+        await self.ack(stream, group, [s.delivery for s in settled])
+        return 0
+
+    async def touch(self, stream: str, group: str, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        """Tell the broker ``consumer`` is still working on ``deliveries``, so ``reclaim`` leaves them alone.
+
+        Redis resets their idle time; elsewhere a member's liveness is the group's business and this does nothing.
+        """
+        return None
+
+    async def publish_if_room(
+        self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None], room: Room
+    ) -> dict[str, int] | None:
+        """Publish only while the streams of ``room`` hold under its ``max_bytes``; check and publish in one step.
+
+        Returns None once published, else the bytes each of those streams holds (nothing published).
+        Backends that cannot say what they hold publish unconditionally.
+        """
+        await self.publish(stream, messages, keys)
+        return None
 
     @abstractmethod
     async def backlog(self, stream: str, group: str) -> Backlog: ...

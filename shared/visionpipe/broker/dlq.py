@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import click
 
 from visionpipe.broker import Broker, DeadLetter, connect
+from visionpipe.envelope import REPLAYED, Envelope, EnvelopeError
 from visionpipe.settings import Settings, load_settings
+from visionpipe.topology import INGRESS
 
 REPLAY_GROUP = "dlq-replay"
 # Entries replayed per consume: small enough that an interrupted replay leaves little pending.
@@ -58,6 +60,21 @@ def _decode(raw: bytes) -> DeadLetter | None:
         return None
 
 
+def replayable(record: DeadLetter) -> bytes:
+    """The dead-lettered bytes, stamped as replayed: the stages had settled them once, and must settle them again.
+
+    A stage's once-key names the submission (request id and ingress stamps), and the dead letter
+    settled that key, so the bytes as they were would be acked as a duplicate with no output.
+    Bytes that are no envelope go back as they were (their key is their place in the stream).
+    """
+    try:
+        env = Envelope.decode(record.data)
+    except EnvelopeError:
+        return record.data
+    env.stamp(INGRESS, REPLAYED, record.at_ns)
+    return env.encode()
+
+
 async def list_dead(broker: Broker, stream: str, limit: int) -> list[Entry]:
     return [Entry(d.id, _decode(d.data), len(d.data)) for d in await broker.peek(stream, limit)]
 
@@ -83,7 +100,7 @@ async def replay_dead(broker: Broker, stream: str, limit: int, timeout_s: float 
         for d in batch:
             record = _decode(d.data)
             if record is not None:  # an undecodable entry cannot be routed anywhere: acked and dropped
-                await broker.publish(record.origin, [record.data], [record.request_id])
+                await broker.publish(record.origin, [replayable(record)], [record.request_id])
                 done += 1
         await broker.ack(stream, REPLAY_GROUP, batch)  # only after the republish: at least once
         batch = []

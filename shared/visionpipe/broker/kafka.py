@@ -9,9 +9,21 @@ Mapping of the contract onto Kafka:
 * ack: commits are per partition and cumulative, so each member tracks its
   deliveries and commits, synchronously, up to the first one not yet acked —
   acking out of order never commits past unfinished work;
-* reclaim: a dead member's partitions move to the living by rebalance, and they
-  read again from the committed offset; ``reclaim`` hands out again what a living
-  member of this process left unacked (a failed batch), as Redis's XAUTOCLAIM would;
+* reclaim: a dead member's partitions move to the living by rebalance
+  (cooperative-sticky: a scale step moves only the partitions that change
+  owner), and they read again from the committed offset; ``reclaim`` hands out
+  again what a living member of this process left unacked (a failed batch), as
+  Redis's XAUTOCLAIM would;
+* attempts: counted where a crash could be blamed on a delivery, in the group's
+  attempts topic (``kafka_attempts.py``), so a message that kills its stage is
+  dead-lettered after ``limits.max_retries`` instead of blocking its partition;
+* settle: a delivery's outputs wait in its member until every delivery below it
+  in its partition is settled too; then the prefix's outputs are published and
+  its offsets committed. Outputs of a delivery no longer held here (settled, or
+  its partition revoked: the new owner redoes it) are dropped. Between that
+  publish and commit a kill -9 can double an output, unless
+  ``broker.kafka_transactions`` makes them one transaction (``kafka_txn.py``;
+  off by default: Tansu, the test broker, cannot recover a killed producer's);
 * backlog: end offset − committed offset, summed over partitions.
 
 confluent-kafka blocks, so every call runs in this broker's own thread pool and
@@ -34,17 +46,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from visionpipe.broker.base import Backlog, Broker, BrokerError, Delivery
+from visionpipe.broker.base import Backlog, Broker, BrokerError, BrokerStateLost, Delivery, Output, Settled
+from visionpipe.broker.kafka_attempts import AttemptLedger, attempts_topic
+from visionpipe.broker.kafka_config import DELIVERY_TIMEOUT_MS, client_configs
 from visionpipe.broker.kafka_member import Member, position, raise_for, to_delivery
+from visionpipe.broker.kafka_txn import Transactions
 from visionpipe.broker.retry import with_retries
-from visionpipe.broker.security import (
-    BrokerAuthError,
-    kafka_bootstrap,
-    kafka_security_config,
-    kafka_url_overrides,
-    plaintext_password_warning,
-    redact_url,
-)
+from visionpipe.broker.security import BrokerAuthError, plaintext_password_warning, redact_url
 
 if TYPE_CHECKING:
     from visionpipe.settings import Settings
@@ -56,15 +64,6 @@ T = TypeVar("T")
 POOL_THREADS = 32
 # Metadata, offset and admin calls: a healthy broker answers in milliseconds; past this it is unreachable.
 REQUEST_TIMEOUT_S = 10.0
-# Longest a fetch waits at the broker for data. Apache Kafka answers a waiting fetch as soon as data
-# arrives, but Tansu holds it for the full wait: librdkafka's 500 ms default gave a 130 ms p50 hop at
-# 100 msg/s there, 10 ms gives 5 ms. Idle cost: ~100 small fetch requests/s per consumer.
-# Override with the URL: kafka://host:9092?consumer.fetch.wait.max.ms=500
-FETCH_WAIT_MAX_MS = 10
-# How long a publish may wait for delivery reports before it fails as retryable (librdkafka's own default is 300 s).
-DELIVERY_TIMEOUT_MS = 30_000
-
-
 def kafka_group_id(stream: str, group: str) -> str:
     """The Kafka group.id of ``group`` on ``stream`` (what KEDA's Kafka scaler must name).
 
@@ -75,54 +74,23 @@ def kafka_group_id(stream: str, group: str) -> str:
     return f"{stream}.{group}"
 
 
-def _client_configs(url: str, settings: Settings) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(common, producer, consumer) librdkafka configs; URL query ``producer.x=`` / ``consumer.x=`` go to one."""
-    b = settings.broker
-    common: dict[str, Any] = {
-        "bootstrap.servers": kafka_bootstrap(url),
-        "logger": logging.getLogger("visionpipe.broker.rdkafka"),
-        **kafka_security_config(url, settings),
-    }
-    producer: dict[str, Any] = {
-        "acks": "all",
-        "enable.idempotence": True,
-        "linger.ms": 0,  # batching is the executor's job; measured: linger adds its whole value to p50 at low rates
-        "message.max.bytes": b.kafka_max_message_bytes,
-        "message.timeout.ms": DELIVERY_TIMEOUT_MS,
-    }
-    consumer: dict[str, Any] = {
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",  # a new group reads the stream from its start, like XGROUP CREATE ... 0
-        "fetch.wait.max.ms": FETCH_WAIT_MAX_MS,
-        "session.timeout.ms": b.kafka_session_timeout_ms,
-        "heartbeat.interval.ms": b.kafka_heartbeat_ms,
-        "fetch.max.bytes": b.kafka_max_message_bytes,
-        "max.partition.fetch.bytes": b.kafka_max_message_bytes,
-        "receive.message.max.bytes": b.kafka_max_message_bytes + 1024 * 1024,
-    }
-    for key, value in kafka_url_overrides(url).items():
-        if key.startswith("producer."):
-            producer[key.removeprefix("producer.")] = value
-        elif key.startswith("consumer."):
-            consumer[key.removeprefix("consumer.")] = value
-        else:
-            common[key] = value
-    return common, producer, consumer
-
-
 class KafkaBroker(Broker):
+    # Attempts are counted only where a crash could be blamed on a delivery (see kafka_member.py), not per redelivery.
     tracks_attempts = False
 
     def __init__(self, url: str, settings: Settings) -> None:
         self.url = url
         self._settings = settings
-        self._common, producer_conf, self._consumer_conf = _client_configs(url, settings)
+        self._common, producer_conf, self._consumer_conf = client_configs(url, settings)
         self._pool = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="kafka")
         self._producer = Producer({**self._common, **producer_conf})
+        txns = settings.broker.kafka_transactions
+        self._txns = Transactions({**self._common, **producer_conf}, url) if txns else None
         self._admin = AdminClient(self._common)
         self._members: dict[tuple[str, str, str], Member] = {}
         self._readers: dict[str, Consumer] = {}  # per group, for committed offsets; never subscribes
         self._owner: dict[tuple[str, str, int], Member] = {}  # (stream, group, partition) -> member that delivered
+        self._settle_locks: dict[int, asyncio.Lock] = {}  # id(member) -> its settles, one at a time
         self._lock = threading.Lock()
         self._topics: set[str] = set()
 
@@ -158,15 +126,23 @@ class KafkaBroker(Broker):
         if stream not in self._topics:
             await self._run(self._create_topic, stream)
             self._topics.add(stream)
-        # A group needs nothing up front: it exists once a member joins, and reads from the start.
+        # A group needs nothing up front: it exists once a member joins, and reads from the start. Its attempts
+        # topic does: one partition per partition of the stream.
+        if group is not None:
+            ledger = attempts_topic(kafka_group_id(stream, group))
+            if ledger not in self._topics:
+                partitions = (await self._run(self._list_topics)).get(stream, self._settings.broker.kafka_partitions)
+                await self._run(self._create_topic, ledger, partitions)
+                self._topics.add(ledger)
 
-    def _create_topic(self, stream: str) -> None:
+    def _create_topic(self, stream: str, partitions: int | None = None) -> None:
         b = self._settings.broker
+        config = {"max.message.bytes": str(b.kafka_max_message_bytes)}
+        if b.kafka_min_insync_replicas is not None:
+            config["min.insync.replicas"] = str(b.kafka_min_insync_replicas)
+        # -1 is the cluster's default.replication.factor (KIP-464).
         topic = NewTopic(
-            stream,
-            b.kafka_partitions,
-            replication_factor=-1,  # the cluster's default.replication.factor (KIP-464), not a guess here
-            config={"max.message.bytes": str(b.kafka_max_message_bytes)},
+            stream, partitions or b.kafka_partitions, replication_factor=b.kafka_replication_factor, config=config
         )
         for fut in self._admin.create_topics([topic], request_timeout=REQUEST_TIMEOUT_S).values():
             try:
@@ -220,9 +196,13 @@ class KafkaBroker(Broker):
         with self._lock:
             member = self._members.get((stream, group, consumer))
             if member is None:
-                conf = {**self._common, **self._consumer_conf, "group.id": kafka_group_id(stream, group)}
+                group_id = kafka_group_id(stream, group)
+                conf = {**self._common, **self._consumer_conf, "group.id": group_id}
                 conf["client.id"] = consumer
-                member = self._members[(stream, group, consumer)] = Member(conf, stream, group)
+                reader = {**self._common, **self._consumer_conf, "group.id": f"{group_id}.attempts-reader"}
+                ledger = AttemptLedger(attempts_topic(group_id), self._producer, reader, self.url)
+                window = self._settings.broker.kafka_careful_window
+                member = self._members[(stream, group, consumer)] = Member(conf, stream, group, ledger, window)
             return member
 
     async def prepare(self, stream: str, group: str, consumer: str) -> None:
@@ -240,21 +220,55 @@ class KafkaBroker(Broker):
             abandoned.set()
             fut.add_done_callback(member.rewind_if_delivered)
             raise
+        except BrokerStateLost:
+            self._topics.discard(stream)  # so that ensure() makes it again
+            raise
         with self._lock:
             for m in msgs:
                 self._owner[(stream, group, position(m)[0])] = member
-        return [to_delivery(stream, m) for m in msgs]
+        return [to_delivery(stream, m, member.attempts(m)) for m in msgs]
+
+    def _holder(self, stream: str, group: str, d: Delivery) -> tuple[Member | None, int, int]:
+        p, _, o = d.id.partition(":")
+        with self._lock:
+            return self._owner.get((stream, group, int(p))), int(p), int(o)
+
+    async def settle(self, stream: str, group: str, settled: Sequence[Settled]) -> int:
+        by_member: dict[int, tuple[Member, list[tuple[int, int, tuple[Output, ...]]]]] = {}
+        dropped = 0
+        for item in settled:
+            member, p, o = self._holder(stream, group, item.delivery)
+            if member is None:
+                dropped += bool(item.outputs)
+                continue
+            by_member.setdefault(id(member), (member, []))[1].append((p, o, item.outputs))
+        for key, (member, items) in by_member.items():
+            # One settle at a time per member: two would both find the same prefix and publish it twice.
+            async with self._settle_locks.setdefault(key, asyncio.Lock()):
+                dropped += member.mark(items)
+                outputs, commits = member.committable()
+                by_stream: dict[str, list[Output]] = {}
+                for out in outputs:
+                    by_stream.setdefault(out.stream, []).append(out)
+                if self._txns is not None and outputs:
+                    await self._run(self._txns.settle, member, outputs, commits)
+                    continue
+                for name, outs in by_stream.items():
+                    await self.publish(name, [o.data for o in outs], [o.key for o in outs])
+                await self._run(member.commit, commits)
+        return dropped
+
+    async def touch(self, stream: str, group: str, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        by_member: dict[int, tuple[Member, list[tuple[int, int]]]] = {}
+        for d in deliveries:
+            member, p, o = self._holder(stream, group, d)
+            if member is not None:
+                by_member.setdefault(id(member), (member, []))[1].append((p, o))
+        for member, offsets in by_member.values():
+            member.touch(offsets)
 
     async def ack(self, stream: str, group: str, deliveries: Sequence[Delivery]) -> None:
-        by_member: dict[int, tuple[Member, list[tuple[int, int]]]] = {}
-        with self._lock:
-            for d in deliveries:
-                p, _, o = d.id.partition(":")
-                member = self._owner.get((stream, group, int(p)))
-                if member is not None:
-                    by_member.setdefault(id(member), (member, []))[1].append((int(p), int(o)))
-        for member, offsets in by_member.values():
-            await self._run(member.ack, offsets)
+        await self.settle(stream, group, [Settled(d) for d in deliveries])
 
     async def reclaim(self, stream: str, group: str, consumer: str, min_idle_s: float, count: int) -> list[Delivery]:
         """Hand out again this process's deliveries left unacked for ``min_idle_s`` (a failed batch).
@@ -380,5 +394,7 @@ class KafkaBroker(Broker):
         loop = asyncio.get_running_loop()
         done: list[Future[Any]] = [self._pool.submit(close) for close in closers]
         done.append(self._pool.submit(self._producer.flush, 5.0))
+        if self._txns is not None:
+            done.append(self._pool.submit(self._txns.close))
         await asyncio.gather(*(asyncio.wrap_future(f, loop=loop) for f in done), return_exceptions=True)
         self._pool.shutdown(wait=False, cancel_futures=True)

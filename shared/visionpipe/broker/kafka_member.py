@@ -5,6 +5,15 @@ stages ack deliveries one by one and out of order. A :class:`Member` keeps each
 delivery open until every delivery below it in its partition is acked, then
 commits; and it keeps the messages themselves, so that a delivery a living
 member left unacked can be handed out again (``KafkaBroker.reclaim``).
+
+It also counts hand-outs that a crash could be blamed on, in the group's
+attempts topic (``kafka_attempts.py``): before the first message at or past a
+partition's committed offset is handed out, "that offset, handed out once" is
+recorded. A new owner that finds the record still pointing at the committed
+offset knows the last owner died (or lost the partition) holding it, and
+delivers the next ``broker.kafka_careful_window`` messages of that partition
+one at a time, each counted first: the one that kills the process is then
+the one charged, and after ``limits.max_retries`` it is dead-lettered.
 """
 
 from __future__ import annotations
@@ -19,7 +28,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from visionpipe.broker.base import BrokerError, Delivery
+from visionpipe.broker.base import BrokerError, BrokerStateLost, Delivery, Output
+from visionpipe.broker.kafka_attempts import AttemptLedger, Careful
 from visionpipe.broker.security import BrokerAuthError, redact_url
 
 log = logging.getLogger("visionpipe.broker.kafka")
@@ -53,25 +63,55 @@ class Open:
     since: float  # monotonic time of the last hand-out
     attempts: int = 1
     acked: bool = False
+    outputs: tuple[Output, ...] = ()  # settled, waiting to be published with the commit that covers this offset
 
 
 class Member:
     """One group member: its consumer and the deliveries it has not yet committed, per partition."""
 
-    def __init__(self, conf: dict[str, Any], stream: str, group: str) -> None:
+    def __init__(self, conf: dict[str, Any], stream: str, group: str, ledger: AttemptLedger, window: int) -> None:
         self.stream, self.group = stream, group
+        self.group_id, self.name = str(conf["group.id"]), str(conf.get("client.id", ""))
         self.lock = threading.Lock()
         self.poll_lock = threading.Lock()
         # partition -> {offset: delivery}, in delivery (= offset) order; acked ones wait for those below them
         self.open: dict[int, dict[int, Open]] = {}
+        self.ledger, self.window = ledger, window
+        self.assigned: set[int] = set()  # partitions assigned and not yet read from: their first message is the head
+        self.careful: dict[int, Careful] = {}
+        self.recorded: dict[int, int] = {}  # partition -> the head offset its last attempts record names
+        self.in_hand: tuple[int, int] | None = None  # the one careful delivery handed out and not yet acked
         self.consumer = Consumer(conf)
-        self.consumer.subscribe([stream], on_revoke=self._revoked, on_lost=self._revoked)
+        self.consumer.subscribe(
+            [stream], on_assign=self._assigned, on_revoke=self._released, on_lost=self._revoked
+        )
+
+    def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        with self.lock:
+            self.assigned.update(tp.partition for tp in partitions)
+
+    def _released(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Given up in a rebalance, not lost: say so in the attempts topic, so the next owner is not careful."""
+        with self.lock:
+            heads = {tp.partition: min(self.open.get(tp.partition) or [-1]) for tp in partitions}
+        for p, head in heads.items():
+            if head >= 0 and self.recorded.get(p) == head:
+                try:
+                    self.ledger.record(p, head, 0)
+                except BrokerError as exc:  # the next owner is careful for nothing: slower, never wrong
+                    log.info("attempts not cleared on release", extra={"partition": p, "error": str(exc)})
+        self._revoked(consumer, partitions)
 
     def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Another member now reads these from the committed offset: our open deliveries there are theirs again.
         with self.lock:
             for tp in partitions:
                 self.open.pop(tp.partition, None)
+                self.careful.pop(tp.partition, None)
+                self.recorded.pop(tp.partition, None)
+                self.assigned.discard(tp.partition)
+                if self.in_hand is not None and self.in_hand[0] == tp.partition:
+                    self.in_hand = None
 
     def poll(self, count: int, timeout_s: float, url: str, abandoned: threading.Event) -> list[Message]:
         """Up to ``count`` messages; gives them back (rewinds) if the caller stopped waiting meanwhile."""
@@ -96,13 +136,81 @@ class Member:
                 good.append(m)
             elif err.code() in AUTH_CODES or err.fatal():
                 raise_for(err, url, f"consume from {self.stream}")
+            elif err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise BrokerStateLost(f"kafka {redact_url(url)}: {self.stream} is gone: {err}", self.stream)
             else:
                 log.warning("consume error", extra={"stream": self.stream, "error": str(err)})
+        return self._hand_out(good)
+
+    def _hand_out(self, msgs: list[Message]) -> list[Message]:
+        """The messages to hand out now, each registered open and, where a crash could be blamed on it, counted.
+
+        A careful partition hands out one message while none is in hand; the rest of its messages in
+        this fetch are sought back, to be read again once that one is acked.
+        """
+        out: list[Message] = []
+        held_back: dict[int, int] = {}
+        for m in msgs:
+            p, o = position(m)
+            if p in held_back:
+                continue
+            attempts = self._count(p, o)
+            if attempts is None:
+                held_back[p] = o
+                continue
+            with self.lock:
+                self.open.setdefault(p, {})[o] = Open(m, time.monotonic(), attempts)
+            out.append(m)
+        for p, o in held_back.items():
+            try:
+                self.consumer.seek(TopicPartition(self.stream, p, o))
+            except KafkaException as exc:  # revoked meanwhile: the new owner reads from the commit
+                log.debug("hold-back seek skipped", extra={"partition": p, "error": str(exc)})
+        return out
+
+    def _count(self, p: int, o: int) -> int | None:
+        """Attempts of handing out offset ``o`` of ``p`` now (recorded first where needed); None: not now."""
+        if p in self.assigned:  # the first message since assignment sits at the committed offset
+            self.assigned.discard(p)
+            last = self.ledger.last(p)
+            if last is not None and last[0] == o and last[1] >= 1:
+                log.warning(
+                    "partition %d of %s: its last owner died holding offset %d (handed out %d times): delivering "
+                    "the next %d messages one at a time", p, self.stream, o, last[1], self.window,
+                )
+                self.careful[p] = Careful(o + self.window, {o: last[1]})
+        careful = self.careful.get(p)
+        if careful is not None and o >= careful.until:
+            del self.careful[p]
+            careful = None
+        if careful is None:
+            with self.lock:
+                head = min(self.open.get(p) or [o])
+            if self.recorded.get(p) != head:
+                self.ledger.record(p, head, 1)
+                self.recorded[p] = head
+            return 1
+        if self.in_hand is not None:
+            return None
+        attempts = careful.counts.get(o, 0) + 1
+        self.ledger.record(p, o, attempts)
+        careful.counts = {o: attempts}
+        self.recorded[p], self.in_hand = o, (p, o)
+        return attempts
+
+    def attempts(self, m: Message) -> int:
+        p, o = position(m)
         with self.lock:
-            for m in good:
-                p, o = position(m)
-                self.open.setdefault(p, {})[o] = Open(m, time.monotonic())
-        return good
+            d = self.open.get(p, {}).get(o)
+            return d.attempts if d is not None else 1
+
+    def touch(self, offsets: Sequence[tuple[int, int]]) -> None:
+        now = time.monotonic()
+        with self.lock:
+            for p, o in offsets:
+                d = self.open.get(p, {}).get(o)
+                if d is not None:
+                    d.since = now
 
     def rewind(self, msgs: list[Message]) -> None:
         """Undo deliveries nobody will see (the consume was cancelled): read them again."""
@@ -115,6 +223,8 @@ class Member:
                 pending = self.open.get(p, {})
                 for o in [o for o in pending if o >= offset]:
                     del pending[o]
+                if self.in_hand is not None and self.in_hand[0] == p and self.in_hand[1] >= offset:
+                    self.in_hand = None
                 try:
                     self.consumer.seek(TopicPartition(self.stream, p, offset))
                 except KafkaException as exc:  # revoked meanwhile: the new owner reads from the commit
@@ -126,28 +236,57 @@ class Member:
         with self.poll_lock:
             self.rewind(fut.result())
 
-    def ack(self, offsets: Sequence[tuple[int, int]]) -> None:
+    def mark(self, settled: Sequence[tuple[int, int, tuple[Output, ...]]]) -> int:
+        """Mark deliveries settled, keeping their outputs until a commit covers them; returns how many with
+        outputs were no longer held here (settled before, or their partition revoked: the new owner redoes them)."""
+        dropped = 0
+        with self.lock:
+            for p, o, outputs in settled:
+                d = self.open.get(p, {}).get(o)
+                if d is None or d.acked:
+                    dropped += bool(outputs)
+                    continue
+                d.acked, d.outputs = True, outputs
+        return dropped
+
+    def committable(self) -> tuple[list[Output], list[TopicPartition]]:
+        """The outputs of each partition's settled prefix, in offset order, and the commit that covers them.
+
+        Commits are "everything below is done", so an output settled past an unsettled delivery waits here:
+        published now, it would be published again when a crash makes the commit's new owner redo it.
+        """
+        outputs: list[Output] = []
         commits = []
         with self.lock:
-            for p, o in offsets:
-                pending = self.open.get(p)
-                if pending is not None and o in pending:
-                    pending[o].acked = True
-            for p, _ in set(offsets):
-                pending = self.open.get(p, {})
+            for p, pending in self.open.items():
                 done = None
-                for o in list(pending):
-                    if not pending[o].acked:
+                for o, d in pending.items():
+                    if not d.acked:
                         break
+                    outputs += d.outputs
                     done = o
-                    del pending[o]
                 if done is not None:
                     commits.append(TopicPartition(self.stream, p, done + 1))
+        return outputs, commits
+
+    def commit(self, commits: Sequence[TopicPartition]) -> None:
+        """Forget the deliveries below ``commits`` (their outputs are published) and commit them, synchronously."""
+        self.forget(commits)
         if commits:
             try:
-                self.consumer.commit(offsets=commits, asynchronous=False)
+                self.consumer.commit(offsets=list(commits), asynchronous=False)
             except KafkaException as exc:  # partition moved on: the new owner redelivers, which is at-least-once
                 log.info("commit refused", extra={"stream": self.stream, "error": str(exc)})
+
+    def forget(self, commits: Sequence[TopicPartition]) -> None:
+        """Drop the deliveries below ``commits``: committed (by us, or in a transaction)."""
+        with self.lock:
+            for tp in commits:
+                pending = self.open.get(tp.partition, {})
+                for o in [o for o in pending if o < tp.offset]:
+                    del pending[o]
+                if self.in_hand is not None and self.in_hand[0] == tp.partition and self.in_hand[1] < tp.offset:
+                    self.in_hand = None
 
     def close(self) -> None:
         """Leave the group; waits for a poll still running in another thread (closing under it is unsafe)."""
@@ -166,10 +305,16 @@ class Member:
             for part in self.open.values():
                 for d in part.values():
                     if len(out) >= count:
-                        return out
+                        break
                     if not d.acked and now - d.since >= min_idle_s:
                         d.since, d.attempts = now, d.attempts + 1
                         out.append((d.msg, d.attempts))
+            in_hand = self.in_hand
+        for m, attempts in out:  # a careful delivery's count is kept where a restart finds it
+            p, o = position(m)
+            if (p, o) == in_hand and p in self.careful:
+                self.ledger.record(p, o, attempts)
+                self.careful[p].counts = {o: attempts}
         return out
 
 

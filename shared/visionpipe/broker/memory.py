@@ -12,10 +12,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from visionpipe.broker.base import Backlog, Broker, Delivery
+from visionpipe.broker.base import Backlog, Broker, BrokerStateLost, Delivery, Room, Settled
+
+# The settings' default (broker.dedupe_ttl_s), for a MemoryBroker made without settings.
+ONCE_TTL_S = 600.0
 
 
 @dataclass
@@ -43,9 +47,40 @@ class _Store:
         self.lock = threading.Lock()
         self.streams: dict[str, _Stream] = {}
         self.waiters: set[asyncio.Future[None]] = set()
+        # Settled inputs' keys -> monotonic expiry; one TTL for all, so insertion order is expiry order.
+        self.once: OrderedDict[str, float] = OrderedDict()
 
     def stream(self, name: str) -> _Stream:
         return self.streams.setdefault(name, _Stream())
+
+    def append(self, name: str, data: bytes, key: str | None) -> None:
+        s = self.stream(name)
+        s.entries[s.next_seq] = (key, bytes(data))
+        s.next_seq += 1
+
+    def first_settle(self, once: str, ttl_s: float) -> bool:
+        """Record ``once`` as settled; False when it already was (and has not expired)."""
+        now = time.monotonic()
+        while self.once and next(iter(self.once.values())) <= now:
+            self.once.popitem(last=False)
+        if once in self.once:
+            return False
+        self.once[once] = now + ttl_s
+        return True
+
+    def ack(self, stream: str, group: str, seqs: Sequence[int]) -> None:
+        s = self.stream(stream)
+        g = s.groups.get(group)
+        if g is None:
+            return
+        for seq in seqs:
+            g.pending.pop(seq, None)
+            # Delete once no group still needs the entry: bounded by acks, never by length.
+            if all(seq <= other.last_delivered and seq not in other.pending for other in s.groups.values()):
+                s.entries.pop(seq, None)
+
+    def held_bytes(self, stream: str) -> int:
+        return sum(len(data) for _key, data in self.stream(stream).entries.values())
 
     def wake(self) -> None:
         for fut in list(self.waiters):
@@ -66,9 +101,14 @@ def _store_for(url: str) -> _Store:
         return _STORES.setdefault(url, _Store())
 
 
+def _lost(stream: str, group: str) -> BrokerStateLost:
+    return BrokerStateLost(f"no group {group!r} on stream {stream!r}: deleted, or never made by ensure()", stream)
+
+
 class MemoryBroker(Broker):
-    def __init__(self, url: str = "memory://") -> None:
+    def __init__(self, url: str = "memory://", once_ttl_s: float = ONCE_TTL_S) -> None:
         self.url = url
+        self.once_ttl_s = once_ttl_s
         self._store = _store_for(url)
 
     async def ensure(self, stream: str, group: str | None = None) -> None:
@@ -82,11 +122,47 @@ class MemoryBroker(Broker):
         if len(keys) != len(messages):
             raise ValueError("keys and messages differ in length")
         with self._store.lock:
-            s = self._store.stream(stream)
             for key, data in zip(keys, messages, strict=True):
-                s.entries[s.next_seq] = (key, bytes(data))
-                s.next_seq += 1
+                self._store.append(stream, data, key)
         self._store.wake()
+
+    async def publish_if_room(
+        self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None], room: Room
+    ) -> dict[str, int] | None:
+        if len(keys) != len(messages):
+            raise ValueError("keys and messages differ in length")
+        with self._store.lock:
+            held = {name: self._store.held_bytes(name) for name in room.streams}
+            if sum(held.values()) >= room.max_bytes:
+                return held
+            for key, data in zip(keys, messages, strict=True):
+                self._store.append(stream, data, key)
+        self._store.wake()
+        return None
+
+    async def settle(self, stream: str, group: str, settled: Sequence[Settled]) -> int:
+        duplicates = 0
+        with self._store.lock:
+            for item in settled:
+                if item.once is not None and not self._store.first_settle(item.once, self.once_ttl_s):
+                    duplicates += 1
+                    continue
+                for out in item.outputs:
+                    self._store.append(out.stream, out.data, out.key)
+            self._store.ack(stream, group, [int(item.delivery.id) for item in settled])
+        self._store.wake()
+        return duplicates
+
+    async def touch(self, stream: str, group: str, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        now = time.monotonic()
+        with self._store.lock:
+            g = self._store.stream(stream).groups.get(group)
+            if g is None:
+                return
+            for d in deliveries:
+                p = g.pending.get(int(d.id))
+                if p is not None and p.consumer == consumer:
+                    p.since = now
 
     async def consume(self, stream: str, group: str, consumer: str, count: int, timeout_s: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout_s
@@ -114,7 +190,7 @@ class MemoryBroker(Broker):
             s = self._store.stream(stream)
             g = s.groups.get(group)
             if g is None:
-                raise KeyError(f"no group {group!r} on stream {stream!r}; call ensure() first")
+                raise _lost(stream, group)
             out: list[Delivery] = []
             for seq in range(g.last_delivered + 1, s.next_seq):
                 if len(out) >= count:
@@ -129,16 +205,7 @@ class MemoryBroker(Broker):
 
     async def ack(self, stream: str, group: str, deliveries: Sequence[Delivery]) -> None:
         with self._store.lock:
-            s = self._store.stream(stream)
-            g = s.groups.get(group)
-            if g is None:
-                return
-            for d in deliveries:
-                seq = int(d.id)
-                g.pending.pop(seq, None)
-                # Delete once no group still needs the entry: bounded by acks, never by length.
-                if all(seq <= other.last_delivered and seq not in other.pending for other in s.groups.values()):
-                    s.entries.pop(seq, None)
+            self._store.ack(stream, group, [int(d.id) for d in deliveries])
 
     async def reclaim(self, stream: str, group: str, consumer: str, min_idle_s: float, count: int) -> list[Delivery]:
         now = time.monotonic()
@@ -146,7 +213,7 @@ class MemoryBroker(Broker):
             s = self._store.stream(stream)
             g = s.groups.get(group)
             if g is None:
-                return []
+                raise _lost(stream, group)
             out: list[Delivery] = []
             for seq, p in sorted(g.pending.items()):
                 if len(out) >= count:

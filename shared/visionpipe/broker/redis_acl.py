@@ -17,19 +17,24 @@ import argparse
 import hashlib
 from pathlib import Path
 
-# Exactly what redis_streams.RedisBroker sends. Scripts are checked command by command,
-# so the ack script's XINFO/XPENDING/XTRIM are listed as well as EVALSHA.
+# Exactly what redis_streams.RedisBroker sends. Scripts are checked command by command, so what the settle,
+# touch and admit scripts call (EXISTS, SET of once-keys, XINFO, XPENDING, XTRIM, XCLAIM, MEMORY USAGE) is listed
+# as well as EVALSHA. The once-keys live under the stream prefix, so the key pattern covers them.
 STREAM_COMMANDS = (
     "xadd",
     "xreadgroup",
     "xack",
     "xautoclaim",
+    "xclaim",
     "xpending",
     "xinfo|groups",
     "xlen",
     "xrange",
     "xtrim",
     "xgroup|create",
+    "exists",
+    "set",
+    "memory|usage",
     "evalsha",
     "script|load",
 )

@@ -6,11 +6,20 @@ contract onto Redis:
 
 * publish: pipelined ``XADD`` (never ``MAXLEN``: trimming by length loses data);
 * consume: ``XREADGROUP ... >``, so the entry stays in the group's pending list;
-* ack: ``XACK``, then, in the same server-side script, ``XTRIM MINID`` up to the
+* settle (and ack, a settle without outputs): one script (``settle.lua``) that
+  ``XADD``s each input's outputs unless its once-key (``SET NX PX``) shows they
+  were published already, ``XACK``s the inputs and ``XTRIM MINID``s up to the
   oldest entry some group still needs — memory is bounded by acks, not by length;
+* touch: ``XCLAIM … JUSTID`` to the consumer itself (``touch.lua``), which resets
+  the idle time of entries still being worked on;
 * reclaim: ``XAUTOCLAIM`` (entries idle at a dead consumer), then ``XPENDING``
   for their delivery counts, which the dead-letter policy reads;
-* backlog: ``XINFO GROUPS`` pending + lag (Redis 7).
+* backlog: ``XINFO GROUPS`` pending + lag (Redis 7);
+* publish_if_room: ``MEMORY USAGE`` of the counted streams and ``XADD`` in one
+  script (``admit.lua``).
+
+A missing group (``NOGROUP``: the server restarted without its data) raises
+:class:`BrokerStateLost`; a write refused at ``maxmemory`` raises :class:`BrokerFull`.
 """
 
 from __future__ import annotations
@@ -26,7 +35,16 @@ import redis.asyncio as aioredis
 from redis import exceptions as rex
 from redis.asyncio.connection import ConnectionPool, parse_url
 
-from visionpipe.broker.base import Backlog, Broker, BrokerError, Delivery
+from visionpipe.broker.base import (
+    Backlog,
+    Broker,
+    BrokerError,
+    BrokerFull,
+    BrokerStateLost,
+    Delivery,
+    Room,
+    Settled,
+)
 from visionpipe.broker.retry import with_retries
 from visionpipe.broker.security import (
     BrokerAuthError,
@@ -44,11 +62,14 @@ log = logging.getLogger("visionpipe.broker.redis")
 DATA, KEY = b"d", b"k"
 # Connecting is quick on a LAN; a host that does not answer in 5 s is down, and the retry loop takes over.
 CONNECT_TIMEOUT_S = 5.0
-# Keeps XACK's argument list (and the Lua stack in the ack script) well under Lua's 8000-slot limit.
+# Keeps XACK's argument list (and the Lua stack in the settle script) well under Lua's 8000-slot limit.
 ACK_CHUNK = 1000
 
-# XACK, then trim what every group is done with (keys and arguments documented in the file's header).
-ACK_AND_TRIM = (Path(__file__).parent / "ack_and_trim.lua").read_text()
+# Server-side scripts; the keys and arguments of each are documented in its file's header.
+_SCRIPTS = Path(__file__).parent
+SETTLE = (_SCRIPTS / "settle.lua").read_text()
+TOUCH = (_SCRIPTS / "touch.lua").read_text()
+ADMIT = (_SCRIPTS / "admit.lua").read_text()
 
 
 @contextlib.contextmanager
@@ -62,12 +83,20 @@ def _errors(url: str) -> Iterator[None]:
         if isinstance(exc.__cause__ or exc.__context__, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
             raise BrokerAuthError(f"TLS to {redact_url(url)} failed: {exc}") from exc
         raise BrokerError(f"redis {redact_url(url)}: {exc}") from exc
+    except rex.OutOfMemoryError as exc:
+        raise BrokerFull(f"redis {redact_url(url)} is full: {exc}") from exc
     except rex.ResponseError as exc:
         if str(exc).startswith("NOGROUP"):
-            raise KeyError(str(exc)) from exc
+            raise BrokerStateLost(f"redis {redact_url(url)}: {exc}", _stream_in(str(exc))) from exc
         if str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
             raise BrokerAuthError(f"redis {redact_url(url)} refused us: {exc}") from exc
         raise
+
+
+def _stream_in(nogroup: str) -> str:
+    """The stream a NOGROUP error names: "NOGROUP No such key 'vp.frames' or consumer group 'decode' …"."""
+    parts = nogroup.split("'")
+    return parts[1] if len(parts) > 1 else ""
 
 
 def _s(value: bytes | str) -> str:
@@ -97,10 +126,13 @@ def pool_kwargs(url: str, settings: Settings) -> dict[str, Any]:
 
 
 class RedisBroker(Broker):
-    def __init__(self, url: str, client: aioredis.Redis) -> None:
+    def __init__(self, url: str, client: aioredis.Redis, once_ttl_s: float) -> None:
         self.url = url
         self._r = client
-        self._ack_script = client.register_script(ACK_AND_TRIM)
+        self._once_ttl_ms = max(1, int(once_ttl_s * 1000))
+        self._settle_script = client.register_script(SETTLE)
+        self._touch_script = client.register_script(TOUCH)
+        self._admit_script = client.register_script(ADMIT)
 
     @classmethod
     async def connect(cls, url: str, settings: Settings) -> RedisBroker:
@@ -108,7 +140,7 @@ class RedisBroker(Broker):
         if warning:
             log.warning(warning)
         client = aioredis.Redis.from_pool(ConnectionPool(**pool_kwargs(url, settings)))
-        broker = cls(url, client)
+        broker = cls(url, client, settings.broker.dedupe_ttl_s)
 
         async def attempt() -> None:
             with _errors(url):
@@ -156,10 +188,46 @@ class RedisBroker(Broker):
         return out
 
     async def ack(self, stream: str, group: str, deliveries: Sequence[Delivery]) -> None:
-        ids = [d.id for d in deliveries]
+        for i in range(0, len(deliveries), ACK_CHUNK):
+            await self.settle(stream, group, [Settled(d) for d in deliveries[i : i + ACK_CHUNK]])
+
+    async def settle(self, stream: str, group: str, settled: Sequence[Settled]) -> int:
+        keys: list[str] = [stream]
+        args: list[Any] = [group, self._once_ttl_ms, len(settled)]
+        index: dict[str, int] = {}
+
+        def key_index(name: str) -> int:  # 1-based, as Lua's KEYS
+            if name not in index:
+                keys.append(name)
+                index[name] = len(keys)
+            return index[name]
+
+        for item in settled:
+            args += [item.delivery.id, key_index(item.once) if item.once else 0, len(item.outputs)]
+            for out in item.outputs:
+                args += [key_index(out.stream), out.key or "", out.data]
         with _errors(self.url):
-            for i in range(0, len(ids), ACK_CHUNK):
-                await self._ack_script(keys=[stream], args=[group, *ids[i : i + ACK_CHUNK]])
+            _acked, duplicates = await self._settle_script(keys=keys, args=args)
+        return int(duplicates)
+
+    async def touch(self, stream: str, group: str, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        ids = sorted((d.id for d in deliveries), key=_id_key)
+        with _errors(self.url):
+            await self._touch_script(keys=[stream], args=[group, consumer, ids[0], ids[-1], *ids])
+
+    async def publish_if_room(
+        self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None], room: Room
+    ) -> dict[str, int] | None:
+        if len(keys) != len(messages):
+            raise ValueError("keys and messages differ in length")
+        args: list[Any] = [room.max_bytes]
+        for data, key in zip(messages, keys, strict=True):
+            args += [data, key or ""]
+        with _errors(self.url):
+            held: Any = await self._admit_script(keys=[stream, *room.streams], args=args)
+        return None if held is None else {name: int(n) for name, n in zip(room.streams, held, strict=True)}
 
     async def reclaim(self, stream: str, group: str, consumer: str, min_idle_s: float, count: int) -> list[Delivery]:
         idle_ms = int(min_idle_s * 1000)
