@@ -27,14 +27,17 @@ from visionpipe.settings import Settings
 from visionpipe.topology import STAGES
 
 OVERLOAD_FACTOR = 3.0
-# Calibration on a short burst can underestimate the steady state (measured: 11.0 calibrated vs 11.4
-# sustained), so the schedule aims above the target; the assertion checks the rate actually offered.
-OFFER_MARGIN = 1.4
+# Calibration on a short burst misjudges the steady state on a loaded box (measured: 1.4-1.9x below what the
+# pipeline then sustained), so the schedule aims well above the target; the assertion checks the rate offered.
+OFFER_MARGIN = 2.5
 OVERLOAD_S = 60.0
 CALIBRATION_REQUESTS = 16
 # The watermark is a few seconds of work at capacity: enough to keep every stage busy, little to drain.
 WATERMARK_SECONDS_OF_WORK = 5.0
 MIN_WATERMARK = 12
+# ...and at most this many: results that leave the classifier in bursts can make a short calibration read
+# far too fast (measured once: a watermark near 5,000, then a drain longer than DRAIN_TIMEOUT_S).
+MAX_WATERMARK = 120
 SAMPLE_S = 0.5
 # RSS may grow while the executors and allocators settle early on; after that it must flatten: the last
 # half's peak stays within this of the first half's (a leak or an unbounded queue grows without end).
@@ -93,7 +96,7 @@ async def test_three_times_capacity_for_a_minute_then_drain(pipeline: Pipeline, 
     async with await connect(settings=pipeline.settings) as broker:
         sink = await Sink(broker, pipeline.settings).open()
         capacity = await _calibrate(broker, pipeline.settings, sink, tag)
-        watermark = max(MIN_WATERMARK, round(capacity * WATERMARK_SECONDS_OF_WORK))
+        watermark = min(MAX_WATERMARK, max(MIN_WATERMARK, round(capacity * WATERMARK_SECONDS_OF_WORK)))
         s = pipeline.settings.model_copy(deep=True)
         s.limits.ingress_high_watermark = watermark
         rate = OFFER_MARGIN * OVERLOAD_FACTOR * capacity
