@@ -35,7 +35,7 @@ CPU_MAX_BATCH = 4
 
 
 def stage_executor(
-    fn: Callable[[torch.Tensor], list[Any]], item_shape: tuple[int, ...], settings: ExecutorSettings, device: str
+    fn: Callable[[torch.Tensor], Any], item_shape: tuple[int, ...], settings: ExecutorSettings, device: str
 ) -> BatchExecutor:
     """A ``BatchExecutor`` around ``fn`` on ``device``, built the same way for every DNN stage."""
     if device == "cpu" and settings.max_batch > CPU_MAX_BATCH:
@@ -70,7 +70,7 @@ class DnnStage(Stage):
     def item_shape(self) -> tuple[int, ...]: ...
 
     @abstractmethod
-    def build_fn(self, model: LoadedModel, device: str) -> Callable[[torch.Tensor], list[Any]]: ...
+    def build_fn(self, model: LoadedModel, device: str) -> Callable[[torch.Tensor], Any]: ...
 
     @abstractmethod
     async def _one(self, env: Envelope) -> Outcome: ...
@@ -78,7 +78,7 @@ class DnnStage(Stage):
     async def start(self) -> None:
         device = resolve_device(self.settings.service.device)
         name, weights = self.model_spec
-        model = await asyncio.to_thread(load_model, self.kind, name, weights)
+        model = await asyncio.to_thread(load_model, self.kind, name, weights, self.settings.models.cache_dir)
         self.model = model
         self.executor = stage_executor(self.build_fn(model, device), self.item_shape, self.settings.executor, device)
         self.executor.on_batch = self._on_batch

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 
+from visionpipe.services.models.efficientnet_lite import fuse_batchnorm
 from visionpipe.services.weights import LoadedModel
 from visionpipe.settings import ClassifierSettings, ExecutorSettings
 
@@ -33,25 +34,28 @@ def imagenet_input(device: str, channels_last: bool) -> Callable[[torch.Tensor],
 
 def classifier_fn(
     model: LoadedModel, settings: ClassifierSettings, executor: ExecutorSettings, device: str
-) -> Callable[[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
-    """``fn(batch)`` for the executor: (b, 3, C, C) uint8 crops -> per crop (top-k scores, top-k labels)."""
-    module = model.module.to(device)
+) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """``fn(batch)`` for the executor: (B, 3, C, C) uint8 crops -> ``{"scores", "labels"}``, each (B, top_k)."""
+    module = model.module
+    if not model.scripted:
+        fuse_batchnorm(module)  # an eval-mode affine map the conv absorbs: one memory pass less per layer
+    module = module.to(device)
     cuda = device.startswith("cuda")
     # channels_last helps tensor cores; on the CPU it sent mobilenet_v3_small's depthwise convs down a path ~9x
-    # slower at b16 (measured here: 1.9 s vs 0.21 s), so the CPU keeps the default layout.
-    channels_last = cuda and executor.channels_last and not model.scripted
+    # slower at b16 (measured here: 1.9 s vs 0.21 s), while EfficientNet-Lite0 ran 2.3x faster: per model.
+    channels_last = not model.scripted and (executor.channels_last if cuda else model.channels_last_on_cpu)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     prepare = imagenet_input(device, channels_last)
     autocast_dtype = getattr(torch, executor.dtype)
 
     @torch.inference_mode()
-    def fn(batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def fn(batch: torch.Tensor) -> dict[str, torch.Tensor]:
         x = prepare(batch)
         with torch.autocast("cuda", dtype=autocast_dtype, enabled=cuda and autocast_dtype != torch.float32):
             logits = module(x)
         probs = logits.float().softmax(dim=1)
         top = probs.topk(min(settings.top_k, probs.shape[1]), dim=1)
-        return list(zip(top.values, top.indices, strict=True))
+        return {"scores": top.values, "labels": top.indices.to(torch.int32)}
 
     return fn

@@ -38,7 +38,7 @@ class ClassifierStage(DnnStage):
     def item_shape(self) -> tuple[int, ...]:
         return (3, self.crop, self.crop)
 
-    def build_fn(self, model: LoadedModel, device: str) -> Callable[[torch.Tensor], list[Any]]:
+    def build_fn(self, model: LoadedModel, device: str) -> Callable[[torch.Tensor], Any]:
         return classifier_fn(model, self.settings.classifier, self.settings.executor, device)
 
     async def _one(self, env: Envelope) -> Outcome:
@@ -54,10 +54,10 @@ class ClassifierStage(DnnStage):
             return exc
         done = time.time_ns()
         results = []
-        for obj, (scores, labels) in zip(objects, tops, strict=True):
+        for obj, top in zip(objects, tops, strict=True):
             top_k = [
                 {"label": int(label), "name": self.model.label_name(int(label)), "score": round(float(score), 5)}
-                for score, label in zip(np.asarray(scores).tolist(), np.asarray(labels).tolist(), strict=True)
+                for score, label in zip(top["scores"].tolist(), top["labels"].tolist(), strict=True)
             ]
             results.append({**obj, "top_k": top_k})
         weights = dict(env.payload.get("weights") or {})

@@ -40,7 +40,7 @@ class DetectorStage(DnnStage):
         size = self.settings.decode.input_size
         return (size, size, 3)
 
-    def build_fn(self, model: LoadedModel, device: str) -> Callable[[torch.Tensor], list[Any]]:
+    def build_fn(self, model: LoadedModel, device: str) -> Callable[[torch.Tensor], Any]:
         detector = self.settings.detector
         if model.is_random and "score_threshold" not in detector.model_fields_set:
             # Random weights score ~0.01, so the default threshold would hand the classifier nothing and an
@@ -61,17 +61,18 @@ class DetectorStage(DnnStage):
         assert self.executor is not None and self.model is not None, "start() first"
         start = time.time_ns()
         try:
-            boxes, scores, labels, crops = await self.submit(image)
+            found = await self.submit(image)
         except Exception as exc:  # transient (device, executor); the worker leaves it for redelivery
             return exc
         done = time.time_ns()
+        n = int(found["count"])  # the device function pads every image to max_detections rows
         out = env.child(
             width=geo["width"],
             height=geo["height"],
-            objects=self._objects(boxes, scores, labels, geo),
+            objects=self._objects(found["boxes"][:n], found["scores"][:n], found["labels"][:n], geo),
             weights={"detector": self.model.weights},
         )
-        out.arrays["crops"] = np.ascontiguousarray(crops.numpy() if hasattr(crops, "numpy") else crops)
+        out.arrays["crops"] = np.ascontiguousarray(found["crops"][:n].numpy())
         out.stamp(self.name, Event.BATCH_START, start)
         out.stamp(self.name, Event.COMPUTE_DONE, done)
         return out

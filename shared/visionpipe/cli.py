@@ -63,6 +63,7 @@ class LazyGroup(click.Group):
             "Pass messages through one relay stage; print hop latency.",
         ),
         "dlq": ("visionpipe.broker.dlq:dlq", "List or replay dead-lettered messages."),
+        "models": ("visionpipe.services.models.cli:models", "List, fetch and verify the bundled models."),
     },
 )
 @click.version_option(__version__, prog_name="visionpipe")

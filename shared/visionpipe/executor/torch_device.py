@@ -63,9 +63,14 @@ def _record_stream(out: Any, stream: torch.cuda.Stream) -> None:
 
 
 def split_outputs(out: Any, n: int) -> list[Any]:
-    """fn may return one batched tensor or one output per item; the caller always gets a list of n."""
+    """fn may return one batched tensor, a dict of them, or one output per item; the caller gets a list of n.
+
+    A dict's tensors are batched along their first dimension: item i gets ``{k: v[i]}``.
+    """
     if isinstance(out, torch.Tensor):
         return list(out.unbind(0))
+    if isinstance(out, dict):
+        return [{k: v[i] for k, v in out.items()} for i in range(n)]
     outputs = list(out)
     if len(outputs) != n:
         raise ValueError(f"fn returned {len(outputs)} outputs for a batch of {n}")

@@ -13,10 +13,9 @@ from visionpipe.settings import ClassifierSettings, ExecutorSettings
 def test_classifier_fn_top_k() -> None:
     model = load_model("classification", CLASSIFIER, RANDOM)
     fn = classifier_fn(model, ClassifierSettings(top_k=3), ExecutorSettings(), "cpu")
-    outputs = fn(torch.zeros(5, 3, CROP, CROP, dtype=torch.uint8))
-    assert len(outputs) == 5
-    scores, labels = outputs[0]
-    assert scores.shape == (3,) and labels.shape == (3,)
+    out = fn(torch.zeros(5, 3, CROP, CROP, dtype=torch.uint8))
+    assert out["scores"].shape == (5, 3) and out["labels"].shape == (5, 3)  # batched: item i is row i
+    scores = out["scores"][0]
     assert (scores[:-1] >= scores[1:]).all() and float(scores.sum()) <= 1.0 + 1e-5
 
 

@@ -1,37 +1,66 @@
-"""The detector's device function: capped boxes, and crops cut exactly on the box."""
+"""The detector's device function: a padded batch with counts, capped boxes, crops cut exactly on the box."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from tests.services.helpers import CROP, DETECTOR, INPUT_SIZE, MAX_DETECTIONS
-from visionpipe.services.detector.model import detector_fn
+from visionpipe.services.detector.model import detector_fn, pad_detections
 from visionpipe.services.weights import RANDOM, load_model
 from visionpipe.settings import DetectorSettings, ExecutorSettings
 
 
-def test_detector_fn_caps_boxes_and_cuts_crops() -> None:
-    model = load_model("detection", DETECTOR, RANDOM)
-    settings = DetectorSettings(model=DETECTOR, score_threshold=0.0, max_detections=MAX_DETECTIONS, crop_size=CROP)
+@pytest.mark.parametrize("name", [DETECTOR, "nanodet_g"])
+def test_detector_fn_returns_a_padded_batch_with_counts(name: str) -> None:
+    """Fixed shapes for a batch size (the executor's contract), the real rows first, padding zeroed."""
+    model = load_model("detection", name, RANDOM)
+    settings = DetectorSettings(model=name, score_threshold=0.0, max_detections=MAX_DETECTIONS, crop_size=CROP)
     fn = detector_fn(model, settings, ExecutorSettings(), "cpu")
     batch = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (2, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8))
-    outputs = fn(batch)
-    assert len(outputs) == 2
-    for boxes, scores, labels, crops in outputs:
-        n = len(boxes)
-        assert 0 < n <= MAX_DETECTIONS
-        assert boxes.shape == (n, 4) and scores.shape == (n,) and labels.shape == (n,)
-        assert crops.shape == (n, 3, CROP, CROP) and crops.dtype == torch.uint8
+    out = fn(batch)
+    k = MAX_DETECTIONS
+    assert out["boxes"].shape == (2, k, 4) and out["scores"].shape == (2, k) and out["labels"].shape == (2, k)
+    assert out["crops"].shape == (2, k, 3, CROP, CROP) and out["crops"].dtype == torch.uint8
+    assert out["count"].shape == (2,) and all(0 < int(n) <= k for n in out["count"])
+    for i in range(2):
+        n = int(out["count"][i])
+        boxes = out["boxes"][i, :n]
         assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+        assert (out["scores"][i, :n][:-1] >= out["scores"][i, :n][1:]).all()
+        assert (out["labels"][i, n:] == -1).all() and not out["crops"][i, n:].any()
 
 
-def test_detector_crop_is_the_box_content() -> None:
-    """roi_align cuts exactly the box: a white square in a black image gives an all-white crop."""
-    from visionpipe.services.detector.model import _crops
+def test_threshold_counts_only_boxes_above_it() -> None:
+    """torchvision's per-image lists become one table; the count is what passes the threshold, capped."""
+    dets = [
+        {"boxes": torch.tensor([[0.0, 0, 4, 4], [1, 1, 5, 5], [2, 2, 6, 6]]), "scores": torch.tensor([0.2, 0.9, 0.5]),
+         "labels": torch.tensor([3, 1, 2])},
+        {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)},
+    ]  # fmt: skip
+    table = pad_detections(dets, threshold=0.4, k=2)
+    assert table.count.tolist() == [2, 0]
+    assert table.scores[0].tolist() == pytest.approx([0.9, 0.5]) and table.labels[0].tolist() == [1, 2]
+    assert table.boxes[0, 0].tolist() == [1, 1, 5, 5] and table.labels[1].tolist() == [-1, -1]
 
-    image = torch.zeros(1, 3, 100, 100)
-    image[:, :, 20:60, 30:70] = 1.0
-    crops = _crops(image, [torch.tensor([[30.0, 20.0, 70.0, 60.0], [0.0, 0.0, 10.0, 10.0]])], 16)
-    assert crops.shape == (2, 3, 16, 16)
-    assert (crops[0] == 255).all() and (crops[1] == 0).all()
+
+@pytest.mark.parametrize("device_kind", ["cpu", "static"])
+def test_detector_crop_is_the_box_content(device_kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """roi_align cuts exactly the box: a white square in a black image gives an all-white crop, padding stays black.
+
+    ``static`` runs the accelerator path (every row cut, padding zeroed by mask) on the CPU.
+    """
+    from visionpipe.services.detector import model as detector_model
+
+    image = torch.zeros(1, 3, 100, 100, dtype=torch.uint8)
+    image[:, :, 20:60, 30:70] = 255
+    boxes = torch.tensor([[[30.0, 20.0, 70.0, 60.0], [0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 0.0, 0.0]]])
+    if device_kind == "static":
+        monkeypatch.setattr(detector_model, "_on_cpu", lambda t: False)
+    crops = detector_model.cut_crops(image, boxes, torch.tensor([2]), 16, expand=0.0)
+    assert crops.shape == (1, 3, 3, 16, 16)
+    assert (crops[0, 0] == 255).all() and (crops[0, 1] == 0).all() and (crops[0, 2] == 0).all()
+    # A square 1.2x crop of a 40x40 box has a black border of 4 px on each side of 48: white in the middle.
+    square = detector_model.cut_crops(image, boxes, torch.tensor([1]), 48, expand=1.2)
+    assert (square[0, 0, :, 8:40, 8:40] == 255).all() and (square[0, 0, :, :2] == 0).all()
