@@ -39,12 +39,15 @@ def test_walk_sorts_and_skips_hidden(tmp_path: Path) -> None:
     assert list(walk([tmp_path / "in"])) == sorted(good + bad)
 
 
-def test_samples_ship_with_the_package() -> None:
+def test_samples_ship_with_the_package_and_their_notices() -> None:
     samples = shipped_samples()
     sizes = {p.name for p in samples}
     assert any("1920x1080" in n for n in sizes) and any(n.endswith(".png") for n in sizes)
-    assert sum(1 for n in sizes if "640x480" in n) >= 3
+    assert sum(1 for n in sizes if "640x480" in n) >= 2
     assert sum(p.stat().st_size for p in samples) < 1_000_000
+    notice = (samples[0].parent / "NOTICE.txt").read_text()
+    assert [n for n in sizes if f"\n{n}  " not in notice] == [], "every shipped image needs its licence statement"
+    assert notice.count("CC0") + notice.count("public domain") >= 4  # the four photographs
 
 
 def test_run_cli_writes_one_line_per_input(tmp_path: Path, ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
