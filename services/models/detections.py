@@ -10,7 +10,7 @@ count on the host once per batch — the one sync left, and unavoidable with it.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass
 
 import torch
 from torchvision.ops import batched_nms
@@ -20,7 +20,8 @@ from torchvision.ops import batched_nms
 PRE_NMS_TOPK = 1000
 
 
-class Detections(NamedTuple):
+@dataclass(frozen=True)
+class Detections:
     """``boxes (B, K, 4)`` xyxy, ``scores (B, K)``, ``labels (B, K)`` int64, ``count (B,)``.
 
     Rows ``>= count[b]`` are padding (zeros, label -1); valid rows are sorted by descending score.

@@ -47,6 +47,7 @@ def _read_weight(spec: dict[str, Any], buf: bytes, offset: int) -> tuple[np.ndar
     shape = [int(s) for s in spec["shape"]]
     count = int(np.prod(shape)) if shape else 1
     quant = spec.get("quantization")
+    stored: np.dtype[Any]
     if quant is None:
         stored = np.dtype(_DTYPES[spec["dtype"]])
     elif quant["dtype"] in _QUANTISED:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,45 @@ def test_run_cli_writes_one_line_per_input(tmp_path: Path, ns: str, monkeypatch:
     # The summary: throughput, the split, the bad inputs, and the random weights said plainly.
     for words in ("images/s", "p50", "broker hop", "decode", "detector", "classifier", "bad inputs", "RANDOM"):
         assert words in result.output, words
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network beyond loopback: any connection elsewhere fails, as on an offline machine."""
+    real_connect = socket.socket.connect
+
+    def connect(self: socket.socket, address: object) -> None:
+        if self.family == socket.AF_UNIX or (isinstance(address, tuple) and address[0] in ("127.0.0.1", "::1")):
+            return real_connect(self, address)  # type: ignore[arg-type]
+        raise OSError(f"offline test: no connection to {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+def test_readme_run_command_prints_real_labels_offline(
+    bundled_models: Path, tmp_path: Path, offline: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run`'s `visionpipe run` with the defaults: the bundled models, real objects and labels, nothing random."""
+    monkeypatch.setenv("VISIONPIPE_MODELS__CACHE_DIR", str(bundled_models))
+    monkeypatch.setenv("VISIONPIPE_SERVICE__DEVICE", "cpu")
+    monkeypatch.setenv("VISIONPIPE_EXECUTOR__WARMUP_REPEATS", "1")
+    out = tmp_path / "results.jsonl"
+    result = CliRunner().invoke(run, ["--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "RANDOM" not in result.output and "nanodet_g" in result.output and "efficientnet_lite0" in result.output
+    found = {Path(r["path"]).name: r["objects"] for r in map(json.loads, out.read_text().splitlines())}
+    assert found["astronaut-512x512.jpg"][0]["label_name"] == "person"
+    cat = found["chelsea-451x300.jpg"][0]
+    assert cat["label_name"] == "cat" and cat["top_k"][0]["name"] in ("Egyptian cat", "tabby", "tiger cat")
+    assert set(cat) >= {"box", "score", "label", "label_name", "top_k"}  # the result fields clients read
+
+
+def test_run_without_the_bundled_weights_says_what_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VISIONPIPE_MODELS__CACHE_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("VISIONPIPE_SERVICE__DEVICE", "cpu")
+    result = CliRunner().invoke(run, ["--out", str(tmp_path / "r.jsonl"), "--quiet"])
+    assert result.exit_code == 1 and "cannot start" in result.output
+    assert "visionpipe models fetch" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.gpu
