@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -77,19 +76,6 @@ def test_run_cli_writes_one_line_per_input(tmp_path: Path, ns: str, monkeypatch:
     # The summary: throughput, the split, the bad inputs, and the random weights said plainly.
     for words in ("images/s", "p50", "broker hop", "decode", "detector", "classifier", "bad inputs", "RANDOM"):
         assert words in result.output, words
-
-
-@pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No network beyond loopback: any connection elsewhere fails, as on an offline machine."""
-    real_connect = socket.socket.connect
-
-    def connect(self: socket.socket, address: object) -> None:
-        if self.family == socket.AF_UNIX or (isinstance(address, tuple) and address[0] in ("127.0.0.1", "::1")):
-            return real_connect(self, address)  # type: ignore[arg-type]
-        raise OSError(f"offline test: no connection to {address}")
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
 
 
 def test_readme_run_command_prints_real_labels_offline(
