@@ -202,14 +202,19 @@ def prepare(images: torch.Tensor, size: int) -> torch.Tensor:
     """Letterboxed RGB uint8 ``(B, 3, S, S)`` -> NanoDet's input: ``(B, 3, size, size)`` BGR, normalised.
 
     Square in, square out, so the letterbox geometry only scales by ``size / S``. Bilinear with
-    antialias when shrinking, on the images' device, one op sequence for the whole batch.
+    antialias when shrinking, on the images' device, one op sequence for the whole batch. On the
+    CPU the resize runs on the uint8 channels-last batch itself: that kernel took 1.5 ms for four
+    640² images where the float one took 32 ms (measured here). CUDA's takes floats only.
     """
-    x = images.float()
+    x = images
     if x.shape[-1] != size:
+        if x.device.type != "cpu":
+            x = x.float()
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    x = x.flip(1).float()  # RGB -> BGR
     mean = x.new_tensor(MEAN_BGR).view(1, 3, 1, 1)
     std = x.new_tensor(STD_BGR).view(1, 3, 1, 1)
-    return (x.flip(1) - mean) / std  # RGB -> BGR
+    return (x - mean) / std
 
 
 _centres: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}

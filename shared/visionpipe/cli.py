@@ -84,6 +84,10 @@ def main() -> None:
             "Produce -> consume -> ack hop at stream payload sizes.",
         ),
         "decode": ("visionpipe.loadgen.bench.decode:bench_decode", "Decode paths side by side on the same files."),
+        "pipeline": (
+            "visionpipe.loadgen.bench.pipeline:bench_pipeline",
+            "Bundled vs old models, visionpipe run vs a plain script (CPU).",
+        ),
     },
 )
 def bench() -> None:

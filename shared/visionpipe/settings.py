@@ -109,6 +109,12 @@ WEIGHTS_HELP = (
 )
 
 
+CPU_THREADS_HELP = (
+    "torch threads of this stage's model on the CPU; 0: torch's default (every core) in a service of its own, "
+    "a share of the cores in `visionpipe run`, where the stages run side by side in one process"
+)
+
+
 class DetectorSettings(BaseModel):
     model: str = Field("nanodet_g", description="nanodet_g (bundled, COCO) or a torchvision detection model name")
     weights: str = Field("DEFAULT", description=WEIGHTS_HELP)
@@ -124,6 +130,7 @@ class DetectorSettings(BaseModel):
     # Square crops 1.2x the box's longer side classified better than tight ones (a tie: "cleaver" -> "Windsor tie").
     crop_expand: float = Field(1.2, ge=0.0, description="crops: squares this times the box's longer side; 0: the box")
     batch: int = Field(8, ge=1, description="messages taken from the broker per consume")
+    cpu_threads: int = Field(0, ge=0, description=CPU_THREADS_HELP)
 
 
 class ClassifierSettings(BaseModel):
@@ -133,6 +140,7 @@ class ClassifierSettings(BaseModel):
     weights: str = Field("DEFAULT", description=WEIGHTS_HELP)
     top_k: int = Field(5, ge=1)
     batch: int = Field(8, ge=1, description="messages taken from the broker per consume")
+    cpu_threads: int = Field(0, ge=0, description=CPU_THREADS_HELP)
 
 
 def _default_models_dir() -> Path:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
 
 from tests.services.helpers import CROP, DETECTOR, INPUT_SIZE, MAX_DETECTIONS
+from visionpipe.services.detector import model as detector_model
 from visionpipe.services.detector.model import detector_fn, pad_detections
 from visionpipe.services.weights import RANDOM, load_model
 from visionpipe.settings import DetectorSettings, ExecutorSettings
@@ -45,22 +48,28 @@ def test_threshold_counts_only_boxes_above_it() -> None:
     assert table.boxes[0, 0].tolist() == [1, 1, 5, 5] and table.labels[1].tolist() == [-1, -1]
 
 
-@pytest.mark.parametrize("device_kind", ["cpu", "static"])
-def test_detector_crop_is_the_box_content(device_kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """roi_align cuts exactly the box: a white square in a black image gives an all-white crop, padding stays black.
+@pytest.mark.parametrize("cut", [detector_model.cut_each, detector_model.cut_all], ids=["cpu", "static"])
+def test_detector_crop_is_the_box_content(cut: Callable[..., torch.Tensor]) -> None:
+    """A white square in a black image cut exactly on its box is all white; padding rows stay black.
 
-    ``static`` runs the accelerator path (every row cut, padding zeroed by mask) on the CPU.
+    ``cpu`` is the path the CPU takes (each real box resized), ``static`` an accelerator's (one roi_align).
     """
-    from visionpipe.services.detector import model as detector_model
-
-    image = torch.zeros(1, 3, 100, 100, dtype=torch.uint8)
+    image = torch.zeros(1, 100, 100, 3, dtype=torch.uint8).permute(0, 3, 1, 2)  # channels-last, as the stage's
     image[:, :, 20:60, 30:70] = 255
     boxes = torch.tensor([[[30.0, 20.0, 70.0, 60.0], [0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 0.0, 0.0]]])
-    if device_kind == "static":
-        monkeypatch.setattr(detector_model, "_on_cpu", lambda t: False)
-    crops = detector_model.cut_crops(image, boxes, torch.tensor([2]), 16, expand=0.0)
-    assert crops.shape == (1, 3, 3, 16, 16)
+    crops = cut(image, boxes, torch.tensor([2]), 16)
+    assert crops.shape == (1, 3, 3, 16, 16) and crops.dtype == torch.uint8
     assert (crops[0, 0] == 255).all() and (crops[0, 1] == 0).all() and (crops[0, 2] == 0).all()
-    # A square 1.2x crop of a 40x40 box has a black border of 4 px on each side of 48: white in the middle.
-    square = detector_model.cut_crops(image, boxes, torch.tensor([1]), 48, expand=1.2)
-    assert (square[0, 0, :, 8:40, 8:40] == 255).all() and (square[0, 0, :, :2] == 0).all()
+
+
+def test_square_crops_keep_context_and_black_outside_the_image() -> None:
+    """A 1.2x square of a 40x40 box: 4 px of black border each side of 48; past the image's edge, black too."""
+    image = torch.zeros(1, 100, 100, 3, dtype=torch.uint8).permute(0, 3, 1, 2)
+    image[:, :, 20:60, 30:70] = 255
+    image[:, :, 0:10, 0:10] = 255
+    boxes = torch.tensor([[[30.0, 20.0, 70.0, 60.0], [0.0, 0.0, 10.0, 10.0]]])
+    for cut in (detector_model.cut_each, detector_model.cut_all):
+        square = cut(image, detector_model.square_boxes(boxes, 1.2), torch.tensor([2]), 48)
+        assert (square[0, 0, :, 8:40, 8:40] == 255).all() and (square[0, 0, :, :2] == 0).all()
+        corner = square[0, 1]  # the 12x12 square around a 10x10 corner box reaches 1 px out: 4 px of black
+        assert (corner[:, :2, :2] == 0).all() and (corner[:, 6:42, 6:42] == 255).all()
