@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -117,28 +116,10 @@ def isolated(settings: Settings) -> Settings:
     return settings.model_copy(update={"broker": settings.broker.model_copy(update={"url": url}), "streams": streams})
 
 
-def share_cores(settings: Settings) -> Settings:
-    """On the CPU, half the cores each for the detector's and the classifier's torch threads, unless set.
-
-    The stages run side by side in this one process; left alone, each would start a team of every
-    core and they would fight over them (see ``dnn_stage.on_cpu_threads``). Decode keeps its Pillow
-    threads: it is the light stage and releases the cores while it waits.
-    """
-    if resolve_device(settings.service.device) != "cpu":
-        return settings
-    cores = len(os.sched_getaffinity(0))
-    update = {}
-    for name, share in (("detector", max(1, cores // 2)), ("classifier", max(1, cores - cores // 2))):
-        section = getattr(settings, name)
-        if "cpu_threads" not in section.model_fields_set:
-            update[name] = section.model_copy(update={"cpu_threads": share})
-    return settings.model_copy(update=update)
-
-
 async def run_pipeline(
     paths: Sequence[Path], settings: Settings, out: Path, console: Console | None = None
 ) -> RunSummary:
-    settings = share_cores(isolated(settings))
+    settings = isolated(settings)
     inputs = [Input(p, f"{i:06d}-{uuid.uuid4().hex[:8]}") for i, p in enumerate(walk(paths))]
     summary = RunSummary(inputs=len(inputs), broker=redact_url(settings.broker.url))
     broker = await connect(settings=settings)

@@ -110,8 +110,8 @@ WEIGHTS_HELP = (
 
 
 CPU_THREADS_HELP = (
-    "torch threads of this stage's model on the CPU; 0: torch's default (every core) in a service of its own, "
-    "a share of the cores in `visionpipe run`, where the stages run side by side in one process"
+    "torch threads of this stage's model on the CPU, beside the process's other stages; 0: every core, taking "
+    "turns with them (what `visionpipe run` does best on a few cores)"
 )
 
 
