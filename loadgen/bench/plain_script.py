@@ -116,13 +116,14 @@ def run(
     with torch.inference_mode():
         step(paths[:BATCH])  # warm-up, as visionpipe run's start-up
         times, crops = [], 0
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for i in range(0, len(paths), BATCH):
             t0 = time.perf_counter()
             crops += step(paths[i : i + BATCH])
             times.append(time.perf_counter() - t0)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {
+        "cpu_ms_per_image": round(cpu / len(paths) * 1e3, 1),
         "images": len(paths),
         "images_per_s": round(len(paths) / elapsed, 3),
         "elapsed_s": round(elapsed, 3),
@@ -166,8 +167,8 @@ def main(
     det = load_model("detection", detector_name or settings.detector.model, weights, cache)
     cls = load_model("classification", classifier_name or settings.classifier.model, weights, cache)
     threshold = settings.detector.score_threshold if score_threshold is None else score_threshold
-    result = run(list(images), det, cls, threshold, max_detections, crops)
-    result = {"threads": torch.get_num_threads(), "crops": crops, **result}
+    result: dict[str, object] = {"threads": torch.get_num_threads(), "crops": crops}
+    result |= run(list(images), det, cls, threshold, max_detections, crops)
     text = json.dumps(result)
     click.echo(text)
     if json_path is not None:
