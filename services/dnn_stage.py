@@ -36,11 +36,15 @@ CPU_MAX_BATCH = 4
 
 
 def stage_executor(
-    fn: Callable[[torch.Tensor], Any], item_shape: tuple[int, ...], settings: ExecutorSettings, device: str
+    fn: Callable[[torch.Tensor], Any],
+    item_shape: tuple[int, ...],
+    settings: ExecutorSettings,
+    device: str,
+    cpu_max_batch: int = CPU_MAX_BATCH,
 ) -> BatchExecutor:
     """A ``BatchExecutor`` around ``fn`` on ``device``, built the same way for every DNN stage."""
-    if device == "cpu" and settings.max_batch > CPU_MAX_BATCH:
-        settings = settings.model_copy(update={"max_batch": CPU_MAX_BATCH})
+    if device == "cpu" and settings.max_batch > cpu_max_batch:
+        settings = settings.model_copy(update={"max_batch": cpu_max_batch})
     torch_device = TorchDevice(
         fn,
         item_shape=item_shape,
@@ -86,6 +90,7 @@ def on_cpu(fn: Callable[[torch.Tensor], Any], threads: int) -> Callable[[torch.T
 
 class DnnStage(Stage):
     kind: Kind
+    cpu_max_batch = CPU_MAX_BATCH
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
@@ -116,7 +121,7 @@ class DnnStage(Stage):
         fn = self.build_fn(model, device)
         if device == "cpu":
             fn = on_cpu(fn, getattr(self.settings, self.name).cpu_threads)  # its own section: detector, classifier
-        self.executor = stage_executor(fn, self.item_shape, self.settings.executor, device)
+        self.executor = stage_executor(fn, self.item_shape, self.settings.executor, device, self.cpu_max_batch)
         self.executor.on_batch = self._on_batch
         await self.executor.start()
         log.info("%s %s (%s weights) on %s", self.name, name, model.weights, device)

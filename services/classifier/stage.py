@@ -25,6 +25,9 @@ from visionpipe.topology import CLASSIFIER
 class ClassifierStage(DnnStage):
     name = CLASSIFIER
     kind = "classification"
+    # A crop costs a fraction of a frame, and up to max_detections (20) come per frame: batches of 4 meant 5
+    # device calls per frame, each paying the executor's thread hand-offs and a turn on the CPU.
+    cpu_max_batch = 16
 
     @property
     def crop(self) -> int:
