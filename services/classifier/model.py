@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import torch
 
+from visionpipe.services.models.efficientnet_lite import fuse_batchnorm
 from visionpipe.services.weights import LoadedModel
 from visionpipe.settings import ClassifierSettings, ExecutorSettings
 
@@ -38,11 +39,14 @@ def classifier_fn(
 
     The device-function contract (``visionpipe.executor.host_io``): batched tensors, no host synchronisation.
     """
-    module = model.module.to(device)
+    module = model.module
+    if not model.scripted:
+        fuse_batchnorm(module)  # an eval-mode affine map the conv absorbs: one memory pass less per layer
+    module = module.to(device)
     cuda = device.startswith("cuda")
     # channels_last helps tensor cores; on the CPU it sent mobilenet_v3_small's depthwise convs down a path ~9x
-    # slower at b16 (measured here: 1.9 s vs 0.21 s), so the CPU keeps the default layout.
-    channels_last = cuda and executor.channels_last and not model.scripted
+    # slower at b16 (measured here: 1.9 s vs 0.21 s), while EfficientNet-Lite0 ran 2.3x faster: per model.
+    channels_last = not model.scripted and (executor.channels_last if cuda else model.channels_last_on_cpu)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     prepare = imagenet_input(device, channels_last)

@@ -65,15 +65,14 @@ class DetectorStage(DnnStage):
         except Exception as exc:  # transient (device, executor); the worker leaves it for redelivery
             return exc
         done = time.time_ns()
-        n = int(found["count"])  # rows past the count are padding (the device function's fixed shapes)
-        boxes, scores, labels, crops = (found[k][:n] for k in ("boxes", "scores", "labels", "crops"))
+        n = int(found["count"])  # the device function pads every image to max_detections rows
         out = env.child(
             width=geo["width"],
             height=geo["height"],
-            objects=self._objects(boxes, scores, labels, geo),
+            objects=self._objects(found["boxes"][:n], found["scores"][:n], found["labels"][:n], geo),
             weights={"detector": self.model.weights},
         )
-        out.arrays["crops"] = np.ascontiguousarray(crops.numpy())
+        out.arrays["crops"] = np.ascontiguousarray(found["crops"][:n].numpy())
         out.stamp(self.name, Event.BATCH_START, start)
         out.stamp(self.name, Event.COMPUTE_DONE, done)
         return out

@@ -67,6 +67,7 @@ class LazyGroup(click.Group):
             "visionpipe.services.ingest.cli:ingest",
             "Ingest video streams (files, RTSP, HTTP, V4L2); add, list and remove them at run time.",
         ),
+        "models": ("visionpipe.services.models.cli:models", "List, fetch and verify the bundled models."),
     },
 )
 @click.version_option(__version__, prog_name="visionpipe")
@@ -94,6 +95,10 @@ def main() -> None:
         "gpu-check": (
             "visionpipe.loadgen.bench.gpu_check:gpu_check",
             "Everything measured on a GPU in one run (or its CPU mode), as JSON + Markdown.",
+        ),
+        "pipeline": (
+            "visionpipe.loadgen.bench.pipeline:bench_pipeline",
+            "Bundled vs old models, visionpipe run vs a plain script (CPU).",
         ),
     },
 )

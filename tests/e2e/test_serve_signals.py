@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.servers import Server, free_port
+from visionpipe.services.serve import EXIT_NO_WEIGHTS
 
 VISIONPIPE = str(Path(sys.executable).parent / "visionpipe")
 # Importing torch and connecting, on a busy 2-core box.
@@ -57,6 +59,28 @@ def test_serve_reads_settings_file_answers_probes_and_drains_on_sigterm(
         text = (tmp_path / "decode.log").read_text()
         assert f"consuming {ns}.frames" in text  # the prefix came from the settings file
         assert "SIGTERM" in text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_without_its_weights_never_gets_ready_and_says_what_to_run(tmp_path: Path) -> None:
+    """No silent random: the detector with its bundled weights missing exits (EX_CONFIG) with the fix in its log."""
+    port = free_port()
+    env = {**os.environ, "VISIONPIPE_MODELS__CACHE_DIR": str(tmp_path / "empty"), "VISIONPIPE_SERVICE__DEVICE": "cpu"}
+    argv = [VISIONPIPE, "serve", "detector", "--broker", "memory://no-weights", "--port", str(port)]
+    with (tmp_path / "detector.log").open("wb") as log_file:
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while proc.poll() is None and time.monotonic() < deadline:
+            ready = _readyz(port)
+            assert not (ready and ready["ready"]), "a stage without its weights reported ready"
+            time.sleep(0.2)
+        assert proc.wait(timeout=EXIT_TIMEOUT_S) == EXIT_NO_WEIGHTS
+        log = (tmp_path / "detector.log").read_text()
+        assert "cannot start" in log and "visionpipe models fetch" in log and "RANDOM" not in log
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -37,5 +37,5 @@ def test_pad_detections_keeps_the_contract() -> None:
         return {"boxes": torch.ones(n, 4), "scores": torch.ones(n), "labels": torch.ones(n, dtype=torch.int64)}
 
     per_image = [dets(3), dets(0)]
-    out = pad_detections(per_image, 2)
+    out = pad_detections(per_image, threshold=0.0, k=2)
     assert out["boxes"].shape == (2, 2, 4) and out["count"].tolist() == [2, 0] and out["labels"].dtype == torch.int32

@@ -39,12 +39,15 @@ def test_walk_sorts_and_skips_hidden(tmp_path: Path) -> None:
     assert list(walk([tmp_path / "in"])) == sorted(good + bad)
 
 
-def test_samples_ship_with_the_package() -> None:
+def test_samples_ship_with_the_package_and_their_notices() -> None:
     samples = shipped_samples()
     sizes = {p.name for p in samples}
     assert any("1920x1080" in n for n in sizes) and any(n.endswith(".png") for n in sizes)
-    assert sum(1 for n in sizes if "640x480" in n) >= 3
+    assert sum(1 for n in sizes if "640x480" in n) >= 2
     assert sum(p.stat().st_size for p in samples) < 1_000_000
+    notice = (samples[0].parent / "NOTICE.txt").read_text()
+    assert [n for n in sizes if f"\n{n}  " not in notice] == [], "every shipped image needs its licence statement"
+    assert notice.count("CC0") + notice.count("public domain") >= 4  # the four photographs
 
 
 def test_run_cli_writes_one_line_per_input(tmp_path: Path, ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,6 +76,32 @@ def test_run_cli_writes_one_line_per_input(tmp_path: Path, ns: str, monkeypatch:
     # The summary: throughput, the split, the bad inputs, and the random weights said plainly.
     for words in ("images/s", "p50", "broker hop", "decode", "detector", "classifier", "bad inputs", "RANDOM"):
         assert words in result.output, words
+
+
+def test_readme_run_command_prints_real_labels_offline(
+    bundled_models: Path, tmp_path: Path, offline: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make run`'s `visionpipe run` with the defaults: the bundled models, real objects and labels, nothing random."""
+    monkeypatch.setenv("VISIONPIPE_MODELS__CACHE_DIR", str(bundled_models))
+    monkeypatch.setenv("VISIONPIPE_SERVICE__DEVICE", "cpu")
+    monkeypatch.setenv("VISIONPIPE_EXECUTOR__WARMUP_REPEATS", "1")
+    out = tmp_path / "results.jsonl"
+    result = CliRunner().invoke(run, ["--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "RANDOM" not in result.output and "nanodet_g" in result.output and "efficientnet_lite0" in result.output
+    found = {Path(r["path"]).name: r["objects"] for r in map(json.loads, out.read_text().splitlines())}
+    assert found["astronaut-512x512.jpg"][0]["label_name"] == "person"
+    cat = found["chelsea-451x300.jpg"][0]
+    assert cat["label_name"] == "cat" and cat["top_k"][0]["name"] in ("Egyptian cat", "tabby", "tiger cat")
+    assert set(cat) >= {"box", "score", "label", "label_name", "top_k"}  # the result fields clients read
+
+
+def test_run_without_the_bundled_weights_says_what_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VISIONPIPE_MODELS__CACHE_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("VISIONPIPE_SERVICE__DEVICE", "cpu")
+    result = CliRunner().invoke(run, ["--out", str(tmp_path / "r.jsonl"), "--quiet"])
+    assert result.exit_code == 1 and "cannot start" in result.output
+    assert "visionpipe models fetch" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.gpu

