@@ -28,6 +28,8 @@ from visionpipe.topology import CLASSIFIER, DECODE, DETECTOR, STAGES
 
 log = logging.getLogger(__name__)
 
+GATEWAY = "gateway"  # `visionpipe serve gateway`: the HTTP front door (visionpipe.services.gateway)
+
 
 def make_stage(name: str, settings: Settings, metrics: Metrics) -> Stage:
     """The stage called ``name``; imports its module only when asked (decode needs no model code)."""
@@ -101,7 +103,7 @@ def _on_signal(worker: Worker, sig: signal.Signals) -> None:
 
 
 @click.command()
-@click.argument("stage", type=click.Choice(STAGES))
+@click.argument("stage", type=click.Choice([*STAGES, GATEWAY]))
 @click.option("--broker", help="memory://, redis://host:port/db or kafka://host:port (default: settings)")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="where models (and nvJPEG/DALI) run")
 @click.option("--weights", help="random, a local file, DEFAULT or a torchvision weights name")
@@ -128,10 +130,17 @@ def serve(
     drain: bool,
     settings_file: Path | None,
 ) -> None:
-    """Run one STAGE (decode, detector or classifier) as a service."""
+    """Run one STAGE (decode, detector or classifier) or the HTTP gateway as a service."""
     settings = cli_settings(settings_file, broker, device, weights, detector, classifier, port=port, host=host)
     setup_logging(settings.service.log_level, settings.service.log_json)
-    asyncio.run(serve_stage(stage, settings, drain))
+    if stage == GATEWAY:
+        import uvloop
+
+        from visionpipe.services.gateway.server import serve_gateway
+
+        uvloop.run(serve_gateway(settings))
+    else:
+        asyncio.run(serve_stage(stage, settings, drain))
     _exit_now()
 
 

@@ -17,13 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from visionpipe import topology
-from visionpipe.broker import Broker
+from visionpipe.broker import Broker, BrokerError
 from visionpipe.envelope import Envelope, Event
 from visionpipe.settings import Settings
 from visionpipe.topology import INGRESS, STAGES
 
 # How often a waiting producer re-reads the backlog: short against a batch's time, long against a broker call.
 BACKPRESSURE_POLL_S = 0.05
+# A backlog older than this many polls means the broker stopped answering: the front door is not ready then.
+STALE_AFTER_POLLS = 40
 
 
 class Backpressure(RuntimeError):
@@ -84,10 +86,49 @@ async def submit_images(
     """Publish ``frames`` to the frames stream after backpressure allows; returns their request ids."""
     await wait_for_room(broker, settings, wait_s)
     envelopes = [frame_envelope(f) for f in frames]
+    await publish_frames(broker, settings, envelopes)
+    return [e.request_id for e in envelopes]
+
+
+async def publish_frames(broker: Broker, settings: Settings, envelopes: Sequence[Envelope]) -> None:
+    """Put frame envelopes on the frames stream, keyed by request id (backpressure is the caller's to check)."""
     await broker.publish(
         settings.streams.name("frames"), [e.encode() for e in envelopes], [e.request_id for e in envelopes]
     )
-    return [e.request_id for e in envelopes]
+
+
+class BacklogWatch:
+    """The pipeline's backlog, re-read in the background every ``interval_s``.
+
+    A front door that serves thousands of requests a second checks :meth:`check` instead of asking the
+    broker for every stage's backlog on each request (three round trips). The value is at most one interval
+    old, so a burst may pass the watermark by one interval's arrivals: bounded, and still never a drop.
+    """
+
+    def __init__(self, broker: Broker, settings: Settings, interval_s: float = BACKPRESSURE_POLL_S) -> None:
+        self.broker, self.settings, self.interval_s = broker, settings, interval_s
+        self.watermark = settings.limits.ingress_high_watermark
+        self.backlog: int | None = None  # None until read, and after a failed read
+        self.read_at = 0.0  # monotonic s
+
+    @property
+    def fresh(self) -> bool:
+        """A value read lately: stale means the broker stopped answering, and the front door is not ready."""
+        return self.backlog is not None and time.monotonic() - self.read_at < STALE_AFTER_POLLS * self.interval_s
+
+    async def run(self) -> None:
+        while True:
+            try:
+                self.backlog = await pipeline_backlog(self.broker, self.settings)
+                self.read_at = time.monotonic()
+            except BrokerError:
+                self.backlog = None
+            await asyncio.sleep(self.interval_s)
+
+    def check(self) -> None:
+        """Raise :class:`Backpressure` while the last backlog read is at or above the watermark."""
+        if self.backlog is not None and self.backlog >= self.watermark:
+            raise Backpressure(self.backlog, self.watermark)
 
 
 async def ensure_pipeline_streams(broker: Broker, settings: Settings) -> None:
