@@ -154,12 +154,14 @@ def _api(gw: Gateway) -> APIRouter:
     ) -> Response:
         if not gw.ready:
             raise gw.not_ready()
-        doc = await gw.wait(request_id, wait_ms / 1000)
-        if doc is not None:
-            return document_response(doc, request_id)
-        if await gw.admitted(request_id):
+        doc = await gw.wait(request_id, 0.0)
+        if doc is None and not await gw.admitted(request_id):  # nothing will come: no reason to wait
+            raise GatewayError(404, "not_found", "no such request, or its result expired", request_id=request_id)
+        if doc is None and wait_ms:
+            doc = await gw.wait(request_id, wait_ms / 1000)
+        if doc is None:
             return JSONResponse(Pending(request_id=request_id).model_dump(), status_code=202)
-        raise GatewayError(404, "not_found", "no such request, or its result expired", request_id=request_id)
+        return document_response(doc, request_id)
 
     return api
 

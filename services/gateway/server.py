@@ -9,8 +9,10 @@ from any replica with Redis), and uvicorn then closes the connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+import signal
+from collections.abc import Generator, Sequence
 from types import FrameType
 
 import uvicorn
@@ -29,6 +31,7 @@ KEEP_ALIVE_S = 5
 BACKLOG = 2048
 # After SIGTERM, in-flight answers (no longer waits: those are answered 503 at once) get this long to go out.
 GRACEFUL_S = 10
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class GatewayServer(uvicorn.Server):
@@ -38,9 +41,22 @@ class GatewayServer(uvicorn.Server):
         super().__init__(config)
         self.gateway = gateway
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """Signals handled on the loop, and not raised again once stopped (uvicorn's default): a clean stop
+        exits 0, as every stage does."""
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        # Called from a signal handler: hand the event to the loop rather than touch it here.
-        asyncio.get_event_loop().call_soon_threadsafe(self.gateway.stopping.set)
+        log.info("signal %s: answering waiting requests with 503, then stopping", sig)
+        self.gateway.stopping.set()
         super().handle_exit(sig, frame)
 
     @property
