@@ -201,7 +201,7 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return GatewayError(exc.status_code, "http_error", str(exc.detail)).response()
+        return GatewayError(exc.status_code, "http_error", str(exc.detail), headers=exc.headers).response()
 
 
 def _service_routes(app: FastAPI, gw: Gateway) -> None:

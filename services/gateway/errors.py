@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.responses import JSONResponse
 
 
@@ -17,13 +19,15 @@ class GatewayError(Exception):
         request_id: str | None = None,
         retry_after_s: int | None = None,
         close: bool = False,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail = status, code, detail
         self.request_id, self.retry_after_s, self.close = request_id, retry_after_s, close
+        self.headers = dict(headers or {})  # e.g. a 405's Allow
 
     def response(self) -> JSONResponse:
-        headers = {}
+        headers = dict(self.headers)
         if self.close:  # the rest of the body is unread: this connection cannot carry another request
             headers["Connection"] = "close"
         if self.retry_after_s is not None:

@@ -75,6 +75,8 @@ class Gateway:
         return self._broker
 
     async def start(self) -> None:
+        """Connect and start reading; after a ``stop()`` it starts afresh (an ASGI lifespan may run again)."""
+        self.stopping.clear()
         if self._broker is None:
             self._broker = await connect(settings=self.settings)
         await ensure_pipeline_streams(self.broker, self.settings)
@@ -102,6 +104,7 @@ class Gateway:
             await self.results.close()
         if self._owns_broker and self._broker is not None:
             await self._broker.close()
+            self._broker = None
 
     @property
     def ready(self) -> bool:

@@ -29,11 +29,12 @@ class MemoryResults(ResultsBackend):
 
     async def admit(self, request_id: str, fingerprint: str, ttl_s: float) -> str | None:
         now = time.monotonic()
-        _prune(self._admissions, now, self.max_results * ADMISSIONS_PER_RESULT)
         held = self._admissions.get(request_id)
         if held is not None and held[0] > now:
             return held[1]
+        self._admissions.pop(request_id, None)
         self._admissions[request_id] = (now + ttl_s, fingerprint)
+        _prune(self._admissions, now, self.max_results * ADMISSIONS_PER_RESULT)
         return None
 
     async def release(self, request_id: str) -> None:
