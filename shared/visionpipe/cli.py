@@ -83,6 +83,10 @@ def main() -> None:
             "Produce -> consume -> ack hop at stream payload sizes.",
         ),
         "decode": ("visionpipe.loadgen.bench.decode:bench_decode", "Decode paths side by side on the same files."),
+        "gateway": (
+            "visionpipe.loadgen.bench.gateway:bench_gateway",
+            "HTTP gateway vs broker-direct latency at one load; sustained requests/s.",
+        ),
     },
 )
 def bench() -> None:

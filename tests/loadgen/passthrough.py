@@ -62,6 +62,7 @@ async def run_stage(
     stop: asyncio.Event,
     drain: bool = False,
     stall: Callable[[str], float] | None = None,
+    compute_scale: float = 1.0,
 ) -> None:
     """Pass messages on until ``stop``; ``stall(request_id)`` gives seconds this stage hangs on a request."""
     source, sink = hop(stage).source, hop(stage).sink
@@ -86,7 +87,8 @@ async def run_stage(
                 if stall is not None:
                     await asyncio.sleep(stall(env.request_id))
                 env.stamp(stage, Event.BATCH_START)
-                await asyncio.sleep(COMPUTE_S[stage])
+                if compute_scale:
+                    await asyncio.sleep(COMPUTE_S[stage] * compute_scale)
                 env.stamp(stage, Event.COMPUTE_DONE)
                 nxt = _next(env, stage)
                 nxt.stamp(stage, Event.PUBLISHED)
@@ -115,6 +117,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", default="random")
     parser.add_argument("--port", type=int, default=0)
+    # 0: no stand-in compute at all, so a benchmark of what lies around the stages sees only broker hops.
+    parser.add_argument("--compute-scale", type=float, default=float(os.environ.get("PASSTHROUGH_COMPUTE_SCALE", 1)))
     args = parser.parse_args()
     settings = load_settings(broker={"url": args.broker})
     server = HTTPServer(("127.0.0.1", args.port), _Ready)
@@ -123,7 +127,7 @@ def main() -> None:
     async def amain() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await run_stage(args.stage, settings, stop)
+        await run_stage(args.stage, settings, stop, compute_scale=args.compute_scale)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(amain())
