@@ -92,8 +92,14 @@ def create_app(gateway: Gateway, routers: Sequence[APIRouter] = (), *, manage: b
 
 
 def _api(gw: Gateway) -> APIRouter:
-    settings = gw.settings.gateway
     api = APIRouter(prefix="/v1", tags=["detect"])
+    _upload_routes(api, gw)
+    _result_route(api, gw)
+    return api
+
+
+def _upload_routes(api: APIRouter, gw: Gateway) -> None:
+    settings = gw.settings.gateway
     max_wait_ms = int(settings.max_wait_s * 1000)
     upload = upload_errors(bool(gw.tokens))
 
@@ -136,6 +142,10 @@ def _api(gw: Gateway) -> APIRouter:
         body = Accepted(request_id=rid, result_url=url).model_dump()
         return JSONResponse(body, status_code=202, headers={"Location": url, "X-Request-Id": rid})
 
+
+def _result_route(api: APIRouter, gw: Gateway) -> None:
+    max_wait_ms = int(gw.settings.gateway.max_wait_s * 1000)
+
     @api.get(
         "/results/{request_id}",
         response_model=DetectResult,
@@ -162,8 +172,6 @@ def _api(gw: Gateway) -> APIRouter:
         if doc is None:
             return JSONResponse(Pending(request_id=request_id).model_dump(), status_code=202)
         return document_response(doc, request_id)
-
-    return api
 
 
 def document_response(doc: bytes, request_id: str) -> Response:

@@ -137,14 +137,15 @@ class Gateway:
         """Admit and publish one image; returns its request id (a retry's id is returned without publishing)."""
         if not self.ready or self.results is None or self.watch is None:
             raise self.not_ready()
-        rid = request_id or uuid.uuid4().hex
         ttl = self.settings.gateway.result_ttl_s
-        held = await self.results.admit(rid, fingerprint(image), ttl)
-        if held is not None:
-            if held != fingerprint(image):
-                raise GatewayError(409, "request_id_conflict", "this request id was used for another image",
-                                   request_id=rid)
-            return rid  # a retry: the first attempt is in the pipeline, or done
+        if request_id is not None:
+            held = await self.results.admit(request_id, fingerprint(image), ttl)
+            if held is not None:
+                if held != fingerprint(image):
+                    raise GatewayError(409, "request_id_conflict", "this request id was used for another image",
+                                       request_id=request_id)
+                return request_id  # a retry: the first attempt is in the pipeline, or done
+        rid = request_id or uuid.uuid4().hex
         try:
             self.watch.check()
             env = frame_envelope(Frame(image, rid, SOURCE))
@@ -152,7 +153,11 @@ class Gateway:
             # Nobody can fetch a result after its TTL: past that it need not be computed. (Not the client's wait:
             # a request whose wait ran out must still complete, to be fetched later.)
             env.deadline_ns = time.time_ns() + int(ttl * 1e9)
-            await publish_frames(self.broker, self.settings, [env])
+            publish = publish_frames(self.broker, self.settings, [env])
+            if request_id is None:  # a fresh id cannot be taken already: its claim and its publish go out together
+                await asyncio.gather(self.results.admit(rid, "", ttl), publish)
+            else:
+                await publish
         except Backpressure as exc:
             await self.results.release(rid)
             raise GatewayError(429, "backpressure", str(exc), request_id=rid, retry_after_s=self._retry_after) from None

@@ -214,10 +214,11 @@ class RedisBroker(Broker):
         return [_delivery(stream, eid, fields) for eid, fields in entries if fields]
 
     async def trim_older(self, stream: str, age_s: float) -> None:
-        # Entry ids start with their XADD time in ms; "~" lets Redis trim whole nodes, cheaply.
+        # Entry ids start with their XADD time in ms. Exact, not "~": an approximate trim only drops whole radix
+        # nodes (~100 entries), so a quiet feed would keep its old entries past the promised age.
         cutoff_ms = max(0, int((time.time() - age_s) * 1000))
         with _errors(self.url):
-            await self._r.xtrim(stream, minid=f"{cutoff_ms}-0", approximate=True)
+            await self._r.xtrim(stream, minid=f"{cutoff_ms}-0", approximate=False)
 
     async def ping(self) -> bool:
         try:

@@ -80,6 +80,8 @@ class RedisResults(ResultsBackend):
     async def store(self, results: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
         if not results:
             return
+        for request_id, doc in results:  # a waiter on this replica need not wait for the round trip
+            self._wake(request_id, doc)
         async with self._r.pipeline(transaction=True) as pipe:
             for request_id, doc in results:
                 pipe.set(self._key("result", request_id), doc, px=int(ttl_s * 1000))
