@@ -19,6 +19,7 @@ import json
 import os
 import random
 import shlex
+import statistics
 import subprocess
 import time
 import urllib.request
@@ -146,6 +147,26 @@ async def _bench(broker: str, stage_command: str, rates: list[float], duration: 
             "compute_scale": compute_scale, "cpus": os.cpu_count(), "points": points}
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The points as a table, and per rate the p50 the gateway adds (HTTP minus broker, each round, then median)."""
+    rows = ["| round | mode | load | done | req/s | p50 ms | p90 ms | p99 ms | gateway CPU ms/req | load1 |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for p in result["points"]:
+        cpu = "" if p["gateway_cpu_ms_per_request"] is None else p["gateway_cpu_ms_per_request"]
+        rows.append(f"| {p['round']} | {p['mode']} | {p['load']} | {p['completed']} | {p['throughput_rps']} | "
+                    f"{p['p50_ms']} | {p['p90_ms']} | {p['p99_ms']} | {cpu} | {p['load1'][0]}–{p['load1'][1]} |")
+    added: dict[str, list[float]] = {}
+    for r in {p["round"] for p in result["points"] if p["round"] != "throughput"}:
+        by = {(p["load"], p["mode"]): p for p in result["points"] if p["round"] == r}
+        for (load, mode), p in by.items():
+            if mode == "http" and (load, "broker") in by:
+                added.setdefault(load, []).append(round(p["p50_ms"] - by[(load, "broker")]["p50_ms"], 3))
+    rows.append("")
+    rows += [f"- {load}: p50 added by the gateway per round {vals}, median {statistics.median(vals):.2f} ms"
+             for load, vals in sorted(added.items())]
+    return "\n".join(rows) + "\n"
+
+
 @click.command("gateway")
 @click.option("--broker", required=True, help="redis://… (the gateway keeps results there too) or kafka://…")
 @click.option("--stage-command", default="", help="argv before the stage name (default `visionpipe serve`)")
@@ -165,4 +186,5 @@ def bench_gateway(broker: str, stage_command: str, rates: tuple[float, ...], dur
                                 logdir))
     result["machine"] = {"load1_end": round(load1(), 2), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     json_path.write_text(json.dumps(result, indent=2) + "\n")
-    click.echo(f"wrote {json_path}")
+    json_path.with_suffix(".md").write_text(markdown(result))
+    click.echo(f"wrote {json_path} and {json_path.with_suffix('.md')}")

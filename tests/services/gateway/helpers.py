@@ -96,13 +96,13 @@ def jpeg(width: int = 640, height: int = 480, seed: int = 0) -> bytes:
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
          timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
-    """A blocking request with urllib (another real client): (status, headers, body); status 0 when refused."""
+    """A blocking request with urllib (another real client): (status, lower-cased headers, body); 0 when refused."""
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, dict(resp.headers), resp.read()
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
     except OSError:
         return 0, {}, b""
 
