@@ -21,6 +21,7 @@ import random
 import shlex
 import statistics
 import subprocess
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -180,11 +181,10 @@ def markdown(result: dict[str, Any]) -> str:
 def bench_gateway(broker: str, stage_command: str, rates: tuple[float, ...], duration: float, rounds: int,
                   concurrency: int, compute_scale: float, json_path: Path) -> None:
     """Gateway vs broker-direct latency at the same load, and sustained requests/s; results to --json."""
-    logdir = json_path.with_suffix(".logs")
-    logdir.mkdir(parents=True, exist_ok=True)
+    logdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))  # the processes' logs: for a failed run, not results
     result = asyncio.run(_bench(broker, stage_command, list(rates), duration, rounds, concurrency, compute_scale,
                                 logdir))
     result["machine"] = {"load1_end": round(load1(), 2), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     json_path.with_suffix(".md").write_text(markdown(result))
-    click.echo(f"wrote {json_path} and {json_path.with_suffix('.md')}")
+    click.echo(f"wrote {json_path} and {json_path.with_suffix('.md')} (process logs in {logdir})")

@@ -119,6 +119,7 @@ def _upload_routes(api: APIRouter, gw: Gateway) -> None:
         received = time.time_ns()
         image, _ = await read_image(request, gw.settings)
         rid = await gw.submit(image, x_request_id, received)
+        del image  # published: a waiting request should not hold its upload (up to limits.max_image_bytes)
         wait_s = settings.wait_s if timeout_ms is None else timeout_ms / 1000
         doc = await gw.wait(rid, min(wait_s, settings.max_wait_s))
         if doc is None:

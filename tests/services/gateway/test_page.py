@@ -9,10 +9,13 @@ the pass-through pipeline put it, with its label tab above.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image, ImageDraw
@@ -67,10 +70,9 @@ def check_screenshot(png: bytes) -> None:
     assert not is_red(px[5, CANVAS_H - 5]) and not is_red(px[CANVAS_W - 5, 5])
 
 
-def drive(url: str, image: Path) -> tuple[bytes, str]:
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
     from selenium import webdriver
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     opts = webdriver.ChromeOptions()
@@ -79,6 +81,17 @@ def drive(url: str, image: Path) -> tuple[bytes, str]:
         opts.add_argument(flag)
     driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
     try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def drive(url: str, image: Path) -> tuple[bytes, str]:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with chromium() as driver:
         driver.get(url)
         driver.find_element(By.ID, "file").send_keys(str(image))
         WebDriverWait(driver, 20).until(
@@ -87,9 +100,16 @@ def drive(url: str, image: Path) -> tuple[bytes, str]:
         state = driver.execute_script("return document.body.dataset.state")
         assert state == "drawn", driver.find_element(By.ID, "err").text
         return driver.find_element(By.ID, "canvas").screenshot_as_png, driver.find_element(By.ID, "timing").text
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+
+
+def docs_operations(url: str) -> int:
+    """Swagger UI's rendered operations: it draws them only once its script and the spec have loaded."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with chromium() as driver:
+        driver.get(url)
+        return int(WebDriverWait(driver, 20).until(
+            lambda d: d.execute_script("return document.querySelectorAll('.opblock').length")))
 
 
 async def test_the_page_draws_the_result_on_the_image(ns: str, tmp_path: Path) -> None:
@@ -99,3 +119,9 @@ async def test_the_page_draws_the_result_on_the_image(ns: str, tmp_path: Path) -
     (tmp_path / "canvas.png").write_bytes(png)
     check_screenshot(png)
     assert "detector" in timing and "broker hops" in timing and "in the browser" in timing
+
+
+async def test_the_docs_page_renders_without_a_cdn(ns: str) -> None:
+    """The browser has no network beyond loopback: Swagger UI must come from the gateway itself."""
+    async with serving(gateway_settings(ns), stages=False) as live:
+        assert await asyncio.to_thread(docs_operations, live.url + "/docs") >= 3

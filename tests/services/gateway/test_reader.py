@@ -1,5 +1,6 @@
-"""What the gateway's reader leaves behind on Redis: no results in the stream once stored (bounded by its acks,
-never by a length), every result as JSON on a feed of its own, and that feed trimmed by age."""
+"""What the gateway's reader leaves behind: on Redis no results in the stream once stored (bounded by its acks,
+never by a length), every result as JSON on a feed of its own, that feed trimmed by age; on Kafka a group per
+replica, so each replica can answer for every result."""
 
 from __future__ import annotations
 
@@ -45,3 +46,13 @@ async def test_the_feed_is_trimmed_by_age_on_redis(redis_server: Server, ns: str
         assert [d.data for d in await broker.peek(feed, 10)] == [b"new"]
     finally:
         await broker.close()
+
+
+async def test_on_kafka_each_replica_reads_every_result_into_its_own_store(kafka_server: Server, ns: str) -> None:
+    """No shared store with Kafka: a group per replica, so whichever replica a client waits on has the result."""
+    settings = gateway_settings(ns, kafka_server.url, gateway={"wait_s": 30.0, "max_wait_s": 60.0})
+    async with serving(settings) as live, aiohttp.ClientSession() as s:
+        assert live.gateway.reader is not None and live.gateway.reader.collector.group.startswith("gateway-")
+        async with s.post(live.url + "/v1/detect", data=jpeg(), headers={"Content-Type": "image/jpeg"}) as r:
+            assert r.status == 200, await r.text()
+            assert (await r.json())["objects"]
