@@ -8,7 +8,7 @@ import pytest
 
 from visionpipe.broker import MemoryBroker
 from visionpipe.envelope import Envelope, Event
-from visionpipe.ingress import Backpressure, Frame, ensure_pipeline_streams, submit_images
+from visionpipe.ingress import BacklogWatch, Backpressure, Frame, ensure_pipeline_streams, submit_images
 from visionpipe.settings import load_settings
 from visionpipe.topology import DECODE
 
@@ -49,3 +49,22 @@ async def test_a_custom_group_is_the_one_counted_and_created(ns: str) -> None:
     assert await submit_images(broker, settings, [Frame(b"z", request_id="admitted")], wait_s=0) == ["admitted"]
     # x and y are gone from the stream: no second (default-named) group still needs them.
     assert await broker.length(frames) == 1
+
+
+async def test_backlog_watch_refuses_above_the_watermark_from_its_last_read(ns: str) -> None:
+    settings = load_settings(streams={"prefix": ns}, limits={"ingress_high_watermark": 2})
+    broker = MemoryBroker(f"memory://{ns}")
+    await ensure_pipeline_streams(broker, settings)
+    watch = BacklogWatch(broker, settings, interval_s=0.02)
+    assert not watch.fresh
+    reading = asyncio.create_task(watch.run())
+    try:
+        await asyncio.sleep(0.05)
+        assert watch.fresh and watch.backlog == 0
+        watch.check()
+        await submit_images(broker, settings, [Frame(b"x"), Frame(b"y")], wait_s=0)
+        await asyncio.sleep(0.05)
+        with pytest.raises(Backpressure):
+            watch.check()
+    finally:
+        reading.cancel()

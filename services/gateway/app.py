@@ -6,7 +6,8 @@ request themselves (``body.read_image``): no framework parsing, buffering or val
 Other features mount beside these with ``routers`` (FastAPI ``APIRouter``s, e.g. video ingest's /v1/streams).
 """
 
-
+# No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations at run time, and those
+# name values local to the factories (the wait bound), which postponed annotations could not resolve.
 import hmac
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -118,11 +119,13 @@ def _upload_routes(api: APIRouter, gw: Gateway) -> None:
     ) -> Response:
         received = time.time_ns()
         image, _ = await read_image(request, gw.settings)
-        rid = await gw.submit(image, x_request_id, received)
+        rid = await gw.submit(image, x_request_id, received, claim=False)  # the client learns the id from us
         del image  # published: a waiting request should not hold its upload (up to limits.max_image_bytes)
         wait_s = settings.wait_s if timeout_ms is None else timeout_ms / 1000
         doc = await gw.wait(rid, min(wait_s, settings.max_wait_s))
         if doc is None:
+            if x_request_id is None:
+                await gw.claim(rid)  # now the client has the id: a GET of it must say "pending"
             raise GatewayError(504, "timeout", f"no result within {wait_s:g} s; it can be fetched later",
                                request_id=rid)
         return document_response(doc, rid)

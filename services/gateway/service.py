@@ -133,8 +133,12 @@ class Gateway:
     def _retry_after(self) -> int:
         return self.settings.gateway.retry_after_s
 
-    async def submit(self, image: bytes, request_id: str | None, received_ns: int) -> str:
-        """Admit and publish one image; returns its request id (a retry's id is returned without publishing)."""
+    async def submit(self, image: bytes, request_id: str | None, received_ns: int, *, claim: bool = True) -> str:
+        """Admit and publish one image; returns its request id (a retry's id is returned without publishing).
+
+        ``claim=False`` with no client id: nobody knows the fresh id until the gateway answers with it, so its
+        claim (which only tells a later GET "pending" from "unknown") can wait until then — see :meth:`claim`.
+        """
         if not self.ready or self.results is None or self.watch is None:
             raise self.not_ready()
         ttl = self.settings.gateway.result_ttl_s
@@ -154,8 +158,8 @@ class Gateway:
             # a request whose wait ran out must still complete, to be fetched later.)
             env.deadline_ns = time.time_ns() + int(ttl * 1e9)
             publish = publish_frames(self.broker, self.settings, [env])
-            if request_id is None:  # a fresh id cannot be taken already: its claim and its publish go out together
-                await asyncio.gather(self.results.admit(rid, "", ttl), publish)
+            if request_id is None and claim:  # a fresh id cannot be taken: its claim and its publish go together
+                await asyncio.gather(self.claim(rid), publish)
             else:
                 await publish
         except Backpressure as exc:
@@ -167,6 +171,11 @@ class Gateway:
                                retry_after_s=self._retry_after) from None
         return rid
 
+    async def claim(self, request_id: str) -> None:
+        """Mark a fresh id as taken, so a GET of it before its result says "pending", not "unknown"."""
+        assert self.results is not None, "start() first"
+        await self.results.admit(request_id, "", self.settings.gateway.result_ttl_s)
+
     async def wait(self, request_id: str, timeout_s: float) -> bytes | None:
         """The stored document, waiting up to ``timeout_s``; None when it is not there by then (or we stop)."""
         assert self.results is not None, "start() first"
@@ -176,6 +185,7 @@ class Gateway:
         try:
             await asyncio.wait((getting, stopping), return_when=asyncio.FIRST_COMPLETED)
             if not getting.done():
+                await self.claim(request_id)  # a fresh id's client learns it now: a later GET must say "pending"
                 raise GatewayError(503, "stopping", "this gateway is stopping; fetch the result later",
                                    request_id=request_id, retry_after_s=self._retry_after)
             return getting.result()

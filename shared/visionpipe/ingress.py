@@ -1,7 +1,9 @@
 """The pipeline's front door: admit images, or push back when the pipeline is behind.
 
 Everything that feeds the pipeline (``visionpipe run``, the load generator,
-a user's client) goes through :func:`submit_images`, so backpressure is
+a user's client) goes through :func:`submit_images` — or, for the HTTP
+gateway, which answers thousands of requests a second, through a
+:class:`BacklogWatch` and :func:`publish_frames` — so backpressure is
 applied in one place: when the pipeline's backlog (every stage's pending plus
 undelivered messages) is above the high watermark, callers wait (bounded) or get
 :class:`Backpressure` — requests are never dropped silently and streams are

@@ -81,6 +81,15 @@ async def test_a_wait_that_runs_out_is_504_and_the_result_comes_later(ns: str) -
             assert r.status == 200 and (await r.json())["request_id"] == "slow"
 
 
+async def test_a_fresh_id_told_in_a_504_is_pending_not_unknown(ns: str) -> None:
+    """Without X-Request-Id the client learns the id from the 504: from then on a GET of it must say pending."""
+    async with serving(gateway_settings(ns), stall=lambda rid: 0.5) as live, aiohttp.ClientSession() as s:
+        status, _, doc = await post(s, live.url + "/v1/detect?timeout_ms=100", jpeg(seed=6))
+        assert status == 504
+        async with s.get(f"{live.url}/v1/results/{doc['request_id']}") as r:
+            assert r.status == 202, await r.text()
+
+
 async def test_backpressure_is_429_with_retry_after_never_a_drop(ns: str) -> None:
     settings = gateway_settings(ns, limits={"ingress_high_watermark": 2}, gateway={"retry_after_s": 3})
     held: set[str] = set()
