@@ -143,9 +143,10 @@ class Gateway:
             raise self.not_ready()
         ttl = self.settings.gateway.result_ttl_s
         if request_id is not None:
-            held = await self.results.admit(request_id, fingerprint(image), ttl)
+            mark = fingerprint(image)
+            held = await self.results.admit(request_id, mark, ttl)
             if held is not None:
-                if held != fingerprint(image):
+                if held != mark:
                     raise GatewayError(409, "request_id_conflict", "this request id was used for another image",
                                        request_id=request_id)
                 return request_id  # a retry: the first attempt is in the pipeline, or done

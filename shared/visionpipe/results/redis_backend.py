@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 # Backoff between attempts to re-subscribe after the connection dropped, doubled up to the cap.
 RESUBSCRIBE_BACKOFF_S = 0.1
 RESUBSCRIBE_BACKOFF_MAX_S = 2.0
+# SET NX failed but the key expired before the GET: claim again (once more is plenty; expiry is a moment).
+ADMIT_ATTEMPTS = 2
 
 
 class RedisResults(ResultsBackend):
@@ -66,10 +68,13 @@ class RedisResults(ResultsBackend):
 
     async def admit(self, request_id: str, fingerprint: str, ttl_s: float) -> str | None:
         key = self._key("req", request_id)
-        if await self._r.set(key, fingerprint, nx=True, px=int(ttl_s * 1000)):
-            return None
-        held: Any = await self._r.get(key)
-        return held.decode() if isinstance(held, bytes) else ""  # expired between the two calls: a conflict
+        for _ in range(ADMIT_ATTEMPTS):
+            if await self._r.set(key, fingerprint, nx=True, px=int(ttl_s * 1000)):
+                return None
+            held: Any = await self._r.get(key)
+            if isinstance(held, bytes):
+                return held.decode()
+        return ""  # taken and gone again twice in a row: an id this contended is a conflict
 
     async def release(self, request_id: str) -> None:
         await self._r.delete(self._key("req", request_id))
