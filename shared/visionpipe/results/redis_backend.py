@@ -85,13 +85,15 @@ class RedisResults(ResultsBackend):
     async def store(self, results: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
         if not results:
             return
-        for request_id, doc in results:  # a waiter on this replica need not wait for the round trip
-            self._wake(request_id, doc)
         async with self._r.pipeline(transaction=True) as pipe:
             for request_id, doc in results:
                 pipe.set(self._key("result", request_id), doc, px=int(ttl_s * 1000))
                 pipe.publish(self.channel, request_id.encode() + b" " + doc)
             await pipe.execute()
+        # Waiters here need not wait for their copy of the message; not before the write, though: a client
+        # answered from a wake-up may GET the result at once, and must find it stored.
+        for request_id, doc in results:
+            self._wake(request_id, doc)
 
     async def fetch(self, request_id: str) -> bytes | None:
         value: Any = await self._r.get(self._key("result", request_id))
