@@ -8,7 +8,8 @@ the embedded broker or Kafka) each replica reads every result in a group named a
 
 The JSON feed is the same documents on a stream of their own for readers that are not ours (redis-cli, kcat, a
 service in another language); nothing of ours acks it, so it is kept for the result TTL: Kafka's topic
-retention does that, on Redis the reader trims entries older than the TTL.
+retention does that, on Redis the reader trims entries older than the TTL. Where replicas each read every result,
+the feed is written from a second group that they share, so each result is fed once.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ def reader_group(settings: Settings, results: ResultsBackend, consumer: str) -> 
     return group if results.shared else f"{group}-{consumer}"
 
 
+def documents(batch: Collected) -> list[tuple[str, bytes]]:
+    """(request id, JSON document) of every result and dead letter read."""
+    docs = [(env.request_id, result_document(env, batch.wall_ns)) for env in batch.results]
+    return docs + [(d.request_id, failure_document(d)) for d in batch.dead if d.request_id]
+
+
 class ResultsReader:
     def __init__(
         self, broker: Broker, settings: Settings, results: ResultsBackend, metrics: GatewayMetrics, consumer: str
@@ -52,12 +59,18 @@ class ResultsReader:
         # In-process broker: nobody outside this process could read a feed.
         self.feed = f"{settings.streams.prefix}.{feed}" if feed and not isinstance(broker, MemoryBroker) else None
         self.ttl_s = settings.gateway.result_ttl_s
+        # Replicas that each read every result (a store of their own) would each feed it: the feed then has a
+        # reader of its own, in one group all replicas share, so each result is fed once.
+        shared_feed = self.feed is not None and not results.shared
+        self.feeder = Collector(broker, settings, f"{settings.gateway.group}-feed", consumer) if shared_feed else None
         self.opened = False
 
     async def open(self) -> None:
         await self.collector.open()
         if self.feed is not None:
             await self.broker.ensure(self.feed)
+        if self.feeder is not None:
+            await self.feeder.open()
         self.opened = True
 
     async def run(self) -> None:
@@ -67,6 +80,8 @@ class ResultsReader:
         while True:
             try:
                 await self.collector.poll(READ_TIMEOUT_S, self._keep)
+                if self.feeder is not None:
+                    await self.feeder.poll(0.0, self._feed)
                 now = time.monotonic()
                 if self.results.shared and now >= next_reclaim:
                     next_reclaim = now + RECLAIM_INTERVAL_S
@@ -81,12 +96,17 @@ class ResultsReader:
                 backoff = min(backoff * 2, ERROR_BACKOFF_MAX_S)
 
     async def _keep(self, batch: Collected) -> None:
-        docs = [(env.request_id, result_document(env, batch.wall_ns)) for env in batch.results]
-        docs += [(d.request_id, failure_document(d)) for d in batch.dead if d.request_id]
+        docs = documents(batch)
         if not docs:
             return
         await self.results.store(docs, self.ttl_s)  # before the ack: a result is never acked unstored
-        if self.feed is not None:
+        if self.feed is not None and self.feeder is None:
             await self.broker.publish(self.feed, [doc for _, doc in docs], [rid for rid, _ in docs])
         self.metrics.stored.labels("done").inc(len(batch.results))
         self.metrics.stored.labels("failed").inc(len(docs) - len(batch.results))
+
+    async def _feed(self, batch: Collected) -> None:
+        assert self.feed is not None
+        docs = documents(batch)
+        if docs:
+            await self.broker.publish(self.feed, [doc for _, doc in docs], [rid for rid, _ in docs])

@@ -55,4 +55,14 @@ async def test_on_kafka_each_replica_reads_every_result_into_its_own_store(kafka
         assert live.gateway.reader is not None and live.gateway.reader.collector.group.startswith("gateway-")
         async with s.post(live.url + "/v1/detect", data=jpeg(), headers={"Content-Type": "image/jpeg"}) as r:
             assert r.status == 200, await r.text()
-            assert (await r.json())["objects"]
+            doc = await r.json()
+        assert doc["objects"]
+        assert live.gateway.reader.feeder is not None  # fed from a group the replicas share: once per result
+        feed = f"{ns}.results-json"
+        await live.gateway.broker.ensure(feed, "outsider")
+        got = []
+        for _ in range(20):
+            got += await live.gateway.broker.consume(feed, "outsider", "o", 10, 0.5)
+            if got:
+                break
+        assert [json.loads(d.data)["request_id"] for d in got] == [doc["request_id"]]
