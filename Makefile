@@ -28,14 +28,15 @@ $(STAMP): pyproject.toml
 models: $(STAMP)
 	$(BIN)/visionpipe models fetch
 
-# From Debian's packages: redis-server (the contract and end-to-end tests start real servers) and GStreamer's RTSP
-# server under Debian's own Python (the ingest tests' live camera, tests/services/ingest/rtsp_server.py).
+# From Debian's packages: redis-server (the contract and end-to-end tests start real servers), Chromium with its
+# matching chromedriver (the gateway's page is tested in a real headless browser; ~30 s to install), and
+# GStreamer's RTSP server under Debian's own Python (the ingest tests' live camera, tests/services/ingest/rtsp_server.py).
 RTSP_PKGS := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base \
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad
+SYS_PKGS := redis-server chromium chromium-driver $(RTSP_PKGS)
 
 sysdeps:
-	@missing=""; command -v redis-server >/dev/null || missing="redis-server"; \
-	for p in $(RTSP_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(SYS_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
 	fi

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -150,14 +151,54 @@ def summary_table(results: list[RunResult]) -> Table:
     return table
 
 
+def _execute_http(target: str, token: str | None, kw: dict[str, Any]) -> None:
+    """``--target``: the same load through the HTTP gateway; the report counts every answer by status."""
+    from visionpipe.loadgen.http_target import HttpOptions, run_http_load
+
+    spec = LoadSpec(kw["pattern"], kw["rate"], kw["duration"], kw["burst_factor"], kw["burst_ms"],
+                    kw["concurrency"], kw["seed"])
+    try:
+        spec.validate()
+        images = _images(kw["images_dir"], kw["synthetic_size"], kw["seed"])
+    except (ScheduleError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    summary = asyncio.run(run_http_load(target, spec, images, HttpOptions(warmup_requests=kw["warmup"], token=token)))
+    table = Table(title=f"load through {target}: {spec.describe()}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    lat = summary["latency_ms"]
+    for name, value in [
+        ("sent / completed (200)", f"{summary['sent']} / {summary['completed']}"),
+        ("429 (backpressure) / 5xx / transport errors / lost",
+         f"{summary['rejected_429']} / {summary['server_errors_5xx']} / {summary['transport_errors']} / "
+         f"{summary['lost']}"),
+        ("statuses", ", ".join(f"{k}: {v}" for k, v in sorted(summary["statuses"].items()))),
+        ("throughput req/s", f"{summary['throughput_rps']:.1f}"),
+        *[(f"{p} ms (200s)", f"{lat.get(p, float('nan')):.2f}") for p in ("p50", "p90", "p99", "max")],
+    ]:
+        table.add_row(name, value)
+    Console().print(table)
+    if kw["out_dir"] is not None:
+        kw["out_dir"].mkdir(parents=True, exist_ok=True)
+        doc = {"target": target, "load": spec.describe(), "images": images.description, "summary": summary}
+        (kw["out_dir"] / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    if kw["strict"] and summary["lost"]:
+        raise SystemExit(EXIT_LOST)
+
+
 @loadgen.command()
 @click.option("--broker", "broker_url", default=None, help="broker URL (default: VISIONPIPE_BROKER__URL)")
+@click.option("--target", default=None, help="http://host:port of a gateway: send the load over HTTP instead")
+@click.option("--token", default=None, envvar="LOADGEN_TOKEN", help="bearer token for --target")
 @click.option("--external/--spawn", default=True, show_default=True,
               help="drive stages already running, or start the three stages for this run")
 @click.option("--prefix", default=None, help="stream prefix of the running pipeline (external; default: settings)")
 @load_options
-def run(broker_url: str | None, external: bool, **kw: Any) -> None:
-    """Offer load to the pipeline on one broker; print and (with --out) write the report."""
+def run(broker_url: str | None, target: str | None, token: str | None, external: bool, **kw: Any) -> None:
+    """Offer load to the pipeline on one broker, or through the gateway (--target); print and write the report."""
+    if target is not None:
+        _execute_http(target, token, kw)
+        return
     url = broker_url or load_settings().broker.url
     if url.startswith("memory://"):
         raise click.UsageError("memory:// lives inside one process; give a redis:// or kafka:// broker")

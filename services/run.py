@@ -283,6 +283,8 @@ def _write(out: Path, inputs: list[Input], records: dict[str, dict[str, Any]]) -
 )
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), help="also write the summary as JSON")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--serve", is_flag=True, help="instead of IMAGES: serve every stage plus the HTTP gateway and its page")
+@click.option("--port", type=int, help="--serve: the gateway's port (default service.port, 8000; 0: any free one)")
 def run(
     images: tuple[Path, ...],
     out: Path,
@@ -295,13 +297,22 @@ def run(
     score_threshold: float | None,
     summary_json: Path | None,
     quiet: bool,
+    serve: bool,
+    port: int | None,
 ) -> None:
     """Run decode -> detector -> classifier over IMAGES (files or directories; default: the shipped samples)."""
-    settings = cli_settings(settings_file, broker, device, weights, detector, classifier)
+    settings = cli_settings(settings_file, broker, device, weights, detector, classifier, port=port)
     if score_threshold is not None:
         settings.detector.score_threshold = score_threshold
     setup_logging("WARNING" if settings.service.log_level.upper() == "INFO" else settings.service.log_level)
     console = Console(stderr=True)
+    if serve:
+        import uvloop
+
+        from visionpipe.services.gateway.local import serve_locally
+
+        uvloop.run(serve_locally(settings, Console()))
+        return
     paths = list(images) or shipped_samples()
     if not images:
         console.print(f"no IMAGES given: running the {len(paths)} shipped samples")

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # sysexits' EX_CONFIG: the settings name weights this machine does not have (not fetched, offline, altered).
 EXIT_NO_WEIGHTS = 78
+GATEWAY = "gateway"  # `visionpipe serve gateway`: the HTTP front door (visionpipe.services.gateway)
 
 
 def make_stage(name: str, settings: Settings, metrics: Metrics) -> Stage:
@@ -105,7 +106,7 @@ def _on_signal(worker: Worker, sig: signal.Signals) -> None:
 
 
 @click.command()
-@click.argument("stage", type=click.Choice(STAGES))
+@click.argument("stage", type=click.Choice([*STAGES, GATEWAY]))
 @click.option("--broker", help="memory://, redis://host:port/db or kafka://host:port (default: settings)")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="where models (and nvJPEG/DALI) run")
 @click.option("--weights", help="random, a local file, DEFAULT or a torchvision weights name")
@@ -132,9 +133,16 @@ def serve(
     drain: bool,
     settings_file: Path | None,
 ) -> None:
-    """Run one STAGE (decode, detector or classifier) as a service."""
+    """Run one STAGE (decode, detector or classifier) or the HTTP gateway as a service."""
     settings = cli_settings(settings_file, broker, device, weights, detector, classifier, port=port, host=host)
     setup_logging(settings.service.log_level, settings.service.log_json)
+    if stage == GATEWAY:
+        import uvloop
+
+        from visionpipe.services.gateway.server import serve_gateway
+
+        uvloop.run(serve_gateway(settings))
+        _exit_now()
     try:
         asyncio.run(serve_stage(stage, settings, drain))
     except WeightsUnavailable as exc:

@@ -9,7 +9,7 @@ import pytest
 
 from visionpipe.broker import MemoryBroker
 from visionpipe.envelope import Envelope, Event, StreamRef
-from visionpipe.ingress import Backpressure, Frame, ensure_pipeline_streams, submit_images, wait_for_room
+from visionpipe.ingress import BacklogWatch, Backpressure, Frame, ensure_pipeline_streams, submit_images, wait_for_room
 from visionpipe.settings import load_settings
 from visionpipe.topology import DECODE
 
@@ -107,3 +107,22 @@ async def test_byte_bound_overshoots_by_one_batch_at_most_with_producers_racing(
     one_batch = BATCH * FRAME_BYTES * 1.1  # the envelope and, on Redis, the stream's own bookkeeping
     assert BYTE_LIMIT <= sum(held.values()) < BYTE_LIMIT + one_batch, held
     assert all("limits.ingress_max_bytes" in r and f"most in {ns}.frames" in r for r in refusals), refusals[0]
+
+
+async def test_backlog_watch_refuses_above_the_watermark_from_its_last_read(ns: str) -> None:
+    settings = load_settings(streams={"prefix": ns}, limits={"ingress_high_watermark": 2})
+    broker = MemoryBroker(f"memory://{ns}")
+    await ensure_pipeline_streams(broker, settings)
+    watch = BacklogWatch(broker, settings, interval_s=0.02)
+    assert not watch.fresh
+    reading = asyncio.create_task(watch.run())
+    try:
+        await asyncio.sleep(0.05)
+        assert watch.fresh and watch.backlog == 0
+        watch.check()
+        await submit_images(broker, settings, [Frame(b"x"), Frame(b"y")], wait_s=0)
+        await asyncio.sleep(0.05)
+        with pytest.raises(Backpressure):
+            watch.check()
+    finally:
+        reading.cancel()

@@ -100,6 +100,10 @@ def main() -> None:
             "visionpipe.loadgen.bench.pipeline:bench_pipeline",
             "Bundled vs old models, visionpipe run vs a plain script (CPU).",
         ),
+        "gateway": (
+            "visionpipe.loadgen.bench.gateway:bench_gateway",
+            "HTTP gateway vs broker-direct latency at one load; sustained requests/s.",
+        ),
     },
 )
 def bench() -> None:

@@ -9,10 +9,11 @@ Each reader names its own group, so several readers each see everything.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from visionpipe.broker import Broker, BrokerStateLost, DeadLetter, Delivery
@@ -34,6 +35,9 @@ class Collected:
     undecodable: int = 0  # entries that were neither: another writer's, or damaged
     mono_ns: int = 0
     wall_ns: int = 0
+
+
+Sink = Callable[[Collected], None] | Callable[[Collected], Awaitable[None]]
 
 
 class Collector:
@@ -60,38 +64,47 @@ class Collector:
             await self.broker.prepare(stream, self.group, self.consumer)
         return self
 
-    async def poll(self, timeout_s: float, sink: Callable[[Collected], None] | None = None) -> Collected:
+    async def poll(self, timeout_s: float, sink: Sink | None = None) -> Collected:
         """Read what is there (waiting up to ``timeout_s`` for results), hand it to ``sink``, then ack it.
 
         Dead letters are read without waiting once results came, so neither stream delays the other.
-        A broker that lost our group (restarted empty) gets it back, and this poll returns nothing.
+        A broker that lost our group (restarted empty) gets it back, and this poll returns nothing. ``sink``
+        may be a coroutine function (a reader that stores results elsewhere before they are acked).
         """
         try:
-            return await self._poll(timeout_s, sink)
+            got = await self._consume(self.results_stream, timeout_s)
+            dead = await self._consume(self.dead_stream, 0.0 if got else timeout_s)
         except BrokerStateLost as exc:
             log.error("the broker has lost the %s group (%s): making it again; what it held is gone", self.group, exc)
             await self.open()
             return Collected(mono_ns=time.monotonic_ns(), wall_ns=time.time_ns())
+        return await self._settle(got, dead, sink)
+
+    async def reclaim(self, min_idle_s: float, sink: Sink | None = None) -> Collected:
+        """Take over what members of this group that died left unacked (readers that share one group)."""
+        got = await self.broker.reclaim(self.results_stream, self.group, self.consumer, min_idle_s, self.count)
+        dead = await self.broker.reclaim(self.dead_stream, self.group, self.consumer, min_idle_s, self.count)
+        return await self._settle(got, dead, sink)
 
     async def _consume(self, stream: str, timeout_s: float) -> list[Delivery]:
         return await self.broker.consume(stream, self.group, self.consumer, self.count, timeout_s)
 
-    async def _poll(self, timeout_s: float, sink: Callable[[Collected], None] | None) -> Collected:
-        got = await self._consume(self.results_stream, timeout_s)
+    async def _settle(self, got: list[Delivery], dead: list[Delivery], sink: Sink | None) -> Collected:
         batch = Collected(mono_ns=time.monotonic_ns(), wall_ns=time.time_ns())
         for d in got:
             try:
                 batch.results.append(Envelope.decode(d.data))
             except EnvelopeError:
                 batch.undecodable += 1
-        dead = await self._consume(self.dead_stream, 0.0 if got else timeout_s)
         for d in dead:
             try:
                 batch.dead.append(DeadLetter.decode(d.data))
             except (ValueError, KeyError, TypeError, OverflowError):  # a foreign record: msgpack errors are ValueErrors
                 batch.undecodable += 1
         if sink is not None:
-            sink(batch)
+            handed = sink(batch)
+            if inspect.isawaitable(handed):
+                await handed
         if got:
             await self.broker.ack(self.results_stream, self.group, got)
         if dead:

@@ -1,7 +1,9 @@
 """The pipeline's front door: admit images, or push back when the pipeline is behind.
 
 Everything that feeds the pipeline (``visionpipe run``, ``visionpipe ingest``,
-the load generator, a user's client) goes through :func:`submit_images`, so backpressure is
+the load generator, a user's client) goes through :func:`submit_images` — or, for
+the HTTP gateway, which answers thousands of requests a second, through a
+:class:`BacklogWatch` and :func:`publish_frames` — so backpressure is
 applied in one place. Callers wait (bounded) or get :class:`Backpressure`
 while any of these holds — requests are never dropped silently and streams
 are never trimmed:
@@ -31,13 +33,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from visionpipe import topology
-from visionpipe.broker import Broker, BrokerFull, Room
+from visionpipe.broker import Broker, BrokerError, BrokerFull, Room
 from visionpipe.envelope import Envelope, Event, StreamRef
 from visionpipe.settings import Settings
 from visionpipe.topology import INGRESS, STAGES
 
 # How often a waiting producer re-reads the backlog: short against a batch's time, long against a broker call.
 BACKPRESSURE_POLL_S = 0.05
+# A backlog older than this many polls means the broker stopped answering: the front door is not ready then.
+STALE_AFTER_POLLS = 40
 
 
 class Backpressure(RuntimeError):
@@ -138,12 +142,62 @@ async def submit_images(
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         await wait_for_room(broker, settings, left)
         envelopes = [frame_envelope(f) for f in frames]  # stamped enqueued now, after any wait
-        refusal = await _publish_if_room(broker, settings, envelopes)
-        if refusal is None:
+        try:
+            await publish_frames(broker, settings, envelopes)
             return [e.request_id for e in envelopes]
-        if deadline is not None and time.monotonic() >= deadline:
-            raise Backpressure(refusal)
+        except Backpressure:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
         await asyncio.sleep(BACKPRESSURE_POLL_S)
+
+
+async def publish_frames(broker: Broker, settings: Settings, envelopes: Sequence[Envelope]) -> None:
+    """Put frame envelopes on the frames stream, keyed by request id, unless the byte bound or a full broker refuses.
+
+    Raises :class:`Backpressure` with the refusal's reason; the backlog watermark is the caller's to check
+    (:func:`wait_for_room`, or a :class:`BacklogWatch`).
+    """
+    refusal = await _publish_if_room(broker, settings, list(envelopes))
+    if refusal is not None:
+        raise Backpressure(refusal)
+
+
+class BacklogWatch:
+    """The pipeline's backlog, re-read in the background every ``interval_s``.
+
+    A front door that serves thousands of requests a second checks :meth:`check` instead of asking the
+    broker for every stage's backlog on each request (three round trips). The value is at most one interval
+    old, so a burst may pass the watermark by one interval's arrivals: bounded, and still never a drop.
+    """
+
+    def __init__(self, broker: Broker, settings: Settings, interval_s: float = BACKPRESSURE_POLL_S) -> None:
+        self.broker, self.settings, self.interval_s = broker, settings, interval_s
+        self.watermark = settings.limits.ingress_high_watermark
+        self.backlog: int | None = None  # None until read, and after a failed read
+        self.read_at = 0.0  # monotonic s
+
+    @property
+    def fresh(self) -> bool:
+        """A value read lately: stale means the broker stopped answering, and the front door is not ready."""
+        return self.backlog is not None and time.monotonic() - self.read_at < STALE_AFTER_POLLS * self.interval_s
+
+    async def run(self) -> None:
+        while True:
+            try:
+                self.backlog = await pipeline_backlog(self.broker, self.settings)
+                self.read_at = time.monotonic()
+            except BrokerError:
+                self.backlog = None
+            await asyncio.sleep(self.interval_s)
+
+    def check(self) -> None:
+        """Raise :class:`Backpressure` while the last backlog read is at or above the watermark."""
+        if self.backlog is not None and self.backlog >= self.watermark:
+            raise Backpressure(
+                f"ingress backlog {self.backlog} is above the high watermark {self.watermark}; retry later",
+                self.backlog,
+                self.watermark,
+            )
 
 
 async def ensure_pipeline_streams(broker: Broker, settings: Settings) -> None:

@@ -265,6 +265,33 @@ class IngestSettings(BaseModel):
         return value
 
 
+class GatewaySettings(BaseModel):
+    """The HTTP gateway (``visionpipe serve gateway``); it listens on ``service.host``/``service.port`` like every
+    service, with its API, page, docs, probes and metrics on that one port."""
+
+    wait_s: float = Field(10.0, gt=0.0, description="how long POST /v1/detect waits for its result by default")
+    # A client may ask for longer with ?timeout_ms=, up to this: a wait holds a connection and a slot in memory.
+    max_wait_s: float = Field(60.0, gt=0.0, description="longest wait a client may ask for with ?timeout_ms=")
+    result_ttl_s: float = Field(600.0, gt=0.0, description="how long a result stays fetchable by GET /v1/results/{id}")
+    # Memory store only (memory and Kafka brokers): the newest this many results are kept within their TTL.
+    max_results: int = Field(10_000, ge=1, description="results kept in memory when the store is not Redis")
+    results_url: str = Field(
+        "", description="results store: redis://… or memory://; empty: the broker when it is Redis, else memory"
+    )
+    group: str = Field("gateway", description="consumer group on the results stream (per replica with memory)")
+    feed: str = Field(
+        "results-json", description="stream/topic (under streams.prefix) of every result as JSON; empty: none"
+    )
+    # A slow client must not hold a request slot for ever: idle gap between body chunks, and the whole body.
+    body_chunk_timeout_s: float = Field(5.0, gt=0.0, description="longest gap between two chunks of a request body")
+    body_timeout_s: float = Field(30.0, gt=0.0, description="longest time to receive a whole request body")
+    header_timeout_s: float = Field(10.0, gt=0.0, description="longest time to receive a request's head")
+    max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line plus headers, in bytes")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After of a 429 or 503: when a retry may find room")
+    tokens_file: Path | None = Field(None, description="file of bearer tokens, one per line; unset: no auth")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty: CORS off")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -283,6 +310,7 @@ class Settings(BaseSettings):
     service: ServiceSettings = ServiceSettings()
     ingest: IngestSettings = IngestSettings()
     models: ModelsSettings = Field(default_factory=ModelsSettings)
+    gateway: GatewaySettings = GatewaySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -2,11 +2,11 @@
 
 kubernetes-validate knows only built-in kinds, and the tests have no network to fetch KEDA's CRDs, so these
 schemas restate the documented fields (keda.sh: "ScaledObject specification", "TriggerAuthentication
-specification", and the Redis Streams and Apache Kafka scaler pages, KEDA 2.x) — closed where KEDA is closed, so a
-misspelt field fails here as it would fail the API server's structural-schema check. Trigger metadata is a map of
-strings in KEDA (a number there must be quoted), and each scaler's documented parameters are listed so that a typo
-in one (``pendingEntryCount``) is caught, which KEDA itself would silently ignore. The HPA ``behavior`` block is
-KEDA's copy of ``autoscaling/v2`` and is checked against Kubernetes' own definition.
+specification", and the Redis Streams, Apache Kafka and Prometheus scaler pages, KEDA 2.x) — closed where KEDA is
+closed, so a misspelt field fails here as it would fail the API server's structural-schema check. Trigger metadata
+is a map of strings in KEDA (a number there must be quoted), and each scaler's documented parameters are listed so
+that a typo in one (``pendingEntryCount``) is caught, which KEDA itself would silently ignore. The HPA ``behavior``
+block is KEDA's copy of ``autoscaling/v2`` and is checked against Kubernetes' own definition.
 """
 
 from __future__ import annotations
@@ -84,6 +84,24 @@ SCALER_METADATA: dict[str, dict[str, Any]] = {
             "tls": {"type": "string", "enum": ["enable", "disable"]},
             "unsafeSsl": _BOOL,
             "awsRegion": {"type": "string"},
+        },
+    },
+    # keda.sh "Prometheus" scaler: the query must return one number; threshold is per replica.
+    "prometheus": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["serverAddress", "query", "threshold"],
+        "properties": {
+            "serverAddress": {"type": "string", "pattern": r"^https?://[^/]+"},
+            "query": {"type": "string", "minLength": 1},
+            "threshold": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+            "activationThreshold": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+            "namespace": {"type": "string"},
+            "customHeaders": {"type": "string"},
+            "ignoreNullValues": _BOOL,
+            "queryParameters": {"type": "string"},
+            "unsafeSsl": _BOOL,
+            "timeout": _QUANTITY,
         },
     },
 }

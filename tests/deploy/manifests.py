@@ -61,6 +61,8 @@ def _pod_references(spec: dict[str, Any]) -> set[tuple[str, str]]:
                 if field in src:
                     refs.add((kind, src[field]["name"]))
     for vol in spec.get("volumes", []):
+        if vol.get("secret", {}).get("optional") or vol.get("configMap", {}).get("optional"):
+            continue  # an optional volume's object may be absent (the gateway's tokens): nothing dangles
         if "secret" in vol:
             refs.add(("Secret", vol["secret"]["secretName"]))
         if "configMap" in vol:

@@ -246,8 +246,8 @@ def test_prometheus_scrapes_every_stage_on_its_port(compose: dict[str, Any]) -> 
     config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "visionpipe")
     (sd,) = job["dns_sd_configs"]
-    assert sorted(sd["names"]) == sorted(STAGES)
-    for stage in STAGES:
+    assert sorted(sd["names"]) == sorted([*STAGES, "gateway"])
+    for stage in (*STAGES, "gateway"):
         settings = load_settings_from_env(environment_dict(compose["services"][stage]))
         assert sd["port"] == settings.service.port
     assert job["metrics_path"] == "/metrics"

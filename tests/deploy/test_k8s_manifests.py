@@ -58,7 +58,7 @@ def test_every_object_is_valid_kubernetes(rendered: dict[str, Objects], overlay:
 def test_overlays_add_a_broker_and_autoscaling(rendered: dict[str, Objects], overlay: str) -> None:
     objects = objects_of(rendered, overlay)
     assert overlay in by_kind(objects, "StatefulSet"), f"{overlay} overlay has no {overlay} StatefulSet"
-    assert sorted(by_kind(objects, "ScaledObject")) == sorted(STAGES)
+    assert sorted(by_kind(objects, "ScaledObject")) == sorted([*STAGES, "gateway"])
     assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {"visionpipe"}
     unlabelled = [o["metadata"]["name"] for o in objects if "app.kubernetes.io/part-of" not in o["metadata"]["labels"]]
     assert unlabelled == []

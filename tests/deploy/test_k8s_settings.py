@@ -158,7 +158,8 @@ def test_scaled_object_watches_the_stage_input(rendered: dict[str, Objects], ove
 
 def test_redis_scaling_sees_both_pending_and_lag(rendered: dict[str, Objects]) -> None:
     """Pending entries alone miss a queue nobody has read yet; lag alone misses slow batches. Both, per stage."""
-    for scaled in by_kind(objects_of(rendered, "redis"), "ScaledObject").values():
+    for stage in STAGES:
+        scaled = by_kind(objects_of(rendered, "redis"), "ScaledObject")[stage]
         measures = {
             key
             for t in scaled["spec"]["triggers"]
@@ -172,7 +173,8 @@ def test_kafka_scaling_stays_within_partitions(rendered: dict[str, Objects]) -> 
     """A consumer beyond the partition count gets no partition: more replicas than that only waste GPUs."""
     objects = objects_of(rendered, "kafka")
     partitions = _settings(objects).broker.kafka_partitions
-    for scaled in by_kind(objects, "ScaledObject").values():
+    for stage in STAGES:  # stage consumers only: the gateway's group is per replica with Kafka (memory store)
+        scaled = by_kind(objects, "ScaledObject")[stage]
         assert scaled["spec"]["maxReplicaCount"] <= partitions
         assert all(t["metadata"].get("allowIdleConsumers", "false") == "false" for t in scaled["spec"]["triggers"])
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import os
 import signal
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
+
+from PIL import Image
 
 from visionpipe.broker import connect
 from visionpipe.envelope import Envelope, Event
@@ -29,11 +32,28 @@ COMPUTE_S = {"decode": 0.001, "detector": 0.003, "classifier": 0.002}
 POISON = b"not an image"
 
 
+# The classifier stand-in's one box, as fractions of the image: a client can check where it lands.
+BOX = (0.25, 0.25, 0.6, 0.75)
+
+
+def _size(env: Envelope) -> tuple[int, int]:
+    """The image's size from its header (decode), else as carried on (later stages), else 8x8."""
+    image = env.payload.get("image")
+    if isinstance(image, bytes):
+        with contextlib.suppress(Exception), Image.open(io.BytesIO(image)) as img:
+            return img.size
+    return int(env.payload.get("width", 8)), int(env.payload.get("height", 8))
+
+
 def _next(env: Envelope, stage: str) -> Envelope:
+    width, height = _size(env)
     if stage == CLASSIFIER:
-        obj = {"box": [0, 0, 1, 1], "score": 0.9, "label": 1, "label_name": "thing", "top_k": [[1, 0.5]]}
-        return env.child(width=8, height=8, objects=[obj], weights={"detector": "random", "classifier": "random"})
-    return env.child(stage=stage)
+        box = [BOX[0] * width, BOX[1] * height, BOX[2] * width, BOX[3] * height]
+        top = [{"label": 1, "name": "thing", "score": 0.5}]
+        obj = {"box": box, "score": 0.9, "label": 1, "label_name": "thing", "top_k": top}
+        return env.child(width=width, height=height, objects=[obj],
+                         weights={"detector": "random", "classifier": "random"})
+    return env.child(stage=stage, width=width, height=height)
 
 
 async def run_stage(
@@ -42,6 +62,7 @@ async def run_stage(
     stop: asyncio.Event,
     drain: bool = False,
     stall: Callable[[str], float] | None = None,
+    compute_scale: float = 1.0,
 ) -> None:
     """Pass messages on until ``stop``; ``stall(request_id)`` gives seconds this stage hangs on a request."""
     source, sink = hop(stage).source, hop(stage).sink
@@ -66,7 +87,8 @@ async def run_stage(
                 if stall is not None:
                     await asyncio.sleep(stall(env.request_id))
                 env.stamp(stage, Event.BATCH_START)
-                await asyncio.sleep(COMPUTE_S[stage])
+                if compute_scale:
+                    await asyncio.sleep(COMPUTE_S[stage] * compute_scale)
                 env.stamp(stage, Event.COMPUTE_DONE)
                 nxt = _next(env, stage)
                 nxt.stamp(stage, Event.PUBLISHED)
@@ -95,6 +117,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--weights", default="random")
     parser.add_argument("--port", type=int, default=0)
+    # 0: no stand-in compute at all, so a benchmark of what lies around the stages sees only broker hops.
+    parser.add_argument("--compute-scale", type=float, default=float(os.environ.get("PASSTHROUGH_COMPUTE_SCALE", 1)))
     args = parser.parse_args()
     settings = load_settings(broker={"url": args.broker})
     server = HTTPServer(("127.0.0.1", args.port), _Ready)
@@ -103,7 +127,7 @@ def main() -> None:
     async def amain() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await run_stage(args.stage, settings, stop)
+        await run_stage(args.stage, settings, stop, compute_scale=args.compute_scale)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(amain())

@@ -193,6 +193,15 @@ class Broker(ABC):
         """
         raise NotImplementedError
 
+    async def trim_older(self, stream: str, age_s: float) -> None:
+        """Drop entries older than ``age_s`` from a stream no group of ours reads (a feed for outside readers).
+
+        Retention by age, as Kafka topics have it: pipeline streams are never trimmed this way (acks bound
+        them); a feed whose readers are not ours can only be bounded by how long it promises to keep entries.
+        Kafka's topic retention does this by itself, so the default does nothing.
+        """
+        return None
+
     async def dead_letter(
         self,
         dlq: str,
