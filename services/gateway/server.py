@@ -88,6 +88,12 @@ def make_server(gateway: Gateway, routers: Sequence[APIRouter] = (), *, manage: 
 
 
 async def serve_gateway(settings: Settings, routers: Sequence[APIRouter] = ()) -> None:
+    """``visionpipe serve gateway``; with ``gateway.ingest_url``, the ingest service's /v1/streams beside the API."""
+    if settings.gateway.ingest_url:
+        from visionpipe.services.ingest.api import streams_router
+        from visionpipe.services.ingest.remote import RemoteStreams
+
+        routers = [*routers, streams_router(RemoteStreams(settings.gateway.ingest_url))]
     server = make_server(Gateway(settings), routers)
     await server.serve()
     log.info("gateway stopped")

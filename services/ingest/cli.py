@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import click
 
 from visionpipe.logs import setup_logging
+from visionpipe.services.ingest.remote import IngestUnreachable, call
 from visionpipe.services.serve import cli_settings
 from visionpipe.settings import StreamSource
 
 DEFAULT_API = "http://127.0.0.1:8000"
-CLIENT_TIMEOUT_S = 30.0  # removal waits for the reader to stop: up to a read timeout on a stalled camera
 
 
 class DefaultGroup(click.Group):
@@ -89,17 +87,10 @@ def run_cmd(
 
 
 def _call(api: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"{api.rstrip('/')}{path}", data=data, method=method)
-    req.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(req, timeout=CLIENT_TIMEOUT_S) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        raise click.ClickException(f"{method} {path}: HTTP {exc.code}: {detail}") from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot reach the ingest service at {api}: {exc}") from None
+        return call(api, method, path, body)
+    except (KeyError, ValueError, IngestUnreachable) as exc:  # the registry's refusals, or nobody there
+        raise click.ClickException(f"{method} {path}: {exc}") from None
 
 
 api_option = click.option("--api", default=DEFAULT_API, show_default=True, envvar="VISIONPIPE_INGEST_API")

@@ -290,6 +290,9 @@ class GatewaySettings(BaseModel):
     retry_after_s: int = Field(1, ge=0, description="Retry-After of a 429 or 503: when a retry may find room")
     tokens_file: Path | None = Field(None, description="file of bearer tokens, one per line; unset: no auth")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty: CORS off")
+    ingest_url: str = Field(
+        "", description="API of a running `visionpipe ingest` (http://host:port): /v1/streams is served here too"
+    )
 
 
 class Settings(BaseSettings):

@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from tests.services.helpers import fast_overrides
@@ -106,6 +107,26 @@ async def test_streams_are_added_listed_and_removed_at_run_time_through_api_and_
         assert {"/v1/streams", "/v1/streams/{stream_id}"} <= set(schema["paths"])
         gone = await asyncio.to_thread(cli.invoke, ingest, ["remove", "cam", *api])
         assert gone.exit_code != 0 and "404" in gone.output
+        await _the_gateways_client_speaks_the_same_api(f"http://127.0.0.1:{port}", str(video))
     finally:
         service.stopping.set()
         await asyncio.wait_for(running, timeout=30)
+
+
+async def _the_gateways_client_speaks_the_same_api(api: str, video: str) -> None:
+    """The gateway mounts the same router over RemoteStreams: the registry's answers and refusals come through."""
+    from visionpipe.services.gateway.app import create_app
+    from visionpipe.services.gateway.service import Gateway
+    from visionpipe.services.ingest.api import streams_router
+    from visionpipe.services.ingest.models import StreamExists, UnknownStream
+    from visionpipe.services.ingest.remote import RemoteStreams
+
+    remote = RemoteStreams(api)
+    assert [s.id for s in await remote.list()] == ["door"]
+    assert (await remote.get("door")).state == "finished"
+    with pytest.raises(StreamExists):
+        await remote.add(StreamSource(url=video, id="door"))
+    with pytest.raises(UnknownStream):
+        await remote.remove("nope")
+    app = create_app(Gateway(load_settings()), [streams_router(remote)], manage=False)
+    assert {"/v1/streams", "/v1/streams/{stream_id}", "/v1/detect"} <= set(app.openapi()["paths"])
