@@ -82,6 +82,7 @@ async def test_kafka_member_killed_mid_run_its_partitions_move_to_the_survivor(
 
 
 SCALE_REQUESTS = 240
+SCALE_DECODE_S = 0.08
 
 
 @pytest.mark.slow
@@ -98,7 +99,10 @@ async def test_kafka_scale_from_one_member_to_three_moves_partitions_without_los
         broker={"kafka_session_timeout_ms": SESSION_TIMEOUT_MS, "kafka_heartbeat_ms": 300},
     )
     s = settings_of(overrides)
-    procs = Processes({**stage_env(overrides), **STANDIN_ENV}, tmp_path)
+    # Slow enough that one member alone needs ~20 s for the lot: the joiners (a second to start, a session
+    # timeout to be assigned) must find work left, or the test shows nothing about moving partitions.
+    slow = {"RELIABILITY_STANDIN_COMPUTE_S": f"decode={SCALE_DECODE_S}"}
+    procs = Processes({**stage_env(overrides), **STANDIN_ENV, **slow}, tmp_path)
     try:
         async with await connect(settings=s) as broker:
             await ensure_pipeline_streams(broker, s)
