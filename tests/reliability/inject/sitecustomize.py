@@ -20,14 +20,6 @@ from collections.abc import Sequence
 
 KILL_MARK = "KILL-ME"
 COMPUTE_S = {"decode": 0.005, "detector": 0.03, "classifier": 0.02}
-# RELIABILITY_STANDIN_COMPUTE_S="decode=0.08,…": slower stand-ins, for a test whose event must land mid-run.
-COMPUTE_S.update(
-    {
-        k: float(v)
-        for k, _, v in (kv.partition("=") for kv in os.environ.get("RELIABILITY_STANDIN_COMPUTE_S", "").split(","))
-        if v
-    }
-)
 
 try:
     from visionpipe.envelope import Envelope, Event
@@ -92,11 +84,8 @@ if _worker is not None:
             if self.name == "detector":
                 if "image" not in env.arrays:
                     raise BadInput("detector input has no image")
-                return env.child(
-                    width=env.payload.get("width"),
-                    height=env.payload.get("height"),
-                    objects=[{"box": [0, 0, 1, 1], "score": 0.5, "label": 1}],
-                )
+                return env.child(width=env.payload.get("width"), height=env.payload.get("height"),
+                                 objects=[{"box": [0, 0, 1, 1], "score": 0.5, "label": 1}])
             obj = {"box": [0, 0, 1, 1], "score": 0.5, "label": 1, "top_k": [[1, 0.5]]}
             return env.child(width=env.payload.get("width"), height=env.payload.get("height"), objects=[obj])
 
