@@ -81,6 +81,18 @@ def _images(images_dir: Path | None, size: str | None, seed: int) -> ImageSet:
     return synthetic(width, height, seed=seed)
 
 
+def _load(kw: dict[str, Any]) -> tuple[LoadSpec, ImageSet]:
+    """The load and the images the shared options describe; a bad value is a usage error, not a traceback."""
+    spec = LoadSpec(
+        kw["pattern"], kw["rate"], kw["duration"], kw["burst_factor"], kw["burst_ms"], kw["concurrency"], kw["seed"]
+    )
+    try:
+        spec.validate()
+        return spec, _images(kw["images_dir"], kw["synthetic_size"], kw["seed"])
+    except (ScheduleError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def _stage_env(pairs: tuple[str, ...]) -> dict[str, str]:
     env = {}
     for pair in pairs:
@@ -92,13 +104,7 @@ def _stage_env(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 def _execute(brokers: list[str], external: bool, out_dir: Path, kw: dict[str, Any]) -> None:
-    spec = LoadSpec(kw["pattern"], kw["rate"], kw["duration"], kw["burst_factor"], kw["burst_ms"],
-                    kw["concurrency"], kw["seed"])
-    try:
-        spec.validate()
-        images = _images(kw["images_dir"], kw["synthetic_size"], kw["seed"])
-    except (ScheduleError, ValueError) as exc:
-        raise click.UsageError(str(exc)) from None
+    spec, images = _load(kw)
     opts = CompareOptions(
         brokers=brokers, spec=spec, images=images, out_dir=out_dir, external=external, keep=kw["keep"],
         rounds=kw["rounds"],
@@ -155,13 +161,7 @@ def _execute_http(target: str, token: str | None, kw: dict[str, Any]) -> None:
     """``--target``: the same load through the HTTP gateway; the report counts every answer by status."""
     from visionpipe.loadgen.http_target import HttpOptions, run_http_load
 
-    spec = LoadSpec(kw["pattern"], kw["rate"], kw["duration"], kw["burst_factor"], kw["burst_ms"],
-                    kw["concurrency"], kw["seed"])
-    try:
-        spec.validate()
-        images = _images(kw["images_dir"], kw["synthetic_size"], kw["seed"])
-    except (ScheduleError, ValueError) as exc:
-        raise click.UsageError(str(exc)) from None
+    spec, images = _load(kw)
     summary = asyncio.run(run_http_load(target, spec, images, HttpOptions(warmup_requests=kw["warmup"], token=token)))
     table = Table(title=f"load through {target}: {spec.describe()}")
     table.add_column("")
