@@ -24,8 +24,10 @@ from visionpipe.settings import Settings
 
 # Room for a multipart envelope around the image: boundaries and part headers are far smaller than this.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
-# The form fields a multipart upload may carry: the image part, under one of these names.
-IMAGE_FIELDS = ("image", "file")
+# A multipart upload is one file part, "image", and nothing else: the OpenAPI document says so, and a part the
+# gateway would silently ignore is more likely a client's mistake (a misspelt name) than something to drop.
+IMAGE_FIELD = "image"
+# Starlette's caps while parsing: a form of thousands of tiny fields costs parsing, not bytes.
 MAX_FORM_FIELDS = 4
 
 
@@ -105,9 +107,12 @@ async def _form_image(request: Request) -> bytes:
     except HTTPException as exc:  # Starlette's answer to a malformed form: ours is a 422 with a reason
         raise GatewayError(422, "bad_multipart", str(exc.detail)) from None
     try:
-        part: Any = next((form[name] for name in IMAGE_FIELDS if name in form), None)
+        part: Any = form.get(IMAGE_FIELD)
         if not isinstance(part, UploadFile):
             raise GatewayError(422, "bad_multipart", "the form has no file part named 'image'")
+        others = sorted({name for name in form if name != IMAGE_FIELD})
+        if others:
+            raise GatewayError(422, "bad_multipart", f"the form may hold only the file part 'image', not {others}")
         return await part.read()
     finally:
         await form.close()

@@ -32,6 +32,11 @@ def bad_upload(i: int) -> tuple[str, bytes, dict[str, str], int, str]:
     """(kind, body, headers, status, code) of the i-th bad upload."""
     good = jpeg(320, 240, seed=i)
     form = (b"--b\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nx\r\n--b--\r\n", "no file part")
+    extra = (
+        b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
+        + good
+        + b'\r\n--b\r\nContent-Disposition: form-data; name="imgae"\r\n\r\nx\r\n--b--\r\n'
+    )
     kinds = [
         ("empty", b"", {"Content-Type": "image/jpeg"}, 422, "bad_image"),
         ("truncated (refused by decode)", good[: len(good) // 3], {"Content-Type": "image/jpeg"}, 422, "bad_image"),
@@ -40,6 +45,7 @@ def bad_upload(i: int) -> tuple[str, bytes, dict[str, str], int, str]:
         ("wrong type", good, {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
         ("bad multipart", b"--b\r\ngarbage", {"Content-Type": "multipart/form-data; boundary=b"}, 422, "bad_multipart"),
         ("form without image", form[0], {"Content-Type": "multipart/form-data; boundary=b"}, 422, "bad_multipart"),
+        ("form with another part", extra, {"Content-Type": "multipart/form-data; boundary=b"}, 422, "bad_multipart"),
     ]
     return kinds[i % len(kinds)]
 
