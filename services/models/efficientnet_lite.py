@@ -28,6 +28,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from functools import partial
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -79,8 +80,8 @@ class TFSameConv(nn.Sequential):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad, layers = self.pad, self.conv
-        conv = layers[0]
+        pad, layers = cast(TFSamePad2d, self.pad), cast(nn.Sequential, self.conv)
+        conv = cast(nn.Conv2d, layers[0])
         (sh, sw), (h, w) = conv.stride, x.shape[-2:]
         (top, _), (left, _) = pad._amount(h), pad._amount(w)
         y = F.conv2d(x, conv.weight, conv.bias, conv.stride, (top + sh, left + sw), conv.dilation, conv.groups)
