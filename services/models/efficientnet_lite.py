@@ -73,10 +73,11 @@ class TFSameConv(nn.Sequential):
     """A strided conv-BN-act (``pad``: :class:`TFSamePad2d`, ``conv``: ``Conv2dNormActivation``) that never pads a copy.
 
     Run as written, ``pad`` copies the whole activation, and on the CPU with channels_last that copy cost 7x the
-    depthwise conv it feeds (28 vs 3.9 ms for 16x96x112x112 on 2 cores; ~40 % of Lite0's CPU time in a profile
-    of ``visionpipe run``). Padding ``before + stride`` on every side instead moves the conv's grid by exactly one
-    output, so TF's outputs are the conv's from index 1 on, a view: the same sums, one extra row and column of
-    a cheap conv, no copy. ``pad`` stays a child so ``print(model)`` says where SAME padding applies.
+    depthwise conv it feeds (28 vs 3.9 ms for 16x96x112x112 on 2 cores; ~28 % of Lite0's busy samples in a
+    py-spy profile of ``visionpipe run``). Padding ``before + stride`` on every side instead moves the conv's
+    grid by exactly one output, so TF's outputs are the conv's from index 1 on, a view: the same sums, one
+    extra row and column of a cheap conv, no copy. ``pad`` stays a child so ``print(model)`` says where SAME
+    padding applies.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
