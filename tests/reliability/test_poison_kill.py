@@ -75,9 +75,13 @@ async def test_a_message_that_kills_its_stage_is_dead_lettered_after_max_retries
     (letter,) = [d for d in sink.dead if d.request_id == killer]
     assert f"gave up after {MAX_RETRIES} deliveries" in letter.reason, letter.reason
     assert killer not in sink.seen, "the killer never produced an output"
-    assert {rid: sink.seen[rid] for rid in sent} == dict.fromkeys(sent, 1), "every good frame exactly once, raw"
+    if backend == "redis":  # the one-step settle: publish and ack in one script
+        assert {rid: sink.seen[rid] for rid in sent} == dict.fromkeys(sent, 1), "every good frame exactly once, raw"
+    else:  # without transactions (Tansu cannot recover them) a kill between a publish and its commit repeats it
+        assert all(sink.seen.get(rid, 0) >= 1 for rid in sent), "every good frame at least once, none lost"
+    duplicated = sum(sink.seen[rid] - 1 for rid in sent)
     # Redis: each delivery of the killer killed the stage. Kafka: the first one could not be told from its batch.
     assert MAX_RETRIES <= kills <= MAX_RETRIES + (backend == "kafka"), kills
     assert not [d for d in sink.dead if d.request_id != killer], "no innocent dead-lettered"
     print(f"\npoison that kills ({backend}): {kills} kills, then dead-lettered ({letter.reason!r}) "
-          f"after {took:.1f}s; {len(sent)} good frames, each once, none lost")
+          f"after {took:.1f}s; {len(sent)} good frames, none lost, {duplicated} duplicated (raw)")
