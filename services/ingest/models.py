@@ -11,11 +11,18 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 
-class StreamExists(KeyError):
+class _Refusal(KeyError):
+    """A KeyError (a lookup by stream id) whose message reads as written: KeyError's own str() quotes it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class StreamExists(_Refusal):
     """A stream with this id is already registered (remove it first)."""
 
 
-class UnknownStream(KeyError):
+class UnknownStream(_Refusal):
     """No stream has this id."""
 
 
