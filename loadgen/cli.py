@@ -39,35 +39,76 @@ def loadgen() -> None:
 def load_options(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--pattern", type=click.Choice(PATTERNS), default="constant", show_default=True),
-        click.option("--rate", type=float, default=10.0, show_default=True,
-                     help="requests/s (base rate for burst, final rate for ramp)"),
+        click.option(
+            "--rate",
+            type=float,
+            default=10.0,
+            show_default=True,
+            help="requests/s (base rate for burst, final rate for ramp)",
+        ),
         click.option("--burst-factor", type=float, default=2.0, show_default=True),
         click.option("--burst-ms", type=float, default=300.0, show_default=True, help="burst length each second"),
         click.option("--concurrency", type=int, default=4, show_default=True, help="requests in flight (closed)"),
         click.option("--duration", type=float, default=10.0, show_default=True, help="seconds of sending"),
         click.option("--seed", type=int, default=0, show_default=True, help="Poisson arrivals and synthetic images"),
-        click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-                     help="folder of images to send in rotation"),
+        click.option(
+            "--images",
+            "images_dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=None,
+            help="folder of images to send in rotation",
+        ),
         click.option("--synthetic", "synthetic_size", default=None, help="WxH: send generated JPEGs (default 640x480)"),
         click.option("--warmup", type=int, default=4, show_default=True, help="requests awaited before measuring"),
-        click.option("--drain-timeout", type=float, default=30.0, show_default=True,
-                     help="after the last send, seconds without any result before the missing ones count as lost"),
-        click.option("--backpressure-wait", type=float, default=10.0, show_default=True,
-                     help="seconds a send may wait at the ingress watermark before it counts as rejected"),
+        click.option(
+            "--drain-timeout",
+            type=float,
+            default=30.0,
+            show_default=True,
+            help="after the last send, seconds without any result before the missing ones count as lost",
+        ),
+        click.option(
+            "--backpressure-wait",
+            type=float,
+            default=10.0,
+            show_default=True,
+            help="seconds a send may wait at the ingress watermark before it counts as rejected",
+        ),
         click.option("--device", default="cpu", show_default=True, help="passed to the stages it starts"),
         click.option("--weights", default="random", show_default=True, help="passed to the stages it starts"),
-        click.option("--stage-env", multiple=True, metavar="KEY=VALUE",
-                     help="setting for the stages it starts, e.g. VISIONPIPE_DETECTOR__SCORE_THRESHOLD=0 (repeatable)"),
-        click.option("--stage-command", default=None,
-                     help="command before the stage name, instead of `visionpipe serve` (shell words)"),
-        click.option("--rounds", type=click.IntRange(1, 20), default=1, show_default=True,
-                     help="repeat the comparison in ABBA order; the verdict takes each broker's median"),
+        click.option(
+            "--stage-env",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="setting for the stages it starts, e.g. VISIONPIPE_DETECTOR__SCORE_THRESHOLD=0 (repeatable)",
+        ),
+        click.option(
+            "--stage-command",
+            default=None,
+            help="command before the stage name, instead of `visionpipe serve` (shell words)",
+        ),
+        click.option(
+            "--rounds",
+            type=click.IntRange(1, 20),
+            default=1,
+            show_default=True,
+            help="repeat the comparison in ABBA order; the verdict takes each broker's median",
+        ),
         click.option("--keep", is_flag=True, help="keep the run's streams/topics instead of deleting them"),
-        click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-                     help="folder for report.md, results.json and plots"),
+        click.option(
+            "--out",
+            "out_dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            default=None,
+            help="folder for report.md, results.json and plots",
+        ),
         click.option("--progress/--no-progress", default=True, show_default=True),
-        click.option("--strict/--no-strict", default=True, show_default=True,
-                     help=f"exit {EXIT_LOST} when any result is lost or duplicated"),
+        click.option(
+            "--strict/--no-strict",
+            default=True,
+            show_default=True,
+            help=f"exit {EXIT_LOST} when any result is lost or duplicated",
+        ),
     ]
     return functools.reduce(lambda acc, opt: opt(acc), reversed(options), f)
 
@@ -106,28 +147,46 @@ def _stage_env(pairs: tuple[str, ...]) -> dict[str, str]:
 def _execute(brokers: list[str], external: bool, out_dir: Path, kw: dict[str, Any]) -> None:
     spec, images = _load(kw)
     opts = CompareOptions(
-        brokers=brokers, spec=spec, images=images, out_dir=out_dir, external=external, keep=kw["keep"],
+        brokers=brokers,
+        spec=spec,
+        images=images,
+        out_dir=out_dir,
+        external=external,
+        keep=kw["keep"],
         rounds=kw["rounds"],
-        run=RunOptions(drain_timeout_s=kw["drain_timeout"], backpressure_wait_s=kw["backpressure_wait"],
-                       warmup_requests=kw["warmup"], progress=kw["progress"]),
-        stages=StageOptions(device=kw["device"], weights=kw["weights"], env=_stage_env(kw["stage_env"]),
-                            command=shlex.split(kw["stage_command"]) if kw["stage_command"] else None),
+        run=RunOptions(
+            drain_timeout_s=kw["drain_timeout"],
+            backpressure_wait_s=kw["backpressure_wait"],
+            warmup_requests=kw["warmup"],
+            progress=kw["progress"],
+        ),
+        stages=StageOptions(
+            device=kw["device"],
+            weights=kw["weights"],
+            env=_stage_env(kw["stage_env"]),
+            command=shlex.split(kw["stage_command"]) if kw["stage_command"] else None,
+        ),
     )
     base = load_settings(streams={"prefix": kw.get("prefix")})
     results = asyncio.run(compare(base, opts))
     from visionpipe.loadgen.report import write_report  # matplotlib only once there is something to plot
 
-    setup = {"load": spec.describe(), "images": f"{images.description}, mean {images.mean_bytes / 1024:.1f} KB",
-             "stages": "external (already running)" if external else
-             f"started per broker: device {kw['device']}, weights {kw['weights']}"
-             + (f", {' '.join(kw['stage_env'])}" if kw["stage_env"] else ""),
-             "warm-up requests": kw["warmup"]}
+    setup = {
+        "load": spec.describe(),
+        "images": f"{images.description}, mean {images.mean_bytes / 1024:.1f} KB",
+        "stages": "external (already running)"
+        if external
+        else f"started per broker: device {kw['device']}, weights {kw['weights']}"
+        + (f", {' '.join(kw['stage_env'])}" if kw["stage_env"] else ""),
+        "warm-up requests": kw["warmup"],
+    }
     paths = write_report(results, out_dir, setup)
     console = Console()
     console.print(summary_table(results))
     console.print(f"report: {paths['markdown']}  data: {paths['json']}")
-    if kw["strict"] and any(r.summary.get("lost", 0) or r.summary.get("duplicates", 0) or "error" in r.summary
-                            for r in results):
+    if kw["strict"] and any(
+        r.summary.get("lost", 0) or r.summary.get("duplicates", 0) or "error" in r.summary for r in results
+    ):
         raise SystemExit(EXIT_LOST)
 
 
@@ -169,9 +228,11 @@ def _execute_http(target: str, token: str | None, kw: dict[str, Any]) -> None:
     lat = summary["latency_ms"]
     for name, value in [
         ("sent / completed (200)", f"{summary['sent']} / {summary['completed']}"),
-        ("429 (backpressure) / 5xx / transport errors / lost",
-         f"{summary['rejected_429']} / {summary['server_errors_5xx']} / {summary['transport_errors']} / "
-         f"{summary['lost']}"),
+        (
+            "429 (backpressure) / 5xx / transport errors / lost",
+            f"{summary['rejected_429']} / {summary['server_errors_5xx']} / {summary['transport_errors']} / "
+            f"{summary['lost']}",
+        ),
         ("statuses", ", ".join(f"{k}: {v}" for k, v in sorted(summary["statuses"].items()))),
         ("throughput req/s", f"{summary['throughput_rps']:.1f}"),
         *[(f"{p} ms (200s)", f"{lat.get(p, float('nan')):.2f}") for p in ("p50", "p90", "p99", "max")],
@@ -190,8 +251,12 @@ def _execute_http(target: str, token: str | None, kw: dict[str, Any]) -> None:
 @click.option("--broker", "broker_url", default=None, help="broker URL (default: VISIONPIPE_BROKER__URL)")
 @click.option("--target", default=None, help="http://host:port of a gateway: send the load over HTTP instead")
 @click.option("--token", default=None, envvar="LOADGEN_TOKEN", help="bearer token for --target")
-@click.option("--external/--spawn", default=True, show_default=True,
-              help="drive stages already running, or start the three stages for this run")
+@click.option(
+    "--external/--spawn",
+    default=True,
+    show_default=True,
+    help="drive stages already running, or start the three stages for this run",
+)
 @click.option("--prefix", default=None, help="stream prefix of the running pipeline (external; default: settings)")
 @load_options
 def run(broker_url: str | None, target: str | None, token: str | None, external: bool, **kw: Any) -> None:
@@ -207,8 +272,12 @@ def run(broker_url: str | None, target: str | None, token: str | None, external:
 
 @loadgen.command(name="compare")
 @click.option("--brokers", required=True, help="comma-separated broker URLs, e.g. redis://…,kafka://…")
-@click.option("--external/--spawn", default=False, show_default=True,
-              help="use stages already running (compose, Kubernetes) instead of starting them per broker")
+@click.option(
+    "--external/--spawn",
+    default=False,
+    show_default=True,
+    help="use stages already running (compose, Kubernetes) instead of starting them per broker",
+)
 @click.option("--prefix", default=None, help="stream prefix of the running pipeline (external only)")
 @load_options
 def compare_cmd(brokers: str, external: bool, **kw: Any) -> None:

@@ -136,8 +136,9 @@ class HttpLoad:
         connector = aiohttp.TCPConnector(limit=0)  # no client-side queue: it would hide the server's
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as s:
             warm = HttpRecorder(time.monotonic_ns())
-            await asyncio.gather(*(self.one(s, warm, -1 - i, time.monotonic_ns())
-                                   for i in range(self.opts.warmup_requests)))
+            await asyncio.gather(
+                *(self.one(s, warm, -1 - i, time.monotonic_ns()) for i in range(self.opts.warmup_requests))
+            )
             rec = HttpRecorder(time.monotonic_ns())
             with contextlib.suppress(asyncio.CancelledError):
                 if spec.pattern == "closed":
@@ -149,7 +150,8 @@ class HttpLoad:
         return out
 
 
-async def run_http_load(target: str, spec: LoadSpec, images: ImageSet, opts: HttpOptions | None = None
-                        ) -> dict[str, Any]:
+async def run_http_load(
+    target: str, spec: LoadSpec, images: ImageSet, opts: HttpOptions | None = None
+) -> dict[str, Any]:
     """Offer ``spec`` to the gateway at ``target``; the summary of what came back."""
     return await HttpLoad(target, images, opts or HttpOptions()).run(spec)

@@ -133,9 +133,12 @@ def _series(
     pts = [
         (r["load"], r["p99_ms"])
         for r in rows
-        if r["trace"] == "poisson" and r["policy"] == policy and r["mechanics"] == mechanics
-        and (params is None or r["params"] == params) and r["p99_ms"] is not None
-    ]  # fmt: skip
+        if r["trace"] == "poisson"
+        and r["policy"] == policy
+        and r["mechanics"] == mechanics
+        and (params is None or r["params"] == params)
+        and r["p99_ms"] is not None
+    ]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -166,8 +169,10 @@ def plot_executor(
     ax = axes[0]
     # Adaptive last and thickest: it often coincides with greedy (Triton delay 0) and must stay visible.
     shown: list[tuple[str, str | None]] = [("slack", None), ("aimd", None)]
-    shown += [("fixed", best_params(summary, "fixed", "overlapped")),
-              ("timeout", best_params(summary, "timeout", "overlapped"))]  # fmt: skip
+    shown += [
+        ("fixed", best_params(summary, "fixed", "overlapped")),
+        ("timeout", best_params(summary, "timeout", "overlapped")),
+    ]
     shown.append(("adaptive", ""))
     for i, (policy, params) in enumerate(shown):
         color = f"C{i}"
@@ -182,8 +187,11 @@ def plot_executor(
     ax.set_title("p99 vs load (best swept point of each baseline)")
     ax.legend(fontsize=6)
 
-    burst_cfgs = [("timeout", best_params(summary, "timeout", "overlapped")),
-                  ("fixed", best_params(summary, "fixed", "overlapped")), ("adaptive", "")]  # fmt: skip
+    burst_cfgs = [
+        ("timeout", best_params(summary, "timeout", "overlapped")),
+        ("fixed", best_params(summary, "fixed", "overlapped")),
+        ("adaptive", ""),
+    ]
     for i, (policy, params) in enumerate(burst_cfgs):
         for mechanics, style in MECHANICS_STYLES:
             res = burst_runs.get((policy, params or "", mechanics))
@@ -202,8 +210,11 @@ def plot_executor(
         ax.legend(fontsize=6)
     axes[1].set(ylabel="batch size", title="batch size on the 2x burst (50% -> 100% load for 0.3 s)")
     axes[2].axhline(slo_ms, color="k", lw=0.8, ls=":")
-    axes[2].set(ylabel=f"p99 latency per {int(TIMELINE_WINDOW_S * 1e3)} ms of arrivals (ms)", yscale="log",
-                title="latency on the 2x burst")  # fmt: skip
+    axes[2].set(
+        ylabel=f"p99 latency per {int(TIMELINE_WINDOW_S * 1e3)} ms of arrivals (ms)",
+        yscale="log",
+        title="latency on the 2x burst",
+    )
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

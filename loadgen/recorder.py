@@ -164,6 +164,5 @@ def cdf_points(h: HdrHistogram) -> list[tuple[float, float]]:
     if total == 0:
         return []
     return [
-        (item.value_iterated_to / 1000, item.total_count_to_this_value / total)
-        for item in h.get_percentile_iterator(5)
+        (item.value_iterated_to / 1000, item.total_count_to_this_value / total) for item in h.get_percentile_iterator(5)
     ]

@@ -29,8 +29,12 @@ Metric = tuple[str, Callable[[dict[str, Any]], float | None], bool]
 
 
 def host_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+    }
     try:
         import torch
 
@@ -43,9 +47,17 @@ def host_info() -> dict[str, Any]:
 
 def run_doc(r: RunResult, rounds: int) -> dict[str, Any]:
     name = broker_label(r.broker)
-    return {"label": name + (f" #{r.round}" if rounds > 1 else ""), "broker_label": name, "round": r.round,
-            "broker": r.broker, "elapsed_s": r.elapsed_s, "started_wall_ns": r.started_wall_ns,
-            "summary": r.summary, "resources": r.resources, "notes": r.notes}
+    return {
+        "label": name + (f" #{r.round}" if rounds > 1 else ""),
+        "broker_label": name,
+        "round": r.round,
+        "broker": r.broker,
+        "elapsed_s": r.elapsed_s,
+        "started_wall_ns": r.started_wall_ns,
+        "summary": r.summary,
+        "resources": r.resources,
+        "notes": r.notes,
+    }
 
 
 def _lat(key: str) -> Callable[[dict[str, Any]], float | None]:
@@ -88,8 +100,9 @@ def verdict(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         worst = (max if lower else min)(values, key=lambda k: values[k])
         hi, lo = (values[worst], values[best]) if lower else (values[best], values[worst])
         ratio = hi / lo if lo > 0 else None  # always >= 1: how many times better the winner is
-        out.append({"metric": name, "winner": best, "loser": worst, "ratio": ratio, "values": values,
-                    "lower_is_better": lower})
+        out.append(
+            {"metric": name, "winner": best, "loser": worst, "ratio": ratio, "values": values, "lower_is_better": lower}
+        )
     return out
 
 
@@ -136,12 +149,17 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [f"# Broker comparison: {' vs '.join(labels)}", "", f"Generated {doc['generated_utc']}.", ""]
 
     lines += ["## Setup", ""]
-    lines += [f"- host: {host['platform']}, {host['cpus']} CPUs, Python {host['python']}, torch {host.get('torch')}, "
-              f"GPU: {host.get('cuda') or 'none'}"]
+    lines += [
+        f"- host: {host['platform']}, {host['cpus']} CPUs, Python {host['python']}, torch {host.get('torch')}, "
+        f"GPU: {host.get('cuda') or 'none'}"
+    ]
     lines += [f"- {k}: {v}" for k, v in setup.items()]
     lines += [f"- {r['label']}: `{r['broker']}` (stream prefix `{r['summary'].get('prefix', '?')}`)" for r in runs]
-    lines += ["- latency runs from each request's *scheduled* send time to its result being read (open loop: no "
-              "coordinated omission); percentiles from HdrHistogram (3 significant digits)", ""]
+    lines += [
+        "- latency runs from each request's *scheduled* send time to its result being read (open loop: no "
+        "coordinated omission); percentiles from HdrHistogram (3 significant digits)",
+        "",
+    ]
 
     lines += ["## Summary", ""]
     rows = [
@@ -160,12 +178,16 @@ def markdown(doc: dict[str, Any]) -> str:
         if "error" in r["summary"]:
             lines += [f"**{r['label']} failed:** {r['summary']['error']}", ""]
 
-    lines += ["## Latency per segment", "",
-              "Mean / p99 in ms per request, from the stages' envelope stamps. A hop is one broker transfer "
-              "(publisher's `published` → consumer's `dequeued`; the first from ingress `enqueued`, the last to "
-              "the load generator's read): it includes time waiting in the stream while the consumer is busy, "
-              "so under overload the hops grow with the backlog. Queue is waiting inside a stage for its batch; "
-              "compute is decode or the DNN; post is post-processing and publish.", ""]
+    lines += [
+        "## Latency per segment",
+        "",
+        "Mean / p99 in ms per request, from the stages' envelope stamps. A hop is one broker transfer "
+        "(publisher's `published` → consumer's `dequeued`; the first from ingress `enqueued`, the last to "
+        "the load generator's read): it includes time waiting in the stream while the consumer is busy, "
+        "so under overload the hops grow with the backlog. Queue is waiting inside a stage for its batch; "
+        "compute is decode or the DNN; post is post-processing and publish.",
+        "",
+    ]
     seg_rows = []
     for seg in SEGMENTS:
         cells = []
@@ -176,21 +198,39 @@ def markdown(doc: dict[str, Any]) -> str:
             seg_rows.append([seg, *cells])
     lines += [*_table(["segment", *labels], seg_rows), ""]
 
-    lines += ["## Where the time goes", "", "Mean ms per request by kind; the non-DNN share is everything except "
-              "detector and classifier compute, over end-to-end (the figure seed 002 made central).", ""]
+    lines += [
+        "## Where the time goes",
+        "",
+        "Mean ms per request by kind; the non-DNN share is everything except "
+        "detector and classifier compute, over end-to-end (the figure seed 002 made central).",
+        "",
+    ]
     cat_rows = [[c, *(_fmt(r["summary"].get("categories_mean_ms", {}).get(c)) for r in runs)] for c in CATEGORIES]
-    share = [_fmt(r["summary"].get("non_dnn_share") * 100, 1) + " %" if r["summary"].get("non_dnn_share") is not None
-             else "–" for r in runs]
+    share = [
+        _fmt(r["summary"].get("non_dnn_share") * 100, 1) + " %"
+        if r["summary"].get("non_dnn_share") is not None
+        else "–"
+        for r in runs
+    ]
     lines += [*_table(["", *labels], [*cat_rows, ["**non-DNN share**", *share]]), ""]
 
     lines += _resources(runs)
 
     lines += ["## Verdict", ""]
     if any(r["round"] > 1 for r in runs):
-        lines += ["Brokers ran in ABBA order over several rounds; each value is the broker's median over its "
-                  "rounds.", ""]
-    verdict_rows = [[v["metric"], v["winner"], f"{v['ratio']:.2f}×" if v["ratio"] else "–",
-                     ", ".join(f"{k} {_fmt(x)}" for k, x in v["values"].items())] for v in doc["verdict"]]
+        lines += [
+            "Brokers ran in ABBA order over several rounds; each value is the broker's median over its rounds.",
+            "",
+        ]
+    verdict_rows = [
+        [
+            v["metric"],
+            v["winner"],
+            f"{v['ratio']:.2f}×" if v["ratio"] else "–",
+            ", ".join(f"{k} {_fmt(x)}" for k, x in v["values"].items()),
+        ]
+        for v in doc["verdict"]
+    ]
     if verdict_rows:
         lines += [*_table(["metric", "better", "by", "values"], verdict_rows), ""]
     else:
@@ -219,8 +259,13 @@ def _resources(runs: list[dict[str, Any]]) -> list[str]:
             cells = [_fmt(r["summary"].get("batch_means", {}).get(stage, {}).get(metric), 1) for r in runs]
             if any(c != "–" for c in cells):
                 rows.append([f"{stage} {what}", *cells])
-    lines = ["## Resources", "", "Sampled every 0.5 s during the measured window; CPU 100 % = one core busy. Batch "
-             "sizes are means over the window from the stages' /metrics histograms.", ""]
+    lines = [
+        "## Resources",
+        "",
+        "Sampled every 0.5 s during the measured window; CPU 100 % = one core busy. Batch "
+        "sizes are means over the window from the stages' /metrics histograms.",
+        "",
+    ]
     if rows:
         lines += [*_table(["", *[r["label"] for r in runs]], rows), ""]
     else:

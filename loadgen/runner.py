@@ -99,8 +99,9 @@ async def _read(collector: Collector, dispatch: _Dispatch, stop: asyncio.Event) 
             await asyncio.sleep(READ_TIMEOUT_S)  # transient; the drain bound ends the run if it lasts
 
 
-async def _submit(broker: Broker, settings: Settings, rec: Recorder, batch: list[tuple[str, int, bytes]],
-                  wait_s: float) -> None:
+async def _submit(
+    broker: Broker, settings: Settings, rec: Recorder, batch: list[tuple[str, int, bytes]], wait_s: float
+) -> None:
     for rid, sched_ns, _ in batch:
         rec.sent(rid, sched_ns)
     frames = [Frame(image, rid, SOURCE) for rid, _, image in batch]
@@ -114,8 +115,9 @@ async def _submit(broker: Broker, settings: Settings, rec: Recorder, batch: list
             rec.rejected(rid, f"broker error: {exc}")
 
 
-async def _open_loop(broker: Broker, settings: Settings, rec: Recorder, spec: LoadSpec, images: ImageSet,
-                     opts: RunOptions) -> None:
+async def _open_loop(
+    broker: Broker, settings: Settings, rec: Recorder, spec: LoadSpec, images: ImageSet, opts: RunOptions
+) -> None:
     offsets = send_times(spec)
     i = 0
     while i < len(offsets):
@@ -134,8 +136,15 @@ async def _open_loop(broker: Broker, settings: Settings, rec: Recorder, spec: Lo
         await _submit(broker, settings, rec, batch, opts.backpressure_wait_s)
 
 
-async def _closed_loop(broker: Broker, settings: Settings, rec: Recorder, spec: LoadSpec, images: ImageSet,
-                       opts: RunOptions, dispatch: _Dispatch) -> None:
+async def _closed_loop(
+    broker: Broker,
+    settings: Settings,
+    rec: Recorder,
+    spec: LoadSpec,
+    images: ImageSet,
+    opts: RunOptions,
+    dispatch: _Dispatch,
+) -> None:
     end_ns = rec.mono0_ns + int(spec.duration_s * 1e9)
     counter = iter(range(MAX_REQUESTS))
 
@@ -218,8 +227,15 @@ async def run_load(
         await broker.close()
 
 
-async def _measure(broker: Broker, settings: Settings, rec: Recorder, spec: LoadSpec, images: ImageSet,
-                   opts: RunOptions, dispatch: _Dispatch) -> None:
+async def _measure(
+    broker: Broker,
+    settings: Settings,
+    rec: Recorder,
+    spec: LoadSpec,
+    images: ImageSet,
+    opts: RunOptions,
+    dispatch: _Dispatch,
+) -> None:
     from visionpipe.loadgen.progress import LiveProgress
 
     with LiveProgress(rec, spec, opts.label or redact_url(settings.broker.url), enabled=opts.progress) as live:

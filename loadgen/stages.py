@@ -82,8 +82,18 @@ class StageSet:
             for stage in STAGES:
                 port = free_port()
                 log = self.log_dir / f"{self.prefix}-{stage}.log"
-                argv = [*command, stage, "--broker", self.broker_url, "--device", self.opts.device,
-                        "--weights", self.opts.weights, "--port", str(port)]
+                argv = [
+                    *command,
+                    stage,
+                    "--broker",
+                    self.broker_url,
+                    "--device",
+                    self.opts.device,
+                    "--weights",
+                    self.opts.weights,
+                    "--port",
+                    str(port),
+                ]
                 with open(log, "wb") as out:
                     proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
                 self.procs.append(StageProcess(stage, proc, port, log))

@@ -202,7 +202,10 @@ class Worker:
             log.error(
                 "stage %s: THE BROKER HAS LOST ITS STATE (%s). Everything it held is gone (it restarted empty?); "
                 "making %s, its group %s and our output streams again",
-                self.name, exc, self.input, self.group,
+                self.name,
+                exc,
+                self.input,
+                self.group,
             )
             try:
                 await self._ensure_streams()

@@ -26,8 +26,6 @@ def test_a_missing_stamp_merges_into_the_next_segment_instead_of_vanishing() -> 
     assert sum(parts.values()) == 40 * MS
 
 
-
-
 def test_categories_and_the_run_split_agree_with_the_segments() -> None:
     env = stamped("r1-0", T0_WALL)
     parts = segments(env, T0_WALL, T0_WALL + 40 * MS)

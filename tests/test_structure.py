@@ -17,8 +17,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Where each importable package lives (pyproject's package-dir).
-PACKAGE_DIRS = {"visionpipe": ROOT / "shared" / "visionpipe", "visionpipe.services": ROOT / "services",
-                "visionpipe.loadgen": ROOT / "loadgen"}  # fmt: skip
+PACKAGE_DIRS = {
+    "visionpipe": ROOT / "shared" / "visionpipe",
+    "visionpipe.services": ROOT / "services",
+    "visionpipe.loadgen": ROOT / "loadgen",
+}
 RUNTIME_DIRS = (ROOT / "shared", ROOT / "services")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
@@ -91,8 +94,11 @@ def test_layers_import_only_downwards() -> None:
         if name in LEAVES:
             broken += [f"{name} imports {i}" for i in imported if i not in ("visionpipe", name)]
         if path.is_relative_to(ROOT / "shared"):
-            broken += [f"{name} imports {i}" for i in imported
-                       if _within(i, "visionpipe.services") or _within(i, "visionpipe.loadgen")]  # fmt: skip
+            broken += [
+                f"{name} imports {i}"
+                for i in imported
+                if _within(i, "visionpipe.services") or _within(i, "visionpipe.loadgen")
+            ]
     assert not broken, "\n".join(sorted(broken))
 
 

@@ -28,11 +28,16 @@ SIM_DEFAULTS = {"h100": (50.0, 256), "h100-uint8": (50.0, 256), "h100-graphs": (
 
 @click.command("executor")
 @click.option("--device", type=click.Choice(["sim", "cpu", "cuda"]), default="sim", show_default=True)
-@click.option("--cost", "cost_name", default="h100", show_default=True,
-              help="sim: h100, h100-uint8, h100-graphs or gtx1080ti")  # fmt: skip
-@click.option("--model", default=None, help="cpu/cuda: a torchvision classifier (default resnet50 on cuda, "
-              "mobilenet_v3_small on cpu), or detector / classifier: that stage's own function; "
-              "random weights")  # fmt: skip
+@click.option(
+    "--cost", "cost_name", default="h100", show_default=True, help="sim: h100, h100-uint8, h100-graphs or gtx1080ti"
+)
+@click.option(
+    "--model",
+    default=None,
+    help="cpu/cuda: a torchvision classifier (default resnet50 on cuda, "
+    "mobilenet_v3_small on cpu), or detector / classifier: that stage's own function; "
+    "random weights",
+)
 @click.option("--slo-ms", type=float, default=None, help="latency SLO (default per cost model / device)")
 @click.option("--max-batch", type=int, default=None)
 @click.option("--duration", type=float, default=None, help="seconds per trace (sim default 2, live 3)")
@@ -41,8 +46,13 @@ SIM_DEFAULTS = {"h100": (50.0, 256), "h100-uint8": (50.0, 256), "h100-graphs": (
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="fewer swept baseline points (smoke runs)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="sim: the p99, batch-size and burst plots")  # fmt: skip
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="sim: the p99, batch-size and burst plots",
+)
 def bench_executor(
     device: str,
     cost_name: str,
@@ -95,8 +105,7 @@ def run_sim(
         r, s = suite.run_config(cfg)
         rows += r
         summary.append(s)
-        click.echo(f"  {cfg.policy:8s} {s['params']:28s} {cfg.mechanics:15s} capacity={s['capacity']:9.1f}/s",
-                   err=True)  # fmt: skip
+        click.echo(f"  {cfg.policy:8s} {s['params']:28s} {cfg.mechanics:15s} capacity={s['capacity']:9.1f}/s", err=True)
     compute_ms = max(cost.compute.ms(mb), cost.launch.ms(mb))
     lead_share = (cost.stage.ms(mb) + cost.upload.ms(mb)) / compute_ms
     pageable_share = (cost.stage.ms(mb) + cost.upload_pageable.ms(mb)) / compute_ms
@@ -118,8 +127,13 @@ def run_sim(
 
         title = f"executor policies, sim {cost_name}, SLO {slo:g} ms, max batch {mb}"
         plot_executor(plot_path, title, rows, summary, slo, suite.burst_runs, suite.burst.window_s)
-    return {"meta": meta, "rows": rows, "summary": summary, "targets": targets,
-            "adaptive_vs_greedy": adaptive_vs_greedy(rows)}  # fmt: skip
+    return {
+        "meta": meta,
+        "rows": rows,
+        "summary": summary,
+        "targets": targets,
+        "adaptive_vs_greedy": adaptive_vs_greedy(rows),
+    }
 
 
 def _plain(obj: Any) -> Any:

@@ -119,11 +119,18 @@ async def _drive(executor: BatchExecutor, trace: Trace, item: np.ndarray) -> Sim
     return SimResult(arrivals, done, [], sizes, busy[0], executor.scheduler.slo_ns)
 
 
-async def _run_one(m: LiveModel, device: str, mech: tuple[str, bool, bool], policy: BatchPolicy,
-                   settings: ExecutorSettings, trace: Trace) -> tuple[SimResult, dict[str, float]]:  # fmt: skip
+async def _run_one(
+    m: LiveModel,
+    device: str,
+    mech: tuple[str, bool, bool],
+    policy: BatchPolicy,
+    settings: ExecutorSettings,
+    trace: Trace,
+) -> tuple[SimResult, dict[str, float]]:
     _, overlap, pinned = mech
-    dev = TorchDevice(m.fn, m.item_shape, torch.uint8, settings.max_batch, device=device, overlap=overlap,
-                      pinned=pinned)  # fmt: skip
+    dev = TorchDevice(
+        m.fn, m.item_shape, torch.uint8, settings.max_batch, device=device, overlap=overlap, pinned=pinned
+    )
     executor = BatchExecutor(dev, policy, settings)
     await executor.start()
     try:
@@ -134,18 +141,28 @@ async def _run_one(m: LiveModel, device: str, mech: tuple[str, bool, bool], poli
     return res, {p: round(executor.model.phases[p].line(mb) * 1e3, 3) for p in PHASES}
 
 
-def _row(name: str, params: dict[str, Any], mech: tuple[str, bool, bool], trace: Trace, load: float,
-         res: SimResult) -> dict[str, Any]:  # fmt: skip
+def _row(
+    name: str, params: dict[str, Any], mech: tuple[str, bool, bool], trace: Trace, load: float, res: SimResult
+) -> dict[str, Any]:
     s = res.summary()
     return {
-        "policy": name, "params": ",".join(f"{k}={v}" for k, v in params.items()), "mechanics": mech[0],
-        "overlap": mech[1], "pinned": mech[2], "trace": trace.name, "rate": round(trace.rate, 1), "load": load,
-        "throughput": round(s["throughput"], 1), "p50_ms": _num(s["p50_ms"]), "p99_ms": _num(s["p99_ms"]),
-        "slo_attainment": round(s["slo_attainment"], 4), "mean_batch": round(s["mean_batch"], 2),
+        "policy": name,
+        "params": ",".join(f"{k}={v}" for k, v in params.items()),
+        "mechanics": mech[0],
+        "overlap": mech[1],
+        "pinned": mech[2],
+        "trace": trace.name,
+        "rate": round(trace.rate, 1),
+        "load": load,
+        "throughput": round(s["throughput"], 1),
+        "p50_ms": _num(s["p50_ms"]),
+        "p99_ms": _num(s["p99_ms"]),
+        "slo_attainment": round(s["slo_attainment"], 4),
+        "mean_batch": round(s["mean_batch"], 2),
         "gpu_busy_s": round(res.gpu_busy_s, 4),
         "gpu_busy_ms_per_request": round(1e3 * res.gpu_busy_s / max(len(res.arrivals_ns), 1), 5),
         **({"peak_p99_ms": _num(res.peak_p99_ms())} if trace.name == "burst" else {}),
-    }  # fmt: skip
+    }
 
 
 def _plan(raw: float, duration: float, seed: int, quick: bool) -> list[tuple[str, Trace, float]]:
@@ -160,9 +177,17 @@ def _plan(raw: float, duration: float, seed: int, quick: bool) -> list[tuple[str
     return plan
 
 
-def run_live(device: str, model: str | None, slo_ms: float | None, max_batch: int | None, duration: float,
-             image_size: int | None, seed: int, quick: bool,
-             deadline: float | None = None) -> dict[str, Any]:  # fmt: skip
+def run_live(
+    device: str,
+    model: str | None,
+    slo_ms: float | None,
+    max_batch: int | None,
+    duration: float,
+    image_size: int | None,
+    seed: int,
+    quick: bool,
+    deadline: float | None = None,
+) -> dict[str, Any]:
     """Both side-by-sides for one model; ``deadline`` (monotonic s): stop adding runs past it, and say so."""
     tdev = resolve_device(device)
     cuda = tdev.startswith("cuda")
@@ -179,14 +204,17 @@ def run_live(device: str, model: str | None, slo_ms: float | None, max_batch: in
     for section, trace, load in _plan(raw, duration, seed, quick):
         runs: list[tuple[str, dict[str, Any], Callable[[], BatchPolicy], tuple[str, bool, bool]]]
         if section == "mechanics":  # greedy, every mechanics: the mechanics alone differ
-            runs = [("timeout", {"max_batch": mb, "delay_ms": 0.0}, partial(TimeoutPolicy, mb, 0.0), mc)
-                    for mc in mechanics]  # fmt: skip
+            runs = [
+                ("timeout", {"max_batch": mb, "delay_ms": 0.0}, partial(TimeoutPolicy, mb, 0.0), mc) for mc in mechanics
+            ]
             if trace.name == "saturation":
                 runs.append(("adaptive", {}, AdaptivePolicy, best))
         else:
             runs = [("adaptive", {}, AdaptivePolicy, best)]
-            runs += [("timeout", {"max_batch": mb, "delay_ms": d}, partial(TimeoutPolicy, mb, d), best)
-                     for d in TIMEOUT_DELAYS_MS]  # fmt: skip
+            runs += [
+                ("timeout", {"max_batch": mb, "delay_ms": d}, partial(TimeoutPolicy, mb, d), best)
+                for d in TIMEOUT_DELAYS_MS
+            ]
         for name, params, make, mech in runs:
             if deadline is not None and time.monotonic() > deadline:
                 skipped += 1
@@ -208,8 +236,13 @@ def run_live(device: str, model: str | None, slo_ms: float | None, max_batch: in
         "runs_skipped_for_time": skipped,
     }
     summary = capacity_from_rows(rows, slo)
-    return {"meta": meta, "rows": rows, "summary": summary, "targets": live_targets(rows, summary, phases, raw, best),
-            "adaptive_vs_greedy": adaptive_vs_greedy(rows, best[0])}  # fmt: skip
+    return {
+        "meta": meta,
+        "rows": rows,
+        "summary": summary,
+        "targets": live_targets(rows, summary, phases, raw, best),
+        "adaptive_vs_greedy": adaptive_vs_greedy(rows, best[0]),
+    }
 
 
 def capacity_from_rows(rows: list[dict[str, Any]], slo: float) -> list[dict[str, Any]]:
@@ -219,12 +252,19 @@ def capacity_from_rows(rows: list[dict[str, Any]], slo: float) -> list[dict[str,
         key = (r["policy"], r["params"], r["mechanics"])
         ok = r["trace"] == "poisson" and r["p99_ms"] is not None and r["p99_ms"] <= slo
         out[key] = max(out.get(key, 0.0), r["rate"] if ok else 0.0)
-    return [{"policy": p, "params": q, "mechanics": m, "overlap": m == "overlapped", "capacity": c}
-            for (p, q, m), c in out.items()]  # fmt: skip
+    return [
+        {"policy": p, "params": q, "mechanics": m, "overlap": m == "overlapped", "capacity": c}
+        for (p, q, m), c in out.items()
+    ]
 
 
-def live_targets(rows: list[dict[str, Any]], summary: list[dict[str, Any]], phases: dict[str, dict[str, float]],
-                 raw: float, best: tuple[str, bool, bool]) -> list[dict[str, Any]]:  # fmt: skip
+def live_targets(
+    rows: list[dict[str, Any]],
+    summary: list[dict[str, Any]],
+    phases: dict[str, dict[str, float]],
+    raw: float,
+    best: tuple[str, bool, bool],
+) -> list[dict[str, Any]]:
     def sat(policy: str, mech: str) -> float | None:
         r = next((r for r in rows if (r["policy"], r["mechanics"], r["trace"]) == (policy, mech, "saturation")), None)
         return None if r is None else r["throughput"]
@@ -239,27 +279,61 @@ def live_targets(rows: list[dict[str, Any]], summary: list[dict[str, Any]], phas
         share = f"staging + upload = {lead:.0%} of compute at max batch (fitted)"
         th = OVERLAP_TARGET if lead >= OVERLAP_HEAVY else 1.0
         greedy = "timeout"
-        out.append(target("mechanics: saturation throughput overlapped ÷ serial-pinned (overlap alone)",
-                          ratio(sat(greedy, "overlapped"), sat(greedy, "serial-pinned")), ">=", th, share))
-        out.append(target("mechanics: capacity at the p99 SLO overlapped ÷ serial-pinned (load grid)",
-                          ratio(cap(greedy, "overlapped"), cap(greedy, "serial-pinned")), ">=", th, share))
-        out.append(target("mechanics: saturation throughput serial-pinned ÷ serial-pageable (pinned alone)",
-                          ratio(sat(greedy, "serial-pinned"), sat(greedy, "serial-pageable")), ">=", 1.0))  # fmt: skip
+        out.append(
+            target(
+                "mechanics: saturation throughput overlapped ÷ serial-pinned (overlap alone)",
+                ratio(sat(greedy, "overlapped"), sat(greedy, "serial-pinned")),
+                ">=",
+                th,
+                share,
+            )
+        )
+        out.append(
+            target(
+                "mechanics: capacity at the p99 SLO overlapped ÷ serial-pinned (load grid)",
+                ratio(cap(greedy, "overlapped"), cap(greedy, "serial-pinned")),
+                ">=",
+                th,
+                share,
+            )
+        )
+        out.append(
+            target(
+                "mechanics: saturation throughput serial-pinned ÷ serial-pageable (pinned alone)",
+                ratio(sat(greedy, "serial-pinned"), sat(greedy, "serial-pageable")),
+                ">=",
+                1.0,
+            )
+        )
     mech = best[0]
     worst: tuple[float | None, str] = (None, "no policy rows")
     for r in rows:
         if (r["policy"], r["mechanics"], r["params"]) != ("adaptive", mech, "") or r["trace"] == "saturation":
             continue
         key = "peak_p99_ms" if r["trace"] == "burst" else "p99_ms"
-        timeouts = [t[key] for t in rows if t["policy"] == "timeout" and t["mechanics"] == mech
-                    and (t["trace"], t["load"]) == (r["trace"], r["load"]) and t[key] is not None]  # fmt: skip
+        timeouts = [
+            t[key]
+            for t in rows
+            if t["policy"] == "timeout"
+            and t["mechanics"] == mech
+            and (t["trace"], t["load"]) == (r["trace"], r["load"])
+            and t[key] is not None
+        ]
         got = ratio(r[key], min(timeouts) if timeouts else None)
         if got[0] is None or worst[0] is None or got[0] > worst[0]:
             worst = got
             if got[0] is None:
                 break
-    out.append(target("policy: adaptive p99 ÷ best swept timeout p99, worst of the loads and the burst", worst,
-                      "<=", 1.05))  # fmt: skip
-    out.append(target("saturation: adaptive throughput ÷ raw max-batch forward", ratio(sat("adaptive", mech), raw),
-                      ">=", SATURATION, f"raw forward {raw:.1f}/s, timed in this process before the runs"))  # fmt: skip
+    out.append(
+        target("policy: adaptive p99 ÷ best swept timeout p99, worst of the loads and the burst", worst, "<=", 1.05)
+    )
+    out.append(
+        target(
+            "saturation: adaptive throughput ÷ raw max-batch forward",
+            ratio(sat("adaptive", mech), raw),
+            ">=",
+            SATURATION,
+            f"raw forward {raw:.1f}/s, timed in this process before the runs",
+        )
+    )
     return out

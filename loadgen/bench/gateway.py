@@ -99,8 +99,9 @@ class GatewayProcess:
         self.proc.wait(30)
 
 
-async def _point(mode: str, spec: LoadSpec, images: ImageSet, broker: str, prefix: str, gw: GatewayProcess
-                 ) -> dict[str, Any]:
+async def _point(
+    mode: str, spec: LoadSpec, images: ImageSet, broker: str, prefix: str, gw: GatewayProcess
+) -> dict[str, Any]:
     cpu0, load0 = gw.cpu_s(), load1()
     if mode == "http":
         s = await run_http_load(gw.url, spec, images, HttpOptions(warmup_requests=4))
@@ -108,25 +109,42 @@ async def _point(mode: str, spec: LoadSpec, images: ImageSet, broker: str, prefi
     else:
         settings = load_settings(broker={"url": broker}, streams={"prefix": prefix})
         r = await run_load(settings, spec, images, RunOptions(progress=False, warmup_requests=4))
-        lat, done, extra = r.summary["latency_ms"], r.summary["completed"], {"lost": r.summary["lost"],
-                                                                            "failed": r.summary["failed"]}
+        lat, done, extra = (
+            r.summary["latency_ms"],
+            r.summary["completed"],
+            {"lost": r.summary["lost"], "failed": r.summary["failed"]},
+        )
     cpu = gw.cpu_s() - cpu0
     return {
-        "mode": mode, "load": spec.describe(), "completed": done, **extra,
+        "mode": mode,
+        "load": spec.describe(),
+        "completed": done,
+        **extra,
         "throughput_rps": round(done / spec.duration_s, 1),
-        "p50_ms": round(lat.get("p50", float("nan")), 3), "p90_ms": round(lat.get("p90", float("nan")), 3),
+        "p50_ms": round(lat.get("p50", float("nan")), 3),
+        "p90_ms": round(lat.get("p90", float("nan")), 3),
         "p99_ms": round(lat.get("p99", float("nan")), 3),
         "gateway_cpu_ms_per_request": round(cpu * 1e3 / max(1, done), 3) if mode == "http" else None,
         "load1": [round(load0, 2), round(load1(), 2)],
     }
 
 
-async def _bench(broker: str, stage_command: str, rates: list[float], duration: float, rounds: int,
-                 concurrency: int, compute_scale: float, logdir: Path) -> dict[str, Any]:
+async def _bench(
+    broker: str,
+    stage_command: str,
+    rates: list[float],
+    duration: float,
+    rounds: int,
+    concurrency: int,
+    compute_scale: float,
+    logdir: Path,
+) -> dict[str, Any]:
     prefix = f"gwb{uuid.uuid4().hex[:6]}"
     images = sized_jpegs()
-    opts = StageOptions(command=shlex.split(stage_command) if stage_command else None,
-                        env={"PASSTHROUGH_COMPUTE_SCALE": str(compute_scale)})
+    opts = StageOptions(
+        command=shlex.split(stage_command) if stage_command else None,
+        env={"PASSTHROUGH_COMPUTE_SCALE": str(compute_scale)},
+    )
     points: list[dict[str, Any]] = []
     with StageSet(broker, prefix, opts, logdir):
         gw = GatewayProcess(broker, prefix, logdir / "gateway.log")
@@ -144,18 +162,28 @@ async def _bench(broker: str, stage_command: str, rates: list[float], duration: 
                 click.echo(json.dumps(points[-1]))
         finally:
             gw.stop()
-    return {"images": images.description, "broker": broker, "stage_command": stage_command or "visionpipe serve",
-            "compute_scale": compute_scale, "cpus": os.cpu_count(), "points": points}
+    return {
+        "images": images.description,
+        "broker": broker,
+        "stage_command": stage_command or "visionpipe serve",
+        "compute_scale": compute_scale,
+        "cpus": os.cpu_count(),
+        "points": points,
+    }
 
 
 def markdown(result: dict[str, Any]) -> str:
     """The points as a table, and per rate the p50 the gateway adds (HTTP minus broker, each round, then median)."""
-    rows = ["| round | mode | load | done | req/s | p50 ms | p90 ms | p99 ms | gateway CPU ms/req | load1 |",
-            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    rows = [
+        "| round | mode | load | done | req/s | p50 ms | p90 ms | p99 ms | gateway CPU ms/req | load1 |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for p in result["points"]:
         cpu = "" if p["gateway_cpu_ms_per_request"] is None else p["gateway_cpu_ms_per_request"]
-        rows.append(f"| {p['round']} | {p['mode']} | {p['load']} | {p['completed']} | {p['throughput_rps']} | "
-                    f"{p['p50_ms']} | {p['p90_ms']} | {p['p99_ms']} | {cpu} | {p['load1'][0]}–{p['load1'][1]} |")
+        rows.append(
+            f"| {p['round']} | {p['mode']} | {p['load']} | {p['completed']} | {p['throughput_rps']} | "
+            f"{p['p50_ms']} | {p['p90_ms']} | {p['p99_ms']} | {cpu} | {p['load1'][0]}–{p['load1'][1]} |"
+        )
     added: dict[str, list[float]] = {}
     for r in {p["round"] for p in result["points"] if p["round"] != "throughput"}:
         by = {(p["load"], p["mode"]): p for p in result["points"] if p["round"] == r}
@@ -163,8 +191,10 @@ def markdown(result: dict[str, Any]) -> str:
             if mode == "http" and (load, "broker") in by:
                 added.setdefault(load, []).append(round(p["p50_ms"] - by[(load, "broker")]["p50_ms"], 3))
     rows.append("")
-    rows += [f"- {load}: p50 added by the gateway per round {vals}, median {statistics.median(vals):.2f} ms"
-             for load, vals in sorted(added.items())]
+    rows += [
+        f"- {load}: p50 added by the gateway per round {vals}, median {statistics.median(vals):.2f} ms"
+        for load, vals in sorted(added.items())
+    ]
     return "\n".join(rows) + "\n"
 
 
@@ -175,15 +205,29 @@ def markdown(result: dict[str, Any]) -> str:
 @click.option("--duration", type=float, default=10.0, show_default=True, help="seconds per point")
 @click.option("--rounds", type=int, default=2, show_default=True, help="ABBA rounds of the latency points")
 @click.option("--concurrency", type=int, default=16, show_default=True, help="clients of the throughput points")
-@click.option("--compute-scale", type=float, default=1.0, show_default=True,
-              help="pass-through stages' stand-in compute (0: none)")
+@click.option(
+    "--compute-scale",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="pass-through stages' stand-in compute (0: none)",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def bench_gateway(broker: str, stage_command: str, rates: tuple[float, ...], duration: float, rounds: int,
-                  concurrency: int, compute_scale: float, json_path: Path) -> None:
+def bench_gateway(
+    broker: str,
+    stage_command: str,
+    rates: tuple[float, ...],
+    duration: float,
+    rounds: int,
+    concurrency: int,
+    compute_scale: float,
+    json_path: Path,
+) -> None:
     """Gateway vs broker-direct latency at the same load, and sustained requests/s; results to --json."""
     logdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))  # the processes' logs: for a failed run, not results
-    result = asyncio.run(_bench(broker, stage_command, list(rates), duration, rounds, concurrency, compute_scale,
-                                logdir))
+    result = asyncio.run(
+        _bench(broker, stage_command, list(rates), duration, rounds, concurrency, compute_scale, logdir)
+    )
     result["machine"] = {"load1_end": round(load1(), 2), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     json_path.with_suffix(".md").write_text(markdown(result))

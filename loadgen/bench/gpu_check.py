@@ -103,8 +103,11 @@ def gpu_tests(timeout_s: float) -> dict[str, Any]:
             suite = root.find("testsuite") if root.tag == "testsuites" else root
             assert suite is not None
             out.update({k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")})
-            out["failed"] = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
-                             if c.find("failure") is not None or c.find("error") is not None]  # fmt: skip
+            out["failed"] = [
+                f"{c.get('classname')}::{c.get('name')}"
+                for c in suite.iter("testcase")
+                if c.find("failure") is not None or c.find("error") is not None
+            ]
             out["passed"] = out["tests"] - out["failures"] - out["errors"] - out["skipped"]
         return out
 
@@ -119,8 +122,17 @@ def executor_benches(device: str, cpu: bool, budget_s: float) -> dict[str, Any]:
         share = (budget_s - (time.monotonic() - start)) / (len(models) - i)
         deadline = time.monotonic() + share
         try:
-            out[model] = run_live(device, model, None, 4 if cpu else None, 0.4 if cpu else 1.2,
-                                  64 if cpu else None, 0, cpu, deadline=deadline)  # fmt: skip
+            out[model] = run_live(
+                device,
+                model,
+                None,
+                4 if cpu else None,
+                0.4 if cpu else 1.2,
+                64 if cpu else None,
+                0,
+                cpu,
+                deadline=deadline,
+            )
         except Exception as exc:
             out[model] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
     return out
@@ -145,8 +157,22 @@ def pipeline_runs(device: str, cpu: bool, folder: Path, timeout_s: float) -> dic
     out = {}
     for label, sub in (("1080p", "hd"), ("640x480", "vga")):
         summary, results = folder / f"summary-{sub}.json", folder / f"results-{sub}.jsonl"
-        cmd = [sys.executable, "-m", "visionpipe", "run", str(folder / sub), "--device", device, "--weights",
-               "random", "--out", str(results), "--summary-json", str(summary), "--quiet"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "visionpipe",
+            "run",
+            str(folder / sub),
+            "--device",
+            device,
+            "--weights",
+            "random",
+            "--out",
+            str(results),
+            "--summary-json",
+            str(summary),
+            "--quiet",
+        ]
         t0 = time.monotonic()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         rec: dict[str, Any] = {"exit_code": proc.returncode, "wall_s": round(time.monotonic() - t0, 1)}
@@ -161,8 +187,13 @@ def pipeline_runs(device: str, cpu: bool, folder: Path, timeout_s: float) -> dic
 @click.command("gpu-check")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--cpu", is_flag=True, help="the same sections on the CPU at toy sizes (CI)")
-@click.option("--executor-s", type=float, default=170.0, show_default=True,
-              help="time the executor benches share (three models); runs past it are skipped, and counted")  # fmt: skip
+@click.option(
+    "--executor-s",
+    type=float,
+    default=170.0,
+    show_default=True,
+    help="time the executor benches share (three models); runs past it are skipped, and counted",
+)
 @click.option("--with-compile", is_flag=True, help="also time batch 1 with torch.compile (adds ~1 min)")
 @click.option("--skip", multiple=True, help="sections to leave out: tests, executor, batch1, decode, classifier, run")
 def gpu_check(out_dir: Path, cpu: bool, executor_s: float, with_compile: bool, skip: tuple[str, ...]) -> None:
@@ -180,8 +211,12 @@ def gpu_check(out_dir: Path, cpu: bool, executor_s: float, with_compile: bool, s
     plan: list[tuple[str, Callable[[], Any]]] = [
         ("tests", lambda: gpu_tests(240 if cpu else 150)),
         ("executor", lambda: executor_benches(device, cpu, executor_s)),
-        ("batch1", lambda: stage_bench.batch1_latency("mobilenet_v3_small" if cpu else "resnet50", device,
-                                                       10 if cpu else 300, with_compile)),
+        (
+            "batch1",
+            lambda: stage_bench.batch1_latency(
+                "mobilenet_v3_small" if cpu else "resnet50", device, 10 if cpu else 300, with_compile
+            ),
+        ),
         ("decode", lambda: decode_benches(device, cpu)),
         ("classifier", lambda: stage_bench.classifier_saturation(device, 4 if cpu else 256, 2 if cpu else 40)),
         ("run", lambda: pipeline_runs(device, cpu, work, 300 if cpu else 120)),

@@ -135,19 +135,24 @@ async def transports(path: Path, settings: Settings, broker: Broker) -> list[dic
     limits, pad = settings.limits, settings.decode.pad_value
     return [
         {
-            "transport": "jpeg q85 (sent)", "source": f"{frames[0].width}x{frames[0].height}", "sent": f"{w}x{h}",
-            "bytes": len(jpeg_env), "produce_cpu_ms": _median_ms(enc.encode, frames),
+            "transport": "jpeg q85 (sent)",
+            "source": f"{frames[0].width}x{frames[0].height}",
+            "sent": f"{w}x{h}",
+            "bytes": len(jpeg_env),
+            "produce_cpu_ms": _median_ms(enc.encode, frames),
             "hop_cpu_ms": await hop_ms(broker, settings, jpeg_env),
             "decode_stage_cpu_ms": _median_ms(lambda b: letterbox_cpu(b, size, limits, pad), jpegs),
         },
         {
-            "transport": "raw rgb24", "source": f"{frames[0].width}x{frames[0].height}", "sent": f"{w}x{h}",
+            "transport": "raw rgb24",
+            "source": f"{frames[0].width}x{frames[0].height}",
+            "sent": f"{w}x{h}",
             "bytes": len(raw_env),
             "produce_cpu_ms": _median_ms(lambda f: f.to_ndarray(format="rgb24", width=w, height=h), frames),
             "hop_cpu_ms": await hop_ms(broker, settings, raw_env),
             "decode_stage_cpu_ms": _median_ms(lambda a: place(a, geo, pad), raws),
         },
-    ]  # fmt: skip
+    ]
 
 
 async def pipeline_fps(path: Path, settings: Settings) -> dict[str, Any]:
@@ -186,12 +191,17 @@ def estimate(ingest_1080p_cpu_ms: float) -> dict[str, Any]:
     bound it too; the ingest's CPU (measured here) says how many streams one host core feeds.
     """
     rows = {}
-    for name, (batch, rate) in {"fasterrcnn_resnet50_fpn b8": (8, H100["fasterrcnn_640_b8_img_s"]),
-                                "fcos_resnet50_fpn b32": (32, H100["fcos_640_b32_img_s"])}.items():  # fmt: skip
+    for name, (batch, rate) in {
+        "fasterrcnn_resnet50_fpn b8": (8, H100["fasterrcnn_640_b8_img_s"]),
+        "fcos_resnet50_fpn b32": (32, H100["fcos_640_b32_img_s"]),
+    }.items():
         arrivals = SAFE_UTILISATION * rate
         stage_ms = (batch / arrivals + batch / rate) * 1e3
-        rows[name] = {"streams": round(arrivals / CAMERA_FPS, 1), "fill_plus_compute_ms": round(stage_ms, 1),
-                      "fits_p99_budget": stage_ms < P99_BUDGET_MS}  # fmt: skip
+        rows[name] = {
+            "streams": round(arrivals / CAMERA_FPS, 1),
+            "fill_plus_compute_ms": round(stage_ms, 1),
+            "fits_p99_budget": stage_ms < P99_BUDGET_MS,
+        }
     others = {
         "decode nvJPEG 640x480": SAFE_UTILISATION * H100["nvjpeg_640x480_img_s"] / CAMERA_FPS,
         "classifier resnet50 b256, 10 crops/frame": SAFE_UTILISATION * H100["resnet50_b256_img_s"] / 10 / CAMERA_FPS,

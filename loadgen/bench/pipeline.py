@@ -99,8 +99,15 @@ def run_case(runner: str, args: list[str], extra_env: dict[str, str], scratch: P
     load = Path("/proc/loadavg").read_text().split()[0]
     subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     doc = json.loads(out.read_text())
-    keep = ("images_per_s", "cpu_ms_per_image", "latency_ms", "mean_ms_per_request", "share", "crops_per_image",
-            "batch_ms_p50")  # fmt: skip
+    keep = (
+        "images_per_s",
+        "cpu_ms_per_image",
+        "latency_ms",
+        "mean_ms_per_request",
+        "share",
+        "crops_per_image",
+        "batch_ms_p50",
+    )
     return {"load1_before": float(load), **{k: doc[k] for k in keep if k in doc}}
 
 
@@ -116,20 +123,27 @@ PLAIN_VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     ", resize, OMP passive": (["--crops", "resize"], {"OMP_WAIT_POLICY": "PASSIVE"}),
 }
 # ratio -> (numerator case, denominator cases: the best of them in each round)
-RATIOS = {
-    "new pair / old pair as before (images/s)": ("models/new pair", ("models/old pair as before",)),
-    "new pair / old pair detector only (images/s)": ("models/new pair", ("models/old pair detector only",)),
-} | {
-    f"visionpipe run / best plain script, {pair}": (
-        f"plain/{pair}: visionpipe run",
-        tuple(f"plain/{pair}: plain script{v}" for v in PLAIN_VARIANTS),
-    )
-    for pair in ("new pair", "old pair")
-} | {
-    f"visionpipe run / plain script{v}, {pair}": (f"plain/{pair}: visionpipe run", (f"plain/{pair}: plain script{v}",))
-    for pair in ("new pair", "old pair")
-    for v in PLAIN_VARIANTS
-}
+RATIOS = (
+    {
+        "new pair / old pair as before (images/s)": ("models/new pair", ("models/old pair as before",)),
+        "new pair / old pair detector only (images/s)": ("models/new pair", ("models/old pair detector only",)),
+    }
+    | {
+        f"visionpipe run / best plain script, {pair}": (
+            f"plain/{pair}: visionpipe run",
+            tuple(f"plain/{pair}: plain script{v}" for v in PLAIN_VARIANTS),
+        )
+        for pair in ("new pair", "old pair")
+    }
+    | {
+        f"visionpipe run / plain script{v}, {pair}": (
+            f"plain/{pair}: visionpipe run",
+            (f"plain/{pair}: plain script{v}",),
+        )
+        for pair in ("new pair", "old pair")
+        for v in PLAIN_VARIANTS
+    }
+)
 
 
 def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:

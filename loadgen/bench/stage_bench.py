@@ -112,8 +112,14 @@ def decode_vs_raw(images: list[bytes], device: str, batch: int) -> dict[str, Any
     finally:
         loop.run_until_complete(stage.stop())
         loop.close()
-    return {"backend": stage.backend, "batch": batch, "images": len(images), "stage_img_s": round(stage_rate, 1),
-            "raw_decode_jpeg_img_s": round(raw_rate, 1), "stage_over_raw": round(stage_rate / raw_rate, 3)}  # fmt: skip
+    return {
+        "backend": stage.backend,
+        "batch": batch,
+        "images": len(images),
+        "stage_img_s": round(stage_rate, 1),
+        "raw_decode_jpeg_img_s": round(raw_rate, 1),
+        "stage_over_raw": round(stage_rate / raw_rate, 3),
+    }
 
 
 def classifier_saturation(device: str, max_batch: int, batches: int) -> dict[str, Any]:
@@ -122,8 +128,12 @@ def classifier_saturation(device: str, max_batch: int, batches: int) -> dict[str
     from visionpipe.services.weights import RANDOM
 
     crop = DetectorSettings().crop_size if device.startswith("cuda") else 64
-    settings = load_settings(executor={"max_batch": max_batch}, detector={"crop_size": crop},
-                             classifier={"weights": RANDOM}, service={"device": device})  # fmt: skip
+    settings = load_settings(
+        executor={"max_batch": max_batch},
+        detector={"crop_size": crop},
+        classifier={"weights": RANDOM},
+        service={"device": device},
+    )
     stage = ClassifierStage(settings)
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 256, (CROPS_PER_MESSAGE, 3, crop, crop), dtype=np.uint8)
@@ -134,8 +144,10 @@ def classifier_saturation(device: str, max_batch: int, batches: int) -> dict[str
         await stage.start()
         assert stage.executor is not None and stage.model is not None
         try:
-            envs = [Envelope(f"m{i}", payload={"objects": objects, "width": 640, "height": 480},
-                             arrays={"crops": crops}) for i in range(n_msgs)]  # fmt: skip
+            envs = [
+                Envelope(f"m{i}", payload={"objects": objects, "width": 640, "height": 480}, arrays={"crops": crops})
+                for i in range(n_msgs)
+            ]
             await asyncio.gather(*stage.items(envs[: max(1, n_msgs // 8)]))  # warm: allocator, pinned pool
             start = time.perf_counter()
             outs = await asyncio.gather(*stage.items(envs))
@@ -152,7 +164,11 @@ def classifier_saturation(device: str, max_batch: int, batches: int) -> dict[str
             await stage.stop()
 
     stage_rate, raw_rate = asyncio.run(drive())
-    return {"model": f"{settings.classifier.model} (random weights), crops {crop}²", "max_batch": max_batch,
-            "crops": n_msgs * CROPS_PER_MESSAGE, "stage_crops_s": round(stage_rate, 1),
-            f"raw_b{max_batch}_forward_crops_s": round(raw_rate, 1),
-            "stage_over_raw": round(stage_rate / raw_rate, 3)}  # fmt: skip
+    return {
+        "model": f"{settings.classifier.model} (random weights), crops {crop}²",
+        "max_batch": max_batch,
+        "crops": n_msgs * CROPS_PER_MESSAGE,
+        "stage_crops_s": round(stage_rate, 1),
+        f"raw_b{max_batch}_forward_crops_s": round(raw_rate, 1),
+        "stage_over_raw": round(stage_rate / raw_rate, 3),
+    }

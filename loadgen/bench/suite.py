@@ -163,8 +163,13 @@ class Suite:
         rows.append(self.row(cfg, self.burst, res, BURST_LOAD))
         rows.append(self.row(cfg, self.ramp, self.run(cfg, self.ramp), None))
         rows.append(self.row(cfg, self.saturation, self.run(cfg, self.saturation), SATURATION_LOAD))
-        summary = {"policy": cfg.policy, "params": _params_str(cfg.params), "overlap": cfg.overlap,
-                   "pinned": cfg.pinned, "mechanics": cfg.mechanics}  # fmt: skip
+        summary = {
+            "policy": cfg.policy,
+            "params": _params_str(cfg.params),
+            "overlap": cfg.overlap,
+            "pinned": cfg.pinned,
+            "mechanics": cfg.mechanics,
+        }
         summary["capacity"] = round(self.capacity(cfg), 1)
         return rows, summary
 
@@ -179,9 +184,13 @@ def adaptive_vs_greedy(rows: list[dict[str, Any]], mechanics: str = "overlapped"
     One row per trace and load, side by side from the same run; ``differs`` says whether any of the
     compared numbers moved by more than 2% (simulation noise is deterministic, so any change is the policy's).
     """
+
     def pick(policy: str, params_ok: Callable[[str], bool]) -> dict[tuple[str, Any], dict[str, Any]]:
-        return {(r["trace"], r["load"]): r for r in rows
-                if r["policy"] == policy and r["mechanics"] == mechanics and params_ok(r["params"])}  # fmt: skip
+        return {
+            (r["trace"], r["load"]): r
+            for r in rows
+            if r["policy"] == policy and r["mechanics"] == mechanics and params_ok(r["params"])
+        }
 
     greedy = pick("timeout", lambda p: p.endswith("delay_ms=0.0"))
     variants = {"adaptive": pick("adaptive", lambda p: p == ""), "adaptive-seed": pick("adaptive", lambda p: p != "")}

@@ -80,8 +80,8 @@ class Table:
 def target(name: str, value: tuple[float | None, str], op: str, threshold: float, detail: str = "") -> dict[str, Any]:
     """One target row; ``met`` is None ("n/a") when the baseline never drained."""
     v, why = value
-    met: bool | None = None if why == NEVER_DRAINED else v is not None and (
-        v >= threshold if op == ">=" else v <= threshold
+    met: bool | None = (
+        None if why == NEVER_DRAINED else v is not None and (v >= threshold if op == ">=" else v <= threshold)
     )
     return {
         "target": name,
@@ -101,45 +101,96 @@ def _mechanics(t: Table, rows: list[dict[str, Any]], lead_share: float, pageable
         cap = {m: t.capacity(policy, m, params) for m in (OVERLAPPED, SERIAL_PINNED, SERIAL_PAGEABLE)}
         heavy = lead_share >= UPLOAD_HEAVY
         share = f"staging + pinned upload = {lead_share:.0%} of compute at max batch"
-        out.append(target(f"mechanics/{label}: capacity overlapped ÷ serial-pinned (overlap alone)",
-                          ratio(cap[OVERLAPPED], cap[SERIAL_PINNED]), ">=",
-                          MECH_OVERLAP_HEAVY if heavy else MECH_OVERLAP_LIGHT, share))  # fmt: skip
-        out.append(target(f"mechanics/{label}: capacity serial-pinned ÷ serial-pageable (pinned memory alone)",
-                          ratio(cap[SERIAL_PINNED], cap[SERIAL_PAGEABLE]), ">=", MECH_PINNED))  # fmt: skip
+        out.append(
+            target(
+                f"mechanics/{label}: capacity overlapped ÷ serial-pinned (overlap alone)",
+                ratio(cap[OVERLAPPED], cap[SERIAL_PINNED]),
+                ">=",
+                MECH_OVERLAP_HEAVY if heavy else MECH_OVERLAP_LIGHT,
+                share,
+            )
+        )
+        out.append(
+            target(
+                f"mechanics/{label}: capacity serial-pinned ÷ serial-pageable (pinned memory alone)",
+                ratio(cap[SERIAL_PINNED], cap[SERIAL_PAGEABLE]),
+                ">=",
+                MECH_PINNED,
+            )
+        )
         heavy_pageable = pageable_share >= UPLOAD_HEAVY
-        out.append(target(f"mechanics/{label}: capacity overlapped ÷ serial-pageable (both)",
-                          ratio(cap[OVERLAPPED], cap[SERIAL_PAGEABLE]), ">=",
-                          MECH_CAPACITY_HEAVY if heavy_pageable else MECH_CAPACITY_LIGHT,
-                          f"staging + pageable upload = {pageable_share:.0%} of compute at max batch"))  # fmt: skip
+        out.append(
+            target(
+                f"mechanics/{label}: capacity overlapped ÷ serial-pageable (both)",
+                ratio(cap[OVERLAPPED], cap[SERIAL_PAGEABLE]),
+                ">=",
+                MECH_CAPACITY_HEAVY if heavy_pageable else MECH_CAPACITY_LIGHT,
+                f"staging + pageable upload = {pageable_share:.0%} of compute at max batch",
+            )
+        )
         ov, se = t.row(policy, OVERLAPPED, "burst", params=params), t.row(policy, SERIAL_PINNED, "burst", params=params)
-        out.append(target(f"mechanics/{label}: peak p99 on the 2x burst, overlapped ÷ serial-pinned",
-                          ratio(ov and ov["peak_p99_ms"], se and se["peak_p99_ms"]), "<=", MECH_BURST_P99))  # fmt: skip
+        out.append(
+            target(
+                f"mechanics/{label}: peak p99 on the 2x burst, overlapped ÷ serial-pinned",
+                ratio(ov and ov["peak_p99_ms"], se and se["peak_p99_ms"]),
+                "<=",
+                MECH_BURST_P99,
+            )
+        )
         ov = t.row(policy, OVERLAPPED, "poisson", 0.9, params)
         se = t.row(policy, SERIAL_PINNED, "poisson", 0.9, params)
-        out.append(target(f"mechanics/{label}: p99 at 90% load, overlapped ÷ serial-pinned",
-                          ratio(ov and ov["p99_ms"], se and se["p99_ms"]), "<=", MECH_P99_90))  # fmt: skip
+        out.append(
+            target(
+                f"mechanics/{label}: p99 at 90% load, overlapped ÷ serial-pinned",
+                ratio(ov and ov["p99_ms"], se and se["p99_ms"]),
+                "<=",
+                MECH_P99_90,
+            )
+        )
     return out
 
 
 def _policy(t: Table) -> list[dict[str, Any]]:
-    out = [target("policy: adaptive capacity ÷ best Triton-style",
-                  ratio(t.capacity("adaptive", OVERLAPPED, ""), t.capacity("timeout", OVERLAPPED)), ">=",
-                  POLICY_VS_TRITON_CAPACITY)]  # fmt: skip
+    out = [
+        target(
+            "policy: adaptive capacity ÷ best Triton-style",
+            ratio(t.capacity("adaptive", OVERLAPPED, ""), t.capacity("timeout", OVERLAPPED)),
+            ">=",
+            POLICY_VS_TRITON_CAPACITY,
+        )
+    ]
     by_load = []
     for load in POLICY_LOADS:
         a = t.row("adaptive", OVERLAPPED, "poisson", load, "")
         by_load.append((ratio(a and a["p99_ms"], t.best_p99("timeout", OVERLAPPED, load)), load))
     unbounded = [(r, lo) for r, lo in by_load if r[0] is None]
     worst, at = unbounded[0] if unbounded else max(by_load, key=lambda x: x[0][0] or 0.0)
-    out.append(target("policy: adaptive p99 ÷ best Triton-style, worst of 10-90% load", worst, "<=",
-                      POLICY_VS_TRITON_P99, f"worst at load {at}"))  # fmt: skip
+    out.append(
+        target(
+            "policy: adaptive p99 ÷ best Triton-style, worst of 10-90% load",
+            worst,
+            "<=",
+            POLICY_VS_TRITON_P99,
+            f"worst at load {at}",
+        )
+    )
     a60 = t.row("adaptive", OVERLAPPED, "poisson", 0.6, "")
-    out.append(target("policy: adaptive p99 ÷ best fixed batch at 60% load",
-                      ratio(a60 and a60["p99_ms"], t.best_p99("fixed", OVERLAPPED, 0.6)), "<=",
-                      POLICY_VS_FIXED_P99_60))  # fmt: skip
-    out.append(target("policy: adaptive capacity ÷ best fixed batch",
-                      ratio(t.capacity("adaptive", OVERLAPPED, ""), t.capacity("fixed", OVERLAPPED)), ">=",
-                      POLICY_VS_FIXED_CAPACITY))  # fmt: skip
+    out.append(
+        target(
+            "policy: adaptive p99 ÷ best fixed batch at 60% load",
+            ratio(a60 and a60["p99_ms"], t.best_p99("fixed", OVERLAPPED, 0.6)),
+            "<=",
+            POLICY_VS_FIXED_P99_60,
+        )
+    )
+    out.append(
+        target(
+            "policy: adaptive capacity ÷ best fixed batch",
+            ratio(t.capacity("adaptive", OVERLAPPED, ""), t.capacity("fixed", OVERLAPPED)),
+            ">=",
+            POLICY_VS_FIXED_CAPACITY,
+        )
+    )
     return out
 
 
@@ -171,8 +222,14 @@ def evaluate(
     out.append(target("slack: GPU busy per request ÷ greedy, worst of 10-60% load", (worst_busy, ""), "<=", SLACK_BUSY))
     out.append(target("slack: p99 ÷ SLO, worst of 10-60% load", ratio(worst_p99, slo_ms), "<=", 1.0))
     sat = t.row("adaptive", OVERLAPPED, "saturation", params="")
-    out.append(target("saturation: adaptive throughput ÷ raw max-batch forward throughput",
-                      ratio(sat and sat["throughput"], raw), ">=", SATURATION))  # fmt: skip
+    out.append(
+        target(
+            "saturation: adaptive throughput ÷ raw max-batch forward throughput",
+            ratio(sat and sat["throughput"], raw),
+            ">=",
+            SATURATION,
+        )
+    )
     return out
 
 

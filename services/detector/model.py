@@ -84,9 +84,13 @@ def _nanodet(model: LoadedModel, settings: DetectorSettings, executor: ExecutorS
             scores, reg = module(x)
         boxes = decode_boxes(reg, side) * (images.shape[-1] / side)  # back to letterbox pixels
         return detection_ops.select(
-            boxes, scores, settings.score_threshold, settings.nms_iou, settings.max_detections,
+            boxes,
+            scores,
+            settings.score_threshold,
+            settings.nms_iou,
+            settings.max_detections,
             settings.class_agnostic_nms,
-        )  # fmt: skip
+        )
 
     return detect
 
@@ -146,8 +150,7 @@ def _ssd_detect(module: SSD, settings: DetectorSettings, device: str) -> Detect:
         ys = boxes[..., 1::2].clamp(0.0, mh) * (h / mh)
         boxes = torch.stack((xs[..., 0], ys[..., 0], xs[..., 1], ys[..., 1]), dim=-1)
         scores = head["cls_logits"].float().softmax(dim=-1)[..., 1:]  # class 0 is background
-        out = detection_ops.select(boxes, scores, settings.score_threshold, module.nms_thresh,
-                                   settings.max_detections)  # fmt: skip
+        out = detection_ops.select(boxes, scores, settings.score_threshold, module.nms_thresh, settings.max_detections)
         labels = out["labels"]
         out["labels"] = torch.where(labels >= 0, labels + 1, labels)  # back to COCO's 91 slots; padding stays -1
         return out

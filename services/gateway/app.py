@@ -107,8 +107,11 @@ def _upload_routes(api: APIRouter, gw: Gateway) -> None:
     @api.post(
         "/detect",
         response_model=DetectResult,
-        responses={**upload, 502: error("a stage gave up on the request"),
-                   504: error("no result within the wait; GET /v1/results/{request_id} later")},
+        responses={
+            **upload,
+            502: error("a stage gave up on the request"),
+            504: error("no result within the wait; GET /v1/results/{request_id} later"),
+        },
         openapi_extra=IMAGE_BODY,
         summary="Detect and classify objects in an image, waiting for the result",
     )
@@ -126,8 +129,9 @@ def _upload_routes(api: APIRouter, gw: Gateway) -> None:
         if doc is None:
             if x_request_id is None:
                 await gw.claim(rid)  # now the client has the id: a GET of it must say "pending"
-            raise GatewayError(504, "timeout", f"no result within {wait_s:g} s; it can be fetched later",
-                               request_id=rid)
+            raise GatewayError(
+                504, "timeout", f"no result within {wait_s:g} s; it can be fetched later", request_id=rid
+            )
         return document_response(doc, rid)
 
     @api.post(

@@ -44,8 +44,10 @@ async def serve_locally(settings: Settings, console: Console) -> None:
         for w in workers:
             if w.stage.weights == RANDOM:
                 console.print(f"[bold red]{w.name} has RANDOM weights: its outputs are meaningless[/]")
-        console.print(f"[bold]visionpipe is serving on {url}/[/]  (drop an image on the page; API docs {url}/docs)",
-                      soft_wrap=True)
+        console.print(
+            f"[bold]visionpipe is serving on {url}/[/]  (drop an image on the page; API docs {url}/docs)",
+            soft_wrap=True,
+        )
         console.print(f"  curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' {url}/v1/detect", soft_wrap=True)
         console.print("Ctrl-C stops it.")
         await serving

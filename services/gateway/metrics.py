@@ -19,11 +19,16 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry or CollectorRegistry()
         self.requests = Counter(
-            "visionpipe_gateway_requests", "HTTP requests answered, by route and status code", ["route", "code"],
+            "visionpipe_gateway_requests",
+            "HTTP requests answered, by route and status code",
+            ["route", "code"],
             registry=r,
         )
         self.latency = Histogram(
-            "visionpipe_gateway_request_seconds", "Time to answer, by route", ["route"], buckets=LATENCY_BUCKETS,
+            "visionpipe_gateway_request_seconds",
+            "Time to answer, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.waiting = Gauge("visionpipe_gateway_waiting_requests", "Requests held open for a result", registry=r)

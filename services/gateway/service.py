@@ -147,8 +147,9 @@ class Gateway:
             held = await self.results.admit(request_id, mark, ttl)
             if held is not None:
                 if held != mark:
-                    raise GatewayError(409, "request_id_conflict", "this request id was used for another image",
-                                       request_id=request_id)
+                    raise GatewayError(
+                        409, "request_id_conflict", "this request id was used for another image", request_id=request_id
+                    )
                 return request_id  # a retry: the first attempt is in the pipeline, or done
         rid = request_id or uuid.uuid4().hex
         try:
@@ -168,8 +169,9 @@ class Gateway:
             raise GatewayError(429, "backpressure", str(exc), request_id=rid, retry_after_s=self._retry_after) from None
         except BrokerError as exc:
             await self.results.release(rid)
-            raise GatewayError(503, "broker_unavailable", f"could not enqueue: {exc}", request_id=rid,
-                               retry_after_s=self._retry_after) from None
+            raise GatewayError(
+                503, "broker_unavailable", f"could not enqueue: {exc}", request_id=rid, retry_after_s=self._retry_after
+            ) from None
         return rid
 
     async def claim(self, request_id: str) -> None:
@@ -187,8 +189,13 @@ class Gateway:
             await asyncio.wait((getting, stopping), return_when=asyncio.FIRST_COMPLETED)
             if not getting.done():
                 await self.claim(request_id)  # a fresh id's client learns it now: a later GET must say "pending"
-                raise GatewayError(503, "stopping", "this gateway is stopping; fetch the result later",
-                                   request_id=request_id, retry_after_s=self._retry_after)
+                raise GatewayError(
+                    503,
+                    "stopping",
+                    "this gateway is stopping; fetch the result later",
+                    request_id=request_id,
+                    retry_after_s=self._retry_after,
+                )
             return getting.result()
         finally:
             getting.cancel()

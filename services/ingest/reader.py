@@ -214,8 +214,12 @@ class Reader(threading.Thread):
         self._last_ns = now
         st = self.stats
         st.decoded, st.last_index, st.last_frame_ns, st.width, st.height = (
-            st.decoded + 1, index, now, frame.width, frame.height
-        )  # fmt: skip
+            st.decoded + 1,
+            index,
+            now,
+            frame.width,
+            frame.height,
+        )
         self.state = "running"
         tb = frame.time_base
         t = float(frame.pts * tb) if frame.pts is not None and tb else None
@@ -224,11 +228,18 @@ class Reader(threading.Thread):
             st.sampled_out += 1
             return True
         ref = StreamRef(
-            self.stream_id, index, now, run=self.run_token, pts=frame.pts,
-            time_base=(tb.numerator, tb.denominator) if tb else None, size=(frame.width, frame.height),
-            session=self._session, sampled_out=self.tail.sampled_out, dropped=self.tail.dropped,
+            self.stream_id,
+            index,
+            now,
+            run=self.run_token,
+            pts=frame.pts,
+            time_base=(tb.numerator, tb.denominator) if tb else None,
+            size=(frame.width, frame.height),
+            session=self._session,
+            sampled_out=self.tail.sampled_out,
+            dropped=self.tail.dropped,
             missed=self.tail.missed,
-        )  # fmt: skip
+        )
         self.tail = Tail()
         dropped = self.buffer.put(Captured(frame, ref), self.stopping)
         if dropped < 0:  # stopped while waiting for room: this frame is the end's to account for

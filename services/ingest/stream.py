@@ -89,15 +89,34 @@ class Stream:
     def info(self) -> StreamInfo:
         st = self.stats
         counters = StreamCounters(
-            decoded=st.decoded, sampled_out=st.sampled_out, dropped=st.dropped, missed=st.missed,
-            published=st.published, reconnects=st.reconnects, errors=st.errors, corrupt_packets=st.corrupt_packets,
-        )  # fmt: skip
+            decoded=st.decoded,
+            sampled_out=st.sampled_out,
+            dropped=st.dropped,
+            missed=st.missed,
+            published=st.published,
+            reconnects=st.reconnects,
+            errors=st.errors,
+            corrupt_packets=st.corrupt_packets,
+        )
         return StreamInfo(
-            id=self.id, run=self.run, url=self.source.shown, kind=self.source.kind, live=self.source.live,
-            policy=self.policy, fps=self.fps, state=self.state, counters=counters, last_error=st.last_error,
-            last_index=st.last_index, session=st.session, decoder=st.decoder, width=st.width, height=st.height,
-            source_fps=st.source_fps, annotate=self.spec.annotate,
-        )  # fmt: skip
+            id=self.id,
+            run=self.run,
+            url=self.source.shown,
+            kind=self.source.kind,
+            live=self.source.live,
+            policy=self.policy,
+            fps=self.fps,
+            state=self.state,
+            counters=counters,
+            last_error=st.last_error,
+            last_index=st.last_index,
+            session=st.session,
+            decoder=st.decoder,
+            width=st.width,
+            height=st.height,
+            source_fps=st.source_fps,
+            annotate=self.spec.annotate,
+        )
 
     async def _lifecycle(self) -> None:
         assert self._pump is not None
@@ -171,14 +190,22 @@ class Stream:
         self._in_hand = []
         tail = self.reader.tail
         ref = StreamRef(
-            self.id, self.reader.next_index, time.time_ns(), run=self.run, session=self.stats.session,
-            sampled_out=tail.sampled_out, dropped=tail.dropped, missed=tail.missed,
-        )  # fmt: skip
+            self.id,
+            self.reader.next_index,
+            time.time_ns(),
+            run=self.run,
+            session=self.stats.session,
+            sampled_out=tail.sampled_out,
+            dropped=tail.dropped,
+            missed=tail.missed,
+        )
         for c in leftovers:
             ref = replace(
-                ref, sampled_out=ref.sampled_out + c.ref.sampled_out, missed=ref.missed + c.ref.missed,
+                ref,
+                sampled_out=ref.sampled_out + c.ref.sampled_out,
+                missed=ref.missed + c.ref.missed,
                 dropped=ref.dropped + c.ref.dropped + 1,
-            )  # fmt: skip
+            )
         self.stats.dropped += len(leftovers)
         return ref
 

@@ -78,8 +78,9 @@ def stage_mounts(deployment: str, stage: str, rendered: dict[str, Objects]) -> l
         svc: dict[str, Any] = load_compose()["services"][stage]
         volumes = [v if isinstance(v, str) else v["target"] for v in svc.get("volumes", [])]
         return [v.split(":")[1] if ":" in v else v for v in volumes] + list(svc.get("tmpfs", []))
-    deployment_obj = next(o for o in objects_of(rendered, deployment) if o["kind"] == "Deployment"
-                          and o["metadata"]["name"] == stage)  # fmt: skip
+    deployment_obj = next(
+        o for o in objects_of(rendered, deployment) if o["kind"] == "Deployment" and o["metadata"]["name"] == stage
+    )
     return [m["mountPath"] for c in pod_spec(deployment_obj)["containers"] for m in c.get("volumeMounts", [])]
 
 

@@ -51,9 +51,7 @@ def test_serve_reads_settings_file_answers_probes_and_drains_on_sigterm(
         assert ready == {
             "ready": True,
             "checks": {"model": True, "broker": True, "broker_state": True, "consuming": True},
-        }, (
-            tmp_path / "decode.log"
-        ).read_text()[-2000:]
+        }, (tmp_path / "decode.log").read_text()[-2000:]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=EXIT_TIMEOUT_S) == 0
         text = (tmp_path / "decode.log").read_text()

@@ -166,9 +166,18 @@ def test_busy_adaptive_never_sends_more_than_the_oldest_deadline_allows() -> Non
 
     model = LatencyModel.from_lines(LINES)
     ms = 1_000_000
-    view = QueueView(now_ns=0, queued=60, oldest_arrival_ns=-150 * ms, earliest_deadline_ns=50 * ms, rate=300.0,
-                     model=model, max_batch=MAX_BATCH, overlap=True, compute_free_ns=5 * ms,
-                     slo_ns=200 * ms)  # fmt: skip
+    view = QueueView(
+        now_ns=0,
+        queued=60,
+        oldest_arrival_ns=-150 * ms,
+        earliest_deadline_ns=50 * ms,
+        rate=300.0,
+        model=model,
+        max_batch=MAX_BATCH,
+        overlap=True,
+        compute_free_ns=5 * ms,
+        slo_ns=200 * ms,
+    )
     n = AdaptivePolicy().decide(view).dispatch
     fits = view.largest_on_time(60)
     assert 0 < fits < 60 and n == max(fits, keep_up_batch(model, 300.0, True, MAX_BATCH))
@@ -193,8 +202,9 @@ def test_serial_pinned_sits_between_pageable_and_overlapped() -> None:
 
 
 def test_a_launch_bound_batch_computes_no_faster_than_its_launch() -> None:
-    cost = CostModel("launchy", PhaseCost(0.0), PhaseCost(0.0), PhaseCost(0.01, 0.2), PhaseCost(0.0),
-                     launch=PhaseCost(0.0, 5.0))  # fmt: skip
+    cost = CostModel(
+        "launchy", PhaseCost(0.0), PhaseCost(0.0), PhaseCost(0.01, 0.2), PhaseCost(0.0), launch=PhaseCost(0.0, 5.0)
+    )
     for overlap in (True, False):
         batch = SimDevice(cost, max_batch=8, overlap=overlap).schedule(8, 0)
         assert batch.compute_end - batch.upload_end >= 5_000_000

@@ -51,8 +51,9 @@ def _next(env: Envelope, stage: str) -> Envelope:
         box = [BOX[0] * width, BOX[1] * height, BOX[2] * width, BOX[3] * height]
         top = [{"label": 1, "name": "thing", "score": 0.5}]
         obj = {"box": box, "score": 0.9, "label": 1, "label_name": "thing", "top_k": top}
-        return env.child(width=width, height=height, objects=[obj],
-                         weights={"detector": "random", "classifier": "random"})
+        return env.child(
+            width=width, height=height, objects=[obj], weights={"detector": "random", "classifier": "random"}
+        )
     return env.child(stage=stage, width=width, height=height)
 
 
@@ -81,8 +82,14 @@ async def run_stage(
                 env = Envelope.decode(d.data)
                 env.stamp(stage, Event.DEQUEUED)
                 if stage == DECODE and env.payload.get("image") == POISON:
-                    await broker.dead_letter(settings.streams.name("dead_letter"), reason="not an image",
-                                             data=d.data, stage=stage, origin=src, request_id=env.request_id)
+                    await broker.dead_letter(
+                        settings.streams.name("dead_letter"),
+                        reason="not an image",
+                        data=d.data,
+                        stage=stage,
+                        origin=src,
+                        request_id=env.request_id,
+                    )
                     continue
                 if stall is not None:
                     await asyncio.sleep(stall(env.request_id))

@@ -22,8 +22,9 @@ QUICK = ["--synthetic", "64x48", "--warmup", "1", "--drain-timeout", "10", "--no
 
 def loadgen(*args: str, timeout: float = 100) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([VISIONPIPE, "loadgen", *args], capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=REPO)
+    return subprocess.run(
+        [VISIONPIPE, "loadgen", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+    )
 
 
 def redis_keys(server: Server, prefix: str) -> list[bytes]:
@@ -36,9 +37,25 @@ def redis_keys(server: Server, prefix: str) -> list[bytes]:
 
 def test_run_spawns_stages_reports_and_deletes_its_streams(redis_server: Server, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = loadgen("run", "--broker", redis_server.url, "--spawn", "--stage-command", PASSTHROUGH,
-                   "--pattern", "burst", "--rate", "20", "--burst-factor", "3", "--duration", "1.5",
-                   "--out", str(out), *QUICK)
+    proc = loadgen(
+        "run",
+        "--broker",
+        redis_server.url,
+        "--spawn",
+        "--stage-command",
+        PASSTHROUGH,
+        "--pattern",
+        "burst",
+        "--rate",
+        "20",
+        "--burst-factor",
+        "3",
+        "--duration",
+        "1.5",
+        "--out",
+        str(out),
+        *QUICK,
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     doc = json.loads((out / "results.json").read_text())
     (run,) = doc["runs"]
@@ -50,8 +67,22 @@ def test_run_spawns_stages_reports_and_deletes_its_streams(redis_server: Server,
 
 
 def test_keep_leaves_the_streams_for_inspection(redis_server: Server, tmp_path: Path) -> None:
-    proc = loadgen("run", "--broker", redis_server.url, "--spawn", "--stage-command", PASSTHROUGH, "--keep",
-                   "--rate", "10", "--duration", "0.5", "--out", str(tmp_path), *QUICK)
+    proc = loadgen(
+        "run",
+        "--broker",
+        redis_server.url,
+        "--spawn",
+        "--stage-command",
+        PASSTHROUGH,
+        "--keep",
+        "--rate",
+        "10",
+        "--duration",
+        "0.5",
+        "--out",
+        str(tmp_path),
+        *QUICK,
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     prefix = json.loads((tmp_path / "results.json").read_text())["runs"][0]["summary"]["prefix"]
     assert len(redis_keys(redis_server, prefix)) >= 4  # frames, tensors, crops, results
@@ -59,9 +90,26 @@ def test_keep_leaves_the_streams_for_inspection(redis_server: Server, tmp_path: 
 
 def test_lost_results_make_the_run_fail(redis_server: Server, tmp_path: Path, ns: str) -> None:
     # External mode with no stages behind the prefix: nothing ever answers.
-    proc = loadgen("run", "--broker", redis_server.url, "--prefix", ns, "--rate", "10", "--duration", "0.3",
-                   "--out", str(tmp_path), "--synthetic", "32x32", "--warmup", "0", "--drain-timeout", "0.5",
-                   "--no-progress")
+    proc = loadgen(
+        "run",
+        "--broker",
+        redis_server.url,
+        "--prefix",
+        ns,
+        "--rate",
+        "10",
+        "--duration",
+        "0.3",
+        "--out",
+        str(tmp_path),
+        "--synthetic",
+        "32x32",
+        "--warmup",
+        "0",
+        "--drain-timeout",
+        "0.5",
+        "--no-progress",
+    )
     assert proc.returncode == 3, proc.stderr + proc.stdout
     s = json.loads((tmp_path / "results.json").read_text())["runs"][0]["summary"]
     assert s["sent"] == 3 and s["lost"] == 3
@@ -89,10 +137,33 @@ def test_compare_redis_and_kafka_with_the_real_stages_on_cpu(
     """The issue's acceptance run: real decode/detector/classifier subprocesses per broker, CPU, random weights."""
     out = tmp_path / "cmp"
     proc = loadgen(
-        "compare", "--brokers", f"{redis_server.url},{kafka_server.url}", "--device", "cpu", "--weights", "random",
-        "--stage-env", "VISIONPIPE_DETECTOR__SCORE_THRESHOLD=0", "--stage-env", "VISIONPIPE_DETECTOR__MAX_DETECTIONS=2",
-        "--pattern", "poisson", "--rate", "2", "--duration", "3", "--synthetic", "160x120", "--warmup", "2",
-        "--drain-timeout", "60", "--no-progress", "--out", str(out), timeout=380,
+        "compare",
+        "--brokers",
+        f"{redis_server.url},{kafka_server.url}",
+        "--device",
+        "cpu",
+        "--weights",
+        "random",
+        "--stage-env",
+        "VISIONPIPE_DETECTOR__SCORE_THRESHOLD=0",
+        "--stage-env",
+        "VISIONPIPE_DETECTOR__MAX_DETECTIONS=2",
+        "--pattern",
+        "poisson",
+        "--rate",
+        "2",
+        "--duration",
+        "3",
+        "--synthetic",
+        "160x120",
+        "--warmup",
+        "2",
+        "--drain-timeout",
+        "60",
+        "--no-progress",
+        "--out",
+        str(out),
+        timeout=380,
     )
     assert proc.returncode == 0, proc.stderr[-4000:] + proc.stdout
     doc = json.loads((out / "results.json").read_text())

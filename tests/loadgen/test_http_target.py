@@ -21,8 +21,12 @@ async def test_open_loop_through_the_gateway_completes_every_request(ns: str) ->
 async def test_backpressure_and_errors_are_counted_not_lost(ns: str) -> None:
     settings = gateway_settings(ns, limits={"ingress_high_watermark": 10})
     async with serving(settings, stall=lambda rid: 0.1) as live:  # ~0.3 s a request, one at a time: it falls behind
-        out = await run_http_load(live.url, LoadSpec("constant", rate=50, duration_s=1.0), IMAGES,
-                                  HttpOptions(timeout_ms=200, warmup_requests=0))
+        out = await run_http_load(
+            live.url,
+            LoadSpec("constant", rate=50, duration_s=1.0),
+            IMAGES,
+            HttpOptions(timeout_ms=200, warmup_requests=0),
+        )
     assert out["sent"] == 50 and out["lost"] == 0
     assert out["rejected_429"] > 0 and out["statuses"].get("504", 0) > 0, out["statuses"]
     assert sum(out["statuses"].values()) == 50

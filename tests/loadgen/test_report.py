@@ -58,8 +58,14 @@ def test_a_failed_broker_is_reported_and_the_other_still_plotted(tmp_path: Path)
 def test_rounds_run_in_abba_order_and_the_verdict_takes_each_brokers_median(tmp_path: Path) -> None:
     assert run_order(["r", "k"], 3) == [(1, "r"), (1, "k"), (2, "k"), (2, "r"), (3, "r"), (3, "k")]
     runs = []
-    for round_no, url, latency in [(1, "redis://h:1/0", 10), (1, "kafka://h:2", 40), (2, "kafka://h:2", 50),
-                                   (2, "redis://h:1/0", 90), (3, "redis://h:1/0", 20), (3, "kafka://h:2", 60)]:
+    for round_no, url, latency in [
+        (1, "redis://h:1/0", 10),
+        (1, "kafka://h:2", 40),
+        (2, "kafka://h:2", 50),
+        (2, "redis://h:1/0", 90),
+        (3, "redis://h:1/0", 20),
+        (3, "kafka://h:2", 60),
+    ]:
         run = fake_run(url, latency, n=5)
         run.round = round_no
         runs.append(run)

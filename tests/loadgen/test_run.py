@@ -59,8 +59,12 @@ async def test_dead_lettered_requests_count_as_failed_not_lost(redis_server, ns:
     settings = settings_for(redis_server.url, ns)
     images = ImageSet((SMALL.images[0], POISON), "good and poison")  # every second request is refused by decode
     async with pipeline(settings):
-        result = await run_load(settings, LoadSpec("constant", rate=40, duration_s=0.5), images,
-                                RunOptions(progress=False, drain_timeout_s=10, warmup_requests=0))
+        result = await run_load(
+            settings,
+            LoadSpec("constant", rate=40, duration_s=0.5),
+            images,
+            RunOptions(progress=False, drain_timeout_s=10, warmup_requests=0),
+        )
     s = result.summary
     assert s["sent"] == 20
     assert (s["failed"], s["completed"], s["lost"]) == (10, 10, 0)

@@ -116,8 +116,18 @@ def secured_decode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured
     )
     (work / "stage-password").write_text(STAGE_PASSWORD + "\n")
     tls_port = free_port()
-    tls = ["--tls-port", str(tls_port), "--tls-cert-file", str(work / "server.crt"), "--tls-key-file",
-           str(work / "server.key"), "--tls-ca-cert-file", str(work / "ca.crt"), "--tls-auth-clients", "yes"]
+    tls = [
+        "--tls-port",
+        str(tls_port),
+        "--tls-cert-file",
+        str(work / "server.crt"),
+        "--tls-key-file",
+        str(work / "server.key"),
+        "--tls-ca-cert-file",
+        str(work / "ca.crt"),
+        "--tls-auth-clients",
+        "yes",
+    ]
     server = start_redis(work, "--aclfile", str(work / "users.acl"), *tls)
     tls_url = f"rediss://127.0.0.1:{tls_port}/0"
     tls_env = {
@@ -149,10 +159,17 @@ def secured_decode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured
     try:
         stage = procs.start("decode")
         stage.wait_ready(host=PROBE_HOST)
-        tls_files = {"tls_ca_file": work / "ca.crt", "tls_cert_file": work / "client.crt",
-                     "tls_key_file": work / "client.key"}
-        admin = load_settings(**{**overrides, "broker": {**overrides["broker"], **tls_files, "username": "admin",
-                                                         "password": ADMIN_PASSWORD}})
+        tls_files = {
+            "tls_ca_file": work / "ca.crt",
+            "tls_cert_file": work / "client.crt",
+            "tls_key_file": work / "client.key",
+        }
+        admin = load_settings(
+            **{
+                **overrides,
+                "broker": {**overrides["broker"], **tls_files, "username": "admin", "password": ADMIN_PASSWORD},
+            }
+        )
         yield SecuredStage(server, tls_url, work, ns, admin_env, stage, admin)
     finally:
         procs.close()

@@ -131,7 +131,7 @@ def _image_poison(kind: str, i: int, rng: random.Random) -> bytes:
             lambda: _with_size(jpeg, 160, 0),  # zero height (DNL), which no decoder here supports
             lambda: jpeg[:sof] + jpeg[sof + 19 :],  # no frame header at all
             lambda: jpeg[: _scan_offset(jpeg)] + b"\xff\xd9",  # headers, then end of image: no scan
-            lambda: jpeg[:sof + 9] + b"\x00" + jpeg[sof + 10 :],  # zero components
+            lambda: jpeg[: sof + 9] + b"\x00" + jpeg[sof + 10 :],  # zero components
         ]
         return variants[i % len(variants)]()
     if kind == "not-an-image":

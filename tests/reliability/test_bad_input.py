@@ -63,8 +63,10 @@ async def test_malformed_inputs_are_dead_lettered_and_valid_ones_finish(pipeline
 
         def progress() -> str:
             got = Counter(d.data for d in sink.dead if d.data in wanted)
-            return (f"dead-lettered {sum(got.values())}/{len(poison)}, "
-                    f"results {len(set(valid) & sink.results.keys())}/{len(valid)}")
+            return (
+                f"dead-lettered {sum(got.values())}/{len(poison)}, "
+                f"results {len(set(valid) & sink.results.keys())}/{len(valid)}"
+            )
 
         await sink.until(all_in, POISON_TIMEOUT_S, progress)
         assert await settle_backlogs(broker, s, 30) == 0
@@ -82,9 +84,11 @@ async def test_malformed_inputs_are_dead_lettered_and_valid_ones_finish(pipeline
     mine = [d for d in sink.dead if d.data in wanted]
     assert len(mine) == len(poison), "each malformed input dead-lettered exactly once"
     assert not {p.request_id for p in poison} & sink.results.keys(), "no poison produced a result"
-    print(f"\nbad input: {len(poison)} malformed -> {len(mine)} dead-lettered "
-          f"({sum(p.request_id is not None for p in poison)} with request id); "
-          f"{len(valid)} valid interleaved -> {len(set(valid) & sink.results.keys())} results")
+    print(
+        f"\nbad input: {len(poison)} malformed -> {len(mine)} dead-lettered "
+        f"({sum(p.request_id is not None for p in poison)} with request id); "
+        f"{len(valid)} valid interleaved -> {len(set(valid) & sink.results.keys())} results"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -157,24 +161,33 @@ def test_fuzz_declared_size_is_refused_before_decoding(width: int, height: int) 
             letterbox_cpu(data, LETTERBOX, LIMITS, 114)
 
 
-_leaf = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=8)
-         | st.binary(max_size=8))
+_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=8)
+)
 _values = st.recursive(
-    _leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    _leaf,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=8,
 )
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(
-    st.binary(max_size=200),
-    st.dictionaries(st.sampled_from(["reason", "data", "stage", "origin", "id", "at", "x"]), _values, max_size=7).map(
-        lambda d: msgpack.packb(d, use_bin_type=True)
-    ),
-    st.fixed_dictionaries({k: _leaf | _values for k in ("reason", "data", "stage", "origin", "id", "at")}).map(
-        lambda d: msgpack.packb(d, use_bin_type=True)
-    ),
-))
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.dictionaries(
+            st.sampled_from(["reason", "data", "stage", "origin", "id", "at", "x"]), _values, max_size=7
+        ).map(lambda d: msgpack.packb(d, use_bin_type=True)),
+        st.fixed_dictionaries({k: _leaf | _values for k in ("reason", "data", "stage", "origin", "id", "at")}).map(
+            lambda d: msgpack.packb(d, use_bin_type=True)
+        ),
+    )
+)
 @example(msgpack.packb({"reason": "r", "data": 10**6, "stage": "s", "origin": "o"}))  # bytes(10**6) allocates
 @example(msgpack.packb({"reason": "r", "data": b"x", "stage": "s", "origin": "o", "at": 1e300}))  # past time_t
 def test_fuzz_dead_letter_entries_never_break_listing(raw: bytes) -> None:
@@ -186,4 +199,3 @@ def test_fuzz_dead_letter_entries_never_break_listing(raw: bytes) -> None:
         assert isinstance(record.data, bytes) and len(record.data) <= len(raw)
         assert isinstance(record, DeadLetter)
     assert peek_request_id(raw) is None or isinstance(peek_request_id(raw), str)
-

@@ -77,9 +77,11 @@ async def test_broker_killed_and_restarted_loses_nothing(pipeline: Pipeline, tag
     assert f"{tag}-while-down" not in sink.seen
     duplicated = sum(sink.seen[r] for r in sent) - len(sent)
     assert all(sink.seen[r] == 1 for r in sent), f"{duplicated} results twice (raw)"
-    print(f"\nbroker kill -9 + AOF everysec restart: {len(sent)} requests ({in_pipeline} in the pipeline at the "
-          f"crash): lost 0, duplicated {duplicated} (raw); unready {unready_after:.1f}s after the kill, "
-          f"ready again {reconnect_s:.1f}s after the restart")
+    print(
+        f"\nbroker kill -9 + AOF everysec restart: {len(sent)} requests ({in_pipeline} in the pipeline at the "
+        f"crash): lost 0, duplicated {duplicated} (raw); unready {unready_after:.1f}s after the kill, "
+        f"ready again {reconnect_s:.1f}s after the restart"
+    )
 
 
 class TwoSpeedStage(Stage):

@@ -81,11 +81,13 @@ async def test_a_broker_restarted_empty_is_survived_and_new_requests_served_with
     s, tag = scratch.settings, f"e{uuid.uuid4().hex[:6]}"
     async with await connect(settings=s) as broker:
         sink = await Sink(broker, s).open()
-        warm = await submit_images(broker, s, [Frame(im, request_id=f"{tag}-warm-{i}") for i, im in
-                                                enumerate(frames(4, seed=51))])
+        warm = await submit_images(
+            broker, s, [Frame(im, request_id=f"{tag}-warm-{i}") for i, im in enumerate(frames(4, seed=51))]
+        )
         await sink.results_for(set(warm), timeout_s=90)
-        doomed = await submit_images(broker, s, [Frame(im, request_id=f"{tag}-held-{i}") for i, im in
-                                                  enumerate(frames(8, seed=52))])
+        doomed = await submit_images(
+            broker, s, [Frame(im, request_id=f"{tag}-held-{i}") for i, im in enumerate(frames(8, seed=52))]
+        )
         scratch.server.stop(kill=True)
         await asyncio.to_thread(scratch.server.start)  # the same port, nothing in it
         served: list[float] = []
@@ -106,9 +108,11 @@ async def test_a_broker_restarted_empty_is_survived_and_new_requests_served_with
         assert "THE BROKER HAS LOST ITS STATE" in p.log_tail(200_000), p.stage
     assert all(resets.get(p.stage, 0) >= 1 for p in scratch.stages), resets
     assert all(n == 1 for n in sink.seen.values()), "no result twice"
-    print(f"\nempty-broker restart: {AFTER_RESTART} new requests each served in {max(served):.2f}s at most "
-          f"(bound {SERVE_WITHIN_S}s); of {len(doomed)} requests the broker held, {len(survived)} came out "
-          f"(outputs settled into the new broker), {len(doomed) - len(survived)} were lost with it; resets {resets}")
+    print(
+        f"\nempty-broker restart: {AFTER_RESTART} new requests each served in {max(served):.2f}s at most "
+        f"(bound {SERVE_WITHIN_S}s); of {len(doomed)} requests the broker held, {len(survived)} came out "
+        f"(outputs settled into the new broker), {len(doomed) - len(survived)} were lost with it; resets {resets}"
+    )
 
 
 @pytest.mark.slow
@@ -150,5 +154,7 @@ async def test_a_full_redis_pushes_back_at_ingress_and_loses_nothing(scratch: Pi
     assert {rid: sink.seen[rid] for rid in admitted} == dict.fromkeys(admitted, 1), "each admitted request once"
     assert not [d for d in sink.dead if (d.request_id or "").startswith(tag)], "nothing dead-lettered"
     assert not set(sink.seen) & {f"{tag}-{i}" for i in range(offered)} - set(admitted)
-    print(f"\nredis full: offered {offered}, admitted {len(admitted)}, refused {len(refusals)} with "
-          f"Backpressure ({refusals[0][:90]!r}…); {len(admitted)} results, each once, none lost, none dead-lettered")
+    print(
+        f"\nredis full: offered {offered}, admitted {len(admitted)}, refused {len(refusals)} with "
+        f"Backpressure ({refusals[0][:90]!r}…); {len(admitted)} results, each once, none lost, none dead-lettered"
+    )

@@ -72,7 +72,7 @@ async def test_kill9_of_each_stage_twenty_times_leaves_each_result_exactly_once(
     procs = Processes({**stage_env(overrides), **STANDIN_ENV}, tmp_path)
     rng = random.Random(14)
     sent: list[str] = []
-    bad = [p for p in poison_inputs(ns) if p.kind in BAD_KINDS and p.request_id][:: 2]
+    bad = [p for p in poison_inputs(ns) if p.kind in BAD_KINDS and p.request_id][::2]
     kills = dict.fromkeys(STAGES, 0)
     caught = dict.fromkeys(STAGES, 0)
     try:

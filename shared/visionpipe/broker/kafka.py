@@ -64,6 +64,8 @@ T = TypeVar("T")
 POOL_THREADS = 32
 # Metadata, offset and admin calls: a healthy broker answers in milliseconds; past this it is unreachable.
 REQUEST_TIMEOUT_S = 10.0
+
+
 def kafka_group_id(stream: str, group: str) -> str:
     """The Kafka group.id of ``group`` on ``stream`` (what KEDA's Kafka scaler must name).
 

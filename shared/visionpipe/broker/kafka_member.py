@@ -82,9 +82,7 @@ class Member:
         self.recorded: dict[int, int] = {}  # partition -> the head offset its last attempts record names
         self.in_hand: tuple[int, int] | None = None  # the one careful delivery handed out and not yet acked
         self.consumer = Consumer(conf)
-        self.consumer.subscribe(
-            [stream], on_assign=self._assigned, on_revoke=self._released, on_lost=self._revoked
-        )
+        self.consumer.subscribe([stream], on_assign=self._assigned, on_revoke=self._released, on_lost=self._revoked)
 
     def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         with self.lock:
@@ -176,7 +174,12 @@ class Member:
             if last is not None and last[0] == o and last[1] >= 1:
                 log.warning(
                     "partition %d of %s: its last owner died holding offset %d (handed out %d times): delivering "
-                    "the next %d messages one at a time", p, self.stream, o, last[1], self.window,
+                    "the next %d messages one at a time",
+                    p,
+                    self.stream,
+                    o,
+                    last[1],
+                    self.window,
                 )
                 self.careful[p] = Careful(o + self.window, {o: last[1]})
         careful = self.careful.get(p)

@@ -50,8 +50,9 @@ class Transactions:
                 txn_id = f"{member.group_id}.{member.name}"
                 conf = {**self._conf, "transactional.id": txn_id, "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS}
                 # librdkafka requires a message to time out within its transaction.
-                conf["message.timeout.ms"] = min(int(conf.get("message.timeout.ms", TRANSACTION_TIMEOUT_MS)),
-                                                 TRANSACTION_TIMEOUT_MS)
+                conf["message.timeout.ms"] = min(
+                    int(conf.get("message.timeout.ms", TRANSACTION_TIMEOUT_MS)), TRANSACTION_TIMEOUT_MS
+                )
                 producer = Producer(conf)
                 try:
                     producer.init_transactions(TXN_TIMEOUT_S)

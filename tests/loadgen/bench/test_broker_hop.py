@@ -54,10 +54,25 @@ def test_bench_and_demo_commands(tmp_path: Path) -> None:
     assert "total: p50" in result.output
 
 
-def test_broker_bench_measures_the_hop_on_both_brokers(redis_server: Server, kafka_server: Server,
-                                                       tmp_path: Path) -> None:
-    proc = bench("broker", "--broker", redis_server.url, "--broker", kafka_server.url, "--size", "30000",
-                 "--rate", "50", "--duration", "1", "--no-baseline", "--out", str(tmp_path))
+def test_broker_bench_measures_the_hop_on_both_brokers(
+    redis_server: Server, kafka_server: Server, tmp_path: Path
+) -> None:
+    proc = bench(
+        "broker",
+        "--broker",
+        redis_server.url,
+        "--broker",
+        kafka_server.url,
+        "--size",
+        "30000",
+        "--rate",
+        "50",
+        "--duration",
+        "1",
+        "--no-baseline",
+        "--out",
+        str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout
     rows = json.loads((tmp_path / "broker-bench.json").read_text())
     assert [r["broker"].split(":")[0] for r in rows] == ["redis", "kafka"]

@@ -11,8 +11,19 @@ from visionpipe.executor.sim_device import COST_MODELS
 from visionpipe.loadgen.bench.executor import bench_executor
 from visionpipe.loadgen.bench.suite import Suite, configs
 
-ROW_KEYS = {"policy", "params", "overlap", "trace", "rate", "throughput", "p50_ms", "p99_ms", "slo_attainment",
-            "mean_batch", "gpu_busy_s"}  # fmt: skip
+ROW_KEYS = {
+    "policy",
+    "params",
+    "overlap",
+    "trace",
+    "rate",
+    "throughput",
+    "p50_ms",
+    "p99_ms",
+    "slo_attainment",
+    "mean_batch",
+    "gpu_busy_s",
+}
 
 
 def test_sim_bench_writes_json_and_plot(tmp_path: Path) -> None:

@@ -84,8 +84,11 @@ if _worker is not None:
             if self.name == "detector":
                 if "image" not in env.arrays:
                     raise BadInput("detector input has no image")
-                return env.child(width=env.payload.get("width"), height=env.payload.get("height"),
-                                 objects=[{"box": [0, 0, 1, 1], "score": 0.5, "label": 1}])
+                return env.child(
+                    width=env.payload.get("width"),
+                    height=env.payload.get("height"),
+                    objects=[{"box": [0, 0, 1, 1], "score": 0.5, "label": 1}],
+                )
             obj = {"box": [0, 0, 1, 1], "score": 0.5, "label": 1, "top_k": [[1, 0.5]]}
             return env.child(width=env.payload.get("width"), height=env.payload.get("height"), objects=[obj])
 

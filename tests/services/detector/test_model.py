@@ -47,8 +47,10 @@ def test_sync_free_ssd_gives_torchvisions_own_detections() -> None:
         def forward(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
             out = head(feats)
             g = torch.Generator().manual_seed(1)
-            return {"cls_logits": torch.randn(out["cls_logits"].shape, generator=g) * 4,
-                    "bbox_regression": torch.randn(out["bbox_regression"].shape, generator=g) * 0.5}  # fmt: skip
+            return {
+                "cls_logits": torch.randn(out["cls_logits"].shape, generator=g) * 4,
+                "bbox_regression": torch.randn(out["bbox_regression"].shape, generator=g) * 0.5,
+            }
 
     model.module.head = Spread()
     for side in (INPUT_SIZE, 2 * INPUT_SIZE):
@@ -69,10 +71,13 @@ def test_sync_free_ssd_gives_torchvisions_own_detections() -> None:
 def test_threshold_counts_only_boxes_above_it() -> None:
     """torchvision's per-image lists become one table; the count is what passes the threshold, capped."""
     dets = [
-        {"boxes": torch.tensor([[0.0, 0, 4, 4], [1, 1, 5, 5], [2, 2, 6, 6]]), "scores": torch.tensor([0.2, 0.9, 0.5]),
-         "labels": torch.tensor([3, 1, 2])},
+        {
+            "boxes": torch.tensor([[0.0, 0, 4, 4], [1, 1, 5, 5], [2, 2, 6, 6]]),
+            "scores": torch.tensor([0.2, 0.9, 0.5]),
+            "labels": torch.tensor([3, 1, 2]),
+        },
         {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)},
-    ]  # fmt: skip
+    ]
     table = pad_detections(dets, threshold=0.4, k=2)
     assert table["count"].tolist() == [2, 0]
     assert table["scores"][0].tolist() == pytest.approx([0.9, 0.5]) and table["labels"][0].tolist() == [1, 2]

@@ -94,8 +94,9 @@ def jpeg(width: int = 640, height: int = 480, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-         timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+def http(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 10.0
+) -> tuple[int, dict[str, str], bytes]:
     """A blocking request with urllib (another real client): (status, lower-cased headers, body); 0 when refused."""
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
@@ -125,11 +126,16 @@ class GatewayProc:
         return self.logdir / f"gateway-{self.port}.log"
 
     def start(self) -> GatewayProc:
-        env = {**os.environ, **self.env, "VISIONPIPE_SERVICE__PORT": str(self.port),
-               "VISIONPIPE_SERVICE__CONSUMER": f"gw{self.port}"}
+        env = {
+            **os.environ,
+            **self.env,
+            "VISIONPIPE_SERVICE__PORT": str(self.port),
+            "VISIONPIPE_SERVICE__CONSUMER": f"gw{self.port}",
+        }
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen([VISIONPIPE, "serve", "gateway"], env=env, stdout=log,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [VISIONPIPE, "serve", "gateway"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         return self
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:

@@ -15,8 +15,9 @@ from tests.services.gateway.helpers import gateway_settings, jpeg, serving
 JPEG = {"Content-Type": "image/jpeg"}
 
 
-async def post(s: aiohttp.ClientSession, url: str, body: bytes | aiohttp.FormData, headers: dict[str, str] | None = None
-               ) -> tuple[int, Mapping[str, str], dict]:
+async def post(
+    s: aiohttp.ClientSession, url: str, body: bytes | aiohttp.FormData, headers: dict[str, str] | None = None
+) -> tuple[int, Mapping[str, str], dict]:
     async with s.post(url, data=body, headers=headers if headers is not None else JPEG) as r:
         return r.status, r.headers.copy(), await r.json(content_type=None)
 
@@ -70,10 +71,13 @@ async def test_a_retry_with_the_same_request_id_is_one_request(ns: str) -> None:
 
 
 async def test_a_wait_that_runs_out_is_504_and_the_result_comes_later(ns: str) -> None:
-    async with serving(gateway_settings(ns), stall=lambda rid: 1.0 if rid == "slow" else 0.0) as live, \
-            aiohttp.ClientSession() as s:
-        status, _, doc = await post(s, live.url + "/v1/detect?timeout_ms=200", jpeg(seed=5),
-                                          {**JPEG, "X-Request-Id": "slow"})
+    async with (
+        serving(gateway_settings(ns), stall=lambda rid: 1.0 if rid == "slow" else 0.0) as live,
+        aiohttp.ClientSession() as s,
+    ):
+        status, _, doc = await post(
+            s, live.url + "/v1/detect?timeout_ms=200", jpeg(seed=5), {**JPEG, "X-Request-Id": "slow"}
+        )
         assert status == 504 and doc["error"] == "timeout" and doc["request_id"] == "slow"
         async with s.get(live.url + "/v1/results/slow") as r:
             assert r.status == 202 and (await r.json())["status"] == "pending"

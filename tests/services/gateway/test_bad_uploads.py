@@ -31,7 +31,7 @@ RSS_GROWTH_LIMIT_KIB = 40 * 1024
 def bad_upload(i: int) -> tuple[str, bytes, dict[str, str], int, str]:
     """(kind, body, headers, status, code) of the i-th bad upload."""
     good = jpeg(320, 240, seed=i)
-    form = (b"--b\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nx\r\n--b--\r\n", "no file part")
+    form = (b'--b\r\nContent-Disposition: form-data; name="other"\r\n\r\nx\r\n--b--\r\n', "no file part")
     extra = (
         b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
         + good
@@ -40,8 +40,13 @@ def bad_upload(i: int) -> tuple[str, bytes, dict[str, str], int, str]:
     kinds = [
         ("empty", b"", {"Content-Type": "image/jpeg"}, 422, "bad_image"),
         ("truncated (refused by decode)", good[: len(good) // 3], {"Content-Type": "image/jpeg"}, 422, "bad_image"),
-        ("not an image", b"%PDF-1.4 " + bytes(random.Random(i).randbytes(2000)), {"Content-Type": "image/png"},
-         422, "bad_image"),
+        (
+            "not an image",
+            b"%PDF-1.4 " + bytes(random.Random(i).randbytes(2000)),
+            {"Content-Type": "image/png"},
+            422,
+            "bad_image",
+        ),
         ("wrong type", good, {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
         ("bad multipart", b"--b\r\ngarbage", {"Content-Type": "multipart/form-data; boundary=b"}, 422, "bad_multipart"),
         ("form without image", form[0], {"Content-Type": "multipart/form-data; boundary=b"}, 422, "bad_multipart"),
@@ -90,8 +95,9 @@ async def storm(proc: GatewayProc) -> dict[str, int]:
             tally("100 MB declared", answer.startswith(b"HTTP/1.1 413") and b'"too_large"' in answer)
         for _ in range(4):  # 100 MB streamed, no length given: cut off at the limit
             try:
-                async with s.post(proc.url + "/v1/detect", data=_chunks(HUGE), headers={"Content-Type": "image/jpeg"}
-                                  ) as r:
+                async with s.post(
+                    proc.url + "/v1/detect", data=_chunks(HUGE), headers={"Content-Type": "image/jpeg"}
+                ) as r:
                     tally("100 MB streamed", r.status == 413)
             except aiohttp.ClientError:  # no lingering close: the client may see a reset after the early 413
                 tally("100 MB streamed (reset)", True)

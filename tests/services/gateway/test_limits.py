@@ -19,8 +19,7 @@ async def live(ns: str):
     settings = gateway_settings(
         ns,
         limits={"max_image_bytes": LIMIT},
-        gateway={"body_chunk_timeout_s": 0.5, "body_timeout_s": 1.5, "header_timeout_s": 1.0,
-                 "max_header_bytes": 8192},
+        gateway={"body_chunk_timeout_s": 0.5, "body_timeout_s": 1.5, "header_timeout_s": 1.0, "max_header_bytes": 8192},
     )
     async with serving(settings, stages=False) as running:
         yield running

@@ -27,10 +27,19 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 # No first-run, sync, component or background requests: the test box has no network beyond loopback.
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--window-size=900,1000", "--hide-scrollbars", "--mute-audio",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=900,1000",
+    "--hide-scrollbars",
+    "--mute-audio",
+]
 IMG_W, IMG_H = 800, 600
 CANVAS_W, CANVAS_H = 640, 480  # the page's canvas: the image is drawn at 0.8
 SCALE = CANVAS_W / IMG_W
@@ -108,8 +117,11 @@ def docs_operations(url: str) -> int:
 
     with chromium() as driver:
         driver.get(url)
-        return int(WebDriverWait(driver, 20).until(
-            lambda d: d.execute_script("return document.querySelectorAll('.opblock').length")))
+        return int(
+            WebDriverWait(driver, 20).until(
+                lambda d: d.execute_script("return document.querySelectorAll('.opblock').length")
+            )
+        )
 
 
 async def test_the_page_draws_the_result_on_the_image(ns: str, tmp_path: Path) -> None:

@@ -29,7 +29,9 @@ def passthrough(stage: str, url: str, ns: str, logdir: Path) -> subprocess.Popen
     with (logdir / f"{stage}.log").open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "tests.loadgen.passthrough", stage, "--broker", url],
-            env={"VISIONPIPE_STREAMS__PREFIX": ns, "PATH": "/usr/bin:/bin"}, stdout=log, stderr=subprocess.STDOUT,
+            env={"VISIONPIPE_STREAMS__PREFIX": ns, "PATH": "/usr/bin:/bin"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -52,6 +54,7 @@ async def test_kill_9_while_requests_wait_loses_nothing(redis_server: Server, ns
     try:
         await asyncio.gather(asyncio.to_thread(doomed.wait_ready), asyncio.to_thread(survivor.wait_ready))
         async with aiohttp.ClientSession() as s:
+
             async def ask(rid: str) -> int:
                 headers = {"Content-Type": "image/jpeg", "X-Request-Id": rid}
                 async with s.post(doomed.url + "/v1/detect?timeout_ms=30000", data=images[rid], headers=headers) as r:
@@ -70,8 +73,12 @@ async def test_kill_9_while_requests_wait_loses_nothing(redis_server: Server, ns
         stages = [passthrough(stage, redis_server.url, ns, tmp_path) for stage in STAGES]
         for rid, image in images.items():  # the client's retry, on the other replica, with the same id
             status, _, body = await asyncio.to_thread(
-                http, "POST", survivor.url + "/v1/detect?timeout_ms=20000", image,
-                {"Content-Type": "image/jpeg", "X-Request-Id": rid}, 30.0,
+                http,
+                "POST",
+                survivor.url + "/v1/detect?timeout_ms=20000",
+                image,
+                {"Content-Type": "image/jpeg", "X-Request-Id": rid},
+                30.0,
             )
             assert status == 200 and json.loads(body)["request_id"] == rid, (status, body[:200], survivor.log())
             status, _, body = await asyncio.to_thread(http, "GET", f"{survivor.url}/v1/results/{rid}")

@@ -53,8 +53,10 @@ def test_an_empty_tokens_file_is_an_error(ns: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("origins", [[], ["https://app.example"]], ids=["off", "on"])
 async def test_cors_is_off_unless_origins_are_set(ns: str, origins: list[str]) -> None:
-    async with serving(gateway_settings(ns, gateway={"cors_origins": origins}), stages=False) as live, \
-            aiohttp.ClientSession() as s:
+    async with (
+        serving(gateway_settings(ns, gateway={"cors_origins": origins}), stages=False) as live,
+        aiohttp.ClientSession() as s,
+    ):
         preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
         async with s.options(live.url + "/v1/detect", headers=preflight) as r:
             allowed = r.headers.get("Access-Control-Allow-Origin")

@@ -23,8 +23,11 @@ async def test_sigterm_answers_waiting_requests_503_and_exits_0(tmp_path: Path, 
     proc = GatewayProc({"VISIONPIPE_BROKER__URL": f"memory://{ns}"}, tmp_path).start()  # no stages: requests wait
     try:
         await asyncio.to_thread(proc.wait_ready)
-        waiting = asyncio.create_task(asyncio.to_thread(
-            http, "POST", proc.url + "/v1/detect?timeout_ms=30000", jpeg(), {"Content-Type": "image/jpeg"}, 30.0))
+        waiting = asyncio.create_task(
+            asyncio.to_thread(
+                http, "POST", proc.url + "/v1/detect?timeout_ms=30000", jpeg(), {"Content-Type": "image/jpeg"}, 30.0
+            )
+        )
         await asyncio.sleep(0.5)
         t0 = time.monotonic()
         proc.kill(signal.SIGTERM)
@@ -42,8 +45,12 @@ def test_run_serve_prints_a_url_that_answers(tmp_path: Path) -> None:
     log = tmp_path / "run.log"
     env = {**os.environ, "VISIONPIPE_DETECTOR__MAX_DETECTIONS": "2", "VISIONPIPE_DECODE__INPUT_SIZE": "320"}
     with log.open("wb") as out:
-        proc = subprocess.Popen([VISIONPIPE, "run", "--serve", "--port", str(port), "--device", "cpu",
-                                 "--weights", "random"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [VISIONPIPE, "run", "--serve", "--port", str(port), "--device", "cpu", "--weights", "random"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 120
         while "serving on" not in log.read_text() and time.monotonic() < deadline:

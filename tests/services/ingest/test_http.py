@@ -36,9 +36,20 @@ def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 def _hls(mp4: Path, folder: Path) -> Path:
     """An HLS VOD playlist of 1 s segments, written by FFmpeg's own muxer, without re-encoding."""
     playlist = folder / "index.m3u8"
-    with av.open(str(mp4)) as src, av.open(str(playlist), "w", format="hls", options={
-        "hls_time": "1", "hls_list_size": "0", "hls_playlist_type": "vod",
-        "hls_segment_filename": str(folder / "seg%03d.ts")}) as out:  # fmt: skip
+    with (
+        av.open(str(mp4)) as src,
+        av.open(
+            str(playlist),
+            "w",
+            format="hls",
+            options={
+                "hls_time": "1",
+                "hls_list_size": "0",
+                "hls_playlist_type": "vod",
+                "hls_segment_filename": str(folder / "seg%03d.ts"),
+            },
+        ) as out,
+    ):
         vin = src.streams.video[0]
         vout = out.add_stream_from_template(vin)
         for packet in src.demux(vin):

@@ -80,8 +80,9 @@ async def test_streams_are_added_listed_and_removed_at_run_time_through_api_and_
         await _until(port, "/healthz", lambda status, _: status == 200)
         assert (await asyncio.to_thread(_http, port, "GET", "/readyz"))[1]["ready"] is True
 
-        added = await asyncio.to_thread(cli.invoke, ingest, ["add", "lavfi:testsrc2=size=320x240:rate=30",
-                                                            "--id", "cam", "--fps", "5", *api])  # fmt: skip
+        added = await asyncio.to_thread(
+            cli.invoke, ingest, ["add", "lavfi:testsrc2=size=320x240:rate=30", "--id", "cam", "--fps", "5", *api]
+        )
         assert added.exit_code == 0, added.output
         assert json.loads(added.output)["policy"] == "latest"
         status, doc = await asyncio.to_thread(_http, port, "POST", "/v1/streams", {"url": str(video), "id": "door"})

@@ -39,10 +39,13 @@ def pipeline(bundled_models: Path) -> Callable[[str], Found]:
             return []
         top = classify(out["crops"][0, :n])
         return [
-            (det.label_name(int(out["labels"][0, i])), float(out["scores"][0, i]),
-             [cls.label_name(int(j)) for j in top["labels"][i]])
+            (
+                det.label_name(int(out["labels"][0, i])),
+                float(out["scores"][0, i]),
+                [cls.label_name(int(j)) for j in top["labels"][i]],
+            )
             for i in range(n)
-        ]  # fmt: skip
+        ]
 
     return run
 

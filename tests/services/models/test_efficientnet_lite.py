@@ -24,8 +24,15 @@ from visionpipe.services.models.efficientnet_lite import (
 from visionpipe.services.models.registry import EFFICIENTNET_LITE0
 
 # (expand, kernel, stride, in, out, repeats), from TF's efficientnet_lite_builder.py for Lite0.
-STAGES = [(1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
-          (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1)]  # fmt: skip
+STAGES = [
+    (1, 3, 1, 32, 16, 1),
+    (6, 3, 2, 16, 24, 2),
+    (6, 5, 2, 24, 40, 2),
+    (6, 3, 2, 40, 80, 3),
+    (6, 5, 1, 80, 112, 3),
+    (6, 5, 2, 112, 192, 4),
+    (6, 3, 1, 192, 320, 1),
+]
 
 
 def tf_same(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
@@ -39,8 +46,16 @@ def tf_same(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
     return F.pad(x, (left, right, top, bottom))
 
 
-def conv_bn(x: torch.Tensor, sd: dict, conv: str, bn: str, stride: int = 1, groups: int = 1, act: bool = True,
-            symmetric: bool = False) -> torch.Tensor:  # fmt: skip
+def conv_bn(
+    x: torch.Tensor,
+    sd: dict,
+    conv: str,
+    bn: str,
+    stride: int = 1,
+    groups: int = 1,
+    act: bool = True,
+    symmetric: bool = False,
+) -> torch.Tensor:
     w = sd[f"{conv}.weight"]
     k = w.shape[-1]
     x = tf_same(x, k, stride) if stride > 1 and not symmetric else F.pad(x, (k // 2,) * 4)
@@ -121,12 +136,23 @@ def _efficientnet_pytorch_name(key: str) -> str:
     if m:
         stage, j, part, which, field = m.groups()
         n = starts[int(stage) - 1] + int(j)
-        names = {("expand", "0"): "_expand_conv", ("expand", "1"): "_bn0", ("depthwise", "0"): "_depthwise_conv",
-                 ("depthwise", "1"): "_bn1", ("project", "0"): "_project_conv", ("project", "1"): "_bn2"}  # fmt: skip
+        names = {
+            ("expand", "0"): "_expand_conv",
+            ("expand", "1"): "_bn0",
+            ("depthwise", "0"): "_depthwise_conv",
+            ("depthwise", "1"): "_bn1",
+            ("project", "0"): "_project_conv",
+            ("project", "1"): "_bn2",
+        }
         mod = names[(part, which)]
         return f"_blocks.{n}.{mod}.{field}"
-    top = {"features.0.conv.0": "_conv_stem", "features.0.conv.1": "_bn0", "features.8.0": "_conv_head",
-           "features.8.1": "_bn1", "classifier.1": "_fc"}  # fmt: skip
+    top = {
+        "features.0.conv.0": "_conv_stem",
+        "features.0.conv.1": "_bn0",
+        "features.8.0": "_conv_head",
+        "features.8.1": "_bn1",
+        "classifier.1": "_fc",
+    }
     prefix, field = key.rsplit(".", 1)
     return f"{top[prefix]}.{field}"
 
