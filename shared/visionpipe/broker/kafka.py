@@ -14,9 +14,8 @@ Mapping of the contract onto Kafka:
   owner), and they read again from the committed offset; ``reclaim`` hands out
   again what a living member of this process left unacked (a failed batch), as
   Redis's XAUTOCLAIM would;
-* attempts: counted where a crash could be blamed on a delivery, in the group's
-  attempts topic (``kafka_attempts.py``), so a message that kills its stage is
-  dead-lettered after ``limits.max_retries`` instead of blocking its partition;
+* attempts: counted in the group's attempts topic (``kafka_attempts.py``), so a message
+  that kills its stage is dead-lettered after ``limits.max_retries``, not blocking its partition;
 * settle: a delivery's outputs wait in its member until every delivery below it
   in its partition is settled too; then the prefix's outputs are published and
   its offsets committed. Outputs of a delivery no longer held here (settled, or
@@ -69,9 +68,8 @@ REQUEST_TIMEOUT_S = 10.0
 def kafka_group_id(stream: str, group: str) -> str:
     """The Kafka group.id of ``group`` on ``stream`` (what KEDA's Kafka scaler must name).
 
-    Our groups belong to one stream, as Redis groups do; Kafka groups span topics,
-    and members of one group on different topics rebalance each other. Naming the
-    Kafka group after both keeps stages (and pipelines with different prefixes) apart.
+    Our groups belong to one stream, as Redis groups do; Kafka groups span topics, and members of one group on
+    different topics rebalance each other. Naming it after both keeps stages (and pipelines' prefixes) apart.
     """
     return f"{stream}.{group}"
 
