@@ -64,9 +64,11 @@ test: install sysdeps $(DALI_DIR)/.installed
 	PYTHONPATH=$(CURDIR)/$(DALI_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
+# What CI runs before the tests, and what .pre-commit-config.yaml runs on a commit.
 lint: install
-	$(BIN)/ruff check .
-	$(BIN)/mypy
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
+	$(BIN)/python -m mypy
 
 bench: install
 	$(BIN)/visionpipe bench executor --device sim --cost h100 --json benchmarks/executor-sim-h100.json --plot benchmarks/executor-sim-h100.png

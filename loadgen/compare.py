@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from visionpipe.loadgen.images import ImageSet
+from visionpipe.loadgen.payloads import ImageSet
 from visionpipe.loadgen.resources import ResourceSampler, broker_process
 from visionpipe.loadgen.runner import RunOptions, RunResult, delete_streams, run_load
 from visionpipe.loadgen.schedule import LoadSpec

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from visionpipe.breakdown import CATEGORIES
-from visionpipe.loadgen.images import ImageSet
+from visionpipe.loadgen.payloads import ImageSet
 from visionpipe.loadgen.recorder import hist_summary, new_histogram
 from visionpipe.loadgen.schedule import MAX_REQUESTS, LoadSpec, send_times
 

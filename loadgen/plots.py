@@ -166,7 +166,16 @@ def plot_executor(
     plt = _pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(18, 5.2))
-    ax = axes[0]
+    _p99_vs_load(axes[0], rows, summary, slo_ms)
+    _on_the_burst(axes[1:], summary, slo_ms, burst_runs, burst_window)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def _p99_vs_load(ax: Any, rows: list[dict[str, Any]], summary: list[dict[str, Any]], slo_ms: float) -> None:
     # Adaptive last and thickest: it often coincides with greedy (Triton delay 0) and must stay visible.
     shown: list[tuple[str, str | None]] = [("slack", None), ("aimd", None)]
     shown += [
@@ -187,6 +196,15 @@ def plot_executor(
     ax.set_title("p99 vs load (best swept point of each baseline)")
     ax.legend(fontsize=6)
 
+
+def _on_the_burst(
+    axes: Any,
+    summary: list[dict[str, Any]],
+    slo_ms: float,
+    burst_runs: dict[tuple[str, str, str], Any],
+    burst_window: tuple[float, float] | None,
+) -> None:
+    """Batch sizes and p99 over time through the 2x burst, for the best-swept baselines and adaptive."""
     burst_cfgs = [
         ("timeout", best_params(summary, "timeout", "overlapped")),
         ("fixed", best_params(summary, "fixed", "overlapped")),
@@ -200,23 +218,18 @@ def plot_executor(
             label = f"{policy} {params or ''} {mechanics}"
             t = np.asarray(res.batch_dispatch_ns) / NS
             lw = 1.6 if policy == "adaptive" else 0.8
-            axes[1].plot(t, res.batch_sizes, style, color=f"C{i}", lw=lw, label=label)
+            axes[0].plot(t, res.batch_sizes, style, color=f"C{i}", lw=lw, label=label)
             tx, ty = _p99_over_time(res.arrivals_ns, res.done_ns)
-            axes[2].plot(tx, ty, style, color=f"C{i}", lw=lw * 1.2, label=label)
-    for ax in axes[1:]:
+            axes[1].plot(tx, ty, style, color=f"C{i}", lw=lw * 1.2, label=label)
+    for ax in axes:
         if burst_window:
             ax.axvspan(*burst_window, color="orange", alpha=0.15, label="2x burst")
         ax.set_xlabel("time (s)")
         ax.legend(fontsize=6)
-    axes[1].set(ylabel="batch size", title="batch size on the 2x burst (50% -> 100% load for 0.3 s)")
-    axes[2].axhline(slo_ms, color="k", lw=0.8, ls=":")
-    axes[2].set(
+    axes[0].set(ylabel="batch size", title="batch size on the 2x burst (50% -> 100% load for 0.3 s)")
+    axes[1].axhline(slo_ms, color="k", lw=0.8, ls=":")
+    axes[1].set(
         ylabel=f"p99 latency per {int(TIMELINE_WINDOW_S * 1e3)} ms of arrivals (ms)",
         yscale="log",
         title="latency on the 2x burst",
     )
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)

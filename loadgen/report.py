@@ -23,7 +23,7 @@ from visionpipe.loadgen.runner import RunResult
 
 SECTIONS = ("Setup", "Summary", "Latency per segment", "Where the time goes", "Resources", "Verdict", "Plots")
 PERCENTILE_ROWS = ("p50", "p90", "p99", "p99.9", "max")
-BATCH_ROWS = (("batch_size", "messages per consumed batch"), ("device_batch_size", "items per device batch"))
+BATCH_ROWS = (("consumed_messages", "messages per consume call"), ("device_batch_size", "items per device batch"))
 # (row label, getter, lower is better); a getter returns None where a run has no value.
 Metric = tuple[str, Callable[[dict[str, Any]], float | None], bool]
 
@@ -202,7 +202,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "## Where the time goes",
         "",
         "Mean ms per request by kind; the non-DNN share is everything except "
-        "detector and classifier compute, over end-to-end (the figure seed 002 made central).",
+        "detector and classifier compute, over end-to-end (the share a study of DNN-server overheads found decisive: "
+        "16-56 %, docs/background.md).",
         "",
     ]
     cat_rows = [[c, *(_fmt(r["summary"].get("categories_mean_ms", {}).get(c)) for r in runs)] for c in CATEGORIES]

@@ -25,7 +25,7 @@ from visionpipe import topology
 from visionpipe.broker import Broker, BrokerError, connect, redact_url
 from visionpipe.collector import Collected, Collector
 from visionpipe.ingress import Backpressure, Frame, ensure_pipeline_streams, submit_images
-from visionpipe.loadgen.images import ImageSet
+from visionpipe.loadgen.payloads import ImageSet
 from visionpipe.loadgen.recorder import Recorder
 from visionpipe.loadgen.schedule import MAX_REQUESTS, LoadSpec, send_times
 from visionpipe.settings import Settings
@@ -91,6 +91,17 @@ class _Dispatch:
             self._wake(letter.request_id)
 
 
+@dataclass
+class _Run:
+    """What every part of one load run shares."""
+
+    broker: Broker
+    settings: Settings
+    images: ImageSet
+    opts: RunOptions
+    dispatch: _Dispatch
+
+
 async def _read(collector: Collector, dispatch: _Dispatch, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
@@ -99,14 +110,12 @@ async def _read(collector: Collector, dispatch: _Dispatch, stop: asyncio.Event) 
             await asyncio.sleep(READ_TIMEOUT_S)  # transient; the drain bound ends the run if it lasts
 
 
-async def _submit(
-    broker: Broker, settings: Settings, rec: Recorder, batch: list[tuple[str, int, bytes]], wait_s: float
-) -> None:
+async def _submit(run: _Run, rec: Recorder, batch: list[tuple[str, int, bytes]], wait_s: float) -> None:
     for rid, sched_ns, _ in batch:
         rec.sent(rid, sched_ns)
     frames = [Frame(image, rid, SOURCE) for rid, _, image in batch]
     try:
-        await submit_images(broker, settings, frames, wait_s=wait_s)
+        await submit_images(run.broker, run.settings, frames, wait_s=wait_s)
     except Backpressure as exc:
         for rid, _, _ in batch:
             rec.rejected(rid, f"backpressure: {exc}")
@@ -115,9 +124,7 @@ async def _submit(
             rec.rejected(rid, f"broker error: {exc}")
 
 
-async def _open_loop(
-    broker: Broker, settings: Settings, rec: Recorder, spec: LoadSpec, images: ImageSet, opts: RunOptions
-) -> None:
+async def _open_loop(run: _Run, rec: Recorder, spec: LoadSpec) -> None:
     offsets = send_times(spec)
     i = 0
     while i < len(offsets):
@@ -131,20 +138,12 @@ async def _open_loop(
             sched = rec.mono0_ns + int(offsets[i] * 1e9)
             if sched > now:
                 break
-            batch.append((f"{rec.run_id}-{i}", sched, images.pick(i)))
+            batch.append((f"{rec.run_id}-{i}", sched, run.images.pick(i)))
             i += 1
-        await _submit(broker, settings, rec, batch, opts.backpressure_wait_s)
+        await _submit(run, rec, batch, run.opts.backpressure_wait_s)
 
 
-async def _closed_loop(
-    broker: Broker,
-    settings: Settings,
-    rec: Recorder,
-    spec: LoadSpec,
-    images: ImageSet,
-    opts: RunOptions,
-    dispatch: _Dispatch,
-) -> None:
+async def _closed_loop(run: _Run, rec: Recorder, spec: LoadSpec) -> None:
     end_ns = rec.mono0_ns + int(spec.duration_s * 1e9)
     counter = iter(range(MAX_REQUESTS))
 
@@ -156,24 +155,25 @@ async def _closed_loop(
                 return
             rid = f"{rec.run_id}-{n}"
             fut: asyncio.Future[None] = loop.create_future()
-            dispatch.waiters[rid] = fut
-            await _submit(broker, settings, rec, [(rid, time.monotonic_ns(), images.pick(n))], opts.backpressure_wait_s)
+            run.dispatch.waiters[rid] = fut
+            await _submit(run, rec, [(rid, time.monotonic_ns(), run.images.pick(n))], run.opts.backpressure_wait_s)
             if rid in rec.failed:
-                dispatch.waiters.pop(rid, None)
+                run.dispatch.waiters.pop(rid, None)
                 continue
-            remaining = max(0.0, (end_ns - time.monotonic_ns()) / 1e9) + opts.drain_timeout_s
+            remaining = max(0.0, (end_ns - time.monotonic_ns()) / 1e9) + run.opts.drain_timeout_s
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(fut, remaining)
 
     await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
 
 
-async def _warm_up(broker: Broker, settings: Settings, warm: Recorder, images: ImageSet, opts: RunOptions) -> None:
+async def _warm_up(run: _Run, warm: Recorder) -> None:
+    opts = run.opts
     if opts.warmup_requests <= 0:
         return
     now = time.monotonic_ns()
-    batch = [(f"{warm.run_id}-{i}", now, images.pick(i)) for i in range(opts.warmup_requests)]
-    await _submit(broker, settings, warm, batch, opts.warmup_timeout_s)
+    batch = [(f"{warm.run_id}-{i}", now, run.images.pick(i)) for i in range(opts.warmup_requests)]
+    await _submit(run, warm, batch, opts.warmup_timeout_s)
     deadline = time.monotonic() + opts.warmup_timeout_s
     while warm.outstanding and time.monotonic() < deadline:
         await asyncio.sleep(PROGRESS_TICK_S)
@@ -205,13 +205,14 @@ async def run_load(
         warm = Recorder(f"{run_id}w", time.time_ns(), time.monotonic_ns())
         main = Recorder(run_id, 0, 0)
         dispatch = _Dispatch(warm, main)
+        run = _Run(broker, settings, images, opts, dispatch)
         stop = asyncio.Event()
         readers = [asyncio.create_task(_read(collector, dispatch, stop))]
         try:
-            await _warm_up(broker, settings, warm, images, opts)
+            await _warm_up(run, warm)
             async with measuring() if measuring else contextlib.nullcontext():
                 main.wall0_ns, main.mono0_ns = time.time_ns(), time.monotonic_ns()
-                await _measure(broker, settings, main, spec, images, opts, dispatch)
+                await _measure(run, main, spec)
         finally:
             stop.set()
             outcomes = await asyncio.gather(*readers, return_exceptions=True)
@@ -227,22 +228,15 @@ async def run_load(
         await broker.close()
 
 
-async def _measure(
-    broker: Broker,
-    settings: Settings,
-    rec: Recorder,
-    spec: LoadSpec,
-    images: ImageSet,
-    opts: RunOptions,
-    dispatch: _Dispatch,
-) -> None:
+async def _measure(run: _Run, rec: Recorder, spec: LoadSpec) -> None:
     from visionpipe.loadgen.progress import LiveProgress
 
-    with LiveProgress(rec, spec, opts.label or redact_url(settings.broker.url), enabled=opts.progress) as live:
+    opts = run.opts
+    with LiveProgress(rec, spec, opts.label or redact_url(run.settings.broker.url), enabled=opts.progress) as live:
         if spec.pattern == "closed":
-            sender = asyncio.create_task(_closed_loop(broker, settings, rec, spec, images, opts, dispatch))
+            sender = asyncio.create_task(_closed_loop(run, rec, spec))
         else:
-            sender = asyncio.create_task(_open_loop(broker, settings, rec, spec, images, opts))
+            sender = asyncio.create_task(_open_loop(run, rec, spec))
         while not sender.done():
             live.update()
             await asyncio.wait({sender}, timeout=PROGRESS_TICK_S)

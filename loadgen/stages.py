@@ -24,7 +24,7 @@ from pathlib import Path
 
 from visionpipe.topology import STAGES
 
-# Loading torchvision models on a busy 2-core CPU takes tens of seconds; a GPU box is faster.
+# Loading the models on a small, busy CPU takes tens of seconds; a GPU box is faster.
 READY_TIMEOUT_S = 240.0
 READY_POLL_S = 0.25
 # SIGTERM lets a stage finish its batch; past this it is killed (the run is over anyway).
@@ -157,8 +157,8 @@ def _wait_ready(p: StageProcess, deadline: float) -> None:
         time.sleep(READY_POLL_S)
 
 
-# Prometheus histograms the stages export (visionpipe.metrics): messages per consumed batch, items per device batch.
-BATCH_METRICS = ("visionpipe_batch_size", "visionpipe_device_batch_size")
+# Prometheus histograms the stages export (visionpipe.metrics): messages per consume call, items per device batch.
+BATCH_METRICS = ("visionpipe_consumed_messages", "visionpipe_device_batch_size")
 
 
 def _batch_metrics(port: int) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""The house rules, checked: who may import whom, how big a module or function may grow, nothing written twice.
+"""The house rules, checked: who may import whom, how big a module, function or class may grow, nothing written twice.
 
 Read from the source as text (``ast``), so a rule broken in a module no test
 imports still fails the build. Imports under ``if TYPE_CHECKING:`` never run
@@ -23,18 +23,46 @@ PACKAGE_DIRS = {
     "visionpipe.loadgen": ROOT / "loadgen",
 }
 RUNTIME_DIRS = (ROOT / "shared", ROOT / "services")
+CHECKED_DIRS = (*RUNTIME_DIRS, ROOT / "loadgen")  # size and duplicate rules
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
-DUPLICATE_RUN = 10  # lines
+MAX_CLASS_LINES = 200  # runtime packages
+DUPLICATE_RUN = 8  # code lines
+
+SERVICES = "visionpipe.services"
+STAGES = tuple(f"{SERVICES}.{s}" for s in ("decode", "detector", "classifier"))
+FRONT_DOORS = (f"{SERVICES}.gateway", f"{SERVICES}.ingest")
+RUNTIME = f"{SERVICES}.runtime"
+COMMANDS = f"{SERVICES}.commands"
+MODELS = f"{SERVICES}.models"
+# The two runtime modules that name the stages: the factory (lazily) and the one that starts them all in a process.
+STAGE_NAMERS = (f"{RUNTIME}.factory", f"{RUNTIME}.local")
 
 # (importer prefix, forbidden import prefixes)
 FORBIDDEN = [
-    ("visionpipe.executor", ("visionpipe.broker", "visionpipe.services", "visionpipe.loadgen")),
-    ("visionpipe.broker", ("visionpipe.executor", "visionpipe.services", "visionpipe.loadgen")),
-    ("visionpipe.services", ("visionpipe.loadgen",)),
+    ("visionpipe.executor", ("visionpipe.broker", SERVICES, "visionpipe.loadgen")),
+    ("visionpipe.broker", ("visionpipe.executor", SERVICES, "visionpipe.loadgen")),
+    (SERVICES, ("visionpipe.loadgen",)),
+    # A stage never imports another stage, a front door or a command.
+    *[(stage, (*(s for s in STAGES if s != stage), *FRONT_DOORS, COMMANDS)) for stage in STAGES],
+    # The models know nothing of who runs them.
+    (MODELS, (RUNTIME, *STAGES, *FRONT_DOORS, COMMANDS)),
+    # Front doors reach the stages through the runtime; of a stage they may use decode's header checks only.
+    *[(door, (COMMANDS, f"{SERVICES}.detector", f"{SERVICES}.classifier")) for door in FRONT_DOORS],
 ]
+# Still too big, in modules other branches are changing right now; split once those land. Empty when done.
+PENDING_SPLIT = frozenset(
+    {
+        "shared/visionpipe/broker/kafka.py:KafkaBroker",
+        "shared/visionpipe/broker/kafka_member.py:Member",
+        "loadgen/bench/executor_live.py:run_live",
+        "loadgen/bench/executor_live.py:live_targets",
+        "loadgen/bench/simulate.py:simulate",
+        "loadgen/report.py:markdown",
+    }
+)
 # Leaves of the core: they import nothing else of ours.
-LEAVES = ("visionpipe.envelope", "visionpipe.settings", "visionpipe.topology")
+LEAVES = ("visionpipe.envelope", "visionpipe.settings", "visionpipe.topology", "visionpipe.backoff")
 
 
 def modules() -> dict[str, Path]:
@@ -93,6 +121,9 @@ def test_layers_import_only_downwards() -> None:
                 broken += [f"{name} imports {i}" for i in imported for f in forbidden if _within(i, f)]
         if name in LEAVES:
             broken += [f"{name} imports {i}" for i in imported if i not in ("visionpipe", name)]
+        if _within(name, RUNTIME) and name not in STAGE_NAMERS:
+            kit = (*STAGES, *FRONT_DOORS, COMMANDS)
+            broken += [f"{name} imports {i}" for i in imported if any(_within(i, k) for k in kit)]
         if path.is_relative_to(ROOT / "shared"):
             broken += [
                 f"{name} imports {i}"
@@ -102,13 +133,14 @@ def test_layers_import_only_downwards() -> None:
     assert not broken, "\n".join(sorted(broken))
 
 
-def _runtime_files() -> list[Path]:
-    return sorted(p for d in RUNTIME_DIRS for p in d.rglob("*.py"))
+def _files(dirs: tuple[Path, ...]) -> list[Path]:
+    return sorted(p for d in dirs for p in d.rglob("*.py"))
 
 
-def test_modules_and_functions_stay_small() -> None:
+def test_modules_functions_and_classes_stay_small() -> None:
     too_big = []
-    for path in _runtime_files():
+    for path in _files(CHECKED_DIRS):
+        runtime = any(path.is_relative_to(d) for d in RUNTIME_DIRS)
         source = path.read_text()
         lines = len(source.splitlines())
         if lines > MAX_MODULE_LINES:
@@ -116,8 +148,12 @@ def test_modules_and_functions_stay_small() -> None:
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 length = (node.end_lineno or node.lineno) - node.lineno + 1
-                if length > MAX_FUNCTION_LINES:
+                if length > MAX_FUNCTION_LINES and f"{path.relative_to(ROOT)}:{node.name}" not in PENDING_SPLIT:
                     too_big.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {length} lines")
+            if runtime and isinstance(node, ast.ClassDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_CLASS_LINES and f"{path.relative_to(ROOT)}:{node.name}" not in PENDING_SPLIT:
+                    too_big.append(f"{path.relative_to(ROOT)}:{node.lineno} class {node.name}: {length} lines")
     assert not too_big, "\n".join(too_big)
 
 
@@ -134,18 +170,39 @@ def _code_lines(path: Path) -> list[tuple[int, str]]:
     return out
 
 
-def test_no_code_is_written_twice_in_the_runtime_packages() -> None:
+@pytest.mark.parametrize("dirs", [RUNTIME_DIRS, (ROOT / "loadgen",)], ids=["runtime", "loadgen"])
+def test_no_code_is_written_twice(dirs: tuple[Path, ...]) -> None:
     seen: dict[str, list[str]] = defaultdict(list)
-    for path in _runtime_files():
+    for path in _files(dirs):
         lines = _code_lines(path)
         for i in range(len(lines) - DUPLICATE_RUN + 1):
             window = "\n".join(text for _, text in lines[i : i + DUPLICATE_RUN])
             digest = hashlib.sha1(window.encode()).hexdigest()
             seen[digest].append(f"{path.relative_to(ROOT)}:{lines[i][0]}")
-    twice = [places for places in seen.values() if len(places) > 1]
+    twice = [places for places in seen.values() if len(places) > 1 and not PENDING_SPLIT.intersection(places)]
     assert not twice, "the same run of lines in: " + "; ".join(", ".join(p) for p in twice[:5])
 
 
 @pytest.mark.parametrize("leaf", LEAVES)
 def test_every_leaf_module_exists(leaf: str) -> None:
     assert leaf in modules()
+
+
+# Names a module may share with another, because in each package it plays the same part: a seam's base and its
+# in-memory implementation, a stage's step and model, a package's own schema, registry or service.
+SHARED_ROLE_NAMES = frozenset(
+    {"__init__", "__main__", "base", "memory", "model", "stage", "schema", "registry", "service"}
+)
+
+
+def test_module_names_say_one_thing() -> None:
+    """No two modules of the runtime packages or the load generator share a name a reader would confuse.
+
+    Benchmarks (``loadgen/bench/``) are named after what they measure, so they are left out.
+    """
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for path in _files(CHECKED_DIRS):
+        if path.stem not in SHARED_ROLE_NAMES and not path.is_relative_to(ROOT / "loadgen" / "bench"):
+            by_name[path.stem].append(str(path.relative_to(ROOT)))
+    twice = {name: places for name, places in by_name.items() if len(places) > 1}
+    assert not twice, twice

@@ -1,7 +1,7 @@
 """``visionpipe bench decode DIR...``: the decode paths side by side on the same files.
 
 Each directory (e.g. the ``vga/`` and ``hd/`` folders written by
-``python -m visionpipe.services.samples --bench``) is decoded and letterboxed
+``python -m visionpipe.samples --bench``) is decoded and letterboxed
 in batches by every path this machine has (CPU always; DALI on the CPU when
 installed; nvJPEG and DALI-mixed on a GPU); the best of a few passes counts,
 so one hiccup of a shared machine does not decide the ratio.

@@ -34,7 +34,7 @@ from visionpipe.executor.latency import PHASES
 from visionpipe.executor.policy import AdaptivePolicy, BatchPolicy, TimeoutPolicy
 from visionpipe.executor.torch_device import TorchDevice, resolve_device
 from visionpipe.loadgen.bench.simulate import SimResult
-from visionpipe.loadgen.bench.suite import MECHANICS, _num, adaptive_vs_greedy
+from visionpipe.loadgen.bench.suite import MECHANICS, adaptive_vs_greedy, measured
 from visionpipe.loadgen.bench.targets import SATURATION, ratio, target
 from visionpipe.loadgen.bench.traces import Trace, burst, poisson
 from visionpipe.settings import ExecutorSettings
@@ -62,7 +62,7 @@ class LiveModel:
 
 def live_model(spec: str, device: str, image_size: int | None) -> LiveModel:
     """``detector``/``classifier``: that stage's own function and default model; else a torchvision classifier."""
-    from visionpipe.services.weights import RANDOM, load_model
+    from visionpipe.services.models.loading import RANDOM, load_model
     from visionpipe.settings import Settings
 
     if spec in STAGES:
@@ -144,25 +144,8 @@ async def _run_one(
 def _row(
     name: str, params: dict[str, Any], mech: tuple[str, bool, bool], trace: Trace, load: float, res: SimResult
 ) -> dict[str, Any]:
-    s = res.summary()
-    return {
-        "policy": name,
-        "params": ",".join(f"{k}={v}" for k, v in params.items()),
-        "mechanics": mech[0],
-        "overlap": mech[1],
-        "pinned": mech[2],
-        "trace": trace.name,
-        "rate": round(trace.rate, 1),
-        "load": load,
-        "throughput": round(s["throughput"], 1),
-        "p50_ms": _num(s["p50_ms"]),
-        "p99_ms": _num(s["p99_ms"]),
-        "slo_attainment": round(s["slo_attainment"], 4),
-        "mean_batch": round(s["mean_batch"], 2),
-        "gpu_busy_s": round(res.gpu_busy_s, 4),
-        "gpu_busy_ms_per_request": round(1e3 * res.gpu_busy_s / max(len(res.arrivals_ns), 1), 5),
-        **({"peak_p99_ms": _num(res.peak_p99_ms())} if trace.name == "burst" else {}),
-    }
+    head = {"policy": name, "params": ",".join(f"{k}={v}" for k, v in params.items())}
+    return {**head, "mechanics": mech[0], "overlap": mech[1], "pinned": mech[2], **measured(res, trace, load)}
 
 
 def _plan(raw: float, duration: float, seed: int, quick: bool) -> list[tuple[str, Trace, float]]:

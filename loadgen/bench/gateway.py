@@ -33,7 +33,7 @@ import psutil
 from PIL import Image
 
 from visionpipe.loadgen.http_target import HttpOptions, run_http_load
-from visionpipe.loadgen.images import ImageSet
+from visionpipe.loadgen.payloads import ImageSet
 from visionpipe.loadgen.runner import RunOptions, run_load
 from visionpipe.loadgen.schedule import LoadSpec
 from visionpipe.loadgen.stages import StageOptions, StageSet, default_command, free_port

@@ -40,7 +40,11 @@ import click
 from visionpipe.loadgen.bench.gpu_report import markdown
 
 # The files holding the `gpu`-marked tests; collecting only these keeps test-only packages the GPU box lacks away.
-GPU_TEST_FILES = ("tests/executor/test_gpu.py", "tests/services/test_decode.py", "tests/services/test_run.py")
+GPU_TEST_FILES = (
+    "tests/executor/test_gpu.py",
+    "tests/services/decode/test_stage.py",
+    "tests/services/commands/test_run.py",
+)
 # Plugins loaded explicitly: the lent machine's own pytest plugins are unknown, autoloading them could break the run.
 PYTEST_PLUGINS = ("pytest_asyncio.plugin", "pytest_timeout")
 # Settings that make the CPU mode's stage models toy-sized (the GPU run uses the shipped defaults).
@@ -140,7 +144,7 @@ def executor_benches(device: str, cpu: bool, budget_s: float) -> dict[str, Any]:
 
 def decode_benches(device: str, cpu: bool) -> dict[str, Any]:
     from visionpipe.loadgen.bench.stage_bench import decode_vs_raw
-    from visionpipe.services.samples import scene_jpeg
+    from visionpipe.samples import scene_jpeg
 
     out = {}
     for label, (w, h), n in (("1080p", (1920, 1080), 8 if cpu else 96), ("640x480", (640, 480), 8 if cpu else 256)):
@@ -151,7 +155,7 @@ def decode_benches(device: str, cpu: bool) -> dict[str, Any]:
 
 def pipeline_runs(device: str, cpu: bool, folder: Path, timeout_s: float) -> dict[str, Any]:
     """``visionpipe run --device …`` in a child process per resolution, as a user runs it; its summary JSON."""
-    from visionpipe.services.samples import write_bench_set
+    from visionpipe.samples import write_bench_set
 
     write_bench_set(folder, vga=8 if cpu else 400, hd=4 if cpu else 150)
     out = {}

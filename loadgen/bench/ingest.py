@@ -31,14 +31,12 @@ from visionpipe.broker import Broker, connect
 from visionpipe.collector import Collector
 from visionpipe.envelope import Envelope
 from visionpipe.ingress import ensure_pipeline_streams
-from visionpipe.metrics import Metrics
 from visionpipe.services.decode.images import Geometry, letterbox_cpu, place
 from visionpipe.services.ingest.encode import FrameEncoder, target_size
+from visionpipe.services.ingest.order import StreamOrder, from_result
 from visionpipe.services.ingest.registry import StreamRegistry
-from visionpipe.services.ingest.results import StreamOrder, from_result
-from visionpipe.services.serve import make_worker
+from visionpipe.services.runtime.local import LocalStages
 from visionpipe.settings import Settings, StreamSource, load_settings
-from visionpipe.topology import STAGES
 
 PASSES = 3
 HOP_MESSAGES = 200
@@ -160,24 +158,19 @@ async def pipeline_fps(path: Path, settings: Settings) -> dict[str, Any]:
     broker = await connect(settings=settings)
     await ensure_pipeline_streams(broker, settings)
     collector = await Collector(broker, settings, "bench-ingest").open()
-    workers = [make_worker(n, broker, settings, Metrics()) for n in STAGES]
-    tasks = [asyncio.create_task(w.run()) for w in workers]
-    while not all(w.started for w in workers):
-        await asyncio.sleep(0.05)
-    registry = StreamRegistry(broker, settings)
-    t0 = time.monotonic()
-    info = await registry.add(StreamSource(url=str(path), id="bench"))
-    order, results = StreamOrder(), 0  # the end-of-stream message overtakes the frames: wait for the chain
-    while not order.ended:
-        batch = await collector.poll(0.1)
-        for env in batch.results:
-            outcome = from_result(env)
-            if outcome is not None and outcome.ref.run == info.run:
-                results += sum(1 for o in order.add(outcome) if not o.end)
-    elapsed = time.monotonic() - t0
-    for w in workers:
-        w.stop()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    async with LocalStages(broker, settings) as stages:
+        await stages.wait_started()
+        registry = StreamRegistry(broker, settings)
+        t0 = time.monotonic()
+        info = await registry.add(StreamSource(url=str(path), id="bench"))
+        order, results = StreamOrder(), 0  # the end-of-stream message overtakes the frames: wait for the chain
+        while not order.ended:
+            batch = await collector.poll(0.1)
+            for env in batch.results:
+                outcome = from_result(env)
+                if outcome is not None and outcome.ref.run == info.run:
+                    results += sum(1 for o in order.add(outcome) if not o.end)
+        elapsed = time.monotonic() - t0
     await broker.close()
     return {"frames": results, "elapsed_s": round(elapsed, 2), "frames_per_s": round(results / elapsed, 2)}
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import click
 
-from visionpipe.services.samples import shipped_samples
+from visionpipe.samples import shipped_samples
 
 BIN = Path(sys.executable).parent
 OLD_PAIR = ["--detector", "ssdlite320_mobilenet_v3_large", "--classifier", "mobilenet_v3_small", "--weights", "random"]
@@ -46,7 +46,7 @@ def write_photo_set(folder: Path, count: int) -> list[Path]:
     """``count`` 640x480 JPEGs cut from the shipped photographs (random 75-100 % crops, mirrored half the time)."""
     from PIL import Image, ImageOps
 
-    from visionpipe.services.samples import SAMPLES_DIR
+    from visionpipe.samples import SAMPLES_DIR
 
     folder.mkdir(parents=True, exist_ok=True)
     photos = [Image.open(SAMPLES_DIR / name).convert("RGB") for name in PHOTOS]
@@ -118,8 +118,8 @@ PLAIN_VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     ", roi_align": (["--crops", "roi_align"], {}),
     ", resize": (["--crops", "resize"], {}),
     ", resize, 1 thread": (["--crops", "resize", "--threads", "1"], {}),
-    # libgomp's threads spin at barriers by default; on cores shared with other jobs that cost the plain script up
-    # to 6x (measured here), and sleeping instead made it the strongest baseline.
+    # libgomp's threads spin at barriers by default; on cores shared with other jobs that can cost the plain script
+    # several times its time, and sleeping instead made it the strongest baseline (benchmarks/RESULTS.md).
     ", resize, OMP passive": (["--crops", "resize"], {"OMP_WAIT_POLICY": "PASSIVE"}),
 }
 # ratio -> (numerator case, denominator cases: the best of them in each round)

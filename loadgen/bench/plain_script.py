@@ -27,8 +27,8 @@ from PIL import Image
 from torchvision.ops import batched_nms, roi_align
 
 from visionpipe.services.models.efficientnet_lite import fuse_batchnorm
+from visionpipe.services.models.loading import LoadedModel, load_model
 from visionpipe.services.models.nanodet import INPUT_SIZE, decode_boxes, prepare
-from visionpipe.services.weights import LoadedModel, load_model
 from visionpipe.settings import load_settings
 
 SIZE = 640
@@ -90,7 +90,7 @@ def squares(boxes: torch.Tensor) -> torch.Tensor:
 
 def resized_crops(x: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
     """The stages' CPU crops (each box sliced and resized in uint8), for a baseline that cuts as they do."""
-    from visionpipe.services.detection_ops import cut_each
+    from visionpipe.services.detector.ops import cut_each
 
     k = max(len(b) for b in boxes)
     padded = torch.stack([torch.cat((b, b.new_zeros(k - len(b), 4))) for b in boxes])

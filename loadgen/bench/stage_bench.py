@@ -52,7 +52,7 @@ def _b1(fn: Callable[[torch.Tensor], Any], shape: tuple[int, ...], device: str, 
 def batch1_latency(model: str, device: str, runs: int, with_compile: bool = False) -> dict[str, Any]:
     """Batch-1 latency through ``TorchDevice`` (stage, upload, compute, download): eager vs CUDA graphs."""
     from visionpipe.services.classifier.model import classifier_fn
-    from visionpipe.services.weights import RANDOM, load_model
+    from visionpipe.services.models.loading import RANDOM, load_model
 
     cuda = device.startswith("cuda")
     size = 224 if cuda else 64
@@ -125,7 +125,7 @@ def decode_vs_raw(images: list[bytes], device: str, batch: int) -> dict[str, Any
 def classifier_saturation(device: str, max_batch: int, batches: int) -> dict[str, Any]:
     """The classifier stage with every crop of many messages in flight vs raw back-to-back forwards of its fn."""
     from visionpipe.services.classifier.stage import ClassifierStage
-    from visionpipe.services.weights import RANDOM
+    from visionpipe.services.models.loading import RANDOM
 
     crop = DetectorSettings().crop_size if device.startswith("cuda") else 64
     settings = load_settings(

@@ -1,4 +1,4 @@
-"""The simulated side-by-side: every policy × mechanics × every trace, and the issue's targets.
+"""The simulated side-by-side: every policy × mechanics × every trace, and the targets in ``targets.py``.
 
 Mechanics are three, so that the two gains are reported apart: *overlapped*
 (two streams, pinned buffers), *serial-pinned* (one stream, pinned buffers:
@@ -29,7 +29,7 @@ TRITON_DELAYS_MS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0)
 CAPACITY_STEPS = 8
 # Search capacity up to this multiple of the ideal overlapped throughput (max batch / its compute time).
 CAPACITY_CEILING = 1.1
-BURST_LOAD = 0.5  # seed 001: 400 pic/s doubled to 800 for 0.3 s, i.e. half load doubling to full
+BURST_LOAD = 0.5  # the scheduling paper's burst: 400 pic/s doubled to 800 for 0.3 s, half load doubling to full
 RAMP_LOW, RAMP_HIGH = 0.1, 0.9
 # A run with this many maximum batches queued cannot meet any SLO the benchmark uses: stop simulating it.
 OVERLOAD_BATCHES = 20
@@ -72,7 +72,7 @@ def configs(max_batch: int, quick: bool = False) -> Iterator[Config]:
         sizes, delays = [max(1, max_batch // 8), max_batch // 2], (0.0, 2.0)
     for _, overlap, pinned in MECHANICS:
         yield Config("adaptive", {}, overlap, AdaptivePolicy, pinned)
-        if not quick:  # seed 001 literally: on an idle device wait the whole fill time b/λ
+        if not quick:  # the paper's rule literally: on an idle device wait the whole fill time b/λ
             yield Config("adaptive", {"idle_fill": None}, overlap, partial(AdaptivePolicy, None), pinned)
         yield Config("slack", {}, overlap, SlackPolicy, pinned)
         aimd = partial(AimdPolicy, max_batch, start=max_batch)
@@ -117,27 +117,8 @@ class Suite:
         )
 
     def row(self, cfg: Config, trace: Trace, res: SimResult, load: float | None) -> dict[str, Any]:
-        s = res.summary()
-        row = {
-            "policy": cfg.policy,
-            "params": _params_str(cfg.params),
-            "overlap": cfg.overlap,
-            "pinned": cfg.pinned,
-            "mechanics": cfg.mechanics,
-            "trace": trace.name,
-            "rate": round(trace.rate, 1),
-            "load": load,
-            "throughput": round(s["throughput"], 1),
-            "p50_ms": _num(s["p50_ms"]),
-            "p99_ms": _num(s["p99_ms"]),
-            "slo_attainment": round(s["slo_attainment"], 4),
-            "mean_batch": round(s["mean_batch"], 2),
-            "gpu_busy_s": round(res.gpu_busy_s, 4),
-            "gpu_busy_ms_per_request": round(1e3 * res.gpu_busy_s / max(len(res.arrivals_ns), 1), 5),
-        }
-        if trace.name == "burst":
-            row["peak_p99_ms"] = _num(res.peak_p99_ms())
-        return row
+        head = {"policy": cfg.policy, "params": _params_str(cfg.params), "overlap": cfg.overlap, "pinned": cfg.pinned}
+        return {**head, "mechanics": cfg.mechanics, **measured(res, trace, load)}
 
     def capacity(self, cfg: Config) -> float:
         """Highest Poisson rate whose p99 stays within the SLO, by bisection (same seed at every rate)."""
@@ -174,12 +155,32 @@ class Suite:
         return rows, summary
 
 
+def measured(res: SimResult, trace: Trace, load: float | None) -> dict[str, Any]:
+    """What one run of a trace measured, as a row of the benchmark's table (simulated or live)."""
+    s = res.summary()
+    row = {
+        "trace": trace.name,
+        "rate": round(trace.rate, 1),
+        "load": load,
+        "throughput": round(s["throughput"], 1),
+        "p50_ms": _num(s["p50_ms"]),
+        "p99_ms": _num(s["p99_ms"]),
+        "slo_attainment": round(s["slo_attainment"], 4),
+        "mean_batch": round(s["mean_batch"], 2),
+        "gpu_busy_s": round(res.gpu_busy_s, 4),
+        "gpu_busy_ms_per_request": round(1e3 * res.gpu_busy_s / max(len(res.arrivals_ns), 1), 5),
+    }
+    if trace.name == "burst":
+        row["peak_p99_ms"] = _num(res.peak_p99_ms())
+    return row
+
+
 def _num(x: float) -> float | None:
     return round(x, 3) if math.isfinite(x) else None
 
 
 def adaptive_vs_greedy(rows: list[dict[str, Any]], mechanics: str = "overlapped") -> list[dict[str, Any]]:
-    """Where adaptive (and seed 001's literal idle wait) differs from greedy: batch sizes, GPU time, latency.
+    """Where adaptive (and the paper's literal idle wait) differs from greedy: batch sizes, GPU time, latency.
 
     One row per trace and load, side by side from the same run; ``differs`` says whether any of the
     compared numbers moved by more than 2% (simulation noise is deterministic, so any change is the policy's).

@@ -14,9 +14,9 @@ from typing import Any
 
 # Mechanics thresholds depend on how much of the batch time the work before compute (host staging + upload) is.
 UPLOAD_HEAVY = 0.30
-# Overlap alone (overlapped ÷ serial-pinned) where staging + upload ≥ 30% of compute: issue 15's target.
+# Overlap alone (overlapped ÷ serial-pinned) where staging + upload ≥ 30% of compute: the overlap target.
 MECH_OVERLAP_HEAVY, MECH_OVERLAP_LIGHT = 1.10, 1.0
-# Overlap and pinned memory together (overlapped ÷ serial-pageable): issue 4's target.
+# Overlap and pinned memory together (overlapped ÷ serial-pageable): the mechanics target.
 MECH_CAPACITY_HEAVY, MECH_CAPACITY_LIGHT = 1.15, 1.03
 MECH_PINNED = 1.0  # pinned alone never loses
 MECH_BURST_P99, MECH_P99_90 = 0.70, 0.75

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 NS = 1_000_000_000
-# Seed 001's burst: the load doubles for 0.3 s (400 -> 800 pic/s on its card).
+# The asynchronous-transfer scheduling paper's burst (docs/background.md): the load doubles for 0.3 s.
 BURST_FACTOR = 2.0
 BURST_LENGTH_S = 0.3
 

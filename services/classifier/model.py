@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from visionpipe.services.models.efficientnet_lite import fuse_batchnorm
-from visionpipe.services.weights import LoadedModel
+from visionpipe.services.models.loading import LoadedModel
 from visionpipe.settings import ClassifierSettings, ExecutorSettings
 
 # ImageNet statistics: what torchvision's (and EfficientNet's) classification weights were trained with.
@@ -44,8 +44,8 @@ def classifier_fn(
         fuse_batchnorm(module)  # an eval-mode affine map the conv absorbs: one memory pass less per layer
     module = module.to(device)
     cuda = device.startswith("cuda")
-    # channels_last helps tensor cores; on the CPU it sent mobilenet_v3_small's depthwise convs down a path ~9x
-    # slower at b16 (measured here: 1.9 s vs 0.21 s), while EfficientNet-Lite0 ran 2.3x faster: per model.
+    # channels_last helps tensor cores; on the CPU it sent mobilenet_v3_small's depthwise convs down a path several
+    # times slower, while EfficientNet-Lite0 ran faster with it: so on the CPU it is a property of the model.
     channels_last = not model.scripted and (executor.channels_last if cuda else model.channels_last_on_cpu)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)

@@ -148,7 +148,7 @@ class NvjpegDecoder(Decoder):
 class DaliDecoder(Decoder):
     """NVIDIA DALI: ``mixed`` decoder on a GPU, the same graph on the CPU with ``device_id=None``.
 
-    A failed DALI batch leaves the pipeline unusable (measured, see DESIGN.md),
+    One bad image fails a whole DALI batch, and older DALI releases left the pipeline unusable after it,
     so on failure the pipeline is rebuilt and the batch decoded image by image.
     """
 

@@ -48,9 +48,6 @@ class Geometry:
     def pad(self) -> tuple[int, int]:
         return (self.size - self.resized_w) // 2, (self.size - self.resized_h) // 2
 
-    def payload(self) -> dict[str, object]:
-        return {"width": self.width, "height": self.height, "scale": list(self.scale), "pad": list(self.pad)}
-
 
 @dataclass(frozen=True)
 class Header:

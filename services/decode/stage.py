@@ -1,4 +1,4 @@
-"""Decode stage: frames (encoded bytes) in, letterboxed uint8 HWC images plus their geometry out.
+"""Decode stage: frames (``EncodedImage``) in, letterboxed uint8 HWC images plus their geometry (``Letterboxed``) out.
 
 The output image is HWC because every decoder produces HWC; the detector
 views a batch of them as NCHW in channels-last layout on the device, which is
@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 from visionpipe.envelope import Envelope, Event
 from visionpipe.executor.torch_device import resolve_device
+from visionpipe.hops import EncodedImage, HopError, Letterboxed
 from visionpipe.services.decode.backends import Decoder, make_decoder
 from visionpipe.services.decode.images import BadImage
-from visionpipe.services.stage import BadInput, BatchStage, Outcome
+from visionpipe.services.runtime.stage import BadInput, BatchStage, Outcome
 from visionpipe.settings import Settings
 from visionpipe.topology import DECODE
 
@@ -41,23 +42,26 @@ class DecodeStage(BatchStage):
 
     async def process(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
         assert self.decoder is not None, "start() first"
-        images: list[bytes] = []
+        frames: list[EncodedImage | BadInput] = []
         for env in envelopes:
-            image = env.payload.get("image")
-            images.append(image if isinstance(image, bytes) else b"")
+            try:
+                frames.append(EncodedImage.read(env))
+            except HopError as exc:
+                frames.append(BadInput(exc.reason))
         start = time.time_ns()
-        decoded = await asyncio.to_thread(self.decoder.decode, images)
+        decoded = await asyncio.to_thread(
+            self.decoder.decode, [f.image if isinstance(f, EncodedImage) else b"" for f in frames]
+        )
         done = time.time_ns()
         out: list[Outcome] = []
-        for env, result in zip(envelopes, decoded, strict=True):
-            if not isinstance(env.payload.get("image"), bytes):
-                out.append(BadInput("frame has no image bytes in payload['image']"))
+        for env, frame, result in zip(envelopes, frames, decoded, strict=True):
+            if isinstance(frame, BadInput):
+                out.append(frame)
             elif isinstance(result, BadImage):
                 out.append(BadInput(result.reason))
             else:
-                array, geometry = result
-                child = env.child(**geometry.payload(), decoder=self.backend)
-                child.arrays["image"] = array
+                array, geo = result
+                child = Letterboxed(array, geo.width, geo.height, geo.scale, geo.pad, self.backend).write(env)
                 child.stamp(self.name, Event.BATCH_START, start)
                 child.stamp(self.name, Event.COMPUTE_DONE, done)
                 out.append(child)

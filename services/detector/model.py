@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.ssd import SSD
 
-from visionpipe.services import detection_ops
+from visionpipe.services.detector import ops as detection_ops
+from visionpipe.services.models.loading import LoadedModel
 from visionpipe.services.models.nanodet import INPUT_SIZE, decode_boxes, prepare
 from visionpipe.services.models.registry import NANODET_G
-from visionpipe.services.weights import LoadedModel
 from visionpipe.settings import DetectorSettings, ExecutorSettings
 
 log = logging.getLogger(__name__)

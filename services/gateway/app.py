@@ -27,10 +27,9 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 
 from visionpipe import __version__
 from visionpipe.services.gateway.body import read_image
-from visionpipe.services.gateway.docs import add_docs
 from visionpipe.services.gateway.documents import failure, is_done
 from visionpipe.services.gateway.errors import GatewayError
-from visionpipe.services.gateway.metrics import MetricsMiddleware
+from visionpipe.services.gateway.gateway_metrics import MetricsMiddleware
 from visionpipe.services.gateway.schema import (
     IMAGE_BODY,
     Accepted,
@@ -40,6 +39,7 @@ from visionpipe.services.gateway.schema import (
     upload_errors,
 )
 from visionpipe.services.gateway.service import Gateway
+from visionpipe.services.gateway.swagger_ui import add_docs
 
 # Request ids a client may choose: printable, no separators that a key, a URL or a log line would trip on.
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"

@@ -25,11 +25,11 @@ from visionpipe.ingress import (
     frame_envelope,
     publish_frames,
 )
-from visionpipe.results import ResultsBackend, connect_results
 from visionpipe.services.gateway.documents import RECEIVED
 from visionpipe.services.gateway.errors import GatewayError
-from visionpipe.services.gateway.metrics import GatewayMetrics
-from visionpipe.services.gateway.reader import ResultsReader
+from visionpipe.services.gateway.gateway_metrics import GatewayMetrics
+from visionpipe.services.gateway.results_reader import ResultsReader
+from visionpipe.services.gateway.store import ResultsBackend, connect_results
 from visionpipe.settings import Settings
 from visionpipe.topology import INGRESS
 

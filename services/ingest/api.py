@@ -15,7 +15,7 @@ from typing import Protocol, TypeVar
 
 from fastapi import APIRouter, HTTPException, status
 
-from visionpipe.services.ingest.models import StreamExists, StreamInfo, StreamList, UnknownStream
+from visionpipe.services.ingest.schema import StreamExists, StreamInfo, StreamList, UnknownStream
 from visionpipe.settings import StreamSource
 
 PREFIX = "/v1/streams"

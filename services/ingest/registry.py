@@ -12,7 +12,7 @@ import logging
 from dataclasses import replace
 
 from visionpipe.broker import Broker
-from visionpipe.services.ingest.models import StreamExists, StreamInfo, UnknownStream
+from visionpipe.services.ingest.schema import StreamExists, StreamInfo, UnknownStream
 from visionpipe.services.ingest.source import Source, classify, default_id
 from visionpipe.services.ingest.stream import Stream
 from visionpipe.settings import Settings, StreamSource

@@ -16,7 +16,7 @@ import urllib.request
 from typing import Any
 
 from visionpipe.services.ingest.api import PREFIX
-from visionpipe.services.ingest.models import StreamExists, StreamInfo, UnknownStream
+from visionpipe.services.ingest.schema import StreamExists, StreamInfo, UnknownStream
 from visionpipe.settings import StreamSource
 
 # An ingest service answers from memory in milliseconds, but a removal waits for the stream's reader to stop:

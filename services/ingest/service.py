@@ -28,12 +28,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from visionpipe import __version__
 from visionpipe.broker import Broker, connect, redact_url
 from visionpipe.ingress import ensure_pipeline_streams
-from visionpipe.metrics import Metrics
 from visionpipe.services.ingest.api import streams_router
-from visionpipe.services.ingest.metrics import exposition, ingest_metrics
+from visionpipe.services.ingest.ingest_metrics import exposition, ingest_metrics
 from visionpipe.services.ingest.registry import StreamRegistry
 from visionpipe.services.ingest.sink import ResultsSink, StreamTarget
-from visionpipe.services.serve import make_worker
+from visionpipe.services.runtime.local import LocalStages
 from visionpipe.settings import Settings, StreamSource
 from visionpipe.topology import STAGES
 
@@ -100,15 +99,9 @@ class IngestService:
         try:
             await ensure_pipeline_streams(broker, settings)
             registry = StreamRegistry(broker, settings)
-            stages = self.with_stages if self.with_stages is not None else settings.broker.url.startswith("memory:")
-            workers = [make_worker(n, broker, settings, Metrics()) for n in STAGES] if stages else []
-            tasks = [asyncio.create_task(w.run(), name=f"stage-{w.name}") for w in workers]
-            try:
+            local = self.with_stages if self.with_stages is not None else settings.broker.url.startswith("memory:")
+            async with LocalStages(broker, settings, STAGES if local else ()):
                 await self._serve(broker, registry, until_done)
-            finally:
-                for w in workers:
-                    w.stop()
-                await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             await broker.close()
 

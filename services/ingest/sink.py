@@ -19,7 +19,7 @@ from typing import IO, Any
 from visionpipe.broker import Broker
 from visionpipe.collector import Collected, Collector
 from visionpipe.services.ingest.annotate import scaled_objects, write_annotated
-from visionpipe.services.ingest.results import Outcome, StreamOrder, from_dead_letter, from_result
+from visionpipe.services.ingest.order import Outcome, StreamOrder, from_dead_letter, from_result
 from visionpipe.settings import Settings
 
 log = logging.getLogger(__name__)

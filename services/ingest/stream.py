@@ -22,14 +22,15 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
+from visionpipe.backoff import Backoff
 from visionpipe.broker import Broker, BrokerError
 from visionpipe.envelope import Envelope, Event, StreamRef
 from visionpipe.ingress import Frame, submit_images, wait_for_room
 from visionpipe.services.ingest.buffer import FrameBuffer
 from visionpipe.services.ingest.encode import FrameEncoder
-from visionpipe.services.ingest.models import State, StreamCounters, StreamInfo
+from visionpipe.services.ingest.order import END_OF_STREAM
 from visionpipe.services.ingest.reader import Captured, Reader, merge_dropped
-from visionpipe.services.ingest.results import END_OF_STREAM
+from visionpipe.services.ingest.schema import State, StreamCounters, StreamInfo
 from visionpipe.services.ingest.source import Source
 from visionpipe.services.ingest.stats import StreamStats
 from visionpipe.settings import Settings, StreamSource
@@ -37,9 +38,6 @@ from visionpipe.topology import INGRESS
 
 log = logging.getLogger(__name__)
 
-# Backoff while the broker is unreachable: frames wait in hand (lossless) or keep being replaced (latest).
-BROKER_BACKOFF_S = 0.2
-BROKER_BACKOFF_MAX_S = 5.0
 # The end-of-stream message is worth a few retries at shutdown, not an unbounded wait for a broker gone for good.
 END_ATTEMPTS = 5
 ENDINGS: dict[str, State] = {"eof": "finished", "failed": "failed", "stopped": "removed"}
@@ -156,33 +154,33 @@ class Stream:
         return [self.encoder.encode(c.frame) for c in items]
 
     async def _wait_room(self, watermark: int | None) -> None:
-        backoff = BROKER_BACKOFF_S
+        backoff = Backoff()
         while True:
             try:
                 return await wait_for_room(self.broker, self.settings, None, watermark)
             except BrokerError as exc:
-                backoff = await self._broker_down(exc, backoff)
+                await self._broker_down(exc, backoff)
 
     async def _send(self, items: list[Captured], images: list[bytes]) -> None:
         frames = [
             Frame(img, f"{self.id}.{self.run}.{c.ref.index}", self.source.shown[-256:], c.ref)
             for c, img in zip(items, images, strict=True)
         ]
-        backoff = BROKER_BACKOFF_S
+        backoff = Backoff()
         while True:
             try:  # waits on, rather than refuses, the watermark and the byte bound: a paused stream loses nothing
                 await submit_images(self.broker, self.settings, frames, wait_s=None)
                 break
             except BrokerError as exc:
-                backoff = await self._broker_down(exc, backoff)
+                await self._broker_down(exc, backoff)
         self.stats.published += len(frames)
         self._in_hand = []
 
-    async def _broker_down(self, exc: BrokerError, backoff: float) -> float:
+    async def _broker_down(self, exc: BrokerError, backoff: Backoff) -> None:
         self.stats.error(f"broker: {exc}")
-        log.warning("stream %s: broker unavailable (%s); retrying in %.1fs", self.id, exc, backoff)
-        await asyncio.sleep(backoff)
-        return min(backoff * 2, BROKER_BACKOFF_MAX_S)
+        delay = backoff.next()
+        log.warning("stream %s: broker unavailable (%s); retrying in %.1fs", self.id, exc, delay)
+        await asyncio.sleep(delay)
 
     def end_ref(self) -> StreamRef:
         """The reference that closes the stream's chain: one past the last decoded frame, owning every unsent one."""
@@ -223,10 +221,11 @@ class Stream:
         env.stream = ref
         env.stamp(INGRESS, Event.ENQUEUED)
         results = self.settings.streams.name("results")
-        for attempt in range(END_ATTEMPTS):
+        backoff = Backoff()
+        for _ in range(END_ATTEMPTS):
             try:
                 await self.broker.publish(results, [env.encode()], [env.request_id])
                 return
             except BrokerError as exc:
-                await self._broker_down(exc, BROKER_BACKOFF_S * 2**attempt)
+                await self._broker_down(exc, backoff)
         log.error("stream %s: end-of-stream message not delivered after %d attempts", self.id, END_ATTEMPTS)

@@ -1,4 +1,4 @@
-"""Where a request's time went, from the per-stage stamps its envelope carries (paper 002's breakdown).
+"""Where a request's time went, from the per-stage stamps its envelope carries (a DNN server-overheads breakdown).
 
 For each stage the envelope holds ``dequeued``, ``batch_start``,
 ``compute_done`` and ``published`` (wall-clock ns), and ingress ``enqueued``.
@@ -49,7 +49,7 @@ def segment_chain() -> list[tuple[str, str, str]]:
     for stage in STAGES:
         chain += [
             (f"hop → {stage}", stage, str(Event.DEQUEUED)),
-            (f"{stage} queue", stage, str(Event.BATCH_START)),
+            (f"{stage} queueing", stage, str(Event.BATCH_START)),
             (f"{stage} compute", stage, str(Event.COMPUTE_DONE)),
             (f"{stage} post", stage, str(Event.PUBLISHED)),
         ]
@@ -64,7 +64,7 @@ def category(segment: str) -> str:
     """Group a segment for the stacked bars, the summary table and the non-DNN share."""
     if segment.startswith("hop"):
         return "broker hops"
-    if segment.endswith("queue"):
+    if segment.endswith("queueing"):
         return "stage queueing"
     if segment.endswith("post"):
         return "post-processing + publish"
@@ -99,7 +99,7 @@ def categories_ms(parts: dict[str, int]) -> dict[str, float]:
 
 
 def non_dnn_share(categories: dict[str, float]) -> float | None:
-    """Everything but detector and classifier compute, over end to end (seed 002's headline figure)."""
+    """Everything but detector and classifier compute, over end to end: what docs/background.md's study measured."""
     whole = sum(categories.get(c, 0.0) for c in CATEGORIES)
     dnn = sum(categories.get(c, 0.0) for c in DNN)
     return (whole - dnn) / whole if whole > 0 else None

@@ -55,19 +55,22 @@ class LazyGroup(click.Group):
 @click.group(
     cls=LazyGroup,
     lazy={
-        "run": ("visionpipe.services.run:run", "Run the whole pipeline in one process over images."),
-        "serve": ("visionpipe.services.serve:serve", "Run one stage (decode, detector, classifier) as a service."),
-        "loadgen": ("visionpipe.loadgen.cli:loadgen", "Drive the pipeline with load; compare brokers."),
+        "run": ("visionpipe.services.commands.run:run", "Run the whole pipeline in one process over images."),
+        "serve": (
+            "visionpipe.services.commands.serve:serve",
+            "Run one stage (decode, detector, classifier) as a service.",
+        ),
+        "loadgen": ("visionpipe.loadgen.commands:loadgen", "Drive the pipeline with load; compare brokers."),
         "broker-demo": (
             "visionpipe.loadgen.bench.broker_demo:broker_demo",
             "Pass messages through one relay stage; print hop latency.",
         ),
         "dlq": ("visionpipe.broker.dlq:dlq", "List or replay dead-lettered messages."),
         "ingest": (
-            "visionpipe.services.ingest.cli:ingest",
+            "visionpipe.services.commands.ingest:ingest",
             "Ingest video streams (files, RTSP, HTTP, V4L2); add, list and remove them at run time.",
         ),
-        "models": ("visionpipe.services.models.cli:models", "List, fetch and verify the bundled models."),
+        "models": ("visionpipe.services.commands.models:models", "List, fetch and verify the bundled models."),
     },
 )
 @click.version_option(__version__, prog_name="visionpipe")

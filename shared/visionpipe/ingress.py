@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from visionpipe import topology
 from visionpipe.broker import Broker, BrokerError, BrokerFull, Room
 from visionpipe.envelope import Envelope, Event, StreamRef
+from visionpipe.hops import EncodedImage
 from visionpipe.settings import Settings
 from visionpipe.topology import INGRESS, STAGES
 
@@ -82,8 +83,8 @@ class Frame:
 
 def frame_envelope(frame: Frame) -> Envelope:
     """The ingress message: the encoded image as bytes in the payload, stamped on enqueue."""
-    env = Envelope(
-        frame.request_id or uuid.uuid4().hex, source=frame.source, payload={"image": frame.image}, stream=frame.stream
+    env = EncodedImage(frame.image).write(
+        Envelope(frame.request_id or uuid.uuid4().hex, source=frame.source, stream=frame.stream)
     )
     env.stamp(INGRESS, Event.ENQUEUED)
     return env

@@ -24,8 +24,12 @@ class Metrics:
         self.messages = Counter(
             "visionpipe_messages", "Messages finished by a stage, by outcome", ["stage", "outcome"], registry=r
         )
-        self.batch_size = Histogram(
-            "visionpipe_batch_size", "Messages per consumed batch", ["stage"], buckets=BATCH_BUCKETS, registry=r
+        self.consumed = Histogram(
+            "visionpipe_consumed_messages",
+            "Messages per consume call (not the device batch)",
+            ["stage"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.device_batch = Histogram(
             "visionpipe_device_batch_size",
@@ -36,7 +40,7 @@ class Metrics:
         )
         self.latency = Histogram(
             "visionpipe_stage_latency_seconds",
-            "Time per message in a stage, by phase (queue: enqueue to dequeue; compute; total in stage)",
+            "Time per message in a stage, by phase (hop: in the broker since the previous publish; compute; total)",
             ["stage", "phase"],
             buckets=LATENCY_BUCKETS,
             registry=r,

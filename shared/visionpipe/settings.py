@@ -166,7 +166,7 @@ class DetectorSettings(BaseModel):
     crop_size: int = Field(224, ge=16, description="side of the square crops cut for the classifier")
     # Square crops 1.2x the box's longer side classified better than tight ones (a tie: "cleaver" -> "Windsor tie").
     crop_expand: float = Field(1.2, ge=0.0, description="crops: squares this times the box's longer side; 0: the box")
-    batch: int = Field(8, ge=1, description="messages taken from the broker per consume")
+    messages_per_consume: int = Field(8, ge=1, description="messages taken from the broker per consume call")
     cpu_threads: int = Field(0, ge=0, description=CPU_THREADS_HELP)
 
 
@@ -176,7 +176,7 @@ class ClassifierSettings(BaseModel):
     )
     weights: str = Field("DEFAULT", description=WEIGHTS_HELP)
     top_k: int = Field(5, ge=1)
-    batch: int = Field(8, ge=1, description="messages taken from the broker per consume")
+    messages_per_consume: int = Field(8, ge=1, description="messages taken from the broker per consume call")
     cpu_threads: int = Field(0, ge=0, description=CPU_THREADS_HELP)
 
 
@@ -212,6 +212,10 @@ class ServiceSettings(BaseModel):
     # A delivery is kept ours (its idle time refreshed) while it is worked on, up to this long; past it, it is presumed
     # hung and reclaim may hand it to another consumer. Minutes: far beyond any batch, even a CPU detector's.
     work_timeout_s: float = Field(300.0, gt=0.0, description="longest a delivery is kept from reclaim while worked on")
+    middleware: list[str] = Field(
+        default_factory=list,
+        description="policies of your own, 'package.module:Class' (built with no arguments), after the built-in ones",
+    )
 
 
 # A stream id travels in request ids, metric labels and URLs: short, and nothing that needs escaping.

@@ -18,7 +18,7 @@ import pytest
 from tests.deploy.helpers import OVERLAYS, ROOT, environment_dict, load_compose, load_settings_from_env
 from tests.deploy.manifests import Objects, configmap_env, objects_of, pod_spec
 from tests.deploy.test_dockerfile import Instruction, parse
-from visionpipe.services.models.cli import models
+from visionpipe.services.commands.models import models
 from visionpipe.services.models.registry import BUNDLED
 from visionpipe.settings import Settings
 

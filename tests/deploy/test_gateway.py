@@ -22,7 +22,7 @@ from tests.deploy.helpers import (
 )
 from tests.deploy.keda_schema import keda_errors
 from tests.deploy.manifests import K8S_VERSION, Objects, configmap_env, k8s_errors, objects_of, pod_spec
-from visionpipe.services.gateway.metrics import GatewayMetrics
+from visionpipe.services.gateway.gateway_metrics import GatewayMetrics
 
 
 def _gateway_env(objects: Objects) -> dict[str, str]:

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.servers import Server, free_port
-from visionpipe.services.serve import EXIT_NO_WEIGHTS
+from visionpipe.services.commands.serve import EXIT_NO_WEIGHTS
 
 VISIONPIPE = str(Path(sys.executable).parent / "visionpipe")
 # Importing torch and connecting, on a busy 2-core box.

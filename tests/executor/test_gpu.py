@@ -47,7 +47,7 @@ def _stage(kind: str) -> Any:
 
 def stage_fn(kind: str) -> tuple[Callable[[torch.Tensor], Any], tuple[int, ...]]:
     """The stage's own device function for its default model (random weights) on CUDA, and its item shape."""
-    from visionpipe.services.weights import RANDOM, load_model
+    from visionpipe.services.models.loading import RANDOM, load_model
 
     stage = _stage(kind)
     name, _ = stage.model_spec

@@ -177,7 +177,7 @@ def test_compare_redis_and_kafka_with_the_real_stages_on_cpu(
         assert 0 < s["non_dnn_share"] < 1
         assert run["resources"]["broker"]["rss_max_mb"] > 0
         # Batch sizes scraped from each stage's /metrics over the measured window.
-        assert all(s["batch_means"][stage]["batch_size"] >= 1 for stage in ("decode", "detector", "classifier"))
+        assert all(s["batch_means"][stage]["consumed_messages"] >= 1 for stage in ("decode", "detector", "classifier"))
     md = (out / "report.md").read_text()
     for section in SECTIONS:
         assert f"## {section}\n" in md

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.services.gateway.helpers import gateway_settings, jpeg, serving
 from visionpipe.loadgen.http_target import HttpOptions, run_http_load
-from visionpipe.loadgen.images import ImageSet
+from visionpipe.loadgen.payloads import ImageSet
 from visionpipe.loadgen.schedule import LoadSpec
 
 IMAGES = ImageSet(tuple(jpeg(320, 240, seed=i) for i in range(4)), "test JPEGs")

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from tests.loadgen.passthrough import POISON, run_stage
-from visionpipe.loadgen.images import ImageSet, synthetic
+from visionpipe.loadgen.payloads import ImageSet, synthetic
 from visionpipe.loadgen.runner import RunOptions, delete_streams, run_load
 from visionpipe.loadgen.schedule import LoadSpec
 from visionpipe.settings import Settings, load_settings

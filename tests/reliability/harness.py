@@ -32,7 +32,7 @@ from visionpipe import topology
 from visionpipe.broker import Broker, DeadLetter
 from visionpipe.collector import Collected, Collector
 from visionpipe.envelope import Envelope, EnvelopeError
-from visionpipe.services.samples import scene_jpeg
+from visionpipe.samples import scene_jpeg
 from visionpipe.settings import Settings, load_settings
 from visionpipe.topology import STAGES
 

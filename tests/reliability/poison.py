@@ -25,7 +25,7 @@ from PIL import Image
 
 from visionpipe.envelope import SCHEMA_VERSION, Envelope
 from visionpipe.ingress import Frame, frame_envelope
-from visionpipe.services.samples import scene, scene_jpeg
+from visionpipe.samples import scene, scene_jpeg
 
 # Limits the poison test's stages run under (small, so "over the limit" inputs stay small too).
 MAX_IMAGE_BYTES = 200_000

@@ -25,8 +25,8 @@ from visionpipe.broker import BrokerError, connect
 from visionpipe.envelope import Envelope, Event
 from visionpipe.ingress import Frame, ensure_pipeline_streams, submit_images
 from visionpipe.metrics import Metrics
-from visionpipe.services.stage import Outcome, Stage
-from visionpipe.services.worker import Worker
+from visionpipe.services.runtime.stage import Outcome, Stage
+from visionpipe.services.runtime.worker import Worker
 from visionpipe.settings import load_settings
 from visionpipe.topology import DECODE
 
@@ -125,7 +125,7 @@ async def test_a_settle_refused_by_a_dead_broker_is_retried_in_place_once_it_ret
         async with await connect(settings=s) as broker:
             await ensure_pipeline_streams(broker, s)
             await submit_images(broker, s, [Frame(b"f", request_id="fast"), Frame(b"s", request_id="slow")])
-            worker = Worker(stage, broker, s, Metrics(), batch=4)
+            worker = Worker(stage, broker, s, Metrics(), per_consume=4)
             run = asyncio.create_task(worker.run())
             while set(stage.calls) != {"fast", "slow"}:
                 await asyncio.sleep(0.01)

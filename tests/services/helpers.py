@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image
 
-from visionpipe.services.samples import scene, scene_jpeg
+from visionpipe.samples import scene, scene_jpeg
 from visionpipe.settings import Settings, load_settings
 
 DETECTOR = "ssdlite320_mobilenet_v3_large"
@@ -37,9 +37,9 @@ def fast_overrides(
             "score_threshold": 0.0,
             "max_detections": MAX_DETECTIONS,
             "crop_size": CROP,
-            "batch": 4,
+            "messages_per_consume": 4,
         },
-        "classifier": {"model": CLASSIFIER, "weights": classifier_weights, "top_k": 3, "batch": 4},
+        "classifier": {"model": CLASSIFIER, "weights": classifier_weights, "top_k": 3, "messages_per_consume": 4},
         "executor": {"max_batch": 4, "warmup_repeats": 1, "slo_ms": 50.0},
         "limits": {"max_image_pixels": TEST_MAX_PIXELS},
         "service": {"device": "cpu", "drain_idle_s": 0.5, "reclaim_interval_s": 1.0, "port": 0},
@@ -81,7 +81,7 @@ def bad_images() -> dict[str, bytes]:
 
 def save_weights(folder: Path) -> tuple[Path, Path]:
     """Random detector and classifier weights as state-dict files, loaded by the stages through the real path."""
-    from visionpipe.services.weights import save_random_weights
+    from visionpipe.services.models.loading import save_random_weights
 
     det = save_random_weights("detection", DETECTOR, folder / "detector.pt")
     cls = save_random_weights("classification", CLASSIFIER, folder / "classifier.pt")

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
+from visionpipe.backoff import Backoff
 from visionpipe.broker.base import BrokerError
 from visionpipe.broker.security import BrokerAuthError, redact_url
 
@@ -30,7 +31,7 @@ async def with_retries(attempt: Callable[[], Awaitable[T]], url: str, settings: 
     :class:`BrokerAuthError` and anything else propagate at once.
     """
     b = settings.broker
-    delay = b.connect_backoff_s
+    backoff = Backoff(b.connect_backoff_s, b.connect_backoff_max_s)
     tries = max(1, b.connect_retries)
     for n in range(1, tries + 1):
         try:
@@ -40,10 +41,10 @@ async def with_retries(attempt: Callable[[], Awaitable[T]], url: str, settings: 
         except BrokerError as exc:
             if n == tries:
                 raise BrokerError(f"broker {redact_url(url)} unreachable after {tries} tries: {exc}") from exc
+            delay = backoff.next()
             log.warning(
                 "broker not ready, retrying",
                 extra={"url": redact_url(url), "try": n, "of": tries, "retry_in_s": round(delay, 2), "error": str(exc)},
             )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, b.connect_backoff_max_s)
     raise AssertionError("unreachable")

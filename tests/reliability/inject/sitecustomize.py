@@ -23,10 +23,10 @@ COMPUTE_S = {"decode": 0.005, "detector": 0.03, "classifier": 0.02}
 
 try:
     from visionpipe.envelope import Envelope, Event
-    from visionpipe.services import serve as _serve
-    from visionpipe.services import worker as _worker
     from visionpipe.services.decode.images import BadImage, letterbox_cpu
-    from visionpipe.services.stage import BadInput, BatchStage, Outcome
+    from visionpipe.services.runtime import factory as _serve
+    from visionpipe.services.runtime import worker as _worker
+    from visionpipe.services.runtime.stage import BadInput, BatchStage, Outcome
 except ImportError:  # another Python program started with this PYTHONPATH: nothing to arm
     _worker = None  # type: ignore[assignment]
 

@@ -6,7 +6,7 @@ import torch
 
 from tests.services.helpers import CLASSIFIER, CROP
 from visionpipe.services.classifier.model import classifier_fn, imagenet_input
-from visionpipe.services.weights import RANDOM, load_model
+from visionpipe.services.models.loading import RANDOM, load_model
 from visionpipe.settings import ClassifierSettings, ExecutorSettings
 
 

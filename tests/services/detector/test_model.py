@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tests.services.helpers import CROP, DETECTOR, INPUT_SIZE, MAX_DETECTIONS
-from visionpipe.services.detection_ops import cut_all, cut_each, pad_detections, square_boxes
 from visionpipe.services.detector.model import detector_fn
-from visionpipe.services.weights import RANDOM, load_model
+from visionpipe.services.detector.ops import cut_all, cut_each, pad_detections, square_boxes
+from visionpipe.services.models.loading import RANDOM, load_model
 from visionpipe.settings import DetectorSettings, ExecutorSettings
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.services.helpers import CROP, DETECTOR, INPUT_SIZE, MAX_DETECTIONS
-from visionpipe.services.weights import RANDOM, load_model
+from visionpipe.services.models.loading import RANDOM, load_model
 
 
 @pytest.mark.parametrize(("w", "h"), [(640, 480), (300, 500), (1920, 1080)])
@@ -16,10 +16,11 @@ def test_boxes_map_back_to_original_pixels(w: int, h: int) -> None:
     from PIL import Image, ImageDraw
 
     from tests.services.helpers import fast_settings
+    from visionpipe.hops import Letterboxed
+    from visionpipe.samples import encode
     from visionpipe.services.decode.images import letterbox_cpu
     from visionpipe.services.detector.stage import DetectorStage
-    from visionpipe.services.samples import encode
-    from visionpipe.services.weights import LoadedModel
+    from visionpipe.services.models.loading import LoadedModel
 
     drawn = (w * 0.25, h * 0.4, w * 0.75, h * 0.9)
     img = Image.new("RGB", (w, h))
@@ -31,16 +32,16 @@ def test_boxes_map_back_to_original_pixels(w: int, h: int) -> None:
 
     stage = DetectorStage(settings)
     stage.model = LoadedModel(torch.nn.Identity(), RANDOM, ["background", "thing"])
-    payload = {"width": w, "height": h, "scale": geo.scale, "pad": geo.pad}
-    (obj,) = stage._objects(np.array([found], dtype=np.float32), np.array([0.9]), np.array([1]), payload)
+    hop = Letterboxed(letterboxed, w, h, geo.scale, geo.pad)
+    (obj,) = stage._objects(np.array([found], dtype=np.float32), np.array([0.9]), np.array([1]), hop)
     tolerance = 1.5 / min(geo.scale)  # one letterbox pixel, in original pixels, plus resampling blur
-    assert obj["box"] == pytest.approx(list(drawn), abs=tolerance)
-    assert obj["label_name"] == "thing"
+    assert obj.box == pytest.approx(drawn, abs=tolerance)
+    assert obj.label_name == "thing"
     # Boxes reaching into the padding are clipped to the image.
     (clipped,) = stage._objects(
-        np.array([[-50, -50, 5000, 5000]], dtype=np.float32), np.array([0.5]), np.array([0]), payload
+        np.array([[-50, -50, 5000, 5000]], dtype=np.float32), np.array([0.5]), np.array([0]), hop
     )
-    assert clipped["box"] == [0, 0, w, h]
+    assert clipped.box == (0, 0, w, h)
 
 
 @pytest.mark.parametrize(("explicit", "expect_boxes"), [(None, True), (0.3, False)])

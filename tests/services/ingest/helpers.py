@@ -12,8 +12,8 @@ import simplejpeg
 from visionpipe.broker import MemoryBroker
 from visionpipe.envelope import Envelope
 from visionpipe.ingress import ensure_pipeline_streams
+from visionpipe.services.ingest.order import END_OF_STREAM
 from visionpipe.services.ingest.registry import StreamRegistry
-from visionpipe.services.ingest.results import END_OF_STREAM
 from visionpipe.settings import Settings, load_settings
 
 PEEK_ALL = 100_000

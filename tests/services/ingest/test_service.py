@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from tests.services.helpers import fast_overrides
 from tests.services.ingest.helpers import wait_until
 from tests.services.ingest.media import decoded_count, write_video
-from visionpipe.services.ingest.cli import ingest
+from visionpipe.services.commands.ingest import ingest
 from visionpipe.services.ingest.service import IngestService
 from visionpipe.settings import StreamSource, load_settings
 
@@ -119,8 +119,8 @@ async def _the_gateways_client_speaks_the_same_api(api: str, video: str) -> None
     from visionpipe.services.gateway.app import create_app
     from visionpipe.services.gateway.service import Gateway
     from visionpipe.services.ingest.api import streams_router
-    from visionpipe.services.ingest.models import StreamExists, UnknownStream
     from visionpipe.services.ingest.remote import RemoteStreams
+    from visionpipe.services.ingest.schema import StreamExists, UnknownStream
 
     remote = RemoteStreams(api)
     assert [s.id for s in await remote.list()] == ["door"]

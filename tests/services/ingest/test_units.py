@@ -11,8 +11,8 @@ import pytest
 
 from visionpipe.envelope import StreamRef
 from visionpipe.services.ingest.buffer import FrameBuffer
+from visionpipe.services.ingest.order import Outcome, StreamOrder
 from visionpipe.services.ingest.reader import Sampler
-from visionpipe.services.ingest.results import Outcome, StreamOrder
 from visionpipe.services.ingest.source import SourceError, classify, default_id, describe_error
 
 

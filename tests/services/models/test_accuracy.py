@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from visionpipe.samples import SAMPLES_DIR
 from visionpipe.services.classifier.model import classifier_fn
 from visionpipe.services.decode.images import letterbox_cpu
 from visionpipe.services.detector.model import detector_fn
-from visionpipe.services.samples import SAMPLES_DIR
-from visionpipe.services.weights import load_model
+from visionpipe.services.models.loading import load_model
 from visionpipe.settings import Settings
 
 Found = list[tuple[str, float, list[str]]]  # per object: label, score, classifier top-5 names

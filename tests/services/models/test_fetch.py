@@ -20,7 +20,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from visionpipe.services.models import cli, fetch, registry
+from visionpipe.services.commands import models as cli
+from visionpipe.services.models import fetch, registry
 from visionpipe.services.models.registry import (
     BUNDLED,
     BundledModel,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.ops import batched_nms
 
-from visionpipe.services.detection_ops import select
+from visionpipe.services.detector.ops import select
 from visionpipe.services.models.nanodet import COCO80, INPUT_SIZE, REG_MAX, NanoDet, decode_boxes
 from visionpipe.services.models.registry import NANODET_G
 

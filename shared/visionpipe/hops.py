@@ -1,0 +1,190 @@
+"""What crosses each hop between stages: one typed payload per stream, written by its producer, read by its consumer.
+
+frames (``EncodedImage``) → decode → tensors (``Letterboxed``) → detector → crops (``Detections``) → classifier →
+results (``Classified``). A producer builds the hop and calls :meth:`write` on the envelope it answers; the consumer
+calls ``read`` once, at its boundary, and works with typed fields from then on. A message that does not hold the
+hop its stream should carry raises :class:`HopError` with a reason a person can act on, which the stage turns into a
+dead letter; nothing past the boundary looks a field up by key again.
+
+On the wire each hop stays a msgpack map of plain values plus named arrays, so a reader in another language (or an
+older visionpipe) sees the same envelope as before; the types live on both sides of the hop, not in the bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from visionpipe.envelope import Envelope
+
+
+class HopError(ValueError):
+    """A message that does not carry its stream's payload: poison for the stage that reads it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DetectedObject(BaseModel):
+    """One box of the detector, in the original image's pixels."""
+
+    model_config = ConfigDict(frozen=True)
+
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2
+    score: float
+    label: int
+    label_name: str
+
+
+class TopK(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    label: int
+    name: str
+    score: float
+
+
+class ClassifiedObject(DetectedObject):
+    """A detected box with the classifier's best labels for its crop."""
+
+    top_k: list[TopK] = Field(default_factory=list)
+
+
+def _validated(model: type[BaseModel], raw: Any, what: str) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise HopError(f"{what}: {where or 'value'}: {first['msg']}") from None
+
+
+def _array(env: Envelope, name: str, shape: tuple[int, ...], what: str) -> np.ndarray:
+    arr = env.arrays.get(name)
+    if arr is None or arr.dtype != np.uint8 or arr.shape != shape:
+        got = "none" if arr is None else f"{arr.dtype}{list(arr.shape)}"
+        raise HopError(f"{what} needs a uint8 array {name!r} of shape {list(shape)}, got {got}")
+    return arr
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """frames: the image as the client sent it (JPEG, PNG, …), not yet looked at."""
+
+    image: bytes
+
+    def write(self, env: Envelope) -> Envelope:
+        env.payload["image"] = self.image
+        return env
+
+    @classmethod
+    def read(cls, env: Envelope) -> EncodedImage:
+        image = env.payload.get("image")
+        if not isinstance(image, bytes):
+            raise HopError("frame has no image bytes in payload['image']")
+        return cls(image)
+
+
+class _Geometry(BaseModel):
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    scale: tuple[float, float]
+    pad: tuple[float, float]
+    decoder: str = ""
+
+
+@dataclass(frozen=True)
+class Letterboxed:
+    """tensors: the decoded image letterboxed into a ``size``² uint8 HWC square, and where it sits in it.
+
+    ``x_letterbox = x_original * scale + pad`` per axis, so a box maps back to the original pixels.
+    """
+
+    image: np.ndarray
+    width: int
+    height: int
+    scale: tuple[float, float]
+    pad: tuple[float, float]
+    decoder: str = ""
+
+    def write(self, parent: Envelope) -> Envelope:
+        geometry = {"width": self.width, "height": self.height, "scale": list(self.scale), "pad": list(self.pad)}
+        child = parent.child(**geometry, decoder=self.decoder)
+        child.arrays["image"] = self.image
+        return child
+
+    @classmethod
+    def read(cls, env: Envelope, size: int) -> Letterboxed:
+        image = _array(env, "image", (size, size, 3), "detector")
+        geo = _validated(_Geometry, env.payload, "detector input lacks letterbox geometry")
+        if min(geo.scale) <= 0:
+            raise HopError("detector input has a zero scale")
+        return cls(image, geo.width, geo.height, geo.scale, geo.pad, geo.decoder)
+
+
+class _Found(BaseModel):
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    objects: list[DetectedObject]
+    weights: dict[str, str] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """crops: the detector's boxes, and one square uint8 CHW crop per box for the classifier."""
+
+    width: int
+    height: int
+    objects: list[DetectedObject]
+    crops: np.ndarray  # (len(objects), 3, C, C)
+    weights: dict[str, str] = field(default_factory=dict)
+
+    def write(self, parent: Envelope) -> Envelope:
+        child = parent.child(
+            width=self.width,
+            height=self.height,
+            objects=[o.model_dump(mode="json") for o in self.objects],
+            weights=self.weights,
+        )
+        child.arrays["crops"] = self.crops
+        return child
+
+    @classmethod
+    def read(cls, env: Envelope, crop: int) -> Detections:
+        found = _validated(_Found, env.payload, "classifier input")
+        crops = _array(env, "crops", (len(found.objects), 3, crop, crop), "classifier (one crop per object)")
+        return cls(found.width, found.height, found.objects, crops, found.weights)
+
+
+class _Results(BaseModel):
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    objects: list[ClassifiedObject]
+    weights: dict[str, str] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Classified:
+    """results: every box with its detector label and the classifier's top-k; what clients read."""
+
+    width: int
+    height: int
+    objects: list[ClassifiedObject]
+    weights: dict[str, str] = field(default_factory=dict)
+
+    def write(self, parent: Envelope) -> Envelope:
+        return parent.child(
+            width=self.width,
+            height=self.height,
+            objects=[o.model_dump(mode="json") for o in self.objects],
+            weights=self.weights,
+        )
+
+    @classmethod
+    def read(cls, env: Envelope) -> Classified:
+        res = _validated(_Results, env.payload, "result")
+        return cls(res.width, res.height, res.objects, res.weights)
