@@ -18,8 +18,10 @@ from visionpipe.broker.base import (
     DeadLetter,
     Delivery,
     Output,
+    Payload,
     Room,
     Settled,
+    wire,
 )
 from visionpipe.broker.memory import MemoryBroker
 from visionpipe.broker.security import BrokerAuthError, redact_url
@@ -38,10 +40,12 @@ __all__ = [
     "Delivery",
     "MemoryBroker",
     "Output",
+    "Payload",
     "Room",
     "Settled",
     "connect",
     "redact_url",
+    "wire",
 ]
 
 SCHEMES = ("memory", "redis", "rediss", "kafka")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import click
 
-from visionpipe.broker import Broker, DeadLetter, connect
+from visionpipe.broker import Broker, DeadLetter, connect, wire
 from visionpipe.envelope import REPLAYED, Envelope, EnvelopeError
 from visionpipe.settings import Settings, load_settings
 from visionpipe.topology import INGRESS
@@ -49,7 +49,7 @@ class Entry:
             "origin": r.origin,
             "request_id": r.request_id,
             "reason": r.reason,
-            "bytes": len(r.data),
+            "bytes": len(wire(r.data)),
         }
 
 
@@ -70,13 +70,13 @@ def replayable(record: DeadLetter) -> bytes:
     try:
         env = Envelope.decode(record.data)
     except EnvelopeError:
-        return record.data
+        return wire(record.data)
     env.stamp(INGRESS, REPLAYED, record.at_ns)
     return env.encode()
 
 
 async def list_dead(broker: Broker, stream: str, limit: int) -> list[Entry]:
-    return [Entry(d.id, _decode(d.data), len(d.data)) for d in await broker.peek(stream, limit)]
+    return [Entry(d.id, _decode(wire(d.data)), len(wire(d.data))) for d in await broker.peek(stream, limit)]
 
 
 async def replay_dead(broker: Broker, stream: str, limit: int, timeout_s: float = 30.0) -> int:
@@ -98,7 +98,7 @@ async def replay_dead(broker: Broker, stream: str, limit: int, timeout_s: float 
                 break
             continue
         for d in batch:
-            record = _decode(d.data)
+            record = _decode(wire(d.data))
             if record is not None:  # an undecodable entry cannot be routed anywhere: acked and dropped
                 await broker.publish(record.origin, [replayable(record)], [record.request_id])
                 done += 1

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from visionpipe.broker.base import Backlog, Broker, BrokerError, BrokerStateLost, Delivery, Output, Settled
+from visionpipe.broker.base import Backlog, Broker, BrokerError, BrokerStateLost, Delivery, Output, Payload, Settled
 from visionpipe.broker.kafka_attempts import AttemptLedger, attempts_topic
 from visionpipe.broker.kafka_config import DELIVERY_TIMEOUT_MS, client_configs
 from visionpipe.broker.kafka_member import Member, position, raise_for, to_delivery
@@ -159,12 +159,12 @@ class KafkaBroker(Broker):
                 raise BrokerError(f"kafka {redact_url(self.url)}: timed out waiting for {what}")
             time.sleep(0.05)
 
-    async def publish(self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None] | None = None) -> None:
+    async def publish(self, stream: str, messages: Sequence[Payload], keys: Sequence[str | None] | None = None) -> None:
         keys = keys if keys is not None else [None] * len(messages)
         if len(keys) != len(messages):
             raise ValueError("keys and messages differ in length")
         if messages:
-            await self._run(self._produce, stream, messages, keys)
+            await self._run(self._produce, stream, [Broker.wire(m) for m in messages], keys)
 
     def _produce(self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None]) -> None:
         errors: list[KafkaError] = []

@@ -5,6 +5,12 @@ keeps pending entries, delivery counts, reclaim by idle time and backlog
 exactly as the server backends do: a pipeline that works here behaves the
 same on Redis. All ``MemoryBroker`` objects with the same URL in one process
 share one store, the way clients of one server share it.
+
+It carries messages by reference (``by_reference``): an envelope a stage
+publishes is stored as the object, with read-only arrays, and each delivery
+hands out the reader's own :meth:`~visionpipe.broker.base.InProcess.share` of
+it, so no stage of the process encodes, copies or decodes what it passes on,
+and a redelivery sees the message as it was published. Bytes stay bytes.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from visionpipe.broker.base import Backlog, Broker, BrokerStateLost, Delivery, Room, Settled
+from visionpipe.broker.base import Backlog, Broker, BrokerStateLost, Delivery, Payload, Room, Settled
 
 # The settings' default (broker.dedupe_ttl_s), for a MemoryBroker made without settings.
 ONCE_TTL_S = 600.0
@@ -37,7 +43,7 @@ class _Group:
 
 @dataclass
 class _Stream:
-    entries: dict[int, tuple[str | None, bytes]] = field(default_factory=dict)
+    entries: dict[int, tuple[str | None, Payload]] = field(default_factory=dict)
     next_seq: int = 1
     groups: dict[str, _Group] = field(default_factory=dict)
 
@@ -53,9 +59,9 @@ class _Store:
     def stream(self, name: str) -> _Stream:
         return self.streams.setdefault(name, _Stream())
 
-    def append(self, name: str, data: bytes, key: str | None) -> None:
+    def append(self, name: str, data: Payload, key: str | None) -> None:
         s = self.stream(name)
-        s.entries[s.next_seq] = (key, bytes(data))
+        s.entries[s.next_seq] = (key, bytes(data) if isinstance(data, bytearray | memoryview) else data)
         s.next_seq += 1
 
     def first_settle(self, once: str, ttl_s: float) -> bool:
@@ -80,11 +86,20 @@ class _Store:
                 s.entries.pop(seq, None)
 
     def held_bytes(self, stream: str) -> int:
-        return sum(len(data) for _key, data in self.stream(stream).entries.values())
+        return sum(_weight(data) for _key, data in self.stream(stream).entries.values())
 
     def wake(self) -> None:
         for fut in list(self.waiters):
             fut.get_loop().call_soon_threadsafe(_resolve, fut)
+
+
+def _weight(data: Payload) -> int:
+    return len(data) if isinstance(data, bytes) else data.nbytes
+
+
+def _handed(data: Payload) -> Payload:
+    """What one delivery hands out: the bytes, or the reader's own share of an object."""
+    return data if isinstance(data, bytes) else data.share()
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -106,6 +121,8 @@ def _lost(stream: str, group: str) -> BrokerStateLost:
 
 
 class MemoryBroker(Broker):
+    by_reference = True
+
     def __init__(self, url: str = "memory://", once_ttl_s: float = ONCE_TTL_S) -> None:
         self.url = url
         self.once_ttl_s = once_ttl_s
@@ -117,7 +134,7 @@ class MemoryBroker(Broker):
             if group is not None:
                 s.groups.setdefault(group, _Group())
 
-    async def publish(self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None] | None = None) -> None:
+    async def publish(self, stream: str, messages: Sequence[Payload], keys: Sequence[str | None] | None = None) -> None:
         keys = keys if keys is not None else [None] * len(messages)
         if len(keys) != len(messages):
             raise ValueError("keys and messages differ in length")
@@ -127,7 +144,7 @@ class MemoryBroker(Broker):
         self._store.wake()
 
     async def publish_if_room(
-        self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None], room: Room
+        self, stream: str, messages: Sequence[Payload], keys: Sequence[str | None], room: Room
     ) -> dict[str, int] | None:
         if len(keys) != len(messages):
             raise ValueError("keys and messages differ in length")
@@ -200,7 +217,7 @@ class MemoryBroker(Broker):
                 if entry is None:  # deleted after every group acked it
                     continue
                 g.pending[seq] = _Pending(consumer, now, 1)
-                out.append(Delivery(stream, str(seq), entry[1], entry[0], 1))
+                out.append(Delivery(stream, str(seq), _handed(entry[1]), entry[0], 1))
             return out
 
     async def ack(self, stream: str, group: str, deliveries: Sequence[Delivery]) -> None:
@@ -225,7 +242,7 @@ class MemoryBroker(Broker):
                     g.pending.pop(seq)
                     continue
                 p.consumer, p.since, p.attempts = consumer, now, p.attempts + 1
-                out.append(Delivery(stream, str(seq), entry[1], entry[0], p.attempts))
+                out.append(Delivery(stream, str(seq), _handed(entry[1]), entry[0], p.attempts))
             return out
 
     async def backlog(self, stream: str, group: str) -> Backlog:
@@ -244,7 +261,8 @@ class MemoryBroker(Broker):
     async def peek(self, stream: str, count: int) -> list[Delivery]:
         with self._store.lock:
             s = self._store.stream(stream)
-            return [Delivery(stream, str(seq), data, key) for seq, (key, data) in sorted(s.entries.items())[:count]]
+            entries = sorted(s.entries.items())[:count]
+            return [Delivery(stream, str(seq), _handed(data), key) for seq, (key, data) in entries]
 
     async def ping(self) -> bool:
         return True

@@ -43,8 +43,10 @@ from visionpipe.broker.base import (
     BrokerFull,
     BrokerStateLost,
     Delivery,
+    Payload,
     Room,
     Settled,
+    wire,
 )
 from visionpipe.broker.retry import with_retries
 from visionpipe.broker.security import (
@@ -165,7 +167,7 @@ class RedisBroker(Broker):
                 if not str(exc).startswith("BUSYGROUP"):
                     raise
 
-    async def publish(self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None] | None = None) -> None:
+    async def publish(self, stream: str, messages: Sequence[Payload], keys: Sequence[str | None] | None = None) -> None:
         keys = keys if keys is not None else [None] * len(messages)
         if len(keys) != len(messages):
             raise ValueError("keys and messages differ in length")
@@ -173,7 +175,7 @@ class RedisBroker(Broker):
             return
         with _errors(self.url):
             async with self._r.pipeline(transaction=False) as pipe:
-                for key, data in zip(keys, messages, strict=True):
+                for key, data in zip(keys, map(wire, messages), strict=True):
                     fields: dict[Any, Any] = {DATA: data} if key is None else {DATA: data, KEY: key}
                     pipe.xadd(stream, fields)
                 await pipe.execute()
@@ -206,7 +208,7 @@ class RedisBroker(Broker):
         for item in settled:
             args += [item.delivery.id, key_index(item.once) if item.once else 0, len(item.outputs)]
             for out in item.outputs:
-                args += [key_index(out.stream), out.key or "", out.data]
+                args += [key_index(out.stream), out.key or "", wire(out.data)]
         with _errors(self.url):
             _acked, duplicates = await self._settle_script(keys=keys, args=args)
         return int(duplicates)
@@ -219,12 +221,12 @@ class RedisBroker(Broker):
             await self._touch_script(keys=[stream], args=[group, consumer, ids[0], ids[-1], *ids])
 
     async def publish_if_room(
-        self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None], room: Room
+        self, stream: str, messages: Sequence[Payload], keys: Sequence[str | None], room: Room
     ) -> dict[str, int] | None:
         if len(keys) != len(messages):
             raise ValueError("keys and messages differ in length")
         args: list[Any] = [room.max_bytes]
-        for data, key in zip(messages, keys, strict=True):
+        for data, key in zip(map(wire, messages), keys, strict=True):
             args += [data, key or ""]
         with _errors(self.url):
             held: Any = await self._admit_script(keys=[stream, *room.streams], args=args)
