@@ -5,7 +5,9 @@
 * ``nvjpeg``: ``torchvision.io.decode_jpeg(device="cuda")`` on the whole
   batch, resize and pad on the GPU; non-JPEG inputs take the CPU path.
 * ``cpu``: Pillow in a thread pool of every core (Pillow releases the GIL
-  while decoding and resizing).
+  while decoding and resizing), each image holding one of the process's
+  cores (``services/runtime/cores.py``) while it is decoded, so decode and
+  the models' instances never ask for more threads than there are cores.
 
 Each returns, per input, either ``(HWC uint8 array, Geometry)`` or a
 :class:`BadImage`: one bad image never fails the others in its batch.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +28,7 @@ from typing import Any, TypeAlias
 import numpy as np
 
 from visionpipe.services.decode.images import BadImage, Geometry, Header, check_header, letterbox_cpu
+from visionpipe.services.runtime.cores import CPU
 from visionpipe.settings import DecodeSettings, LimitSettings
 
 log = logging.getLogger(__name__)
@@ -46,15 +50,22 @@ class Decoder(ABC):
         self.pad_value = settings.pad_value
         self.limits = limits
         self.pool = ThreadPoolExecutor(settings.workers or os.cpu_count() or 1, thread_name_prefix="decode")
+        self.cpu_s = 0.0  # thread time of the images decoded on the CPU, and how many: decode's work per image
+        self.decoded = 0
 
     @abstractmethod
     def decode(self, images: Sequence[bytes]) -> list[Decoded]: ...
 
     def cpu_one(self, data: bytes) -> Decoded:
-        try:
-            return letterbox_cpu(data, self.size, self.limits, self.pad_value)
-        except BadImage as exc:
-            return exc
+        with CPU.budget.held(1, "decode"):
+            start = time.thread_time()
+            try:
+                return letterbox_cpu(data, self.size, self.limits, self.pad_value)
+            except BadImage as exc:
+                return exc
+            finally:
+                self.cpu_s += time.thread_time() - start
+                self.decoded += 1
 
     def cpu_many(self, images: Sequence[bytes]) -> list[Decoded]:
         return list(self.pool.map(self.cpu_one, images))

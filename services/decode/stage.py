@@ -16,6 +16,7 @@ from visionpipe.executor.torch_device import resolve_device
 from visionpipe.hops import EncodedImage, HopError, Letterboxed
 from visionpipe.services.decode.backends import Decoder, make_decoder
 from visionpipe.services.decode.images import BadImage
+from visionpipe.services.runtime.cores import CPU
 from visionpipe.services.runtime.stage import BadInput, BatchStage, Outcome
 from visionpipe.settings import Settings
 from visionpipe.topology import DECODE
@@ -53,6 +54,8 @@ class DecodeStage(BatchStage):
             self.decoder.decode, [f.image if isinstance(f, EncodedImage) else b"" for f in frames]
         )
         done = time.time_ns()
+        if self.decoder.decoded:  # decode's work per image, beside the models' when the process plans its cores
+            CPU.report(self.name, self.decoder.cpu_s / self.decoder.decoded)
         out: list[Outcome] = []
         for env, frame, result in zip(envelopes, frames, decoded, strict=True):
             if isinstance(frame, BadInput):
@@ -68,5 +71,6 @@ class DecodeStage(BatchStage):
         return out
 
     async def stop(self) -> None:
+        CPU.leave(self.name)
         if self.decoder is not None:
             self.decoder.close()

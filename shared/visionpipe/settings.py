@@ -146,13 +146,19 @@ WEIGHTS_HELP = (
 )
 
 
-CPU_THREADS_HELP = (
-    "torch threads of this stage's model on the CPU, beside the process's other stages; 0: every core, taking "
-    "turns with them (what `visionpipe run` does best on a few cores)"
-)
+class InstanceSettings(BaseModel):
+    """How a DNN stage runs its model: instances (executors with their own batches) and where they are placed."""
+
+    instances: int = Field(
+        0, ge=0, description="executors per device; 0: on the CPU planned from warm-up costs, on a GPU 1"
+    )
+    threads: int = Field(
+        0, ge=0, description="CPU threads per instance; 0: 1 with planned instances, else the cores over instances"
+    )
+    devices: str = Field("", description="cpu, cuda:0,cuda:1,... or all (every GPU); empty: service.device")
 
 
-class DetectorSettings(BaseModel):
+class DetectorSettings(InstanceSettings):
     model: str = Field("nanodet_g", description="nanodet_g (bundled, COCO) or a torchvision detection model name")
     weights: str = Field("DEFAULT", description=WEIGHTS_HELP)
     # NanoDet-g: real objects in the sample photos score 0.50-0.88; texture and noise stay under 0.37.
@@ -167,17 +173,15 @@ class DetectorSettings(BaseModel):
     # Square crops 1.2x the box's longer side classified better than tight ones (a tie: "cleaver" -> "Windsor tie").
     crop_expand: float = Field(1.2, ge=0.0, description="crops: squares this times the box's longer side; 0: the box")
     messages_per_consume: int = Field(8, ge=1, description="messages taken from the broker per consume call")
-    cpu_threads: int = Field(0, ge=0, description=CPU_THREADS_HELP)
 
 
-class ClassifierSettings(BaseModel):
+class ClassifierSettings(InstanceSettings):
     model: str = Field(
         "efficientnet_lite0", description="efficientnet_lite0 (bundled, ImageNet) or a torchvision classification model"
     )
     weights: str = Field("DEFAULT", description=WEIGHTS_HELP)
     top_k: int = Field(5, ge=1)
     messages_per_consume: int = Field(8, ge=1, description="messages taken from the broker per consume call")
-    cpu_threads: int = Field(0, ge=0, description=CPU_THREADS_HELP)
 
 
 def _default_models_dir() -> Path:
