@@ -11,12 +11,13 @@ throughput, latency percentiles and where the time went.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +29,19 @@ from visionpipe import topology
 from visionpipe.breakdown import Split, categories_ms, segments
 from visionpipe.broker import Broker, connect, redact_url
 from visionpipe.collector import Collected, Collector
+from visionpipe.envelope import COPIED
 from visionpipe.executor.torch_device import resolve_device
 from visionpipe.ingress import Frame, ensure_pipeline_streams, submit_images
 from visionpipe.logs import setup_logging
 from visionpipe.samples import shipped_samples
 from visionpipe.services.commands.serve import cli_settings
-from visionpipe.services.commands.summary import print_summary
+from visionpipe.services.commands.summary import RunSummary, print_summary
 from visionpipe.services.models.registry import WeightsUnavailable
+from visionpipe.services.runtime.cores import CPU
+from visionpipe.services.runtime.dnn_stage import DnnStage
 from visionpipe.services.runtime.local import LocalStages
 from visionpipe.settings import Settings
+from visionpipe.threads import ThreadCensus
 from visionpipe.topology import CLASSIFIER, DECODE, DETECTOR
 
 log = logging.getLogger(__name__)
@@ -52,51 +57,6 @@ class Input:
     path: Path
     request_id: str
     error: str | None = None  # known before submission: unreadable, too big
-
-
-@dataclass
-class RunSummary:
-    inputs: int = 0
-    ok: int = 0
-    bad: int = 0
-    startup_s: float = 0.0
-    cpu_s: float = 0.0  # CPU time of the whole process (every thread) while the images went through
-    elapsed_s: float = 0.0
-    weights: dict[str, str] = field(default_factory=dict)
-    decoder: str = ""
-    device: str = ""
-    broker: str = ""
-    split: Split = field(default_factory=Split)
-    errors: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def images_per_s(self) -> float:
-        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        """Machine-readable summary (``--summary-json``), the source of benchmarks/RESULTS.md's pipeline figures."""
-        return {
-            "inputs": self.inputs,
-            "ok": self.ok,
-            "bad": self.bad,
-            "images_per_s": round(self.images_per_s, 3),
-            "elapsed_s": round(self.elapsed_s, 3),
-            "startup_s": round(self.startup_s, 3),
-            # Beside images/s: what the pipeline cost, which other jobs on a shared machine do not move much.
-            "cpu_ms_per_image": round(self.cpu_s / self.ok * 1e3, 1) if self.ok else None,
-            "latency_ms": {
-                "p50": round(self.split.percentile(50) * 1e3, 2),
-                "p99": round(self.split.percentile(99) * 1e3, 2),
-            },
-            "share": {k: round(v, 4) for k, v in self.split.share.items()},
-            "mean_ms_per_request": {k: round(v, 2) for k, v in self.split.mean_ms().items()},
-            "broker_hop_floor_ms": round(self.split.hop_floor_s * 1e3, 2),
-            "device": self.device,
-            "decoder": self.decoder,
-            "broker": self.broker,
-            "weights": self.weights,
-            "errors": self.errors,
-        }
 
 
 def walk(paths: Sequence[Path]) -> Iterator[Path]:
@@ -119,35 +79,70 @@ def isolated(settings: Settings) -> Settings:
 
 
 async def run_pipeline(
-    paths: Sequence[Path], settings: Settings, out: Path, console: Console | None = None
+    paths: Sequence[Path], settings: Settings, out: Path, console: Console | None = None, external: bool = False
 ) -> RunSummary:
-    settings = isolated(settings)
+    """Every stage in this process on streams of this run's own; ``external``: submit and collect only.
+
+    With ``external`` the stages run elsewhere (``visionpipe serve``) on the same broker and stream prefix,
+    so nothing is isolated and nothing deleted after the run: the streams are theirs.
+    """
+    settings = settings if external else isolated(settings)
     inputs = [Input(p, f"{i:06d}-{uuid.uuid4().hex[:8]}") for i, p in enumerate(walk(paths))]
     summary = RunSummary(inputs=len(inputs), broker=redact_url(settings.broker.url))
     broker = await connect(settings=settings)
     try:
         await ensure_pipeline_streams(broker, settings)
         collector = await Collector(broker, settings, COLLECTOR, "run").open()  # Kafka joins during model load
-        async with LocalStages(broker, settings) as stages:
-            t0 = time.monotonic()
-            await stages.wait_started()
-            summary.startup_s = time.monotonic() - t0
-            _describe(summary, stages, settings)
-            cpu = time.process_time()
-            records = await _process(inputs, broker, settings, collector, stages, summary, console)
-            summary.cpu_s = time.process_time() - cpu
+        async with contextlib.AsyncExitStack() as stack:
+            stages = None
+            if not external:
+                stages = await stack.enter_async_context(LocalStages(broker, settings))
+                t0 = time.monotonic()
+                await stages.wait_started()
+                summary.startup_s = time.monotonic() - t0
+            work = _process(inputs, broker, settings, collector, stages, summary, console)
+            records = await _measured(summary, work)
+            if stages is not None:
+                _describe(summary, stages, settings)
+            else:  # the stages' processes shared their own cores
+                summary.cores = {}
         _write(out, inputs, records)
     finally:
-        for stream in topology.stream_names(settings):
-            await broker.delete(stream)
+        if not external:
+            for stream in topology.stream_names(settings):
+                await broker.delete(stream)
         await broker.close()
     return summary
 
 
+async def _measured(summary: RunSummary, work: Awaitable[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """``work`` (the images going through), with what it cost: CPU time, threads that ran, bytes copied, busy time."""
+    cpu, copied, busy = time.process_time(), COPIED.bytes, dict(CPU.budget.busy_s)
+    census = ThreadCensus().start()
+    records = await work
+    summary.cpu_s = time.process_time() - cpu
+    summary.threads = census.stop(CPU.cores)
+    summary.copied_bytes = COPIED.bytes - copied
+    capacity = max(summary.elapsed_s, 1e-9) * CPU.cores
+    summary.cores = {
+        "cores": CPU.cores,
+        "busy_share": {k: round((v - busy.get(k, 0.0)) / capacity, 3) for k, v in CPU.budget.busy_s.items()},
+    }
+    return records
+
+
 def _describe(summary: RunSummary, stages: LocalStages, settings: Settings) -> None:
-    summary.decoder = str(getattr(stages.stage(DECODE), "backend", ""))
+    """Decoder, weights, device, and how each stage ran: instances × threads on which devices, busy share."""
+    decode = stages.stage(DECODE)
+    summary.decoder = str(getattr(decode, "backend", ""))
     summary.weights = {k: str(stages.stage(k).weights) for k in (DETECTOR, CLASSIFIER)}
     summary.device = resolve_device(settings.service.device)
+    busy = summary.cores.pop("busy_share", {})
+    runs = {DECODE: {"instances": 1, "threads": settings.decode.workers or CPU.cores, "devices": [summary.decoder]}}
+    for name in (DETECTOR, CLASSIFIER):
+        stage = stages.stage(name)
+        runs[name] = stage.instances.describe() if isinstance(stage, DnnStage) else {}
+    summary.cores["stages"] = {k: {**v, "busy_share": busy.get(k)} for k, v in runs.items()}
 
 
 async def _process(
@@ -155,7 +150,7 @@ async def _process(
     broker: Broker,
     settings: Settings,
     collector: Collector,
-    stages: LocalStages,
+    stages: LocalStages | None,
     summary: RunSummary,
     console: Console | None,
 ) -> dict[str, dict[str, Any]]:
@@ -178,7 +173,8 @@ async def _process(
         while len(records) < len(inputs):
             if submitter.done():
                 submitter.result()  # its error, if it failed
-            stages.check()
+            if stages is not None:
+                stages.check()
             await collector.poll(COLLECT_TIMEOUT_S, lambda batch: _record(batch, by_id, records, split))
             progress.update(bar, completed=len(records))
         await submitter
@@ -266,6 +262,11 @@ def _write(out: Path, inputs: list[Input], records: dict[str, dict[str, Any]]) -
 )
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), help="also write the summary as JSON")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option(
+    "--stages-elsewhere",
+    is_flag=True,
+    help="submit and collect only: the stages run as `visionpipe serve` on this --broker and stream prefix",
+)
 @click.option("--serve", is_flag=True, help="instead of IMAGES: serve every stage plus the HTTP gateway and its page")
 @click.option("--port", type=int, help="--serve: the gateway's port (default service.port, 8000; 0: any free one)")
 def run(
@@ -280,6 +281,7 @@ def run(
     score_threshold: float | None,
     summary_json: Path | None,
     quiet: bool,
+    stages_elsewhere: bool,
     serve: bool,
     port: int | None,
 ) -> None:
@@ -300,7 +302,7 @@ def run(
     if not images:
         console.print(f"no IMAGES given: running the {len(paths)} shipped samples")
     try:
-        summary = asyncio.run(run_pipeline(paths, settings, out, None if quiet else console))
+        summary = asyncio.run(run_pipeline(paths, settings, out, None if quiet else console, stages_elsewhere))
     except WeightsUnavailable as exc:
         raise click.ClickException(f"cannot start: {exc}") from exc
     print_summary(summary, out, Console())
