@@ -19,6 +19,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -38,6 +39,7 @@ CROP_EXPAND = 1.2  # the stages' default square crops
 GREY = 114
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+PHASES = ("decode", "detector", "crops", "classifier")
 
 
 def letterbox(path: Path) -> np.ndarray:
@@ -100,27 +102,39 @@ def resized_crops(x: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
 
 def run(
     paths: list[Path], det: LoadedModel, cls: LoadedModel, threshold: float, cap: int, crop_with: str = "roi_align"
-) -> dict[str, float]:
+) -> dict[str, Any]:
     detect = detector(det, threshold, cap)
     classifier = fuse_batchnorm(cls.module)
     if cls.channels_last_on_cpu:
         classifier = classifier.to(memory_format=torch.channels_last)
 
+    phases = dict.fromkeys(PHASES, 0.0)  # seconds in each step, over the timed images
+
     def step(chunk: list[Path]) -> int:
+        t0 = time.perf_counter()
         x = torch.from_numpy(np.stack([letterbox(p) for p in chunk])).permute(0, 3, 1, 2)
+        t1 = time.perf_counter()
         boxes = [squares(b) for b in detect(x)]
+        t2 = time.perf_counter()
+        phases["decode"], phases["detector"] = phases["decode"] + t1 - t0, phases["detector"] + t2 - t1
         if sum(len(b) for b in boxes) == 0:
             return 0
         if crop_with == "roi_align":
             crops = roi_align(x.float(), boxes, (CROP, CROP), 1.0, 2, True).round_().clamp_(0, 255)
         else:
             crops = resized_crops(x, boxes)
+        t3 = time.perf_counter()
         crops = ((crops - MEAN) / STD).contiguous(memory_format=torch.channels_last)
         classifier(crops).softmax(1).topk(5, dim=1)
+        phases["crops"], phases["classifier"] = (
+            phases["crops"] + t3 - t2,
+            phases["classifier"] + time.perf_counter() - t3,
+        )
         return len(crops)
 
     with torch.inference_mode():
         step(paths[:BATCH])  # warm-up, as visionpipe run's start-up
+        phases.update(dict.fromkeys(PHASES, 0.0))
         times, crops = [], 0
         start, cpu = time.perf_counter(), time.process_time()
         for i in range(0, len(paths), BATCH):
@@ -135,6 +149,8 @@ def run(
         "elapsed_s": round(elapsed, 3),
         "crops_per_image": round(crops / len(paths), 2),
         "batch_ms_p50": round(statistics.median(times) * 1e3, 1),
+        # Wall ms per image in each step; run with one thread, their sum is the single-thread cost of an image.
+        "ms_per_image": {k: round(v / len(paths) * 1e3, 2) for k, v in phases.items()},
     }
 
 
@@ -173,7 +189,7 @@ def main(
     det = load_model("detection", detector_name or settings.detector.model, weights, cache)
     cls = load_model("classification", classifier_name or settings.classifier.model, weights, cache)
     threshold = settings.detector.score_threshold if score_threshold is None else score_threshold
-    result: dict[str, object] = {"threads": torch.get_num_threads(), "crops": crops}
+    result: dict[str, object] = {"torch_threads": torch.get_num_threads(), "crops": crops}
     result |= run(list(images), det, cls, threshold, max_detections, crops)
     text = json.dumps(result)
     click.echo(text)

@@ -142,6 +142,10 @@ def _describe(summary: RunSummary, stages: LocalStages, settings: Settings) -> N
     for name in (DETECTOR, CLASSIFIER):
         stage = stages.stage(name)
         runs[name] = stage.instances.describe() if isinstance(stage, DnnStage) else {}
+        batches = stages.metrics(name).registry.get_sample_value("visionpipe_device_batch_size_count", {"stage": name})
+        items = stages.metrics(name).registry.get_sample_value("visionpipe_device_batch_size_sum", {"stage": name})
+        if batches:
+            runs[name]["mean_batch"] = round((items or 0.0) / batches, 2)
     summary.cores["stages"] = {k: {**v, "busy_share": busy.get(k)} for k, v in runs.items()}
 
 

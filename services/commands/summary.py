@@ -112,7 +112,8 @@ def _print_cores(s: RunSummary, console: Console) -> None:
         busy = info.get("busy_share")
         table.add_row(
             stage,
-            f"{info['instances']} × {info['threads']}",
+            f"{info['instances']} × {info['threads']}"
+            + (f", batches of {info['mean_batch']}" if "mean_batch" in info else ""),
             ", ".join(info.get("devices", ())),
             "" if busy is None else f"{busy * 100:.0f}%",
         )
