@@ -1,8 +1,10 @@
-"""The DNN stage template on the CPU: instances planned from warm-up costs, re-planned as the fan-out moves."""
+"""The DNN stage template: on the CPU, instances planned from warm-up costs and re-planned as the fan-out moves;
+the request's deadline handed to the executor."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -14,7 +16,7 @@ from visionpipe.envelope import Envelope
 from visionpipe.services.models.loading import LoadedModel
 from visionpipe.services.runtime import dnn_stage
 from visionpipe.services.runtime.cores import CPU, Cores
-from visionpipe.services.runtime.dnn_stage import DnnStage
+from visionpipe.services.runtime.dnn_stage import DnnStage, executor_deadline
 from visionpipe.settings import Settings, load_settings
 
 SIDE = 8
@@ -129,3 +131,15 @@ async def _settle_plans(stage: Toy) -> None:
 
 def test_the_process_plan_is_shared() -> None:
     assert isinstance(CPU, Cores) and CPU.cores >= 1
+
+
+def test_the_request_deadline_reaches_the_executor_only_when_tighter_than_the_slo() -> None:
+    """Wall clock in the envelope, the executor's monotonic clock out; a generous deadline leaves the SLO's."""
+    assert executor_deadline(None, slo_ms=50) is None
+    assert executor_deadline(time.time_ns() + 10_000_000_000, slo_ms=50) is None  # 10 s away: the SLO is tighter
+    wall, before = time.time_ns(), time.monotonic_ns()
+    got = executor_deadline(wall + 20_000_000, slo_ms=50)  # 20 ms away
+    after = time.monotonic_ns()
+    assert got is not None and before + 10_000_000 < got <= after + 20_000_000
+    late = executor_deadline(time.time_ns() - 5_000_000, slo_ms=50)  # already 5 ms past
+    assert late is not None and late < time.monotonic_ns()
