@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install models run test lint sysdeps bench gpu-check gpu-check-cpu gpu-wheels clean
+.PHONY: install models run test lint sysdeps bench bench-pipeline gpu-check gpu-check-cpu gpu-wheels clean
 
 install: $(STAMP) models
 
@@ -72,6 +72,11 @@ lint: install
 
 bench: install
 	$(BIN)/visionpipe bench executor --device sim --cost h100 --json benchmarks/executor-sim-h100.json --plot benchmarks/executor-sim-h100.png
+
+# The pipeline on this machine's CPU against a plain loop and the cores' ceiling (3 interleaved rounds, photos and
+# crowded mosaics, embedded and as services over a local redis-server): benchmarks/pipeline-cpu.json and .md.
+bench-pipeline: install models sysdeps
+	$(BIN)/visionpipe bench pipeline --only photos --only crowded --json benchmarks/pipeline-cpu.json
 
 # Issue 15's GPU measurements into DIR (JSON + Markdown), <= 8 minutes on one H200. On the lent machine, with
 # .whl/ carried: `make gpu-check DIR=$OUT` (its python3, no venv). gpu-check-cpu: the same script on the CPU at toy

@@ -10,7 +10,9 @@
   the models' instances never ask for more threads than there are cores.
 
 Each returns, per input, either ``(HWC uint8 array, Geometry)`` or a
-:class:`BadImage`: one bad image never fails the others in its batch.
+:class:`BadImage`: one bad image never fails the others in its batch. The
+CPU's array is the resized image alone; a GPU decoder's is the padded square
+(one batched download), which the stage trims to the same before it is sent.
 Headers are checked on the CPU first (cheap, header only), so most bad inputs
 never reach a GPU batch; what still breaks a batch is retried image by image.
 """
@@ -27,7 +29,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
-from visionpipe.services.decode.images import BadImage, Geometry, Header, check_header, letterbox_cpu
+from visionpipe.services.decode.images import BadImage, Geometry, Header, check_header, fit_cpu
 from visionpipe.services.runtime.cores import CPU
 from visionpipe.settings import DecodeSettings, LimitSettings
 
@@ -60,7 +62,7 @@ class Decoder(ABC):
         with CPU.budget.held(1, "decode"):
             start = time.thread_time()
             try:
-                return letterbox_cpu(data, self.size, self.limits, self.pad_value)
+                return fit_cpu(data, self.size, self.limits)
             except BadImage as exc:
                 return exc
             finally:

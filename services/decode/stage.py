@@ -1,8 +1,11 @@
-"""Decode stage: frames (``EncodedImage``) in, letterboxed uint8 HWC images plus their geometry (``Letterboxed``) out.
+"""Decode stage: frames (``EncodedImage``) in, resized uint8 HWC images plus their geometry (``Letterboxed``) out.
 
 The output image is HWC because every decoder produces HWC; the detector
 views a batch of them as NCHW in channels-last layout on the device, which is
-the layout convolutions prefer on a GPU, so no transpose is ever copied.
+the layout convolutions prefer on a GPU, so no transpose is ever copied. Only
+the resized image goes out, not the grey padding around it in the detector's
+square: a quarter fewer bytes on the wire for a 4:3 photo, 44 % for 16:9; the
+detector pads it as it would have been (``Letterboxed.square``).
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ class DecodeStage(BatchStage):
                 out.append(BadInput(result.reason))
             else:
                 array, geo = result
+                if array.shape[:2] != (geo.resized_h, geo.resized_w):  # a GPU decoder's square: only its content goes
+                    (px, py), h, w = geo.pad, geo.resized_h, geo.resized_w
+                    array = array[py : py + h, px : px + w]
                 child = Letterboxed(array, geo.width, geo.height, geo.scale, geo.pad, self.backend).write(env)
                 child.stamp(self.name, Event.BATCH_START, start)
                 child.stamp(self.name, Event.COMPUTE_DONE, done)

@@ -50,8 +50,9 @@ class DetectorStage(DnnStage[Letterboxed]):
         return detector_fn(model, detector, self.settings.executor, device)
 
     def inputs(self, env: Envelope) -> tuple[Letterboxed, Sequence[np.ndarray]]:
-        hop = Letterboxed.read(env, self.settings.decode.input_size)
-        return hop, [hop.image]
+        decode = self.settings.decode
+        hop = Letterboxed.read(env, decode.input_size)
+        return hop, [hop.square(decode.input_size, decode.pad_value)]
 
     def output(self, env: Envelope, hop: Letterboxed, results: list[Any]) -> Envelope:
         assert self.model is not None, "start() first"
