@@ -19,7 +19,7 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from visionpipe.broker.base import Backlog, Broker, BrokerStateLost, Delivery, Payload, Room, Settled
@@ -52,7 +52,8 @@ class _Store:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.streams: dict[str, _Stream] = {}
-        self.waiters: set[asyncio.Future[None]] = set()
+        # Consumers waiting for entries, per stream: a publish wakes only those of the streams it wrote.
+        self.waiters: dict[str, set[asyncio.Future[None]]] = {}
         # Settled inputs' keys -> monotonic expiry; one TTL for all, so insertion order is expiry order.
         self.once: OrderedDict[str, float] = OrderedDict()
 
@@ -88,9 +89,18 @@ class _Store:
     def held_bytes(self, stream: str) -> int:
         return sum(_weight(data) for _key, data in self.stream(stream).entries.values())
 
-    def wake(self) -> None:
-        for fut in list(self.waiters):
-            fut.get_loop().call_soon_threadsafe(_resolve, fut)
+    def wake(self, streams: Iterable[str]) -> None:
+        """Wake the consumers of ``streams``: at once on this thread's loop, through its self-pipe on another's."""
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        for name in set(streams):
+            for fut in list(self.waiters.get(name, ())):
+                if fut.get_loop() is here:
+                    _resolve(fut)
+                else:
+                    fut.get_loop().call_soon_threadsafe(_resolve, fut)
 
 
 def _weight(data: Payload) -> int:
@@ -141,7 +151,7 @@ class MemoryBroker(Broker):
         with self._store.lock:
             for key, data in zip(keys, messages, strict=True):
                 self._store.append(stream, data, key)
-        self._store.wake()
+        self._store.wake([stream])
 
     async def publish_if_room(
         self, stream: str, messages: Sequence[Payload], keys: Sequence[str | None], room: Room
@@ -154,7 +164,7 @@ class MemoryBroker(Broker):
                 return held
             for key, data in zip(keys, messages, strict=True):
                 self._store.append(stream, data, key)
-        self._store.wake()
+        self._store.wake([stream])
         return None
 
     async def settle(self, stream: str, group: str, settled: Sequence[Settled]) -> int:
@@ -167,7 +177,7 @@ class MemoryBroker(Broker):
                 for out in item.outputs:
                     self._store.append(out.stream, out.data, out.key)
             self._store.ack(stream, group, [int(item.delivery.id) for item in settled])
-        self._store.wake()
+        self._store.wake(out.stream for item in settled for out in item.outputs)
         return duplicates
 
     async def touch(self, stream: str, group: str, consumer: str, deliveries: Sequence[Delivery]) -> None:
@@ -189,7 +199,8 @@ class MemoryBroker(Broker):
             if got or remaining <= 0:
                 return got
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._store.waiters.add(fut)
+            waiting = self._store.waiters.setdefault(stream, set())
+            waiting.add(fut)
             try:
                 # Re-check after registering: a publish between the take and the add would be missed.
                 got = self._take_new(stream, group, consumer, count)
@@ -199,7 +210,7 @@ class MemoryBroker(Broker):
             except TimeoutError:
                 return []
             finally:
-                self._store.waiters.discard(fut)
+                waiting.discard(fut)
 
     def _take_new(self, stream: str, group: str, consumer: str, count: int) -> list[Delivery]:
         now = time.monotonic()
