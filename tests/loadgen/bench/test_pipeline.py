@@ -37,6 +37,7 @@ def test_the_ceiling_and_the_goals_come_from_each_round_alone() -> None:
     first, second = summary["rounds"]
     assert first["ceiling"] == 16.0 and first["best_plain"] == 13.0 and first["best_plain_variant"] == "resize"
     assert first["embedded_over_ceiling"] == round(15.5 / 16.0, 3) and first["services_over_plain"] == round(12 / 13, 3)
+    assert first["embedded_cpu_efficiency"] == round(125.0 / 70.0, 3)  # single-thread CPU ms per image over embedded's
     goals = summary["goals"]
     assert goals["embedded ≥ 0.95× ceiling, every round"]["met"] is False  # 5.5 / 6.2 in the second round
     assert goals["embedded ≥ 1.0× best plain, every round"]["met"] is False  # 5.5 / 6.0
