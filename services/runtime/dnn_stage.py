@@ -34,7 +34,7 @@ from visionpipe.hops import HopError
 from visionpipe.metrics import Metrics
 from visionpipe.services.models.loading import Kind, LoadedModel, load_model
 from visionpipe.services.runtime.cores import CPU, Demand
-from visionpipe.services.runtime.instances import Instances, on_cpu, stage_devices
+from visionpipe.services.runtime.instances import Instances, OnDevice, on_cpu, stage_devices
 from visionpipe.services.runtime.stage import BadInput, Outcome, Stage
 from visionpipe.settings import ExecutorSettings, InstanceSettings, Settings
 
@@ -64,8 +64,11 @@ def stage_executor(
     """
     if device == "cpu" and settings.max_batch > cpu_max_batch:
         settings = settings.model_copy(update={"max_batch": cpu_max_batch})
+    prepared = prepare_fn(fn, settings, device, settings.max_batch)
+    if device.startswith("cuda:") and device != "cuda:0":  # a second GPU: made current around the model's work
+        prepared = OnDevice(prepared, device)
     torch_device = TorchDevice(
-        prepare_fn(fn, settings, device, settings.max_batch),
+        prepared,
         item_shape=item_shape,
         item_dtype=torch.uint8,
         max_batch=settings.max_batch,

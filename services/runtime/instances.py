@@ -77,6 +77,29 @@ def on_cpu(fn: Callable[[torch.Tensor], Any], threads: int, stage: str) -> Calla
     return run
 
 
+class OnDevice:
+    """A device function (and its graph capture) run with its GPU current: the executor's threads start on the first.
+
+    Inside the executor's stream contexts the stream's device is current anyway; the capture of CUDA graphs at
+    warm-up, and the serial path, run outside them.
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], Any], device: str) -> None:
+        self.fn, self.device = fn, torch.device(device)
+        capture = getattr(fn, "capture", None)
+        if capture is not None:
+
+            def on_device_capture(like: torch.Tensor) -> None:
+                with torch.cuda.device(self.device):
+                    capture(like)
+
+            self.capture = on_device_capture
+
+    def __call__(self, batch: torch.Tensor) -> Any:
+        with torch.cuda.device(self.device):
+            return self.fn(batch)
+
+
 @dataclass
 class Instance:
     executor: BatchExecutor
