@@ -90,6 +90,10 @@ def test_the_letterbox_crosses_without_its_padding() -> None:
     assert got.image.shape == (24, 32, 3) and square.shape == (SIZE, SIZE, 3)
     assert np.array_equal(square[4:28], content) and (square[:4] == 114).all() and (square[28:] == 114).all()
     assert got.square(SIZE, 114) is not got.image and Letterboxed.read(_wire(sent), SIZE).content_shape == (24, 32, 3)
+    later = got.square_later(SIZE, 114)  # what the detector submits: drawn when numpy copies it into a batch
+    batch = np.zeros((2, SIZE, SIZE, 3), np.uint8)
+    batch[1] = later
+    assert later.shape == (SIZE, SIZE, 3) and np.array_equal(batch[1], square) and not batch[0].any()
     wrong = Letterboxed(content[:, :31], 64, 48, (0.5, 0.5), (0.0, 4.0)).write(Envelope("r"))
     with pytest.raises(HopError, match=r"the resized image's \[24, 32, 3\]"):
         Letterboxed.read(_wire(wrong), SIZE)

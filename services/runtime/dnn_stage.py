@@ -24,7 +24,7 @@ from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-import numpy as np
+import numpy.typing as npt
 import torch
 
 from visionpipe.envelope import Envelope, Event
@@ -123,7 +123,7 @@ class DnnStage(Stage, Generic[H]):
         """The device function (the contract in ``visionpipe.executor.host_io``) for ``model`` on ``device``."""
 
     @abstractmethod
-    def inputs(self, env: Envelope) -> tuple[H, Sequence[np.ndarray]]:
+    def inputs(self, env: Envelope) -> tuple[H, Sequence[npt.ArrayLike]]:
         """The hop this stage reads from ``env``, and the items to submit; raises ``HopError`` for a bad one."""
 
     @abstractmethod
@@ -184,7 +184,7 @@ class DnnStage(Stage, Generic[H]):
             fn = on_cpu(fn, threads, self.name)
         return stage_executor(fn, self.item_shape, self.settings.executor, device, self.cpu_max_batch, model)
 
-    async def submit(self, item: np.ndarray, deadline_ns: int | None = None) -> Any:
+    async def submit(self, item: npt.ArrayLike, deadline_ns: int | None = None) -> Any:
         """One item's output; ``deadline_ns`` is the request's (wall clock), handed on when tighter than the SLO.
 
         ``item`` may be a read-only view of the received message: the device copies it straight into its

@@ -126,12 +126,13 @@ class Letterboxed:
 
     def square(self, size: int, pad_value: int) -> np.ndarray:
         """The ``size``² letterbox: the image when it is one, else the resized image placed on ``pad_value`` grey."""
+        return np.asarray(self.square_later(size, pad_value))
+
+    def square_later(self, size: int, pad_value: int) -> np.ndarray | Square:
+        """:meth:`square`, built only when numpy copies it (``np.asarray``, or assigned into a batch buffer)."""
         if self.image.shape[:2] == (size, size):
             return self.image
-        canvas = np.full((size, size, 3), pad_value, dtype=np.uint8)
-        (h, w, _), (px, py) = self.content_shape, (int(self.pad[0]), int(self.pad[1]))
-        canvas[py : py + h, px : px + w] = self.image
-        return canvas
+        return Square(self.image, size, (int(self.pad[0]), int(self.pad[1])), pad_value)
 
     @classmethod
     def read(cls, env: Envelope, size: int) -> Letterboxed:
@@ -147,6 +148,25 @@ class Letterboxed:
         if min(geo.pad) < 0 or geo.pad[0] + w > size or geo.pad[1] + h > size:
             raise HopError(f"detector input: a {w}x{h} image at {list(geo.pad)} leaves the {size}² square")
         return cls(image, geo.width, geo.height, geo.scale, geo.pad, geo.decoder)
+
+
+class Square:
+    """A resized image on its letterbox square, drawn when numpy asks for the array (``__array__``).
+
+    The detector hands this to its executor as the item: the square is drawn on the executor's stager thread as
+    it fills the batch, not on the event loop that reads the hop. ``shape`` and ``dtype`` are the square's.
+    """
+
+    def __init__(self, image: np.ndarray, size: int, pad: tuple[int, int], pad_value: int) -> None:
+        self.image, self.pad, self.pad_value = image, pad, pad_value
+        self.shape = (size, size, 3)
+        self.dtype = np.dtype(np.uint8)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        canvas = np.full(self.shape, self.pad_value, dtype=np.uint8)
+        (h, w, _), (px, py) = self.image.shape, self.pad
+        canvas[py : py + h, px : px + w] = self.image
+        return canvas if dtype is None else canvas.astype(dtype, copy=False)
 
 
 def _content_shape(width: int, height: int, scale: tuple[float, float]) -> tuple[int, int, int]:
