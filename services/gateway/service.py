@@ -14,7 +14,6 @@ import hashlib
 import logging
 import time
 import uuid
-from pathlib import Path
 
 from visionpipe.broker import Broker, BrokerError, connect
 from visionpipe.ingress import (
@@ -25,6 +24,7 @@ from visionpipe.ingress import (
     frame_envelope,
     publish_frames,
 )
+from visionpipe.services.gateway.auth import read_tokens
 from visionpipe.services.gateway.documents import RECEIVED
 from visionpipe.services.gateway.errors import GatewayError
 from visionpipe.services.gateway.gateway_metrics import GatewayMetrics
@@ -42,18 +42,6 @@ FINGERPRINT_CHARS = 32
 
 def fingerprint(image: bytes) -> str:
     return hashlib.sha256(image).hexdigest()[:FINGERPRINT_CHARS]
-
-
-def read_tokens(path: Path | None) -> frozenset[str]:
-    """Bearer tokens, one per line (blank lines and # comments skipped); a named file with none is an error."""
-    if path is None:
-        return frozenset()
-    tokens = frozenset(
-        line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")
-    )
-    if not tokens:
-        raise ValueError(f"gateway.tokens_file {path} holds no token")
-    return tokens
 
 
 class Gateway:

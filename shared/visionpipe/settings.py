@@ -293,6 +293,9 @@ class GatewaySettings(BaseModel):
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line plus headers, in bytes")
     retry_after_s: int = Field(1, ge=0, description="Retry-After of a 429 or 503: when a retry may find room")
     tokens_file: Path | None = Field(None, description="file of bearer tokens, one per line; unset: no auth")
+    protect_docs_and_metrics: bool = Field(
+        False, description="with tokens: /metrics, /docs, /openapi.json need one too"
+    )
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty: CORS off")
     ingest_url: str = Field(
         "", description="API of a running `visionpipe ingest` (http://host:port): /v1/streams is served here too"
