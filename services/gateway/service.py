@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 
+from visionpipe import heap
 from visionpipe.broker import Broker, BrokerError, connect
 from visionpipe.ingress import (
     BacklogWatch,
@@ -65,6 +66,7 @@ class Gateway:
     async def start(self) -> None:
         """Connect and start reading; after a ``stop()`` it starts afresh (an ASGI lifespan may run again)."""
         self.stopping.clear()
+        heap.keep_large_blocks_mapped()  # uploads of up to limits.max_image_bytes go back to the OS once published
         if self._broker is None:
             self._broker = await connect(settings=self.settings)
         await ensure_pipeline_streams(self.broker, self.settings)
@@ -72,11 +74,10 @@ class Gateway:
         consumer = f"{self.settings.service.consumer}-gateway"
         self.reader = ResultsReader(self.broker, self.settings, self.results, self.metrics, consumer)
         await self.reader.open()
-        self.watch = BacklogWatch(self.broker, self.settings)
-        self._tasks = [
-            asyncio.create_task(self.reader.run(), name="gateway-results"),
-            asyncio.create_task(self.watch.run(), name="gateway-backlog"),
-        ]
+        # On a thread of its own: an upload that keeps this loop busy must not make the reading look stale.
+        self.watch = BacklogWatch(None, self.settings)
+        await asyncio.to_thread(self.watch.start_thread, self.broker.url)
+        self._tasks = [asyncio.create_task(self.reader.run(), name="gateway-results")]
         self.metrics.ready.labels("gateway").set(1)
         log.info("gateway reading %s as %s", self.reader.collector.results_stream, self.reader.collector.group)
 
@@ -88,6 +89,8 @@ class Gateway:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.watch is not None:
+            await asyncio.to_thread(self.watch.stop_thread)
         if self.results is not None:
             await self.results.close()
         if self._owns_broker and self._broker is not None:
@@ -101,6 +104,7 @@ class Gateway:
             self.reader is not None
             and self.reader.opened
             and self.watch is not None
+            and self.watch.alive
             and self.watch.fresh
             and all(not t.done() for t in self._tasks)
             and not self.stopping.is_set()
