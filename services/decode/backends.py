@@ -4,8 +4,8 @@
   same pipeline runs on the CPU (``device_id=None``) so CI can test it.
 * ``nvjpeg``: ``torchvision.io.decode_jpeg(device="cuda")`` on the whole
   batch, resize and pad on the GPU; non-JPEG inputs take the CPU path.
-* ``cpu``: Pillow in a thread pool of every core (Pillow releases the GIL
-  while decoding and resizing).
+* ``cpu``: Pillow in a thread pool (every core, up to 8; Pillow releases the
+  GIL while decoding and resizing), with the pixels decoded at once bounded.
 
 Each returns, per input, either ``(HWC uint8 array, Geometry)`` or a
 :class:`BadImage`: one bad image never fails the others in its batch.
@@ -24,12 +24,18 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
+from visionpipe import heap
 from visionpipe.services.decode.images import BadImage, Geometry, Header, check_header, letterbox_cpu
+from visionpipe.services.decode.pixels import PixelBudget
 from visionpipe.settings import DecodeSettings, LimitSettings
 
 log = logging.getLogger(__name__)
 
 JPEG_EOI = b"\xff\xd9"
+# Threads when decode.workers is 0: more cores than this add little to a stage that decodes batches of 16.
+MAX_DEFAULT_WORKERS = 8
+# After a batch with an image this large, malloc is asked to give its free pages back.
+TRIM_AFTER_PIXELS = 4_000_000
 # Look for EOI this far from the end: covers zero padding and short trailers without scanning the file.
 EOI_SEARCH_BYTES = 64
 
@@ -45,19 +51,25 @@ class Decoder(ABC):
         self.size = settings.input_size
         self.pad_value = settings.pad_value
         self.limits = limits
-        self.pool = ThreadPoolExecutor(settings.workers or os.cpu_count() or 1, thread_name_prefix="decode")
+        self.threads = default_workers(settings)
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="decode")
+        # Memory is bounded by pixels in flight, not by threads: a big host's many cores decode no more at once.
+        self.budget = PixelBudget(limits.decode_max_pixels)
 
     @abstractmethod
     def decode(self, images: Sequence[bytes]) -> list[Decoded]: ...
 
     def cpu_one(self, data: bytes) -> Decoded:
         try:
-            return letterbox_cpu(data, self.size, self.limits, self.pad_value)
+            return letterbox_cpu(data, self.size, self.limits, self.pad_value, self.budget)
         except BadImage as exc:
             return exc
 
     def cpu_many(self, images: Sequence[bytes]) -> list[Decoded]:
-        return list(self.pool.map(self.cpu_one, images))
+        out = list(self.pool.map(self.cpu_one, images))
+        if any(not isinstance(r, BadImage) and r[1].width * r[1].height >= TRIM_AFTER_PIXELS for r in out):
+            heap.trim()  # a large image's pages go back to the OS, not kept for the next one
+        return out
 
     def checked(self, images: Sequence[bytes], want_jpeg: bool) -> tuple[list[Decoded | None], dict[int, Header]]:
         """Header checks for a GPU batch: results so far (None = to do) and the inputs the GPU should take."""
@@ -69,9 +81,22 @@ class Decoder(ABC):
             except BadImage as exc:
                 out[i] = exc
                 continue
-            if header.is_jpeg or not want_jpeg:
+            # Modes beyond 8-bit RGB and grey (16-bit, alpha, palettes, CMYK) and orientations the GPU path does
+            # not apply take the CPU path, so every path returns the same picture for the same file.
+            if (header.is_jpeg or not want_jpeg) and header.plain and self.orients(header):
                 gpu[i] = header
         return out, gpu
+
+    def orients(self, header: Header) -> bool:
+        """Whether this decoder's GPU path applies ``header``'s EXIF orientation itself."""
+        return header.orientation == 1
+
+    def rest_on_cpu(self, out: list[Decoded | None], images: Sequence[bytes]) -> list[Decoded]:
+        """Every input without a result yet, decoded on the CPU; the results in input order."""
+        rest = [i for i, r in enumerate(out) if r is None]
+        for i, r in zip(rest, self.cpu_many([images[i] for i in rest]), strict=True):
+            out[i] = r
+        return [r for r in out if r is not None]
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -93,6 +118,9 @@ class NvjpegDecoder(Decoder):
         super().__init__(settings, limits)
         self.device = device
 
+    def orients(self, header: Header) -> bool:
+        return True  # orient_chw, on the device
+
     def decode(self, images: Sequence[bytes]) -> list[Decoded]:
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -110,16 +138,13 @@ class NvjpegDecoder(Decoder):
                 tensors = [self._one(d) for d in datas]
         on_gpu: list[tuple[int, Any, Geometry]] = []
         for i, img in zip(gpu, tensors, strict=True):
-            if img is not None:
-                on_gpu.append((i, *self._letterbox(img)))
+            if img is not None:  # nvJPEG ignores EXIF: the orientation is applied to the decoded tensor
+                on_gpu.append((i, *self._letterbox(orient_chw(img, gpu[i].orientation))))
         if on_gpu:  # one device-to-host copy for the whole batch
             host = torch.stack([canvas for _, canvas, _ in on_gpu]).cpu().numpy()
             for k, (i, _, geo) in enumerate(on_gpu):
                 out[i] = (host[k], geo)
-        rest = [i for i, r in enumerate(out) if r is None]  # not JPEG, or nvJPEG could not: the CPU path
-        for i, r in zip(rest, self.cpu_many([images[i] for i in rest]), strict=True):
-            out[i] = r
-        return [r for r in out if r is not None]
+        return self.rest_on_cpu(out, images)  # not JPEG, not plain, or nvJPEG could not: the CPU path
 
     def _one(self, data: Any) -> Any:
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -158,8 +183,10 @@ class DaliDecoder(Decoder):
         super().__init__(settings, limits)
         self.device_id = device_id
         self.max_batch = settings.batch
-        self.threads = settings.workers or os.cpu_count() or 1
         self.pipe = self._build()
+
+    def orients(self, header: Header) -> bool:
+        return header.orientation == 1 or header.is_jpeg  # DALI applies a JPEG's EXIF orientation (adjust_orientation)
 
     def _build(self) -> Any:
         import importlib
@@ -179,7 +206,9 @@ class DaliDecoder(Decoder):
         )
         def letterbox() -> Any:
             encoded = fn.external_source(name="encoded", dtype=types.UINT8)
-            image = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
+            image = fn.decoders.image(
+                encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB, adjust_orientation=True
+            )
             image = fn.resize(image, resize_longer=size)
             return fn.crop(
                 image, crop=(size, size), crop_pos_x=0.5, crop_pos_y=0.5, out_of_bounds_policy="pad", fill_values=fill
@@ -211,7 +240,7 @@ class DaliDecoder(Decoder):
                 continue
             for i, arr in zip(chunk, arrays, strict=True):
                 out[i] = (arr, Geometry.fit(headers[i].width, headers[i].height, self.size))
-        return [r for r in out if r is not None]
+        return self.rest_on_cpu(out, images)
 
     def _isolated(self, data: bytes, header: Header) -> Decoded:
         try:
@@ -220,6 +249,21 @@ class DaliDecoder(Decoder):
             self.pipe = self._build()
             return self.cpu_one(data)  # names the reason, or decodes what DALI could not
         return arr, Geometry.fit(header.width, header.height, self.size)
+
+
+def orient_chw(img: Any, orientation: int) -> Any:
+    """A CHW tensor as the EXIF ``orientation`` says it is shown (the same transforms as Pillow's, on any device)."""
+    flips = {2: [2], 3: [1, 2], 4: [1], 5: [], 6: [2], 7: [1, 2], 8: [1]}.get(orientation)
+    if flips is None:
+        return img
+    if orientation >= 5:  # the axes swap first: transpose, then the flips of the transposed image
+        img = img.transpose(1, 2)
+    return img.flip(flips) if flips else img
+
+
+def default_workers(settings: DecodeSettings) -> int:
+    """The setting, else every core up to :data:`MAX_DEFAULT_WORKERS`."""
+    return settings.workers or min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)
 
 
 def _ends_with_eoi(data: bytes) -> bool:

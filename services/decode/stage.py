@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
+from visionpipe import heap
 from visionpipe.envelope import Envelope, Event
 from visionpipe.executor.torch_device import resolve_device
 from visionpipe.hops import EncodedImage, HopError, Letterboxed
@@ -29,6 +30,7 @@ class DecodeStage(BatchStage):
         self.decoder: Decoder | None = None
 
     async def start(self) -> None:
+        heap.keep_large_blocks_mapped()  # a decoded large image's memory goes back to the OS once it is done with
         device = resolve_device(self.settings.service.device)
         self.decoder = await asyncio.to_thread(make_decoder, self.settings.decode, self.settings.limits, device)
 

@@ -93,6 +93,13 @@ class LimitSettings(BaseModel):
     max_image_bytes: int = 25 * 1024 * 1024
     # 50 MP: a 16-bit decompression bomb stops here, a large phone photo (48 MP) still passes.
     max_image_pixels: int = 50_000_000
+    # Pillow reads dozens of formats, some through slow or external code (EPS runs Ghostscript): these only.
+    image_formats: list[str] = Field(
+        default_factory=lambda: ["JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF"],
+        description="image formats accepted (Pillow's names); anything else is refused as not an image",
+    )
+    # Pillow holds 4 bytes a pixel while decoding, plus a copy to convert: 100 MP is under 1 GB in every case.
+    decode_max_pixels: int = Field(100_000_000, ge=1, description="pixels decoded at once per decode process")
     max_message_bytes: int = 64 * 1024 * 1024
     # Ingress stops admitting above this backlog (pending + undelivered, summed over every stage's input).
     ingress_high_watermark: int = 2_000
@@ -135,7 +142,7 @@ class DecodeSettings(BaseModel):
     )
     input_size: int = Field(640, ge=32, le=4096, description="letterboxed square side fed to the detector")
     batch: int = Field(16, ge=1, description="frames taken from the broker per decode batch")
-    workers: int = Field(0, ge=0, description="CPU decode threads; 0 means every core")
+    workers: int = Field(0, ge=0, description="CPU decode threads; 0 means every core, up to 8")
     # 114 is the grey YOLO-family letterboxes use; any mid-grey keeps padding away from both ends of the range.
     pad_value: int = Field(114, ge=0, le=255, description="grey level of the letterbox padding")
 
