@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from visionpipe.broker import BrokerError, Delivery, MemoryBroker
 from visionpipe.collector import Collected, Collector
 from visionpipe.envelope import Envelope
@@ -34,10 +36,8 @@ async def test_results_read_before_a_failed_dead_letter_read_are_stored_and_acke
         handed.extend(env.request_id for env in batch.results)
 
     for _ in range(3):  # the reader's loop: a failed poll is retried
-        try:
+        with contextlib.suppress(BrokerError):
             await collector.poll(0.05, sink)
-        except BrokerError:
-            pass
     assert handed == ["r0", "r1", "r2"]
     backlog = await broker.backlog(results, "reader")
     assert backlog.total == 0, f"{backlog.pending} results read but never acked: no reader of this group gets them"

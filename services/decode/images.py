@@ -113,12 +113,7 @@ def check_header(data: bytes, limits: LimitSettings) -> Header:
     if len(data) > limits.max_image_bytes:
         raise BadImage(f"image of {len(data)} bytes exceeds the limit of {limits.max_image_bytes}")
     try:
-        if data.startswith(JPEG_SOI):  # before Pillow: its own walks over junk and chunks are slow
-            integrity.jpeg_frame(data)
-        elif data.startswith(integrity.PNG_SIGNATURE):
-            integrity.check_png_chunks(data)
-        elif data.startswith(GIF_SIGNATURES):
-            integrity.check_gif_blocks(data)
+        _walk_container(data)
         with Image.open(io.BytesIO(data), formats=readable(limits)) as img:
             fmt, (width, height), mode = img.format or "unknown", img.size, img.mode
             orientation, transparent = exif_orientation(img), has_alpha(img)
@@ -141,6 +136,16 @@ def check_header(data: bytes, limits: LimitSettings) -> Header:
     if orientation in SWAPS_AXES:
         width, height = height, width
     return Header(fmt, width, height, mode, orientation, transparent)
+
+
+def _walk_container(data: bytes) -> None:
+    """Before Pillow, whose own walks over junk, chunks and blocks are slow in Python."""
+    if data.startswith(JPEG_SOI):
+        integrity.jpeg_frame(data)
+    elif data.startswith(integrity.PNG_SIGNATURE):
+        integrity.check_png_chunks(data)
+    elif data.startswith(GIF_SIGNATURES):
+        integrity.check_gif_blocks(data)
 
 
 def _check_size(data: bytes, fmt: str, width: int, height: int) -> None:

@@ -2,8 +2,9 @@
 
 * **JPEG markers, PNG chunks, GIF blocks.** Pillow skips junk between JPEG markers one byte at a time in Python:
   24 MB of it kept a thread (and, on the gateway, its event loop) busy for seconds; it walks a PNG's chunks and a
-  GIF's extension blocks before the image data in Python too. Both are walked here first, quickly (``bytes.find``, one step per chunk), and a file with
-  more junk, segments or chunks than any encoder writes is refused before Pillow sees it.
+  GIF's extension blocks before the image data in Python too. They are walked here first, quickly
+  (``bytes.find``, one step per chunk), and a file with more junk, segments, chunks or blocks than any encoder
+  writes is refused before Pillow sees it.
 * **Too little data for the pixels.** A 600-byte JPEG or a 300-byte PNG may declare 7000x7000 pixels; Pillow then
   decodes what is there and fills the rest, so a bomb of a few hundred bytes costs a full-size decode and answers
   with a grey or black picture. Every Huffman-coded JPEG needs at least one bit per 8x8 block of each component,
@@ -72,27 +73,32 @@ def _segment_length(data: bytes, pos: int) -> int:
     return length
 
 
+def _next_marker(data: bytes, pos: int, junk: int) -> tuple[int, int]:
+    """The position of the next marker byte (past its 0xFF) and the junk and fill skipped so far."""
+    if pos >= len(data):
+        raise Malformed("JPEG ends before its image data")
+    if data[pos] != 0xFF:
+        nxt = data.find(b"\xff", pos)
+        junk += (len(data) if nxt < 0 else nxt) - pos
+        if nxt < 0 or junk > MAX_JPEG_JUNK_BYTES:
+            raise Malformed(f"corrupt JPEG: more than {junk} bytes of junk between markers")
+        pos = nxt
+    fill = FILL.match(data, pos)
+    assert fill is not None
+    # Fill bytes before a marker are legal, but Pillow walks them slower still than junk: bounded alike.
+    junk += fill.end() - pos - 1
+    if junk > MAX_JPEG_JUNK_BYTES:
+        raise Malformed(f"corrupt JPEG: more than {junk} bytes of junk or fill between markers")
+    if fill.end() >= len(data):
+        raise Malformed("JPEG ends before its image data")
+    return fill.end(), junk
+
+
 def jpeg_frame(data: bytes) -> JpegFrame:
     """Walk the marker segments up to the first scan; raise :class:`Malformed` for junk, excess or no frame."""
     pos, junk, segments, frame = 2, 0, 0, None
     while True:
-        if pos >= len(data):
-            raise Malformed("JPEG ends before its image data")
-        if data[pos] != 0xFF:
-            nxt = data.find(b"\xff", pos)
-            junk += (len(data) if nxt < 0 else nxt) - pos
-            if nxt < 0 or junk > MAX_JPEG_JUNK_BYTES:
-                raise Malformed(f"corrupt JPEG: more than {junk} bytes of junk between markers")
-            pos = nxt
-        fill = FILL.match(data, pos)
-        assert fill is not None
-        # Fill bytes before a marker are legal, but Pillow walks them slower still than junk: bounded alike.
-        junk += fill.end() - pos - 1
-        if junk > MAX_JPEG_JUNK_BYTES:
-            raise Malformed(f"corrupt JPEG: more than {junk} bytes of junk or fill between markers")
-        pos = fill.end()
-        if pos >= len(data):
-            raise Malformed("JPEG ends before its image data")
+        pos, junk = _next_marker(data, pos, junk)
         marker, pos = data[pos], pos + 1
         if marker in STANDALONE or marker == SOI:
             continue
@@ -159,7 +165,8 @@ def _png_chunks(data: bytes) -> tuple[bytes, list[tuple[int, int]]]:
     """The IHDR body and the (offset, length) of every IDAT chunk before IEND."""
     if not data.startswith(PNG_SIGNATURE):
         raise Malformed("not a PNG")
-    pos, ihdr, idat = len(PNG_SIGNATURE), b"", []
+    pos, ihdr = len(PNG_SIGNATURE), b""
+    idat: list[tuple[int, int]] = []
     for count in range(MAX_PNG_CHUNKS):
         if pos + 8 > len(data):
             return ihdr, idat  # no IEND: what the data holds decides
