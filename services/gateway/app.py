@@ -123,14 +123,16 @@ def _upload_routes(api: APIRouter, gw: Gateway) -> None:
         timeout_ms: Annotated[int | None, Query(ge=0, le=max_wait_ms, description="how long to wait")] = None,
     ) -> Response:
         received = time.time_ns()
-        image, _ = await read_image(request, gw.settings)
-        rid = await gw.submit(image, x_request_id, received, claim=False)  # the client learns the id from us
-        del image  # published: a waiting request should not hold its upload (up to limits.max_image_bytes)
+        with gw.uploads.hold() as hold:  # published: a waiting request holds no upload (up to max_image_bytes)
+            image, _ = await read_image(request, gw.settings, hold)
+            sub = await gw.submit(image, x_request_id, received, claim=False)  # the client learns the id from us
+            del image
+        rid = sub.request_id
         wait_s = settings.wait_s if timeout_ms is None else timeout_ms / 1000
-        doc = await gw.wait(rid, min(wait_s, settings.max_wait_s))
+        doc = await gw.wait(rid, sub.claim, min(wait_s, settings.max_wait_s))
         if doc is None:
             if x_request_id is None:
-                await gw.claim(rid)  # now the client has the id: a GET of it must say "pending"
+                await gw.claim(rid, sub.claim)  # now the client has the id: a GET of it must say "pending"
             raise GatewayError(
                 504, "timeout", f"no result within {wait_s:g} s; it can be fetched later", request_id=rid
             )
@@ -146,8 +148,9 @@ def _upload_routes(api: APIRouter, gw: Gateway) -> None:
     )
     async def submit(request: Request, x_request_id: RequestIdHeader = None) -> JSONResponse:
         received = time.time_ns()
-        image, _ = await read_image(request, gw.settings)
-        rid = await gw.submit(image, x_request_id, received)
+        with gw.uploads.hold() as hold:
+            image, _ = await read_image(request, gw.settings, hold)
+            rid = (await gw.submit(image, x_request_id, received)).request_id
         url = f"/v1/results/{rid}"
         body = Accepted(request_id=rid, result_url=url).model_dump()
         return JSONResponse(body, status_code=202, headers={"Location": url, "X-Request-Id": rid})
@@ -174,11 +177,10 @@ def _result_route(api: APIRouter, gw: Gateway) -> None:
     ) -> Response:
         if not gw.ready:
             raise gw.not_ready()
-        doc = await gw.wait(request_id, 0.0)
-        if doc is None and not await gw.admitted(request_id):  # nothing will come: no reason to wait
+        claim = await gw.claimed(request_id)  # the result answered is the one of the submission holding the id now
+        if claim is None:  # nothing will come: no reason to wait
             raise GatewayError(404, "not_found", "no such request, or its result expired", request_id=request_id)
-        if doc is None and wait_ms:
-            doc = await gw.wait(request_id, wait_ms / 1000)
+        doc = await gw.wait(request_id, claim, wait_ms / 1000)
         if doc is None:
             return JSONResponse(Pending(request_id=request_id).model_dump(), status_code=202)
         return document_response(doc, request_id)

@@ -299,6 +299,8 @@ class GatewaySettings(BaseModel):
     header_timeout_s: float = Field(10.0, gt=0.0, description="longest time to receive a request's head")
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line plus headers, in bytes")
     retry_after_s: int = Field(1, ge=0, description="Retry-After of a 429 or 503: when a retry may find room")
+    # Each upload is held from its Content-Length (or its bytes as they come) until published; 429 beyond this.
+    max_upload_bytes_in_flight: int = Field(128 * 1024**2, ge=1, description="bytes of uploads held at once")
     tokens_file: Path | None = Field(None, description="file of bearer tokens, one per line; unset: no auth")
     protect_docs_and_metrics: bool = Field(
         False, description="with tokens: /metrics, /docs, /openapi.json need one too"
