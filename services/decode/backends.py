@@ -139,7 +139,7 @@ class NvjpegDecoder(Decoder):
         on_gpu: list[tuple[int, Any, Geometry]] = []
         for i, img in zip(gpu, tensors, strict=True):
             if img is not None:  # nvJPEG ignores EXIF: the orientation is applied to the decoded tensor
-                on_gpu.append((i, *self._letterbox(orient_chw(img, gpu[i].orientation))))
+                on_gpu.append((i, *self._letterbox(orient_chw(img, gpu[i].orientation), gpu[i].orientation)))
         if on_gpu:  # one device-to-host copy for the whole batch
             host = torch.stack([canvas for _, canvas, _ in on_gpu]).cpu().numpy()
             for k, (i, _, geo) in enumerate(on_gpu):
@@ -154,13 +154,13 @@ class NvjpegDecoder(Decoder):
         except RuntimeError:
             return None  # the CPU path then names the reason
 
-    def _letterbox(self, img: Any) -> tuple[Any, Geometry]:
+    def _letterbox(self, img: Any, orientation: int) -> tuple[Any, Geometry]:
         """Resize and pad on the GPU; returns the HWC canvas still on the device."""
         import torch
         import torch.nn.functional as F
 
         _, h, w = img.shape
-        geo = Geometry.fit(w, h, self.size)
+        geo = Geometry.fit(w, h, self.size, orientation)
         resized = F.interpolate(
             img[None].float(), size=(geo.resized_h, geo.resized_w), mode="bilinear", antialias=True, align_corners=False
         )
@@ -239,7 +239,8 @@ class DaliDecoder(Decoder):
                     out[i] = self._isolated(images[i], headers[i])
                 continue
             for i, arr in zip(chunk, arrays, strict=True):
-                out[i] = (arr, Geometry.fit(headers[i].width, headers[i].height, self.size))
+                h = headers[i]
+                out[i] = (arr, Geometry.fit(h.width, h.height, self.size, h.orientation))
         return self.rest_on_cpu(out, images)
 
     def _isolated(self, data: bytes, header: Header) -> Decoded:
@@ -248,7 +249,7 @@ class DaliDecoder(Decoder):
         except Exception:
             self.pipe = self._build()
             return self.cpu_one(data)  # names the reason, or decodes what DALI could not
-        return arr, Geometry.fit(header.width, header.height, self.size)
+        return arr, Geometry.fit(header.width, header.height, self.size, header.orientation)
 
 
 def orient_chw(img: Any, orientation: int) -> Any:

@@ -50,12 +50,13 @@ class Geometry:
     size: int
     resized_w: int
     resized_h: int
+    orientation: int = 1  # the EXIF orientation applied: width and height are as the image is displayed
 
     @classmethod
-    def fit(cls, width: int, height: int, size: int) -> Geometry:
+    def fit(cls, width: int, height: int, size: int, orientation: int = 1) -> Geometry:
         scale = min(size / width, size / height)
         rw, rh = max(1, min(size, round(width * scale))), max(1, min(size, round(height * scale)))
-        return cls(width, height, size, rw, rh)
+        return cls(width, height, size, rw, rh, orientation)
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -170,7 +171,7 @@ def letterbox_cpu(
     bounds the pixels this process decodes at once; the EXIF orientation is applied.
     """
     header = check_header(data, limits)
-    geo = Geometry.fit(header.width, header.height, size)
+    geo = Geometry.fit(header.width, header.height, size, header.orientation)
     target = header.stored(geo.resized_w, geo.resized_h)
     try:
         if header.format == "PNG":

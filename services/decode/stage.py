@@ -63,7 +63,8 @@ class DecodeStage(BatchStage):
                 out.append(BadInput(result.reason))
             else:
                 array, geo = result
-                child = Letterboxed(array, geo.width, geo.height, geo.scale, geo.pad, self.backend).write(env)
+                hop = Letterboxed(array, geo.width, geo.height, geo.scale, geo.pad, self.backend, geo.orientation)
+                child = hop.write(env)
                 child.stamp(self.name, Event.BATCH_START, start)
                 child.stamp(self.name, Event.COMPUTE_DONE, done)
                 out.append(child)

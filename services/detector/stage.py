@@ -63,6 +63,7 @@ class DetectorStage(DnnStage[Letterboxed]):
             objects=self._objects(found["boxes"][:n], found["scores"][:n], found["labels"][:n], hop),
             crops=np.ascontiguousarray(found["crops"][:n].numpy()),
             weights={"detector": self.model.weights},
+            orientation=hop.orientation,
         ).write(env)
 
     def _objects(self, boxes: Any, scores: Any, labels: Any, hop: Letterboxed) -> list[DetectedObject]:

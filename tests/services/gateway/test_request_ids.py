@@ -35,7 +35,7 @@ async def test_an_id_reused_between_the_claims_and_the_results_expiry_is_refused
     async with serving(settings, stall=stall) as live, aiohttp.ClientSession() as s:
         t0 = time.monotonic()
         status, doc = await detect(s, live.url, a, "x")
-        assert status == 200 and doc["image"] == {"width": 640, "height": 480}
+        assert status == 200 and doc["image"] == {"width": 640, "height": 480, "orientation": 1}
         await until(t0, TTL_S + 0.2)  # past A's claim (a TTL after submission), within its result (after completion)
         status, doc = await detect(s, live.url, b, "x")
         assert status == 409 and doc["error"] == "request_id_conflict", doc
@@ -43,7 +43,7 @@ async def test_an_id_reused_between_the_claims_and_the_results_expiry_is_refused
             assert r.status == 200 and (await r.json())["image"]["width"] == 640  # still A's, for A's client
         await until(t0, 2 * TTL_S + 1.5)  # A's result and claim gone: the id is free
         status, doc = await detect(s, live.url, b, "x")
-        assert status == 200 and doc["image"] == {"width": 320, "height": 200}, doc
+        assert status == 200 and doc["image"] == {"width": 320, "height": 200, "orientation": 1}, doc
 
 
 async def test_a_result_that_comes_after_its_claim_expired_is_not_the_new_images(ns: str, redis_server: Server) -> None:
@@ -59,8 +59,8 @@ async def test_a_result_that_comes_after_its_claim_expired_is_not_the_new_images
         first = asyncio.create_task(detect(s, live.url, a, "y"))
         await asyncio.sleep(TTL_S + 0.3)  # A's claim has expired; A is still in the pipeline
         status, doc = await detect(s, live.url, b, "y")
-        assert status == 200 and doc["image"] == {"width": 320, "height": 200}, doc
+        assert status == 200 and doc["image"] == {"width": 320, "height": 200, "orientation": 1}, doc
         status, doc = await first  # A's client waited on A's submission: a late result, or none, never B's
-        assert status == 504 or doc["image"] == {"width": 640, "height": 480}, doc
+        assert status == 504 or doc["image"] == {"width": 640, "height": 480, "orientation": 1}, doc
         async with s.get(live.url + "/v1/results/y") as r:
             assert r.status == 200 and (await r.json())["image"]["width"] == 320

@@ -60,7 +60,9 @@ def test_run_serve_prints_a_url_that_answers(tmp_path: Path) -> None:
         assert url is not None and url.group(1) == f"http://127.0.0.1:{port}", log.read_text()
         status, _, body = http("POST", url.group(1) + "/v1/detect", jpeg(), {"Content-Type": "image/jpeg"}, 60)
         doc = json.loads(body)
-        assert status == 200 and doc["image"] == {"width": 640, "height": 480} and doc["objects"], body[:300]
+        assert status == 200 and doc["image"] == {"width": 640, "height": 480, "orientation": 1} and doc["objects"], (
+            body[:300]
+        )
         assert doc["weights"] == {"detector": "random", "classifier": "random"}
         assert "curl --data-binary" in log.read_text()
         proc.send_signal(signal.SIGINT)
