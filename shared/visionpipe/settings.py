@@ -84,6 +84,10 @@ class StreamSettings(BaseModel):
     crops: str = "crops"
     results: str = "results"
     dead_letter: str = "dead"
+    # Kept for operators (`visionpipe dlq`) whoever else reads them, the oldest going first (Kafka: topic retention).
+    dead_letter_max_age_s: float = Field(7 * 86400.0, gt=0, description="dead letters are kept this long at most")
+    dead_letter_max_count: int = Field(10_000, ge=1, description="dead letters kept at most")
+    dead_letter_max_bytes: int = Field(256 * 1024**2, ge=1, description="bytes of dead letters kept at most")
 
     def name(self, stream: str) -> str:
         return f"{self.prefix}.{getattr(self, stream)}" if self.prefix else getattr(self, stream)
