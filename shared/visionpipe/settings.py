@@ -93,15 +93,17 @@ class StreamSettings(BaseModel):
         return f"{self.prefix}.{getattr(self, stream)}" if self.prefix else getattr(self, stream)
 
 
+IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")  # Pillow's names
+# FFmpeg filters that only draw or reshape frames: none reads a file or opens a URL (movie, metadata, *file* do).
+LAVFI_FILTERS = ("testsrc", "testsrc2", "smptebars", "smptehdbars", "color", "mandelbrot", "scale", "fps", "format")
+
+
 class LimitSettings(BaseModel):
     max_image_bytes: int = 25 * 1024 * 1024
     # 50 MP: a 16-bit decompression bomb stops here, a large phone photo (48 MP) still passes.
     max_image_pixels: int = 50_000_000
     # Pillow reads dozens of formats, some through slow or external code (EPS runs Ghostscript): these only.
-    image_formats: list[str] = Field(
-        default_factory=lambda: ["JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF"],
-        description="image formats accepted (Pillow's names); anything else is refused as not an image",
-    )
+    image_formats: list[str] = Field(default_factory=lambda: list(IMAGE_FORMATS), description="formats accepted")
     # Pillow holds 4 bytes a pixel while decoding, plus a copy to convert: 100 MP is under 1 GB in every case.
     decode_max_pixels: int = Field(100_000_000, ge=1, description="pixels decoded at once per decode process")
     max_message_bytes: int = 64 * 1024 * 1024
@@ -270,6 +272,10 @@ class IngestSettings(BaseModel):
     reconnect_backoff_max_s: float = Field(8.0, gt=0)
     hwaccel: Literal["none", "cuda"] = Field("none", description="cuda: NVDEC where FFmpeg and the driver allow")
     results_group: str = Field("ingest", description="consumer group of the results reader (--results, annotate)")
+    # POST /v1/streams takes only these (sources given at start are the operator's own, and not checked).
+    api_schemes: list[str] = Field(default_factory=lambda: ["rtsp", "rtsps", "http", "https", "srt"])
+    api_file_roots: list[Path] = Field(default_factory=list, description="folders the API may ingest files from")
+    api_lavfi_filters: list[str] = Field(default_factory=lambda: list(LAVFI_FILTERS))
 
     @field_validator("sources", mode="before")
     @classmethod
