@@ -20,8 +20,9 @@ The results stream counts even when no consumer group reads it: Redis holds
 its bytes all the same, and a pipeline whose results nobody collects should
 stop with a refusal that says so, not at ``maxmemory``. Once a reader (the
 HTTP gateway, ``visionpipe run``'s collector, your own group) acks results,
-the ack trims them and the bound frees again. Dead letters count too, until
-``visionpipe dlq replay`` or an operator's group takes them.
+the ack trims them and the bound frees again. Dead letters count too, within
+their own retention (``streams.dead_letter_max_bytes``, a quarter of the default
+bound): they are kept for operators whoever reads them.
 """
 
 from __future__ import annotations
