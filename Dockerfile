@@ -44,12 +44,17 @@ RUN printf '%s\n' '#!/bin/sh' \
         'exec "$@"' > /usr/local/bin/with-ca \
     && chmod 755 /usr/local/bin/with-ca
 
-# 1. torch and torchvision, pinned like in pyproject.toml and the Makefile: 5 GB that change least often.
+# 1. torch and torchvision, pinned like in pyproject.toml and the Makefile: 5 GB that change least often. They go to
+#    a folder of their own, /opt/torch, on the venv's path through a .pth file, so that the runtime stage copies them
+#    as a layer of their own: a code or dependency change then copies the rest of the venv (~1 GB) and not 5 GB
+#    again, and the stages' and the load generator's images share that layer. pip sees them there as installed.
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
 RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca \
     with-ca pip install pip==25.2 setuptools==80.9.0 wheel==0.45.1 \
-    && with-ca pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
+    && with-ca pip install --target /opt/torch "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
+    && echo /opt/torch > "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/opt-torch.pth" \
+    && python -c "import torch, torchvision; assert torch.__file__.startswith('/opt/torch/')"
 
 # 2. The remaining dependencies and the extras named by EXTRAS, read from pyproject.toml alone, so that editing the
 #    code does not invalidate this layer; only a dependency change does. A stage's image takes the `gpu` extra
@@ -96,8 +101,9 @@ RUN apt-get update \
     && mkdir -p /cache /out \
     && chown visionpipe:visionpipe /cache /out
 
-# The models change far less often than the code: their layer first, so a code edit reuses it.
+# The models and torch change far less often than the code: their layers first, so a code edit reuses them.
 COPY --from=build /opt/visionpipe/models /opt/visionpipe/models
+COPY --from=build /opt/torch /opt/torch
 COPY NOTICE /opt/visionpipe/NOTICE
 COPY --from=build /opt/venv /opt/venv
 

@@ -183,6 +183,25 @@ broker_image() { # TAG DOCKERFILE CONTEXT
         { tail -20 "$OUT/build-$(basename "$2").log" >&2; fail "building $1"; }
 }
 
+# The stages' and the load generator's images share their first, largest steps (the base, torch): built at the same
+# time, the daemon runs those steps once for both, and the rest overlaps.
+build_images() {
+    local pids=() pid rc=0
+    timed "  image visionpipe (stages)" build "$VISIONPIPE_IMAGE" build-visionpipe.log &
+    pids+=($!)
+    timed "  image visionpipe-loadgen" build "$VISIONPIPE_LOADGEN_IMAGE" build-loadgen.log \
+        --build-arg EXTRAS=gpu,bench &
+    pids+=($!)
+    timed "  image redis" broker_image "$CI_REDIS_IMAGE" deploy/compose/images/redis.Dockerfile deploy/compose/images &
+    pids+=($!)
+    for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+    [ $rc = 0 ] || fail "an image did not build (above)"
+    # What the previous run's images and steps left that this run replaced; the cache of what is still current
+    # (the most recently used first) stays for the next run.
+    docker image prune -f >/dev/null
+    docker builder prune -f --keep-storage "${BUILD_CACHE_KEEP:-16GB}" >/dev/null
+}
+
 kafka_image() {
     case $KAFKA_BROKER in
     tansu)
@@ -268,9 +287,7 @@ main() {
     timed "daemon started" start_daemon
     check_disk
     timed "base image (debootstrap)" base_image
-    timed "image visionpipe (stages)" build "$VISIONPIPE_IMAGE" build-visionpipe.log
-    timed "image visionpipe-loadgen" build "$VISIONPIPE_LOADGEN_IMAGE" build-loadgen.log --build-arg EXTRAS=gpu,bench
-    timed "image redis" broker_image "$CI_REDIS_IMAGE" deploy/compose/images/redis.Dockerfile deploy/compose/images
+    timed "images, built side by side" build_images
     timed "image kafka ($KAFKA_BROKER)" kafka_image
 
     GATEWAY_PORT=$(free_port)
