@@ -56,18 +56,23 @@ RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca \
     && echo /opt/torch > "$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/opt-torch.pth" \
     && python -c "import torch, torchvision; assert torch.__file__.startswith('/opt/torch/')"
 
-# 2. The remaining dependencies and the extras named by EXTRAS, read from pyproject.toml alone, so that editing the
-#    code does not invalidate this layer; only a dependency change does. A stage's image takes the `gpu` extra
-#    (DALI) only; the load generator's (compose builds it with EXTRAS=gpu,bench) adds what measures and draws.
-ARG EXTRAS=gpu
+# 2. The remaining dependencies and the `gpu` extra (DALI), read from pyproject.toml alone, so that editing the code
+#    does not invalidate this layer; only a dependency change does. Then the other extras named by EXTRAS, in a
+#    step of their own after it: a stage's image takes none; the load generator's (compose builds it with
+#    EXTRAS=gpu,bench) adds what measures and draws, on top of the same dependency layer instead of a copy of it.
 COPY pyproject.toml /src/pyproject.toml
+RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca \
+    python -c "import tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['gpu']))" \
+    > /tmp/requirements.txt \
+    && with-ca pip install -r /tmp/requirements.txt
+ARG EXTRAS=gpu
 RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=ca \
     python -c "import os, tomllib; p = tomllib.load(open('/src/pyproject.toml', 'rb'))['project']; \
 wanted = [e for e in os.environ['EXTRAS'].split(',') if e not in ('', 'gpu')]; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['gpu'] \
-+ [d for e in wanted for d in p['optional-dependencies'][e]]))" \
-    > /tmp/requirements.txt \
-    && with-ca pip install -r /tmp/requirements.txt
+print('\n'.join(d for e in wanted for d in p['optional-dependencies'][e]))" \
+    > /tmp/extras.txt \
+    && if grep -q . /tmp/extras.txt; then with-ca pip install -r /tmp/extras.txt; fi
 
 # 3. The project itself, without touching the dependencies installed above (built with the venv's pinned setuptools:
 #    no download at this step). README.md is the package's readme.

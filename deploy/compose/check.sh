@@ -16,7 +16,8 @@
 # When the engine cannot be had (no package, no kernel support, no disk) it prints ONE line starting with
 # "!!! compose-check SKIPPED" and exits 0. Any failure of the stack itself (build, start, health, a case) exits 1.
 # Optional: CA_FILE=PEM bundle trusted by pip and the models fetch in the build (default: this host's bundle, so a
-# TLS-intercepting proxy works; CA_FILE= gives none), OUT=folder for logs and figures, KEEP=1, KAFKA_BROKER=tansu.
+# TLS-intercepting proxy works; CA_FILE= gives none), OUT=folder for logs and figures, KEEP=1, KAFKA_BROKER=tansu,
+# DOCKERD_FLAGS (default --storage-driver overlay2), LOAD_RATE and LOAD_DURATION (the kill cases' load).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -120,7 +121,8 @@ start_daemon() {
     fi
     mkdir -p "$STATE"
     # overlay2: the layers of a 7 GB image are shared between the stages' containers instead of copied.
-    $SUDO dockerd --storage-driver overlay2 --pidfile "$STATE/dockerd.pid" >"$STATE/dockerd.log" 2>&1 &
+    # shellcheck disable=SC2086 # DOCKERD_FLAGS is words
+    $SUDO dockerd ${DOCKERD_FLAGS:---storage-driver overlay2} --pidfile "$STATE/dockerd.pid" >"$STATE/dockerd.log" 2>&1 &
     STARTED_DAEMON=1
     for _ in $(seq 1 60); do
         docker info >/dev/null 2>&1 && return
@@ -299,6 +301,7 @@ main() {
     timed "stack up, all healthy (redis)" up
     local rc=0
     timed "cases over redis" e2e redis --redis "redis://127.0.0.1:$CI_REDIS_PORT/0" \
+        --rate "${LOAD_RATE:-2}" --duration "${LOAD_DURATION:-20}" \
         containers photos loadgen-profile kill-detector restart-redis down-up || rc=1
 
     echo "=== the Kafka profile runs against $KAFKA_LABEL: the broker URL is the only difference"
