@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install models run test lint sysdeps bench gpu-check gpu-check-cpu gpu-wheels clean
+.PHONY: install models run test lint sysdeps bench gpu-check gpu-check-cpu gpu-wheels clean compose-check compose-clean
 
 install: $(STAMP) models
 
@@ -96,6 +96,16 @@ gpu-wheels:
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 		--platform manylinux1_x86_64 -d .whl $(GPU_WHEELS)
+
+# `docker compose up` for real on this CPU-only machine: installs a Docker engine if missing, builds the images on a
+# local base, starts the stack with deploy/compose/ci.override.yml and runs the end-to-end cases against it; CI runs
+# it after the tests. KEEP=1 leaves the stack up. Prints one "!!! compose-check SKIPPED" line and passes where no
+# engine can run. compose-clean removes the images and build cache it keeps for the next run.
+compose-check: install
+	deploy/compose/check.sh
+
+compose-clean:
+	deploy/compose/check.sh --purge
 
 clean:
 	rm -rf $(VENV) build *.egg-info
