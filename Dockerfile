@@ -41,7 +41,7 @@ ENV PATH=/opt/venv/bin:$PATH
 
 # `with-ca CMD…` runs CMD trusting the `ca` build secret when one was given (see the top of this file).
 RUN printf '%s\n' '#!/bin/sh' \
-        'if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca SSL_CERT_FILE=/run/secrets/ca; fi' \
+        'if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca SSL_CERT_FILE=/run/secrets/ca npm_config_cafile=/run/secrets/ca; fi' \
         'exec "$@"' > /usr/local/bin/with-ca \
     && chmod 755 /usr/local/bin/with-ca
 
