@@ -114,9 +114,16 @@ async def test_two_members_share_a_group(broker: Broker, ns: str, settings: Sett
                 got = await b.consume(stream, "g", name, 5, 0.1)
                 seen += [d.data for d in got]
                 await b.ack(stream, "g", got)
+        # On Kafka the second member's join rebalances the group, and a commit made meanwhile is refused until
+        # its member has rejoined (at its next poll): members that go on polling, as stages do, make it then.
+        while (await broker.backlog(stream, "g")).total and time.monotonic() < deadline:
+            for b, name in ((broker, "c1"), (other, "c2")):
+                got = await b.consume(stream, "g", name, 5, 0.1)
+                seen += [d.data for d in got]
+                await b.ack(stream, "g", got)
         assert sorted(seen) == sorted(b"%d" % i for i in range(40))
         assert len(seen) == len(set(seen)), "an acked message must not be delivered twice"
-    assert (await broker.backlog(stream, "g")).total == 0
+        assert (await broker.backlog(stream, "g")).total == 0
 
 
 async def test_deliveries_of_a_dead_member_are_taken_over(

@@ -81,6 +81,8 @@ class Member:
         self.careful: dict[int, Careful] = {}
         self.recorded: dict[int, int] = {}  # partition -> the head offset its last attempts record names
         self.in_hand: tuple[int, int] | None = None  # the one careful delivery handed out and not yet acked
+        self.deferred: dict[int, int] = {}  # partition -> offset a commit refused during a rebalance, to make again
+        self.committed: dict[int, int] = {}  # partition -> the last offset this member committed there
         self.consumer = Consumer(conf)
         self.consumer.subscribe([stream], on_assign=self._assigned, on_revoke=self._released, on_lost=self._revoked)
 
@@ -105,6 +107,8 @@ class Member:
         with self.lock:
             for tp in partitions:
                 self.open.pop(tp.partition, None)
+                self.deferred.pop(tp.partition, None)
+                self.committed.pop(tp.partition, None)
                 self.careful.pop(tp.partition, None)
                 self.recorded.pop(tp.partition, None)
                 self.assigned.discard(tp.partition)
@@ -118,6 +122,7 @@ class Member:
             if abandoned.is_set():
                 self.rewind(msgs)
                 return []
+            self.catch_up()
             return msgs
 
     def _poll(self, count: int, timeout_s: float, url: str) -> list[Message]:
@@ -148,9 +153,11 @@ class Member:
         """
         out: list[Message] = []
         held_back: dict[int, int] = {}
+        # A rebalance served inside this poll may have revoked a partition after its first message came back.
+        owned = {tp.partition for tp in self.consumer.assignment()} if msgs else set()
         for m in msgs:
             p, o = position(m)
-            if p in held_back:
+            if p in held_back or p not in owned:
                 continue
             attempts = self._count(p, o)
             if attempts is None:
@@ -273,18 +280,57 @@ class Member:
         return outputs, commits
 
     def commit(self, commits: Sequence[TopicPartition]) -> None:
-        """Forget the deliveries below ``commits`` (their outputs are published) and commit them, synchronously."""
+        """Commit ``commits`` synchronously (their outputs are published), then forget the deliveries below them.
+
+        A refused commit is made again after the next poll, for the partitions still ours: a rebalance that
+        another member's join started bumps the group's generation, and the brokers refuse this member's commits
+        until it has rejoined (in a poll), even for partitions it keeps. Forgotten uncommitted, those deliveries
+        would read as lag for ever and be redone after a restart. A partition that moved on is the new owner's
+        to redo from the last commit, which is at-least-once.
+        """
+        if not commits:
+            return
+        try:
+            self.consumer.commit(offsets=list(commits), asynchronous=False)
+        except KafkaException as exc:
+            log.info("commit refused; again after the next poll", extra={"stream": self.stream, "error": str(exc)})
+            self._defer(commits)
+            return
         self.forget(commits)
-        if commits:
-            try:
-                self.consumer.commit(offsets=list(commits), asynchronous=False)
-            except KafkaException as exc:  # partition moved on: the new owner redelivers, which is at-least-once
-                log.info("commit refused", extra={"stream": self.stream, "error": str(exc)})
+
+    def _defer(self, commits: Sequence[TopicPartition]) -> None:
+        with self.lock:
+            for tp in commits:
+                for o, d in self.open.get(tp.partition, {}).items():
+                    if o < tp.offset:
+                        d.outputs = ()  # published: a later settle must not publish them again
+                self.deferred[tp.partition] = max(self.deferred.get(tp.partition, 0), tp.offset)
+
+    def catch_up(self) -> None:
+        """After a poll: make the commits a rebalance refused, for the partitions still ours, and commit past a
+        partition's tail where the reader skipped records no stage sees (transactions' commit markers, aborted
+        records): committed at the last delivery, such a partition would show lag for ever."""
+        owned = self.consumer.assignment()
+        positions = self.consumer.position(owned) if owned else []
+        todo = []
+        with self.lock:
+            for tp in positions:
+                p, done = tp.partition, self.committed.get(tp.partition, -1)
+                target = self.deferred.get(p, -1)
+                if not self.open.get(p):  # all handed out is committed; a seek leaves no position (-1001)
+                    target = max(target, tp.offset)
+                if target > done:
+                    todo.append(TopicPartition(self.stream, p, target))
+            self.deferred.clear()
+        self.commit(todo)
 
     def forget(self, commits: Sequence[TopicPartition]) -> None:
         """Drop the deliveries below ``commits``: committed (by us, or in a transaction)."""
         with self.lock:
             for tp in commits:
+                if self.deferred.get(tp.partition, tp.offset) <= tp.offset:
+                    self.deferred.pop(tp.partition, None)
+                self.committed[tp.partition] = max(self.committed.get(tp.partition, -1), tp.offset)
                 pending = self.open.get(tp.partition, {})
                 for o in [o for o in pending if o < tp.offset]:
                     del pending[o]
