@@ -211,7 +211,9 @@ class KafkaBroker(Broker):
 
     async def prepare(self, stream: str, group: str, consumer: str) -> None:
         # Subscribing starts the join in librdkafka's threads; no poll needed until the first consume.
-        await self._run(self._member, stream, group, consumer)
+        member = await self._run(self._member, stream, group, consumer)
+        if self._txns is not None:  # fence a predecessor under this name now: its open transaction is aborted
+            await self._run(self._txns.producer, member)
 
     async def consume(self, stream: str, group: str, consumer: str, count: int, timeout_s: float) -> list[Delivery]:
         member = self._member(stream, group, consumer)

@@ -34,7 +34,11 @@ class Offsets:
         with self._lock:
             reader = self._readers.get(group_id)
             if reader is None:
-                reader = self._readers[group_id] = Consumer({**self._conf, "group.id": group_id})
+                # read_uncommitted: a read_committed client asks for stable offsets (KIP-447), which the brokers
+                # hold back while a transaction that commits this group's offsets is open, and a killed stage's
+                # stays open until its successor fences it: a backlog read would hang that long.
+                conf = {**self._conf, "group.id": group_id, "isolation.level": "read_uncommitted"}
+                reader = self._readers[group_id] = Consumer(conf)
             return reader
 
     def _ask(self, call: Callable[[], Any], what: str) -> Any:

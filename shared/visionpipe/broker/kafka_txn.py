@@ -43,7 +43,9 @@ class Transactions:
         self._producers: dict[int, Producer] = {}
         self._lock = threading.Lock()
 
-    def _producer(self, member: Member) -> Producer:
+    def producer(self, member: Member) -> Producer:
+        """The member's transactional producer, made and initialised on first use: that fences any predecessor
+        under the same transactional.id and aborts what it left open."""
         with self._lock:
             producer = self._producers.get(id(member))
             if producer is None:
@@ -63,7 +65,7 @@ class Transactions:
 
     def settle(self, member: Member, outputs: Sequence[Output], commits: Sequence[TopicPartition]) -> None:
         """Publish ``outputs`` and commit ``commits`` in one transaction; the member then forgets what it covers."""
-        producer = self._producer(member)
+        producer = self.producer(member)
         try:
             producer.begin_transaction()
             for out in outputs:
