@@ -204,7 +204,9 @@ def start_apache_kafka(workdir: Path, nodes: int = 1) -> KafkaCluster:
         argv = java(home, "kafka.tools.StorageTool", "format", "-t", cid, "-c", props)
         done = subprocess.run(argv, capture_output=True, check=False)
         if done.returncode != 0:
-            raise RuntimeError(f"formatting kafka node {n.node_id} failed:\n{done.stdout.decode()[-2000:]}")
+            raise RuntimeError(
+                f"formatting kafka node {n.node_id} failed:\n{(done.stdout + done.stderr).decode()[-2000:]}"
+            )
 
     with ThreadPoolExecutor(nodes) as pool:  # one JVM start each: side by side
         list(pool.map(fmt, members))

@@ -52,4 +52,6 @@ def test_the_fetched_folder_is_printed_and_holds_the_pinned_broker() -> None:
 def test_the_session_broker_answers_on_loopback(apache_kafka: KafkaCluster) -> None:
     md = AdminClient({"bootstrap.servers": apache_kafka.url.removeprefix("kafka://")}).list_topics(timeout=10)
     assert [b.host for b in md.brokers.values()] == ["127.0.0.1"]
-    print(f"\nApache Kafka {apache_kafka.version} (KRaft, 1 node): formatted and started in {apache_kafka.start_s:.1f}s")
+    print(
+        f"\nApache Kafka {apache_kafka.version} (KRaft, 1 node): formatted and started in {apache_kafka.start_s:.1f}s"
+    )

@@ -64,3 +64,15 @@ def dead_reasons(url: str, topic: str) -> dict[str, list[str]]:
         record = DeadLetter.decode(v)
         out.setdefault(record.request_id or "?", []).append(record.reason)
     return out
+
+
+def whereabouts(url: str, streams: list[str], rids: set[str]) -> dict[str, int]:
+    """How many records of ``rids`` each stream holds, committed: where a missing request got stuck."""
+    out = {}
+    for stream in streams:
+        try:
+            out[stream] = sum(1 for v in read_committed(url, stream, 10.0) if request_id_of(v) in rids)
+        except AssertionError as exc:  # a partition not readable to its end: say so instead
+            out[stream] = -1
+            out[f"{stream} (unreadable)"] = len(str(exc))
+    return out

@@ -44,7 +44,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from visionpipe.broker.base import Backlog, Broker, BrokerError, BrokerStateLost, Delivery, Output, Settled
+from visionpipe.broker.base import (
+    Backlog,
+    Broker,
+    BrokerError,
+    BrokerFull,
+    BrokerStateLost,
+    Delivery,
+    Output,
+    Settled,
+)
 from visionpipe.broker.kafka_attempts import AttemptLedger, attempts_topic
 from visionpipe.broker.kafka_config import DELIVERY_TIMEOUT_MS, client_configs
 from visionpipe.broker.kafka_member import Member, position, raise_for, to_delivery
@@ -61,6 +70,13 @@ T = TypeVar("T")
 
 # Blocking consumes each hold a thread for up to their timeout; publishes and acks must not queue behind them.
 POOL_THREADS = 32
+
+
+# Delivery errors that may mean "too few in-sync replicas": the producer retries NOT_ENOUGH_REPLICAS until the
+# message times out, so the timeout is what it reports.
+SHORT_OF_REPLICAS = frozenset(
+    {KafkaError._MSG_TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND}
+)
 
 
 def kafka_group_id(stream: str, group: str) -> str:
@@ -192,9 +208,30 @@ class KafkaBroker(Broker):
         while outstanding[0] > 0 and time.monotonic() < deadline:
             self._producer.flush(0.1)
         if errors:
-            raise_for(errors[0], self.url, f"publish to {stream}")
+            self._publish_failed(stream, errors[0])
         if outstanding[0] > 0:
             raise BrokerError(f"kafka {redact_url(self.url)}: {outstanding[0]} messages to {stream} unconfirmed")
+
+    def _publish_failed(self, stream: str, err: KafkaError) -> None:
+        """Raise for a failed delivery: BrokerFull where the topic has fewer in-sync replicas than it needs.
+
+        The brokers answer such a write NOT_ENOUGH_REPLICAS, which the producer retries until the message
+        times out: the write is refused, not lost, and goes through once replicas are back. Ingress makes that
+        Backpressure and a stage retries its settle, rather than either failing as if the broker were gone.
+        """
+        if err.code() in SHORT_OF_REPLICAS:
+            need = self._settings.broker.kafka_min_insync_replicas or 1
+            try:
+                md = self._admin.list_topics(stream, timeout=REQUEST_TIMEOUT_S).topics[stream]
+                short = {p: m.isrs for p, m in md.partitions.items() if len(m.isrs) < need}
+            except (KafkaException, KeyError):
+                short = {}
+            if short or err.code() != KafkaError._MSG_TIMED_OUT:
+                raise BrokerFull(
+                    f"kafka {redact_url(self.url)} refused a publish to {stream}: NOT_ENOUGH_REPLICAS (in-sync "
+                    f"replicas per partition {short}, min.insync.replicas {need}); retry once brokers are back"
+                )
+        raise_for(err, self.url, f"publish to {stream}")
 
     def _member(self, stream: str, group: str, consumer: str) -> Member:
         with self._lock:

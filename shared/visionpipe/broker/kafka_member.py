@@ -240,6 +240,19 @@ class Member:
                 except KafkaException as exc:  # revoked meanwhile: the new owner reads from the commit
                     log.debug("rewind skipped", extra={"partition": p, "error": str(exc)})
 
+    def rejoin(self) -> None:
+        """Serve a rebalance now: librdkafka applies one (a new generation, or partitions lost) only inside a poll,
+        and a transaction whose offsets an old generation sent is refused until then. A stage whose work in
+        flight all waits on that settle would poll no more: this poll hands nothing out (a message is sought back).
+        """
+        with self.poll_lock:
+            m = self.consumer.poll(0)
+            if m is not None and m.error() is None:
+                try:
+                    self.consumer.seek(TopicPartition(self.stream, *position(m)))
+                except KafkaException as exc:  # revoked in this poll: its new owner reads it from the commit
+                    log.debug("rejoin seek skipped", extra={"error": str(exc)})
+
     def rewind_if_delivered(self, fut: Future[list[Message]]) -> None:
         if fut.cancelled() or fut.exception() is not None:
             return

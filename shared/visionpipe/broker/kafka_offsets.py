@@ -13,13 +13,17 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from visionpipe.broker.kafka_member import position, raise_for
 
 # Metadata, offset and admin calls: a healthy broker answers in milliseconds; past this it is unreachable.
 REQUEST_TIMEOUT_S = 10.0
 RETRY_S = 0.05
+# librdkafka's own answers while a broker goes away or comes back: worth asking again, like retriable errors.
+TRANSIENT = frozenset(
+    {KafkaError._DESTROY_BROKER, KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN}
+)
 
 
 class Offsets:
@@ -48,7 +52,7 @@ class Offsets:
                 return call()
             except KafkaException as exc:
                 err = exc.args[0]
-                if not err.retriable() or time.monotonic() > deadline:
+                if not (err.retriable() or err.code() in TRANSIENT) or time.monotonic() > deadline:
                     raise_for(err, self.url, what)
                     raise
             time.sleep(RETRY_S)

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from visionpipe.broker.base import BrokerError, Output
 from visionpipe.broker.kafka_member import Member, raise_for
@@ -33,6 +33,18 @@ TXN_TIMEOUT_S = 10.0
 # How long the brokers keep a dead producer's transaction open before aborting it (it blocks read_committed
 # readers of its partitions meanwhile): well beyond one settle, far below librdkafka's 60 s default.
 TRANSACTION_TIMEOUT_MS = 15_000
+
+
+# The group refused the transaction's offsets: this member's generation is old (a rebalance it has not served
+# yet) or it was dropped from the group (a session timeout, say, while a broker died).
+GROUP_CODES = frozenset(
+    {
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.FENCED_INSTANCE_ID,
+    }
+)
 
 
 class Transactions:
@@ -89,6 +101,8 @@ class Transactions:
                 producer.abort_transaction(TXN_TIMEOUT_S)
             except KafkaException as again:
                 log.warning("abort failed", extra={"error": str(again)})
+            if err.code() in GROUP_CODES:  # our generation is old: rejoin, and the retry is sent with the new one
+                member.rejoin()
         elif err.fatal():  # fenced by a successor, or the producer is unusable: the next settle makes a new one
             with self._lock:
                 self._producers.pop(id(member), None)
