@@ -45,7 +45,7 @@ from tests.reliability.harness import (
 from tests.reliability.kafka_audit import dead_reasons, result_counts, whereabouts
 from tests.reliability.poison import REASONS, poison_inputs
 from visionpipe import topology
-from visionpipe.broker import Broker, connect
+from visionpipe.broker import Broker, BrokerError, connect
 from visionpipe.ingress import Frame, ensure_pipeline_streams, submit_images
 from visionpipe.settings import Settings
 from visionpipe.topology import STAGES
@@ -79,6 +79,7 @@ class Feeder:
     def __init__(self, broker: Broker, settings: Settings, tag: str) -> None:
         self.broker, self.settings, self.tag = broker, settings, tag
         self.sent: list[str] = []
+        self.broker_errors = 0
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
@@ -86,7 +87,10 @@ class Feeder:
         while True:
             imgs = frames(FRAMES_PER_TICK, seed=len(self.sent) + 1)
             batch = [Frame(img, request_id=f"{self.tag}-{i}-{j}") for j, img in enumerate(imgs)]
-            self.sent += await submit_images(self.broker, self.settings, batch, wait_s=30)
+            try:
+                self.sent += await submit_images(self.broker, self.settings, batch, wait_s=30)
+            except BrokerError:  # the broker in trouble (a broker of the cluster just died): retry, as a client does
+                self.broker_errors += 1
             i += 1
             await asyncio.sleep(TICK_S)
 

@@ -1,19 +1,16 @@
 """One Kafka group member seen from our side: its consumer and the deliveries it has not committed past.
 
-Kafka commits are one offset per partition, "everything below is done", while
-stages ack deliveries one by one and out of order. A :class:`Member` keeps each
-delivery open until every delivery below it in its partition is acked, then
-commits; and it keeps the messages themselves, so that a delivery a living
-member left unacked can be handed out again (``KafkaBroker.reclaim``).
+Kafka commits are one offset per partition, "everything below is done", while stages ack deliveries one by one and
+out of order. A :class:`Member` keeps each delivery open until every delivery below it in its partition is acked,
+then commits; and it keeps the messages themselves, so that a delivery a living member left unacked can be handed
+out again (``KafkaBroker.reclaim``).
 
-It also counts hand-outs that a crash could be blamed on, in the group's
-attempts topic (``kafka_attempts.py``): before the first message at or past a
-partition's committed offset is handed out, "that offset, handed out once" is
-recorded. A new owner that finds the record still pointing at the committed
-offset knows the last owner died (or lost the partition) holding it, and
-delivers the next ``broker.kafka_careful_window`` messages of that partition
-one at a time, each counted first: the one that kills the process is then
-the one charged, and after ``limits.max_retries`` it is dead-lettered.
+It also counts hand-outs that a crash could be blamed on, in the group's attempts topic (``kafka_attempts.py``):
+before the first message at or past a partition's committed offset is handed out, "that offset, handed out once" is
+recorded. A new owner that finds the record still pointing at the committed offset knows the last owner died (or
+lost the partition) holding it, and delivers the next ``broker.kafka_careful_window`` messages of that partition one
+at a time, each counted first: the one that kills the process is then the one charged, and after
+``limits.max_retries`` it is dead-lettered.
 """
 
 from __future__ import annotations
@@ -143,7 +140,11 @@ class Member:
                 raise BrokerStateLost(f"kafka {redact_url(url)}: {self.stream} is gone: {err}", self.stream)
             else:
                 log.warning("consume error", extra={"stream": self.stream, "error": str(err)})
-        return self._hand_out(good)
+        try:
+            return self._hand_out(good)
+        except BrokerError:  # an attempts record unreadable or unwritten: these are read again by the next poll
+            self.rewind(good)
+            raise
 
     def _hand_out(self, msgs: list[Message]) -> list[Message]:
         """The messages to hand out now, each registered open and, where a crash could be blamed on it, counted.
@@ -176,8 +177,8 @@ class Member:
     def _count(self, p: int, o: int) -> int | None:
         """Attempts of handing out offset ``o`` of ``p`` now (recorded first where needed); None: not now."""
         if p in self.assigned:  # the first message since assignment sits at the committed offset
-            self.assigned.discard(p)
             last = self.ledger.last(p)
+            self.assigned.discard(p)
             if last is not None and last[0] == o and last[1] >= 1:
                 log.warning(
                     "partition %d of %s: its last owner died holding offset %d (handed out %d times): delivering "

@@ -7,6 +7,7 @@ Such retriable answers are asked again here, for up to ``REQUEST_TIMEOUT_S``, ra
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -17,12 +18,25 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from visionpipe.broker.kafka_member import position, raise_for
 
+log = logging.getLogger("visionpipe.broker.kafka")
+
 # Metadata, offset and admin calls: a healthy broker answers in milliseconds; past this it is unreachable.
 REQUEST_TIMEOUT_S = 10.0
 RETRY_S = 0.05
+# One try: a call to a broker that just died waits this long, then the metadata is refreshed and it is asked again.
+CALL_TIMEOUT_S = 2.0
 # librdkafka's own answers while a broker goes away or comes back: worth asking again, like retriable errors.
 TRANSIENT = frozenset(
-    {KafkaError._DESTROY_BROKER, KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._ALL_BROKERS_DOWN}
+    {
+        KafkaError._DESTROY_BROKER,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._UNKNOWN_PARTITION,  # a reader whose metadata has not caught up with a new leader
+        KafkaError.NOT_COORDINATOR,  # the group's coordinator moved with its broker
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    }
 )
 
 
@@ -45,22 +59,29 @@ class Offsets:
                 reader = self._readers[group_id] = Consumer(conf)
             return reader
 
-    def _ask(self, call: Callable[[], Any], what: str) -> Any:
+    def _ask(self, call: Callable[[float], Any], what: str, reader: Consumer | None = None, topic: str = "") -> Any:
         deadline = time.monotonic() + REQUEST_TIMEOUT_S
         while True:
             try:
-                return call()
+                return call(min(CALL_TIMEOUT_S, max(0.1, deadline - time.monotonic())))
             except KafkaException as exc:
                 err = exc.args[0]
                 if not (err.retriable() or err.code() in TRANSIENT) or time.monotonic() > deadline:
                     raise_for(err, self.url, what)
                     raise
             time.sleep(RETRY_S)
+            if reader is not None:  # a reader that subscribes to nothing refreshes no metadata by itself
+                try:
+                    reader.list_topics(topic, timeout=REQUEST_TIMEOUT_S)
+                except KafkaException as exc:
+                    log.debug("metadata refresh failed", extra={"error": str(exc)})
 
     def watermarks(self, reader: Consumer, tp: TopicPartition) -> tuple[int, int]:
         low, high = self._ask(
-            lambda: reader.get_watermark_offsets(tp, timeout=REQUEST_TIMEOUT_S, cached=False),
+            lambda t: reader.get_watermark_offsets(tp, timeout=t, cached=False),
             f"offsets of {tp.topic}[{tp.partition}]",
+            reader,
+            tp.topic,
         )
         return int(low), int(high)
 
@@ -70,7 +91,7 @@ class Offsets:
         parts = self._partitions(stream)
         if not parts:
             return 0
-        committed = self._ask(lambda: reader.committed(parts, timeout=REQUEST_TIMEOUT_S), f"backlog of {stream}")
+        committed = self._ask(lambda t: reader.committed(parts, timeout=t), f"backlog of {stream}", reader, stream)
         total = 0
         for tp in committed:
             low, high = self.watermarks(reader, tp)
