@@ -6,8 +6,14 @@ a member restarted under the same name fences its predecessor and aborts what th
 that never comes back has its open transaction aborted by the brokers after ``transaction.timeout.ms``.
 Readers use read_committed (librdkafka's default), so they never see an aborted output.
 
-Off by default (``broker.kafka_transactions``): Tansu, the Kafka-protocol broker the tests run, does
-transactions in one piece but recovers none of a killed producer's (measured with Tansu 0.6: with a new
+A stage makes its producer when it starts (``KafkaBroker.prepare``), so a restarted stage fences its predecessor
+at once, before that one's open transaction holds back the readers of its partitions for long. The group also
+checks the generation of the offsets a transaction sends (KIP-447): a zombie that lost its partitions cannot
+commit, whatever its transactional.id. Proven on Apache Kafka with kill -9s, a zombie and rebalances
+(tests/reliability/test_kafka_exactly_once.py).
+
+Off by default (``broker.kafka_transactions``) because Tansu, the Kafka-protocol broker that starts in
+milliseconds for tests, recovers none of a killed producer's transactions (measured with Tansu 0.6: with a new
 transactional.id the open transaction is never aborted and blocks read_committed readers of its partitions for
 ever; with the same id, the successor's next commit or abort makes the dead one's records visible). Turn it on
 with Apache Kafka, where both recoveries are part of the protocol.
