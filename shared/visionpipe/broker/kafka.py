@@ -363,6 +363,7 @@ class KafkaBroker(Broker):
         for member in members:
             await self._run(member.close)
         await self._run(self._delete_topic, stream)
+        await self._run(self._offsets.reset)
         self._topics.discard(stream)
 
     def _delete_topic(self, stream: str) -> None:

@@ -130,6 +130,12 @@ class Offsets:
         finally:
             reader.close()
 
+    def reset(self) -> None:
+        """Close every reader: after a topic is deleted, a reader keeps its old metadata (leader epochs higher than
+        a topic made again under the same name starts with), and the brokers refuse its requests as stale."""
+        for close in self.closers():
+            close()
+
     def closers(self) -> list[Callable[[], None]]:
         with self._lock:
             readers = list(self._readers.values())
