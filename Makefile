@@ -61,7 +61,7 @@ $(DALI_DIR)/.installed: | install
 	else echo "!!! DALI could not be installed: the DALI decode tests will SKIP in this run" >&2; fi
 
 # Apache Kafka's jars, the release pinned in tests/kafka/pom.xml, fetched once with Maven (~45 MB, seconds) into
-# ~/.cache/visionpipe/kafka-<version>/libs ($$VISIONPIPE_KAFKA_HOME overrides); tests/kafka/fetch.sh prints that
+# ~/.cache/visionpipe/kafka-<version>/libs ($VISIONPIPE_KAFKA_HOME overrides); tests/kafka/fetch.sh prints that
 # folder, so a Dockerfile or another script can call it too. The Kafka tests start the broker from there.
 kafka-jars:
 	@tests/kafka/fetch.sh

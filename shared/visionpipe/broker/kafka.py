@@ -55,8 +55,9 @@ from visionpipe.broker.base import (
     Settled,
 )
 from visionpipe.broker.kafka_attempts import AttemptLedger, attempts_topic
+from visionpipe.broker.kafka_common import position, raise_for, to_delivery
 from visionpipe.broker.kafka_config import DELIVERY_TIMEOUT_MS, client_configs
-from visionpipe.broker.kafka_member import Member, position, raise_for, to_delivery
+from visionpipe.broker.kafka_member import Member
 from visionpipe.broker.kafka_offsets import REQUEST_TIMEOUT_S, Offsets
 from visionpipe.broker.kafka_txn import Transactions
 from visionpipe.broker.retry import with_retries

@@ -25,31 +25,12 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from visionpipe.broker.base import BrokerError, BrokerStateLost, Delivery, Output
+from visionpipe.broker.base import BrokerError, BrokerStateLost, Output
 from visionpipe.broker.kafka_attempts import AttemptLedger, Careful
-from visionpipe.broker.security import BrokerAuthError, redact_url
+from visionpipe.broker.kafka_common import AUTH_CODES, position, raise_for
+from visionpipe.broker.security import redact_url
 
 log = logging.getLogger("visionpipe.broker.kafka")
-
-AUTH_CODES = frozenset(
-    {
-        KafkaError._AUTHENTICATION,
-        KafkaError.SASL_AUTHENTICATION_FAILED,
-        KafkaError.TOPIC_AUTHORIZATION_FAILED,
-        KafkaError.GROUP_AUTHORIZATION_FAILED,
-        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
-        KafkaError._SSL,
-    }
-)
-
-
-def raise_for(err: KafkaError | None, url: str, what: str) -> None:
-    """Credentials and TLS problems are fatal (BrokerAuthError); every other broker error is retryable."""
-    if err is None:
-        return
-    if err.code() in AUTH_CODES:
-        raise BrokerAuthError(f"kafka {redact_url(url)} refused {what}: {err}")
-    raise BrokerError(f"kafka {redact_url(url)} {what}: {err}")
 
 
 @dataclass
@@ -80,7 +61,8 @@ class Member:
         self.in_hand: tuple[int, int] | None = None  # the one careful delivery handed out and not yet acked
         self.deferred: dict[int, int] = {}  # partition -> offset a commit refused during a rebalance, to make again
         self.committed: dict[int, int] = {}  # partition -> the last offset this member committed there
-        self.consumer = Consumer(conf)
+        self.committing: dict[int, int] = {}  # partition -> an asynchronous commit's offset, not yet answered
+        self.consumer = Consumer({**conf, "on_commit": self._on_commit})
         self.consumer.subscribe([stream], on_assign=self._assigned, on_revoke=self._released, on_lost=self._revoked)
 
     def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -106,6 +88,7 @@ class Member:
                 self.open.pop(tp.partition, None)
                 self.deferred.pop(tp.partition, None)
                 self.committed.pop(tp.partition, None)
+                self.committing.pop(tp.partition, None)
                 self.careful.pop(tp.partition, None)
                 self.recorded.pop(tp.partition, None)
                 self.assigned.discard(tp.partition)
@@ -323,20 +306,32 @@ class Member:
     def catch_up(self) -> None:
         """After a poll: make the commits a rebalance refused, for the partitions still ours, and commit past a
         partition's tail where the reader skipped records no stage sees (transactions' commit markers, aborted
-        records): committed at the last delivery, such a partition would show lag for ever."""
+        records): committed at the last delivery, such a partition would show lag for ever. Asynchronous: a
+        commit waits for the group's coordinator (a broker may be gone), and the poll that rejoins must not."""
         owned = self.consumer.assignment()
         positions = self.consumer.position(owned) if owned else []
         todo = []
         with self.lock:
             for tp in positions:
-                p, done = tp.partition, self.committed.get(tp.partition, -1)
-                target = self.deferred.get(p, -1)
+                p, target = tp.partition, self.deferred.pop(tp.partition, -1)
                 if not self.open.get(p):  # all handed out is committed; a seek leaves no position (-1001)
                     target = max(target, tp.offset)
-                if target > done:
+                if target > max(self.committed.get(p, -1), self.committing.get(p, -1)):
                     todo.append(TopicPartition(self.stream, p, target))
+                    self.committing[p] = target
             self.deferred.clear()
-        self.commit(todo)
+        if todo:
+            self.consumer.commit(offsets=todo, asynchronous=True)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """A commit's answer (served in a poll): what went through is forgotten, the rest is made again later."""
+        done = [tp for tp in partitions if err is None and tp.error is None]
+        with self.lock:
+            for tp in partitions:
+                self.committing.pop(tp.partition, None)
+                if tp not in done and tp.partition in self.open:
+                    self.deferred[tp.partition] = max(self.deferred.get(tp.partition, 0), tp.offset)
+        self.forget(done)
 
     def forget(self, commits: Sequence[TopicPartition]) -> None:
         """Drop the deliveries below ``commits``: committed (by us, or in a transaction)."""
@@ -379,22 +374,3 @@ class Member:
                 self.ledger.record(p, o, attempts)
                 self.careful[p].counts = {o: attempts}
         return out
-
-
-def position(m: Message) -> tuple[int, int]:
-    """(partition, offset) of a consumed message, which always has both."""
-    p, o = m.partition(), m.offset()
-    assert p is not None and o is not None
-    return p, o
-
-
-def to_delivery(stream: str, m: Message, attempts: int = 1) -> Delivery:
-    key = m.key()
-    p, o = position(m)
-    return Delivery(
-        stream,
-        f"{p}:{o}",
-        m.value() or b"",
-        key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
-        attempts,
-    )

@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from visionpipe.broker.kafka_member import position, raise_for
+from visionpipe.broker.kafka_common import position, raise_for
 
 log = logging.getLogger("visionpipe.broker.kafka")
 

@@ -29,7 +29,8 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from visionpipe.broker.base import BrokerError, Output
-from visionpipe.broker.kafka_member import Member, raise_for
+from visionpipe.broker.kafka_common import raise_for
+from visionpipe.broker.kafka_member import Member
 from visionpipe.broker.security import redact_url
 
 log = logging.getLogger("visionpipe.broker.kafka")
