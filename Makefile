@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install models run test lint sysdeps bench gpu-check gpu-check-cpu gpu-wheels clean compose-check compose-clean
+.PHONY: install models run test lint sysdeps kafka-jars bench gpu-check gpu-check-cpu gpu-wheels clean compose-check compose-clean
 
 install: $(STAMP) models
 
@@ -37,7 +37,8 @@ models: $(STAMP)
 # GStreamer's RTSP server under Debian's own Python (the ingest tests' live camera, tests/services/ingest/rtsp_server.py).
 RTSP_PKGS := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base \
 	gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad
-SYS_PKGS := redis-server chromium chromium-driver $(RTSP_PKGS)
+# A JRE and Maven: Apache Kafka's broker, fetched as jars from Maven Central (kafka-jars, below).
+SYS_PKGS := redis-server chromium chromium-driver $(RTSP_PKGS) openjdk-17-jre-headless maven
 
 sysdeps:
 	@missing=""; for p in $(SYS_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -63,8 +64,16 @@ $(DALI_DIR)/.installed: | install
 		touch $@; echo "DALI (CPU) for the decode tests: $$(( $$(date +%s) - start )) s, $$(du -sh $(DALI_DIR) | cut -f1)"; \
 	else echo "!!! DALI could not be installed: the DALI decode tests will SKIP in this run" >&2; fi
 
-# pytest exits 5 when it collected nothing: treat that as a failure, not a pass.
+# Apache Kafka's jars, the release pinned in tests/kafka/pom.xml, fetched once with Maven (~45 MB, seconds) into
+# ~/.cache/visionpipe/kafka-<version>/libs ($VISIONPIPE_KAFKA_HOME overrides); tests/kafka/fetch.sh prints that
+# folder, so a Dockerfile or another script can call it too. The Kafka tests start the broker from there.
+kafka-jars:
+	@tests/kafka/fetch.sh
+
+# pytest exits 5 when it collected nothing: treat that as a failure, not a pass. Without Java or Maven the jars
+# can't be fetched: the run goes on and the Apache Kafka tests fail, each saying what to install.
 test: install sysdeps $(DALI_DIR)/.installed
+	@tests/kafka/fetch.sh >/dev/null || echo "!!! Apache Kafka's jars could not be fetched: its tests will FAIL" >&2
 	PYTHONPATH=$(CURDIR)/$(DALI_DIR) $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

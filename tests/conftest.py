@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kafka.apache import KafkaCluster, start_apache_kafka
 from tests.servers import Server, redis_binary, start_redis, start_tansu, tansu_binary
 
 
@@ -30,12 +31,39 @@ def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server.stop()
 
 
-@pytest.fixture(params=["memory", "redis", "kafka"])
+def _apache_kafka(tmp_path_factory: pytest.TempPathFactory, nodes: int) -> KafkaCluster:
+    try:
+        return start_apache_kafka(tmp_path_factory.mktemp(f"apache-kafka-{nodes}"), nodes)
+    except RuntimeError as exc:  # Java or Maven missing, or the fetch failed: say what to install, never skip
+        pytest.fail(f"Apache Kafka could not start: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """One Apache Kafka node (KRaft) for the whole session; tests keep apart by their topic namespace."""
+    cluster = _apache_kafka(tmp_path_factory, 1)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def apache_kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """Three Apache Kafka brokers (node 0 also the controller) for replication and min.insync.replicas."""
+    cluster = _apache_kafka(tmp_path_factory, 3)
+    yield cluster
+    cluster.stop()
+
+
+# Backend -> the session fixture serving it; "tansu" is the Kafka-protocol stand-in (fixture kafka_server).
+BACKEND_FIXTURES = {"redis": "redis_server", "tansu": "kafka_server", "apache-kafka": "apache_kafka"}
+
+
+@pytest.fixture(params=["memory", "redis", "tansu", "apache-kafka"])
 def broker_url(request: pytest.FixtureRequest) -> str:
     """One URL per backend; a test taking it runs unchanged against each."""
     if request.param == "memory":
         return f"memory://{uuid.uuid4().hex[:8]}"
-    server: Server = request.getfixturevalue(f"{request.param}_server")
+    server: Server | KafkaCluster = request.getfixturevalue(BACKEND_FIXTURES[request.param])
     return server.url
 
 
