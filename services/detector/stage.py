@@ -72,7 +72,9 @@ class DetectorStage(DnnStage):
             objects=self._objects(found["boxes"][:n], found["scores"][:n], found["labels"][:n], geo),
             weights={"detector": self.model.weights},
         )
-        out.arrays["crops"] = np.ascontiguousarray(found["crops"][:n].numpy())
+        # A copy of the real rows: the rest is a view of the executor's pinned output buffer, which its next batch
+        # on that slot reuses once nothing holds it, and this envelope may wait in a broker for a while.
+        out.arrays["crops"] = found["crops"][:n].numpy().copy()
         out.stamp(self.name, Event.BATCH_START, start)
         out.stamp(self.name, Event.COMPUTE_DONE, done)
         return out
