@@ -82,6 +82,19 @@ def test_stage_function_never_synchronises_with_the_host(kind: str) -> None:
     assert timings["compute"] > 0
 
 
+def test_after_warm_up_every_batch_size_reuses_the_slots_pinned_output_buffers() -> None:
+    """Warm-up runs every bucket and fills every slot; later batches of any size allocate no pinned memory."""
+    fn, shape = stage_fn("classifier")
+    device = TorchDevice(fn, shape, max_batch=STAGE_BATCH, device="cuda", overlap=True)
+    device.warmup([1, STAGE_BATCH], 1)
+    warm = device.output_allocations
+    for n in (3, STAGE_BATCH, 1, 7, 5, 2):
+        outs, _ = device.run(_random_items(shape, n))
+        assert len(outs) == n and outs[0]["labels"].is_pinned()
+        del outs
+    assert device.output_allocations == warm
+
+
 @pytest.mark.parametrize("kind", ["detector", "classifier"])
 async def test_next_upload_starts_before_current_compute_ends_with_the_stage_function(kind: str) -> None:
     """Through the executor, at full load: from the CUDA events, batch n+1's upload begins while n computes."""
