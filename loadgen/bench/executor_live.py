@@ -228,7 +228,7 @@ def run_live(
                 for d in TIMEOUT_DELAYS_MS
             ]
         for name, params, make, mech in runs:
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() > deadline and rows:  # one run at least, always
                 skipped += 1
                 continue
             res, lines = asyncio.run(_run_one(m, tdev, mech, make(), settings, trace))

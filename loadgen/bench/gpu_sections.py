@@ -189,8 +189,8 @@ def run(ctx: Context, limits: Limits) -> dict[str, Any]:
     from visionpipe.loadgen.bench.pipeline import write_photo_set
     from visionpipe.services.samples import write_bench_set
 
-    photos = write_photo_set(ctx.work / "photos", 8 if ctx.cpu else 400)
-    write_bench_set(ctx.work / "bench", vga=0, hd=4 if ctx.cpu else 150)
+    photos = write_photo_set(ctx.work / "photos", 4 if ctx.cpu else 400)
+    write_bench_set(ctx.work / "bench", vga=0, hd=2 if ctx.cpu else 150)
     real = bundled_weights_present()
     weights = ["--weights", "DEFAULT"] if real else ["--weights", "random", "--score-threshold", str(RANDOM_THRESHOLD)]
     # (label, command, its share of the time left when it starts): the ratio's two sides first.
@@ -265,11 +265,11 @@ class Section:
 
 
 SECTIONS = (
-    Section("tests", "GPU tests", gpu_tests, 75, 25),
+    Section("tests", "GPU tests", gpu_tests, 75, 45),
     Section("overlap", "Executor: overlapped vs serial-pinned, shipped detector and classifier", overlap, 70, 40),
     Section("classifier", "Classifier stage at saturation vs raw batched forward", classifier, 20, 10),
     Section("batch1", "Batch-1 classifier latency, eager vs CUDA graphs", batch1, 20, 10),
     Section("decode", "Decode stage vs the same work done raw", decode, 25, 15),
-    Section("run", "visionpipe run vs the plain script", run, 60, 60),
+    Section("run", "visionpipe run vs the plain script", run, 60, 120),
     Section("policies", "Executor: adaptive vs swept timeout", policies, 60, 40),
 )

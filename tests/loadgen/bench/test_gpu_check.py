@@ -62,7 +62,8 @@ def test_gpu_check_cpu_mode_writes_every_section(tmp_path: Path) -> None:
         runs = doc["sections"][name]["result"]
         assert set(runs) == {"detector", "classifier"} and all(r["rows"] and r["targets"] for r in runs.values())
     run = doc["sections"]["run"]["result"]
-    assert all(rec["summary"]["images_per_s"] > 0 for label, rec in run.items() if label != "weights"), run
+    for label, rec in run.items():
+        assert label == "weights" or rec.get("summary", {}).get("images_per_s", 0) > 0, (label, rec)
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [line["section"] for line in lines] == [s.name for s in SECTIONS]
     assert all(g["state"] == "not run (CPU mode)" for g in doc["goals"])
