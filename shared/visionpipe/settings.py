@@ -313,9 +313,7 @@ class GatewaySettings(BaseModel):
     # Each upload is held from its Content-Length (or its bytes as they come) until published; 429 beyond this.
     max_upload_bytes_in_flight: int = Field(128 * 1024**2, ge=1, description="bytes of uploads held at once")
     tokens_file: Path | None = Field(None, description="file of bearer tokens, one per line; unset: no auth")
-    protect_docs_and_metrics: bool = Field(
-        False, description="with tokens: /metrics, /docs, /openapi.json need one too"
-    )
+    protect_docs_and_metrics: bool = Field(False, description="tokens guard /metrics, /docs, /openapi.json too")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty: CORS off")
     ingest_url: str = Field(
         "", description="API of a running `visionpipe ingest` (http://host:port): /v1/streams is served here too"
