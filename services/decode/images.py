@@ -118,8 +118,8 @@ def check_header(data: bytes, limits: LimitSettings) -> Header:
         with Image.open(io.BytesIO(data), formats=readable(limits)) as img:
             fmt, (width, height), mode = img.format or "unknown", img.size, img.mode
             orientation, transparent = exif_orientation(img), has_alpha(img)
-    except integrity.Malformed as exc:
-        raise BadImage(str(exc)) from None
+    except integrity.Malformed as exc:  # a broken container reads as Pillow's refusals do
+        raise BadImage(f"not an image: {exc}") from None
     except UnidentifiedImageError:
         accepted = ", ".join(readable(limits))
         raise BadImage(f"not an image: format not recognised (accepted: {accepted})") from None

@@ -66,7 +66,7 @@ class JpegFrame:
 
 def _segment_length(data: bytes, pos: int) -> int:
     if pos + 2 > len(data):
-        raise Malformed("JPEG header cut short")
+        raise Malformed("truncated JPEG: its header is cut short")
     length = int.from_bytes(data[pos : pos + 2], "big")
     if length < 2:
         raise Malformed(f"JPEG segment of length {length}")
@@ -76,7 +76,7 @@ def _segment_length(data: bytes, pos: int) -> int:
 def _next_marker(data: bytes, pos: int, junk: int) -> tuple[int, int]:
     """The position of the next marker byte (past its 0xFF) and the junk and fill skipped so far."""
     if pos >= len(data):
-        raise Malformed("JPEG ends before its image data")
+        raise Malformed("truncated JPEG: it ends before its image data")
     if data[pos] != 0xFF:
         nxt = data.find(b"\xff", pos)
         junk += (len(data) if nxt < 0 else nxt) - pos
@@ -90,7 +90,7 @@ def _next_marker(data: bytes, pos: int, junk: int) -> tuple[int, int]:
     if junk > MAX_JPEG_JUNK_BYTES:
         raise Malformed(f"corrupt JPEG: more than {junk} bytes of junk or fill between markers")
     if fill.end() >= len(data):
-        raise Malformed("JPEG ends before its image data")
+        raise Malformed("truncated JPEG: it ends before its image data")
     return fill.end(), junk
 
 
@@ -103,7 +103,7 @@ def jpeg_frame(data: bytes) -> JpegFrame:
         if marker in STANDALONE or marker == SOI:
             continue
         if marker == EOI:
-            raise Malformed("JPEG ends before its image data")
+            raise Malformed("truncated JPEG: it ends before its image data")
         segments += 1
         if segments > MAX_JPEG_SEGMENTS:
             raise Malformed(f"corrupt JPEG: more than {MAX_JPEG_SEGMENTS} marker segments before the image data")
@@ -119,7 +119,7 @@ def jpeg_frame(data: bytes) -> JpegFrame:
 
 def _frame(body: bytes, marker: int) -> tuple[int, int, tuple[tuple[int, int], ...], bool]:
     if len(body) < 6:
-        raise Malformed("JPEG frame header cut short")
+        raise Malformed("truncated JPEG: its frame header is cut short")
     height, width, count = int.from_bytes(body[1:3], "big"), int.from_bytes(body[3:5], "big"), body[5]
     comps = tuple((body[6 + 3 * i + 1] >> 4, body[6 + 3 * i + 1] & 15) for i in range(count) if 8 + 3 * i < len(body))
     if len(comps) != count or not comps or any(h == 0 or v == 0 for h, v in comps):
@@ -187,7 +187,7 @@ def _png_chunks(data: bytes) -> tuple[bytes, list[tuple[int, int]]]:
 def _png_raw_bytes(ihdr: bytes) -> int:
     """What the IDAT stream inflates to for this header: every row of every pass with its filter byte."""
     if len(ihdr) < 13:
-        raise Malformed("PNG header cut short")
+        raise Malformed("truncated PNG: its header is cut short")
     width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", ihdr[:13])
     bits = depth * PNG_CHANNELS.get(colour, 4)
     if not interlace:
