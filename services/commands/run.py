@@ -262,7 +262,7 @@ def _write(out: Path, inputs: list[Input], records: dict[str, dict[str, Any]]) -
     help="TOML, YAML or JSON settings file (env VISIONPIPE_* and flags override it)",
 )
 @click.option(
-    "--score-threshold", type=float, help="detector score threshold (default 0.4, fits NanoDet; 0 keeps the top boxes)"
+    "--score-threshold", type=float, help="detector score threshold (default 0.43, see README; 0 keeps the top boxes)"
 )
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), help="also write the summary as JSON")
 @click.option("--quiet", is_flag=True, help="no progress bar")
