@@ -49,6 +49,9 @@ class BrokerSettings(BaseModel):
     kafka_heartbeat_ms: int = 1_000
     # A consumer that has held a delivery this long without acking is presumed dead.
     reclaim_idle_s: float = 30.0
+    # Start-up only: long enough for a broker started at the same moment (compose waits for a healthy one anyway),
+    # short enough that a wrong host or port is said within seconds. Later outages are retried without a limit.
+    connect_timeout_s: float = Field(10.0, gt=0.0, description="how long start-up waits for the broker to answer")
     connect_retries: int = 20
     connect_backoff_s: float = 0.2
     connect_backoff_max_s: float = 5.0
@@ -200,6 +203,8 @@ class ModelsSettings(BaseModel):
 
 class ServiceSettings(BaseModel):
     host: str = Field("127.0.0.1", description="address for /healthz, /readyz and /metrics; 0.0.0.0 in containers")
+    # Unset, each command has its own (gateway 8000, decode 8001, detector 8002, classifier 8003, ingest 8010), so
+    # processes started side by side on one machine do not collide; the containers set 8000 for all.
     port: int = Field(8000, ge=0, le=65535, description="port of /healthz, /readyz and /metrics; 0 picks a free one")
     device: Literal["auto", "cuda", "cpu"] = "auto"
     consumer: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
