@@ -75,9 +75,9 @@ def _found(s: RunSummary, console: Console) -> None:
         return
     if len(s.found) <= FEW_IMAGES:
         table = Table(title="found", title_justify="left")
-        table.add_column("file")
+        table.add_column("file", overflow="fold")
         table.add_column("objects", justify="right")
-        table.add_column("what (detector label and score · classifier's top guess)")
+        table.add_column("what: detector label, score · classifier's guess")
         for name, count, captions in s.found:
             more = f", +{count - OBJECTS_SHOWN} more" if count > OBJECTS_SHOWN else ""
             table.add_row(name, str(count), ", ".join(captions[:OBJECTS_SHOWN]) + more or "nothing")
@@ -97,7 +97,7 @@ def _bad(s: RunSummary, console: Console) -> None:
     if not s.bad_files:
         return
     table = Table(title=f"bad inputs: {len(s.bad_files)}", title_justify="left")
-    table.add_column("file")
+    table.add_column("file", overflow="fold")
     table.add_column("why")
     for name, reason in s.bad_files[:BAD_SHOWN]:
         table.add_row(name, reason)
