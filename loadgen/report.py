@@ -2,7 +2,10 @@
 
 The Markdown puts brokers side by side on the same rows, and ends with a
 verdict per metric (who won, by what ratio), since a ratio measured in one
-session on one host is the only kind of broker claim that transfers.
+session on one host is the only kind of broker claim that transfers. A run
+the pipeline could not keep up with (``saturation.py``) is said at the top
+and nothing is ranked: its latencies measure a growing queue, not a broker.
+With ``--find-capacity`` the report starts with each broker's capacity.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from visionpipe.breakdown import CATEGORIES, SEGMENTS
 from visionpipe.loadgen.compare import broker_label
 from visionpipe.loadgen.plots import BREAKDOWN_PNG, CDF_PNG, TIMELINE_PNG, write_plots
 from visionpipe.loadgen.runner import RunResult
+from visionpipe.loadgen.saturation import saturation
 
 SECTIONS = ("Setup", "Summary", "Latency per segment", "Where the time goes", "Resources", "Verdict", "Plots")
 PERCENTILE_ROWS = ("p50", "p90", "p99", "p99.9", "max")
@@ -57,6 +61,7 @@ def run_doc(r: RunResult, rounds: int) -> dict[str, Any]:
         "summary": r.summary,
         "resources": r.resources,
         "notes": r.notes,
+        "saturated": saturation(r.summary, open_loop=r.spec.pattern != "closed"),
     }
 
 
@@ -106,7 +111,22 @@ def verdict(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def write_report(results: list[RunResult], out_dir: Path, setup: dict[str, Any]) -> dict[str, Path]:
+def capacity_verdict(capacity: dict[str, Any]) -> list[dict[str, Any]]:
+    """The verdict's capacity row: the broker with the higher knee, and by how much."""
+    knees = {name: c["knee_rps"] for name, c in capacity["brokers"].items() if c["knee_rps"]}
+    if len(knees) < 2:
+        return []
+    best, worst = max(knees, key=lambda k: knees[k]), min(knees, key=lambda k: knees[k])
+    ratio = knees[best] / knees[worst]
+    return [
+        {"metric": "capacity (req/s)", "winner": best, "loser": worst, "ratio": ratio, "values": knees}
+        | {"lower_is_better": False}
+    ]
+
+
+def write_report(
+    results: list[RunResult], out_dir: Path, setup: dict[str, Any], capacity: dict[str, Any] | None = None
+) -> dict[str, Path]:
     """Write results.json, report.md and the plots into ``out_dir``; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rounds = max((r.round for r in results), default=1)
@@ -118,8 +138,11 @@ def write_report(results: list[RunResult], out_dir: Path, setup: dict[str, Any])
         "host": host_info(),
         "setup": setup,
         "runs": runs,
-        "verdict": verdict(runs),
+        "saturated": {r["label"]: r["saturated"] for r in runs if r["saturated"]},
+        "capacity": capacity,
     }
+    # Saturated runs are not ranked: which queue grew faster says nothing about the brokers.
+    doc["verdict"] = [] if doc["saturated"] else [*(capacity_verdict(capacity) if capacity else []), *verdict(runs)]
     plots = write_plots(runs, out_dir)
     doc["plots"] = plots
     paths = {"json": out_dir / "results.json", "markdown": out_dir / "report.md"}
@@ -147,6 +170,7 @@ def markdown(doc: dict[str, Any]) -> str:
     labels = [r["label"] for r in runs]
     setup, host = doc["setup"], doc["host"]
     lines = [f"# Broker comparison: {' vs '.join(labels)}", "", f"Generated {doc['generated_utc']}.", ""]
+    lines += saturated_lines(doc) + capacity_lines(doc)
 
     lines += ["## Setup", ""]
     lines += [
@@ -202,8 +226,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "## Where the time goes",
         "",
         "Mean ms per request by kind; the non-DNN share is everything except "
-        "detector and classifier compute, over end-to-end (the share a study of DNN-server overheads found decisive: "
-        "16-56 %, docs/background.md).",
+        "detector and classifier compute, over end-to-end: the part of a request's time that the broker and the "
+        "stages' own handling decide, rather than the models.",
         "",
     ]
     cat_rows = [[c, *(_fmt(r["summary"].get("categories_mean_ms", {}).get(c)) for r in runs)] for c in CATEGORIES]
@@ -218,6 +242,8 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += _resources(runs)
 
     lines += ["## Verdict", ""]
+    if doc["saturated"]:
+        lines += ["Not ranked: the pipeline was saturated (see the top of this report).", ""]
     if any(r["round"] > 1 for r in runs):
         lines += [
             "Brokers ran in ABBA order over several rounds; each value is the broker's median over its rounds.",
@@ -234,7 +260,7 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     if verdict_rows:
         lines += [*_table(["metric", "better", "by", "values"], verdict_rows), ""]
-    else:
+    elif not doc["saturated"]:
         lines += ["One broker only (or one that failed): nothing to compare.", ""]
     notes = [f"- {r['label']}: {n}" for r in runs for n in r["notes"]]
     if notes:
@@ -271,4 +297,54 @@ def _resources(runs: list[dict[str, Any]]) -> list[str]:
         lines += [*_table(["", *[r["label"] for r in runs]], rows), ""]
     else:
         lines += ["Not measurable: no broker or stage process visible on this host.", ""]
+    return lines
+
+
+def saturated_lines(doc: dict[str, Any]) -> list[str]:
+    """The report's first words when a run could not keep up: what showed it, and what to do instead."""
+    if not doc["saturated"]:
+        return []
+    lines = [
+        "**Saturated: no broker is ranked.** In these runs the pipeline did not keep up with the load offered: "
+        "requests waited in a queue that grew while the run lasted, so their latencies measure that queue "
+        "rather than the broker:",
+        "",
+    ]
+    lines += [f"- {label}: {info['why']}" for label, info in doc["saturated"].items()]
+    lines += [
+        "",
+        "Run again at a rate the pipeline keeps up with (a lower `--rate`), or with `--find-capacity`, which "
+        "steps the rate up to what each broker keeps up with and compares them there.",
+        "",
+    ]
+    return lines
+
+
+def capacity_lines(doc: dict[str, Any]) -> list[str]:
+    """``--find-capacity``: each broker's steps, its capacity, and the rate the rest of the report compares at."""
+    capacity = doc.get("capacity")
+    if not capacity:
+        return []
+    lines = [
+        "## Capacity",
+        "",
+        f"Each broker's pipeline was offered {capacity['pattern']} load, each step {capacity['step']:g}× the "
+        f"last, {capacity['duration_s']:g} s a step; its capacity is the highest rate it kept up with "
+        "(no sign of saturation).",
+        "",
+    ]
+    rows = []
+    for name, c in capacity["brokers"].items():
+        steps = ", ".join(
+            f"{s['rate']:g} → {s['achieved_rps']:.2f}" + (" (saturated)" if s["saturated"] else "") for s in c["steps"]
+        )
+        rows.append([name, steps, _fmt(c["knee_rps"]) if c["knee_rps"] else "below the lowest step"])
+    lines += [*_table(["broker", "offered → completed req/s", "capacity (req/s)"], rows), ""]
+    at = capacity.get("compared_at_rps")
+    lines += [
+        f"The tables below compare the brokers at {at:g} req/s, the highest rate every broker kept up with."
+        if at
+        else "No rate was kept up with by every broker: the tables below are of saturated runs.",
+        "",
+    ]
     return lines

@@ -144,7 +144,8 @@ def _serve_gateway(settings: Settings) -> None:
 
     # The gateway connects inside uvicorn's start-up, which would print a traceback for a broker that does not
     # answer: ask once before, so that is said in one line.
-    asyncio.run(_reachable(settings))
+    if not settings.broker.url.startswith("memory:"):
+        asyncio.run(_reachable(settings))
     uvloop.run(serve_gateway(settings))
 
 

@@ -55,19 +55,20 @@ FORMS = "memory://, redis://HOST:PORT/DB, rediss://HOST:PORT/DB or kafka://HOST:
 def check_url(url: str) -> None:
     """Raise ValueError, in one line, for a broker URL no backend can use: checked before anything slow starts."""
     parts = urlsplit(url)
+    shown = repr(parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl())  # never the credentials
     if parts.scheme not in SCHEMES:
-        raise ValueError(f"broker URL {redact_url(url)!r}: unknown scheme {parts.scheme!r}; use {FORMS}")
+        raise ValueError(f"broker URL {shown}: unknown scheme {parts.scheme!r}; use {FORMS}")
     if parts.scheme == "memory":
         return
     hosts = parts.netloc.rpartition("@")[2]
     if not hosts:
-        raise ValueError(f"broker URL {redact_url(url)!r} names no host; use {FORMS}")
+        raise ValueError(f"broker URL {shown} names no host; use {FORMS}")
     for host in hosts.split(","):
         name, _, port = host.rpartition(":") if ":" in host and not host.endswith("]") else (host, "", "")
         if not name:
-            raise ValueError(f"broker URL {redact_url(url)!r}: {host!r} names no host")
+            raise ValueError(f"broker URL {shown}: {host!r} names no host")
         if port and not (port.isdigit() and 0 < int(port) < 65536):
-            raise ValueError(f"broker URL {redact_url(url)!r}: port {port!r} is not a port number (1-65535)")
+            raise ValueError(f"broker URL {shown}: port {port!r} is not a port number (1-65535)")
 
 
 async def connect(url: str | None = None, settings: Settings | None = None) -> Broker:

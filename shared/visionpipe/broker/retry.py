@@ -58,7 +58,8 @@ async def with_retries(attempt: Callable[[], Awaitable[T]], url: str, settings: 
         except (BrokerError, TimeoutError) as exc:
             now = time.monotonic()
             if n == tries or now >= deadline - MIN_ATTEMPT_S:
-                raise BrokerUnreachable(unreachable(url, now - start, _said_once(url, exc))) from exc
+                waited = f"{n} tries in {now - start:.1f} s" if n == tries else f"{b.connect_timeout_s:g} s"
+                raise BrokerUnreachable(unreachable(url, waited, _said_once(url, exc))) from exc
             delay = min(backoff.next(), deadline - now - MIN_ATTEMPT_S)  # the last try lands on the deadline
             log.info(
                 "broker not ready, retrying",
@@ -73,7 +74,7 @@ def _said_once(url: str, exc: BaseException) -> str:
     return (str(exc) or "no answer").removeprefix(f"{_family(url)} {redact_url(url)}").lstrip(": ")
 
 
-def unreachable(url: str, waited_s: float, error: str) -> str:
+def unreachable(url: str, waited: str, error: str) -> str:
     """The one line a person reads when the broker never answered."""
     parts = urlsplit(url)
     family = _family(url)
@@ -81,7 +82,7 @@ def unreachable(url: str, waited_s: float, error: str) -> str:
     check = CHECK.get(family, "is it running, and are the host and port right?")
     check = check.format(host=host or "localhost", port=port or 6379)
     return (
-        f"cannot reach the broker at {redact_url(url)} (waited {waited_s:.1f} s; last error: {error}) — {check} "
+        f"cannot reach the broker at {redact_url(url)} (no answer in {waited}; last error: {error}) — {check} "
         "(VISIONPIPE_BROKER__CONNECT_TIMEOUT_S waits longer)"
     )
 
