@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -190,6 +191,7 @@ def _execute(brokers: list[str], external: bool, out_dir: Path, kw: dict[str, An
         ),
     )
     base = load_settings(streams={"prefix": kw.get("prefix")})
+    load_before = os.getloadavg()[0]
     found: dict[str, Any] | None = None
     if capacity:
         from visionpipe.loadgen.capacity import find_capacity
@@ -207,6 +209,8 @@ def _execute(brokers: list[str], external: bool, out_dir: Path, kw: dict[str, An
         else f"started per broker: device {kw['device']}, weights {kw['weights']}"
         + (f", {' '.join(kw['stage_env'])}" if kw["stage_env"] else ""),
         "warm-up requests": kw["warmup"],
+        # Other work on the host moves every figure of a comparison: the reader should know how busy it was.
+        "host load average (1 min), before → after": f"{load_before:.1f} → {os.getloadavg()[0]:.1f}",
     }
     paths = write_report(results, out_dir, setup, found)
     console = Console()
@@ -226,7 +230,10 @@ def _say_verdict(console: Console, doc: dict[str, Any]) -> None:
     if doc["saturated"]:
         console.print("lower --rate, or use --find-capacity to compare each broker at a rate it keeps up with")
     for v in doc["verdict"]:
-        console.print(f"{v['metric']}: {v['winner']} better, {v['ratio']:.2f}×" if v["ratio"] else v["metric"])
+        if v["winner"] is None:
+            console.print(f"{v['metric']}: about the same ({v['ratio']:.2f}×)")
+        elif v["ratio"]:
+            console.print(f"{v['metric']}: {v['winner']} better, {v['ratio']:.2f}×")
 
 
 def _percentile_cell(p: str) -> Callable[[dict[str, Any]], str]:

@@ -28,6 +28,8 @@ from visionpipe.loadgen.saturation import saturation
 SECTIONS = ("Setup", "Summary", "Latency per segment", "Where the time goes", "Resources", "Verdict", "Plots")
 PERCENTILE_ROWS = ("p50", "p90", "p99", "p99.9", "max")
 BATCH_ROWS = (("consumed_messages", "messages per consume call"), ("device_batch_size", "items per device batch"))
+# Closer than this, two brokers are not ranked on a metric: run-to-run noise on one host is of this order.
+TIE_RATIO = 1.05
 # (row label, getter, lower is better); a getter returns None where a run has no value.
 Metric = tuple[str, Callable[[dict[str, Any]], float | None], bool]
 
@@ -105,8 +107,11 @@ def verdict(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         worst = (max if lower else min)(values, key=lambda k: values[k])
         hi, lo = (values[worst], values[best]) if lower else (values[best], values[worst])
         ratio = hi / lo if lo > 0 else None  # always >= 1: how many times better the winner is
+        # A few per cent between two runs of one session is nobody's win.
+        winner = best if ratio is None or ratio >= TIE_RATIO else None
         out.append(
-            {"metric": name, "winner": best, "loser": worst, "ratio": ratio, "values": values, "lower_is_better": lower}
+            {"metric": name, "winner": winner, "loser": worst, "ratio": ratio, "values": values}
+            | {"lower_is_better": lower}
         )
     return out
 
@@ -252,7 +257,7 @@ def markdown(doc: dict[str, Any]) -> str:
     verdict_rows = [
         [
             v["metric"],
-            v["winner"],
+            v["winner"] or f"neither (within {TIE_RATIO - 1:.0%})",
             f"{v['ratio']:.2f}×" if v["ratio"] else "–",
             ", ".join(f"{k} {_fmt(x)}" for k, x in v["values"].items()),
         ]
@@ -330,7 +335,7 @@ def capacity_lines(doc: dict[str, Any]) -> list[str]:
         "",
         f"Each broker's pipeline was offered {capacity['pattern']} load, each step {capacity['step']:g}× the "
         f"last, {capacity['duration_s']:g} s a step; its capacity is the highest rate it kept up with "
-        "(no sign of saturation).",
+        "(no sign of saturation); the true figure lies between it and the next step.",
         "",
     ]
     rows = []
