@@ -23,6 +23,7 @@ COMPUTE_S = {"decode": 0.005, "detector": 0.03, "classifier": 0.02}
 
 try:
     from visionpipe.envelope import Envelope, Event
+    from visionpipe.hops import Letterboxed
     from visionpipe.services.decode.images import BadImage, letterbox_cpu
     from visionpipe.services.runtime import factory as _serve
     from visionpipe.services.runtime import worker as _worker
@@ -78,9 +79,7 @@ if _worker is not None:
                     tensor, geo = letterbox_cpu(image, s.decode.input_size, s.limits, s.decode.pad_value)
                 except BadImage as exc:
                     raise BadInput(exc.reason) from exc
-                child = env.child(**geo.payload())
-                child.arrays["image"] = tensor
-                return child
+                return Letterboxed(tensor, geo.width, geo.height, geo.scale, geo.pad).write(env)
             if self.name == "detector":
                 if "image" not in env.arrays:
                     raise BadInput("detector input has no image")
