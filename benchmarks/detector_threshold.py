@@ -151,8 +151,10 @@ def main() -> None:
             "sweep": [count(found, t) for t in THRESHOLDS],
             "two_labels_one_box_at_0.3": two_labels_one_box(found, 0.3),
         }
-        if cross in (1.0, settings.detector.cross_class_iou):  # every box, for the default and for "off"
-            runs[str(cross)]["found"] = found
+        if cross in (1.0, settings.detector.cross_class_iou):  # what each photo gave, for the default and for "off"
+            runs[str(cross)]["found"] = {
+                name: ", ".join(f"{d['label']} {d['score']:.2f}" for d in dets) for name, dets in found.items()
+            }
     doc = {
         "when_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime(t0)),
         "load_average_before": load,
