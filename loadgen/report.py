@@ -39,6 +39,7 @@ def host_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        "load_average": os.getloadavg()[0],
         "processor": platform.processor() or platform.machine(),
     }
     try:
@@ -175,7 +176,7 @@ def markdown(doc: dict[str, Any]) -> str:
     labels = [r["label"] for r in runs]
     setup, host = doc["setup"], doc["host"]
     lines = [f"# Broker comparison: {' vs '.join(labels)}", "", f"Generated {doc['generated_utc']}.", ""]
-    lines += saturated_lines(doc) + capacity_lines(doc)
+    lines += busy_lines(host) + saturated_lines(doc) + capacity_lines(doc)
 
     lines += ["## Setup", ""]
     lines += [
@@ -305,6 +306,19 @@ def _resources(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def busy_lines(host: dict[str, Any]) -> list[str]:
+    """A warning when other work kept the host's cores busy: it moves every figure more than a broker does."""
+    load, cpus = host.get("load_average"), host.get("cpus") or 1
+    if load is None or load <= cpus:
+        return []
+    return [
+        f"**The host was busy**: load average {load:.1f} on {cpus} CPUs when this report was written. Other work "
+        "moves these figures, a capacity most of all, by more than the brokers differ: repeat on a quiet machine "
+        "(or with `--rounds`) before reading a ranking from them.",
+        "",
+    ]
+
+
 def saturated_lines(doc: dict[str, Any]) -> list[str]:
     """The report's first words when a run could not keep up: what showed it, and what to do instead."""
     if not doc["saturated"]:
@@ -341,13 +355,14 @@ def capacity_lines(doc: dict[str, Any]) -> list[str]:
     rows = []
     for name, c in capacity["brokers"].items():
         steps = ", ".join(
-            f"{s['rate']:g} → {s['achieved_rps']:.2f}" + (" (saturated)" if s["saturated"] else "") for s in c["steps"]
+            f"{s['rate']:.3g} → {s['achieved_rps']:.2f}" + (" (saturated)" if s["saturated"] else "")
+            for s in c["steps"]
         )
-        rows.append([name, steps, _fmt(c["knee_rps"]) if c["knee_rps"] else "below the lowest step"])
+        rows.append([name, steps, f"{c['knee_rps']:.3g}" if c["knee_rps"] else "below the lowest step"])
     lines += [*_table(["broker", "offered → completed req/s", "capacity (req/s)"], rows), ""]
     at = capacity.get("compared_at_rps")
     lines += [
-        f"The tables below compare the brokers at {at:g} req/s, the highest rate every broker kept up with."
+        f"The tables below compare the brokers at {at:.3g} req/s, the highest rate every broker kept up with."
         if at
         else "No rate was kept up with by every broker: the tables below are of saturated runs.",
         "",

@@ -36,7 +36,7 @@ def saturation(summary: dict[str, Any], open_loop: bool = True) -> dict[str, Any
     achieved, offered = achieved_rps(summary), summary.get("offered_rps") or 0.0
     signs = []
     if open_loop and offered > 0 and achieved < ACHIEVED_SHARE * offered:
-        signs.append(f"results came back at {achieved:.2f} req/s, {offered:.2f} offered ({achieved / offered:.0%})")
+        signs.append(f"results came back at {achieved:.2f} req/s, {offered:.2f} offered ({achieved / offered:.1%})")
     first, last = latency_thirds(summary.get("timeline") or [])
     if first is not None and last is not None and last >= GROWTH * first and last - first >= GROWTH_MIN_MS:
         signs.append(f"latency rose from {_ms(first)} in the first third of the run to {_ms(last)} in the last")

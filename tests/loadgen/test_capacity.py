@@ -51,5 +51,5 @@ def test_find_capacity_steps_each_broker_to_its_knee_and_compares_there(
     assert all(r["summary"]["offered_rps"] == pytest.approx(common, rel=0.35) for r in doc["runs"])
     assert doc["verdict"][0]["metric"] == "capacity (req/s)"
     md = (out / "report.md").read_text()
-    assert "## Capacity" in md and f"compare the brokers at {common:g} req/s" in md
+    assert "## Capacity" in md and f"compare the brokers at {common:.3g} req/s" in md
     assert "capacity (req/s)" in proc.stdout

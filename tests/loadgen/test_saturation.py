@@ -34,7 +34,7 @@ def test_a_queue_that_grows_is_saturated_and_says_by_how_much() -> None:
     found = saturation(run_summary(50, 200, lambda i: 500 + i * 1000, 10.0))
     assert found is not None
     assert found["achieved_rps"] == 1.0 and found["offered_rps"] == 5.0
-    assert "results came back at 1.00 req/s, 5.00 offered (20%)" in found["why"]
+    assert "results came back at 1.00 req/s, 5.00 offered (20.0%)" in found["why"]
     assert "latency rose from 6.5 s in the first third of the run to 33.7 s in the last" in found["why"]
 
 
