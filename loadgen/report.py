@@ -313,8 +313,8 @@ def busy_lines(host: dict[str, Any]) -> list[str]:
         return []
     return [
         f"**The host was busy**: load average {load:.1f} on {cpus} CPUs when this report was written. Other work "
-        "moves these figures, a capacity most of all, by more than the brokers differ: repeat on a quiet machine "
-        "(or with `--rounds`) before reading a ranking from them.",
+        "moves these figures, a capacity most of all, by more than the brokers differ: repeat the run on a quiet "
+        "machine before reading a ranking from it.",
         "",
     ]
 
