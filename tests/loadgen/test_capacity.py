@@ -26,7 +26,7 @@ def test_find_capacity_steps_each_broker_to_its_knee_and_compares_there(
         "--stage-command",
         PASSTHROUGH,
         "--rate",
-        "1.5",
+        "2.25",
         "--duration",
         "2",
         "--out",
@@ -41,7 +41,7 @@ def test_find_capacity_steps_each_broker_to_its_knee_and_compares_there(
     for name in ("redis", "kafka"):
         broker = capacity["brokers"][name]
         steps = broker["steps"]
-        assert steps[0]["rate"] == 1.5 and not steps[0]["saturated"], steps
+        assert steps[0]["rate"] == 2.25 and not steps[0]["saturated"], steps
         assert steps[-1]["saturated"] and not any(s["saturated"] for s in steps[:-1]), steps
         assert all(b["rate"] == pytest.approx(a["rate"] * STEP) for a, b in itertools.pairwise(steps))
         assert broker["knee_rps"] == steps[-2]["rate"] and 2 <= broker["knee_rps"] < 5, steps
