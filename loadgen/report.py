@@ -174,11 +174,19 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def markdown(doc: dict[str, Any]) -> str:
     runs = doc["runs"]
     labels = [r["label"] for r in runs]
-    setup, host = doc["setup"], doc["host"]
     lines = [f"# Broker comparison: {' vs '.join(labels)}", "", f"Generated {doc['generated_utc']}.", ""]
-    lines += busy_lines(host) + saturated_lines(doc) + capacity_lines(doc)
+    lines += busy_lines(doc["host"]) + saturated_lines(doc) + capacity_lines(doc)
+    lines += _setup(doc) + _summary(runs, labels) + _segments(runs, labels) + _where_time_goes(runs, labels)
+    lines += _resources(runs) + _verdict(doc)
+    lines += ["## Plots", ""]
+    titles = {CDF_PNG: "Latency CDF", TIMELINE_PNG: "Latency over time", BREAKDOWN_PNG: "Per-stage breakdown"}
+    lines += [f"![{titles[p]}]({p})" for p in doc.get("plots", [])] or ["No completed requests: no plots."]
+    return "\n".join(lines) + "\n"
 
-    lines += ["## Setup", ""]
+
+def _setup(doc: dict[str, Any]) -> list[str]:
+    runs, setup, host = doc["runs"], doc["setup"], doc["host"]
+    lines = ["## Setup", ""]
     lines += [
         f"- host: {host['platform']}, {host['cpus']} CPUs, Python {host['python']}, torch {host.get('torch')}, "
         f"GPU: {host.get('cuda') or 'none'}"
@@ -190,8 +198,10 @@ def markdown(doc: dict[str, Any]) -> str:
         "coordinated omission); percentiles from HdrHistogram (3 significant digits)",
         "",
     ]
+    return lines
 
-    lines += ["## Summary", ""]
+
+def _summary(runs: list[dict[str, Any]], labels: list[str]) -> list[str]:
     rows = [
         ["sent", *(_fmt(r["summary"].get("sent")) for r in runs)],
         ["completed", *(_fmt(r["summary"].get("completed")) for r in runs)],
@@ -203,18 +213,21 @@ def markdown(doc: dict[str, Any]) -> str:
         *[[f"latency {k} (ms)", *(_fmt(_lat(k)(r)) for r in runs)] for k in (*PERCENTILE_ROWS[:4], "mean", "max")],
         ["objects per image", *(_fmt(r["summary"].get("objects_per_image")) for r in runs)],
     ]
-    lines += [*_table(["", *labels], rows), ""]
+    lines = ["## Summary", "", *_table(["", *labels], rows), ""]
     for r in runs:
         if "error" in r["summary"]:
             lines += [f"**{r['label']} failed:** {r['summary']['error']}", ""]
+    return lines
 
-    lines += [
+
+def _segments(runs: list[dict[str, Any]], labels: list[str]) -> list[str]:
+    lines = [
         "## Latency per segment",
         "",
         "Mean / p99 in ms per request, from the stages' envelope stamps. A hop is one broker transfer "
         "(publisher's `published` → consumer's `dequeued`; the first from ingress `enqueued`, the last to "
         "the load generator's read): it includes time waiting in the stream while the consumer is busy, "
-        "so under overload the hops grow with the backlog. Queue is waiting inside a stage for its batch; "
+        "so under overload the hops grow with the backlog. Queueing is waiting inside a stage for its batch; "
         "compute is decode or the DNN; post is post-processing and publish.",
         "",
     ]
@@ -226,9 +239,11 @@ def markdown(doc: dict[str, Any]) -> str:
             cells.append(f"{_fmt(s['mean'])} / {_fmt(s['p99'])}" if s else "–")
         if any(c != "–" for c in cells):
             seg_rows.append([seg, *cells])
-    lines += [*_table(["segment", *labels], seg_rows), ""]
+    return [*lines, *_table(["segment", *labels], seg_rows), ""]
 
-    lines += [
+
+def _where_time_goes(runs: list[dict[str, Any]], labels: list[str]) -> list[str]:
+    lines = [
         "## Where the time goes",
         "",
         "Mean ms per request by kind; the non-DNN share is everything except "
@@ -243,11 +258,12 @@ def markdown(doc: dict[str, Any]) -> str:
         else "–"
         for r in runs
     ]
-    lines += [*_table(["", *labels], [*cat_rows, ["**non-DNN share**", *share]]), ""]
+    return [*lines, *_table(["", *labels], [*cat_rows, ["**non-DNN share**", *share]]), ""]
 
-    lines += _resources(runs)
 
-    lines += ["## Verdict", ""]
+def _verdict(doc: dict[str, Any]) -> list[str]:
+    runs = doc["runs"]
+    lines = ["## Verdict", ""]
     if doc["saturated"]:
         lines += ["Not ranked: the pipeline was saturated (see the top of this report).", ""]
     if any(r["round"] > 1 for r in runs):
@@ -271,11 +287,7 @@ def markdown(doc: dict[str, Any]) -> str:
     notes = [f"- {r['label']}: {n}" for r in runs for n in r["notes"]]
     if notes:
         lines += ["Notes:", "", *notes, ""]
-
-    lines += ["## Plots", ""]
-    titles = {CDF_PNG: "Latency CDF", TIMELINE_PNG: "Latency over time", BREAKDOWN_PNG: "Per-stage breakdown"}
-    lines += [f"![{titles[p]}]({p})" for p in doc.get("plots", [])] or ["No completed requests: no plots."]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _resources(runs: list[dict[str, Any]]) -> list[str]:
