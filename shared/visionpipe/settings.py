@@ -49,6 +49,9 @@ class BrokerSettings(BaseModel):
     kafka_heartbeat_ms: int = 1_000
     # A consumer that has held a delivery this long without acking is presumed dead.
     reclaim_idle_s: float = 30.0
+    # Start-up only: long enough for a broker started at the same moment (compose waits for a healthy one anyway),
+    # short enough that a wrong host or port is said within seconds. Later outages are retried without a limit.
+    connect_timeout_s: float = Field(10.0, gt=0.0, description="how long start-up waits for the broker to answer")
     connect_retries: int = 20
     connect_backoff_s: float = 0.2
     connect_backoff_max_s: float = 5.0
@@ -169,13 +172,20 @@ CPU_THREADS_HELP = (
 class DetectorSettings(BaseModel):
     model: str = Field("nanodet_g", description="nanodet_g (bundled, COCO) or a torchvision detection model name")
     weights: str = Field("DEFAULT", description=WEIGHTS_HELP)
-    # NanoDet-g: real objects in the sample photos score 0.50-0.88; texture and noise stay under 0.37.
-    score_threshold: float = Field(0.4, ge=0.0, le=1.0)
+    # Chosen on 24 photos, most without any of COCO's objects (benchmarks/RESULTS.md, "Detector threshold"): the
+    # highest that keeps every real object NanoDet-g finds there (the coffee's table, 0.44, is the lowest); false
+    # detections still reach 0.56 (coins as clocks): only a threshold above the real cat's 0.60 drops them all.
+    score_threshold: float = Field(0.43, ge=0.0, le=1.0)
     # Caps the boxes per image: each one is a crop for the classifier, and random weights produce hundreds.
     max_detections: int = Field(20, ge=1)
     # NanoDet's NMS overlap (upstream's 0.6); torchvision detectors keep their own.
     nms_iou: float = Field(0.6, gt=0.0, le=1.0)
-    class_agnostic_nms: bool = Field(False, description="NanoDet: boxes of different classes suppress each other")
+    # One box put out as two classes (cat 0.54 and dog 0.42) overlaps itself almost exactly; two real objects of
+    # different classes (a rider on a horse) rarely overlap this much. Chosen on photos: benchmarks/RESULTS.md.
+    cross_class_iou: float = Field(
+        0.8, gt=0.0, le=1.0, description="boxes of different classes overlapping more than this: one is kept; 1: off"
+    )
+    class_agnostic_nms: bool = Field(False, description="boxes of different classes suppress each other at nms_iou")
     input_size: int = Field(0, ge=0, description="side NanoDet runs at; 0 means its native 416")
     crop_size: int = Field(224, ge=16, description="side of the square crops cut for the classifier")
     # Square crops 1.2x the box's longer side classified better than tight ones (a tie: "cleaver" -> "Windsor tie").
@@ -207,6 +217,8 @@ class ModelsSettings(BaseModel):
 
 class ServiceSettings(BaseModel):
     host: str = Field("127.0.0.1", description="address for /healthz, /readyz and /metrics; 0.0.0.0 in containers")
+    # Unset, each command has its own (gateway 8000, decode 8001, detector 8002, classifier 8003, ingest 8010), so
+    # processes started side by side on one machine do not collide; the containers set 8000 for all.
     port: int = Field(8000, ge=0, le=65535, description="port of /healthz, /readyz and /metrics; 0 picks a free one")
     device: Literal["auto", "cuda", "cpu"] = "auto"
     consumer: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")

@@ -36,6 +36,10 @@ class BrokerError(RuntimeError):
     """Retryable: the broker is unreachable or timed out. Callers back off and retry."""
 
 
+class BrokerUnreachable(BrokerError):
+    """Nothing answered at the broker's address within the start-up deadline; the message says what to check."""
+
+
 class BrokerStateLost(BrokerError):
     """A stream or consumer group this pipeline made is gone: the broker restarted empty, or someone deleted it.
 
