@@ -1,10 +1,9 @@
 """All configuration, in one pydantic-settings model.
 
-Sources, highest priority first: CLI flags (passed as keyword arguments),
-environment variables ``VISIONPIPE_<SECTION>__<FIELD>`` (for example
-``VISIONPIPE_BROKER__URL``), a settings file named by ``VISIONPIPE_SETTINGS_FILE``
-(TOML, YAML or JSON), then the defaults below. Secrets are ``SecretStr`` so
-that they never appear in logs, reprs or health endpoints.
+Sources, highest priority first: CLI flags (passed as keyword arguments), environment variables
+``VISIONPIPE_<SECTION>__<FIELD>`` (for example ``VISIONPIPE_BROKER__URL``), a settings file named by
+``VISIONPIPE_SETTINGS_FILE`` (TOML, YAML or JSON), then the defaults below. Secrets are ``SecretStr`` so that
+they never appear in logs, reprs or health endpoints.
 
 Deployment files (compose, Kubernetes) are checked against this model by the
 test suite, so a setting renamed here fails the build until they follow.
@@ -29,6 +28,9 @@ from pydantic_settings import (
 
 ENV_PREFIX = "VISIONPIPE_"
 SETTINGS_FILE_ENV = "VISIONPIPE_SETTINGS_FILE"
+IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")  # Pillow's; EPS would run Ghostscript
+# FFmpeg filters that only draw or reshape frames: none reads a file or opens a URL (movie, metadata, *file* do).
+LAVFI_FILTERS = ("testsrc", "testsrc2", "smptebars", "smptehdbars", "color", "mandelbrot", "scale", "fps", "format")
 
 
 class BrokerSettings(BaseModel):
@@ -88,8 +90,7 @@ class StreamSettings(BaseModel):
     crops: str = "crops"
     results: str = "results"
     dead_letter: str = "dead"
-    # Kept for operators (`visionpipe dlq`) whoever else reads them, the oldest going first (Kafka: topic retention).
-    dead_letter_max_age_s: float = Field(7 * 86400.0, gt=0, description="dead letters are kept this long at most")
+    dead_letter_max_age_s: float = Field(7 * 86400.0, gt=0, description="dead letters are kept, whoever reads them")
     dead_letter_max_count: int = Field(10_000, ge=1, description="dead letters kept at most")
     dead_letter_max_bytes: int = Field(256 * 1024**2, ge=1, description="bytes of dead letters kept at most")
 
@@ -97,19 +98,12 @@ class StreamSettings(BaseModel):
         return f"{self.prefix}.{getattr(self, stream)}" if self.prefix else getattr(self, stream)
 
 
-IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")  # Pillow's names
-# FFmpeg filters that only draw or reshape frames: none reads a file or opens a URL (movie, metadata, *file* do).
-LAVFI_FILTERS = ("testsrc", "testsrc2", "smptebars", "smptehdbars", "color", "mandelbrot", "scale", "fps", "format")
-
-
 class LimitSettings(BaseModel):
     max_image_bytes: int = 25 * 1024 * 1024
     # 50 MP: a 16-bit decompression bomb stops here, a large phone photo (48 MP) still passes.
     max_image_pixels: int = 50_000_000
-    # Pillow reads dozens of formats, some through slow or external code (EPS runs Ghostscript): these only.
     image_formats: list[str] = Field(default_factory=lambda: list(IMAGE_FORMATS), description="formats accepted")
-    # Pillow holds 4 bytes a pixel while decoding, plus a copy to convert: 100 MP is under 1 GB in every case.
-    decode_max_pixels: int = Field(100_000_000, ge=1, description="pixels decoded at once per decode process")
+    decode_max_pixels: int = Field(100_000_000, ge=1, description="pixels decoded at once per process (~8 B each)")
     max_message_bytes: int = 64 * 1024 * 1024
     # Ingress stops admitting above this backlog (pending + undelivered, summed over every stage's input).
     ingress_high_watermark: int = 2_000
@@ -117,9 +111,7 @@ class LimitSettings(BaseModel):
     # Ingress also stops admitting while the pipeline's streams (frames to dead letters, results included) hold this
     # many bytes (Redis: MEMORY USAGE; memory broker: payload bytes; Kafka keeps its log on disk under retention and
     # is not bounded here). Keep it under Redis's maxmemory by what admitted frames grow into when decoded.
-    ingress_max_bytes: int = Field(
-        1024**3, ge=1, description="bytes held by the pipeline's streams above which ingress refuses"
-    )
+    ingress_max_bytes: int = Field(1024**3, ge=1, description="bytes the pipeline's streams hold: ingress refuses past")
 
 
 class ExecutorSettings(BaseModel):
@@ -268,9 +260,7 @@ class IngestSettings(BaseModel):
         default_factory=list, description='streams started with the service: JSON list of URLs or {"url": ..., ...}'
     )
     fps: float | None = Field(None, gt=0, description="default frames per second sent on per stream; none: all")
-    max_side: int | None = Field(
-        None, ge=32, description="frames are downscaled to this long side before JPEG; default: decode.input_size"
-    )
+    max_side: int | None = Field(None, ge=32, description="frames' long side sent on; default: decode.input_size")
     jpeg_quality: int = Field(85, ge=10, le=100)
     # Live streams keep little queued ahead of them: a frame waiting behind hundreds of others is stale, and
     # the newest-frame policy can only help when the backlog is short. Two decode batches keep decode fed.
@@ -285,7 +275,6 @@ class IngestSettings(BaseModel):
     reconnect_backoff_max_s: float = Field(8.0, gt=0)
     hwaccel: Literal["none", "cuda"] = Field("none", description="cuda: NVDEC where FFmpeg and the driver allow")
     results_group: str = Field("ingest", description="consumer group of the results reader (--results, annotate)")
-    # POST /v1/streams takes only these (sources given at start are the operator's own, and not checked).
     api_schemes: list[str] = Field(default_factory=lambda: ["rtsp", "rtsps", "http", "https", "srt"])
     api_file_roots: list[Path] = Field(default_factory=list, description="folders the API may ingest files from")
     api_lavfi_filters: list[str] = Field(default_factory=lambda: list(LAVFI_FILTERS))
@@ -322,8 +311,7 @@ class GatewaySettings(BaseModel):
     header_timeout_s: float = Field(10.0, gt=0.0, description="longest time to receive a request's head")
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line plus headers, in bytes")
     retry_after_s: int = Field(1, ge=0, description="Retry-After of a 429 or 503: when a retry may find room")
-    # Each upload is held from its Content-Length (or its bytes as they come) until published; 429 beyond this.
-    max_upload_bytes_in_flight: int = Field(128 * 1024**2, ge=1, description="bytes of uploads held at once")
+    max_upload_bytes_in_flight: int = Field(128 * 1024**2, ge=1, description="bytes of uploads held at once; 429 past")
     tokens_file: Path | None = Field(None, description="file of bearer tokens, one per line; unset: no auth")
     protect_docs_and_metrics: bool = Field(False, description="tokens guard /metrics, /docs, /openapi.json too")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty: CORS off")
