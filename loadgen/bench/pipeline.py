@@ -146,6 +146,8 @@ def run_case(case: Case, scratch: Path) -> dict[str, Any]:
         argv = [sys.executable, "-m", "visionpipe.loadgen.bench.plain_script", *case.args, "--json", str(out)]
     subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     doc = json.loads(out.read_text())
+    if case.runner == "plain":  # its "threads" is torch's thread count, not a census of the threads that ran
+        doc["torch_threads"] = doc.pop("threads", None)
     return {"load1_before": load, **{k: doc[k] for k in KEEP if k in doc}}
 
 

@@ -1,77 +1,43 @@
-"""What ``visionpipe run`` reports: throughput, latency, where the time went, how the cores were shared, bad inputs."""
+"""What ``visionpipe run`` prints at the end: what was found, which files were bad and why, then how fast.
+
+A few images get a line each (file, objects, how each object reads); many get a count per label, since a
+thousand lines scroll away. Latency percentiles need samples: with fewer than a hundred, "p99" would only be
+the slowest one, and the table says so instead of printing a figure that looks like more than it is.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from visionpipe.breakdown import CATEGORIES, Split
+from visionpipe.breakdown import CATEGORIES
 from visionpipe.services.models.loading import RANDOM
 
+if TYPE_CHECKING:
+    from visionpipe.services.commands.run_images import RunSummary
 
-@dataclass
-class RunSummary:
-    inputs: int = 0
-    ok: int = 0
-    bad: int = 0
-    startup_s: float = 0.0
-    cpu_s: float = 0.0  # CPU time of the whole process (every thread) while the images went through
-    elapsed_s: float = 0.0
-    weights: dict[str, str] = field(default_factory=dict)
-    decoder: str = ""
-    device: str = ""
-    broker: str = ""
-    split: Split = field(default_factory=Split)
-    errors: dict[str, int] = field(default_factory=dict)
-    # How the cores were shared: per stage its instances, threads each, devices and busy share of the cores.
-    cores: dict[str, Any] = field(default_factory=dict)
-    threads: dict[str, Any] = field(default_factory=dict)  # visionpipe.threads.ThreadCensus over the run
-    copied_bytes: int = 0  # envelope bytes encoded and decoded while the images went through
-
-    @property
-    def images_per_s(self) -> float:
-        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        """Machine-readable summary (``--summary-json``), the source of benchmarks/RESULTS.md's pipeline figures."""
-        return {
-            "inputs": self.inputs,
-            "ok": self.ok,
-            "bad": self.bad,
-            "images_per_s": round(self.images_per_s, 3),
-            "elapsed_s": round(self.elapsed_s, 3),
-            "startup_s": round(self.startup_s, 3),
-            # Beside images/s: what the pipeline cost, which other jobs on a shared machine do not move much.
-            "cpu_ms_per_image": round(self.cpu_s / self.ok * 1e3, 1) if self.ok else None,
-            "latency_ms": {
-                "p50": round(self.split.percentile(50) * 1e3, 2),
-                "p99": round(self.split.percentile(99) * 1e3, 2),
-            },
-            "share": {k: round(v, 4) for k, v in self.split.share.items()},
-            "mean_ms_per_request": {k: round(v, 2) for k, v in self.split.mean_ms().items()},
-            "broker_hop_floor_ms": round(self.split.hop_floor_s * 1e3, 2),
-            "device": self.device,
-            "decoder": self.decoder,
-            "broker": self.broker,
-            "weights": self.weights,
-            "errors": self.errors,
-            "cores": self.cores,
-            "threads": self.threads,
-            "copied_bytes_per_image": round(self.copied_bytes / self.ok) if self.ok else None,
-        }
+# Up to this many images, one line each; above it, a count per label.
+FEW_IMAGES = 20
+# Objects shown per image (the rest are counted): a line stays readable.
+OBJECTS_SHOWN = 4
+# Bad files named one by one (the rest are counted; every one is in results.jsonl).
+BAD_SHOWN = 20
+# Below this many samples a 99th percentile is just the slowest one.
+P99_SAMPLES = 100
 
 
 def print_summary(s: RunSummary, out: Path, console: Console) -> None:
+    _found(s, console)
+    _bad(s, console)
     table = Table(title="visionpipe run", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
     table.add_row("inputs", f"{s.inputs}  ({s.ok} ok, {s.bad} bad)")
     table.add_row("throughput", f"{s.images_per_s:.2f} images/s  ({s.ok} in {s.elapsed_s:.2f} s)")
-    table.add_row("latency p50 / p99", f"{s.split.percentile(50) * 1e3:.1f} ms / {s.split.percentile(99) * 1e3:.1f} ms")
+    table.add_row(*latency_row(s))
     table.add_row("start-up", f"{s.startup_s:.1f} s (models, warm-up; not in throughput)")
     table.add_row("device / decoder / broker", f"{s.device} / {s.decoder} / {s.broker}")
     for stage, weights in s.weights.items():
@@ -90,14 +56,6 @@ def print_summary(s: RunSummary, out: Path, console: Console) -> None:
     floor = s.split.hop_floor_s * 1e3
     console.print(f"broker hops: {floor:.1f} ms/request at the fastest, the rest is waiting in streams")
     _print_cores(s, console)
-
-    if s.errors:
-        bad = Table(title="bad inputs", title_justify="left")
-        bad.add_column("reason")
-        bad.add_column("count", justify="right")
-        for reason, count in sorted(s.errors.items(), key=lambda kv: -kv[1]):
-            bad.add_row(reason, str(count))
-        console.print(bad)
     console.print(f"results: {out}")
 
 
@@ -109,11 +67,10 @@ def _print_cores(s: RunSummary, console: Console) -> None:
     for column in ("stage", "instances × threads", "on", "busy share of the cores"):
         table.add_column(column, justify="left" if column in ("stage", "on") else "right")
     for stage, info in s.cores["stages"].items():
-        busy = info.get("busy_share")
+        busy, batch = info.get("busy_share"), info.get("mean_batch")
         table.add_row(
             stage,
-            f"{info['instances']} × {info['threads']}"
-            + (f", batches of {info['mean_batch']}" if "mean_batch" in info else ""),
+            f"{info['instances']} × {info['threads']}" + (f", batches of {batch}" if batch else ""),
             ", ".join(info.get("devices", ())),
             "" if busy is None else f"{busy * 100:.0f}%",
         )
@@ -126,3 +83,51 @@ def _print_cores(s: RunSummary, console: Console) -> None:
         )
     if s.ok:
         console.print(f"bytes copied between stages: {s.copied_bytes / s.ok / 1e3:.0f} kB/image")
+
+
+def latency_row(s: RunSummary) -> tuple[str, str]:
+    n = len(s.split.totals)
+    p50, p99 = s.split.percentile(50) * 1e3, s.split.percentile(99) * 1e3
+    if n == 0:
+        return "latency", "none measured"
+    if n == 1:
+        return "latency", f"{p50:.1f} ms (one image: no percentiles)"
+    if n < P99_SAMPLES:
+        return "latency p50 / slowest", f"{p50:.1f} ms / {p99:.1f} ms  ({n} images: too few for a p99)"
+    return "latency p50 / p99", f"{p50:.1f} ms / {p99:.1f} ms  ({n} images)"
+
+
+def _found(s: RunSummary, console: Console) -> None:
+    if not s.found:
+        return
+    if len(s.found) <= FEW_IMAGES:
+        table = Table(title="found", title_justify="left")
+        table.add_column("file", overflow="fold")
+        table.add_column("objects", justify="right")
+        table.add_column("what: detector label, score · classifier's guess")
+        for name, count, captions in s.found:
+            more = f", +{count - OBJECTS_SHOWN} more" if count > OBJECTS_SHOWN else ""
+            table.add_row(name, str(count), ", ".join(captions[:OBJECTS_SHOWN]) + more or "nothing")
+        console.print(table)
+        return
+    table = Table(title=f"found in {len(s.found)} images", title_justify="left")
+    table.add_column("label")
+    table.add_column("objects", justify="right")
+    for label, count in s.labels.most_common():
+        table.add_row(label, str(count))
+    empty = sum(1 for _, count, _ in s.found if count == 0)
+    console.print(table)
+    console.print(f"{empty} of {len(s.found)} images had no object above the score threshold")
+
+
+def _bad(s: RunSummary, console: Console) -> None:
+    if not s.bad_files:
+        return
+    table = Table(title=f"bad inputs: {len(s.bad_files)}", title_justify="left")
+    table.add_column("file", overflow="fold")
+    table.add_column("why")
+    for name, reason in s.bad_files[:BAD_SHOWN]:
+        table.add_row(name, reason)
+    console.print(table)
+    if len(s.bad_files) > BAD_SHOWN:
+        console.print(f"… and {len(s.bad_files) - BAD_SHOWN} more, each with its reason in the results file")

@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
+from visionpipe import heap
 from visionpipe.envelope import Envelope, Event
 from visionpipe.executor.torch_device import resolve_device
 from visionpipe.hops import EncodedImage, HopError, Letterboxed
@@ -33,6 +34,7 @@ class DecodeStage(BatchStage):
         self.decoder: Decoder | None = None
 
     async def start(self) -> None:
+        heap.keep_large_blocks_mapped()  # a decoded large image's memory goes back to the OS once it is done with
         device = resolve_device(self.settings.service.device)
         self.decoder = await asyncio.to_thread(make_decoder, self.settings.decode, self.settings.limits, device)
 
@@ -70,7 +72,8 @@ class DecodeStage(BatchStage):
                 if array.shape[:2] != (geo.resized_h, geo.resized_w):  # a GPU decoder's square: only its content goes
                     (px, py), h, w = geo.pad, geo.resized_h, geo.resized_w
                     array = array[py : py + h, px : px + w]
-                child = Letterboxed(array, geo.width, geo.height, geo.scale, geo.pad, self.backend).write(env)
+                hop = Letterboxed(array, geo.width, geo.height, geo.scale, geo.pad, self.backend, geo.orientation)
+                child = hop.write(env)
                 child.stamp(self.name, Event.BATCH_START, start)
                 child.stamp(self.name, Event.COMPUTE_DONE, done)
                 out.append(child)

@@ -8,7 +8,6 @@ Other features mount beside these with ``routers`` (FastAPI ``APIRouter``s, e.g.
 
 # No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations at run time, and those
 # name values local to the factories (the wait bound), which postponed annotations could not resolve.
-import hmac
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -16,16 +15,16 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from visionpipe import __version__
+from visionpipe.services.gateway.auth import auth_dependencies
 from visionpipe.services.gateway.body import read_image
 from visionpipe.services.gateway.documents import failure, is_done
 from visionpipe.services.gateway.errors import GatewayError
@@ -65,21 +64,24 @@ def create_app(gateway: Gateway, routers: Sequence[APIRouter] = (), *, manage: b
             if manage:
                 await gateway.stop()
 
+    auth = auth_dependencies(gateway.tokens)
+    # With tokens on, the probes and the page stay open; /metrics and the API's description too, unless asked.
+    private = auth if gateway.settings.gateway.protect_docs_and_metrics else []
     app = FastAPI(
         title="visionpipe gateway",
         version=__version__,
         description="Submit an image, get its boxes, labels and per-stage timings.",
         docs_url=None,
         redoc_url=None,
+        openapi_url=None if private else "/openapi.json",
         lifespan=lifespan,
     )
     _errors(app)
-    auth = [Depends(_bearer(gateway))] if gateway.tokens else []
     app.include_router(_api(gateway), dependencies=auth)
     for router in routers:
         app.include_router(router, dependencies=auth)
-    _service_routes(app, gateway)
-    add_docs(app)
+    _service_routes(app, gateway, private)
+    add_docs(app, private)
     if gateway.settings.gateway.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -121,14 +123,16 @@ def _upload_routes(api: APIRouter, gw: Gateway) -> None:
         timeout_ms: Annotated[int | None, Query(ge=0, le=max_wait_ms, description="how long to wait")] = None,
     ) -> Response:
         received = time.time_ns()
-        image, _ = await read_image(request, gw.settings)
-        rid = await gw.submit(image, x_request_id, received, claim=False)  # the client learns the id from us
-        del image  # published: a waiting request should not hold its upload (up to limits.max_image_bytes)
+        with gw.uploads.hold() as hold:  # published: a waiting request holds no upload (up to max_image_bytes)
+            image, _ = await read_image(request, gw.settings, hold)
+            sub = await gw.submit(image, x_request_id, received, claim=False)  # the client learns the id from us
+            del image
+        rid = sub.request_id
         wait_s = settings.wait_s if timeout_ms is None else timeout_ms / 1000
-        doc = await gw.wait(rid, min(wait_s, settings.max_wait_s))
+        doc = await gw.wait(rid, sub.claim, min(wait_s, settings.max_wait_s))
         if doc is None:
             if x_request_id is None:
-                await gw.claim(rid)  # now the client has the id: a GET of it must say "pending"
+                await gw.claim(rid, sub.claim)  # now the client has the id: a GET of it must say "pending"
             raise GatewayError(
                 504, "timeout", f"no result within {wait_s:g} s; it can be fetched later", request_id=rid
             )
@@ -144,8 +148,9 @@ def _upload_routes(api: APIRouter, gw: Gateway) -> None:
     )
     async def submit(request: Request, x_request_id: RequestIdHeader = None) -> JSONResponse:
         received = time.time_ns()
-        image, _ = await read_image(request, gw.settings)
-        rid = await gw.submit(image, x_request_id, received)
+        with gw.uploads.hold() as hold:
+            image, _ = await read_image(request, gw.settings, hold)
+            rid = (await gw.submit(image, x_request_id, received)).request_id
         url = f"/v1/results/{rid}"
         body = Accepted(request_id=rid, result_url=url).model_dump()
         return JSONResponse(body, status_code=202, headers={"Location": url, "X-Request-Id": rid})
@@ -172,11 +177,10 @@ def _result_route(api: APIRouter, gw: Gateway) -> None:
     ) -> Response:
         if not gw.ready:
             raise gw.not_ready()
-        doc = await gw.wait(request_id, 0.0)
-        if doc is None and not await gw.admitted(request_id):  # nothing will come: no reason to wait
+        claim = await gw.claimed(request_id)  # the result answered is the one of the submission holding the id now
+        if claim is None:  # nothing will come: no reason to wait
             raise GatewayError(404, "not_found", "no such request, or its result expired", request_id=request_id)
-        if doc is None and wait_ms:
-            doc = await gw.wait(request_id, wait_ms / 1000)
+        doc = await gw.wait(request_id, claim, wait_ms / 1000)
         if doc is None:
             return JSONResponse(Pending(request_id=request_id).model_dump(), status_code=202)
         return document_response(doc, request_id)
@@ -190,18 +194,6 @@ def document_response(doc: bytes, request_id: str) -> Response:
     if f.get("bad_input"):
         raise GatewayError(422, "bad_image", f"{f.get('stage')}: {f.get('reason')}", request_id=request_id)
     raise GatewayError(502, "pipeline_failed", f"{f.get('stage')}: {f.get('reason')}", request_id=request_id)
-
-
-def _bearer(gw: Gateway) -> Any:
-    scheme = HTTPBearer(auto_error=False, description="one of the tokens in gateway.tokens_file")
-
-    async def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)]) -> None:
-        given = credentials.credentials.encode() if credentials is not None else b""
-        # Every token compared, each in constant time: neither which one matched nor how much leaks in timing.
-        if not any([hmac.compare_digest(given, t.encode()) for t in gw.tokens]):
-            raise GatewayError(401, "unauthorized", "a valid bearer token is required")
-
-    return check
 
 
 def _errors(app: FastAPI) -> None:
@@ -220,7 +212,7 @@ def _errors(app: FastAPI) -> None:
         return GatewayError(exc.status_code, "http_error", str(exc.detail), headers=exc.headers).response()
 
 
-def _service_routes(app: FastAPI, gw: Gateway) -> None:
+def _service_routes(app: FastAPI, gw: Gateway, private: list[Any]) -> None:
     page = Path(str(PAGE)).read_text()
 
     @app.get("/", include_in_schema=False)
@@ -237,6 +229,6 @@ def _service_routes(app: FastAPI, gw: Gateway) -> None:
         ok = all(checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=private)
     async def metrics() -> Response:
         return Response(gw.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -12,6 +12,7 @@ older visionpipe) sees the same envelope as before; the types live on both sides
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,20 @@ class ClassifiedObject(DetectedObject):
     top_k: list[TopK] = Field(default_factory=list)
 
 
+def caption(obj: Mapping[str, Any]) -> str:
+    """How a person reads one object of a result: "cat 60% · tabby".
+
+    The detector's label and score first (it found the box, and its 80 classes are what a box is), then the
+    classifier's top guess for the crop, which is finer ("tabby") but alone can be wrong in a way a box label
+    is not ("envelope" for a laptop). The gateway's page, ``visionpipe run``'s summary and annotated videos
+    all say it this way.
+    """
+    name = obj.get("label_name") or str(obj.get("label", "?"))
+    text = f"{name} {float(obj.get('score', 0.0)) * 100:.0f}%"
+    top = obj.get("top_k") or []
+    return f"{text} · {top[0].get('name') or top[0].get('label')}" if top else text
+
+
 def _validated(model: type[BaseModel], raw: Any, what: str) -> Any:
     try:
         return model.model_validate(raw)
@@ -89,12 +104,18 @@ class EncodedImage:
         return cls(image)
 
 
+# The EXIF orientation (1-8) the image file carried, already applied by decode: width, height and every box are in
+# the image as it is displayed. 1: stored as displayed, or no EXIF.
+MAX_ORIENTATION = 8
+
+
 class _Geometry(BaseModel):
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     scale: tuple[float, float]
     pad: tuple[float, float]
     decoder: str = ""
+    orientation: int = Field(1, ge=1, le=MAX_ORIENTATION)
 
 
 @dataclass(frozen=True)
@@ -112,10 +133,11 @@ class Letterboxed:
     scale: tuple[float, float]
     pad: tuple[float, float]
     decoder: str = ""
+    orientation: int = 1  # the EXIF orientation decode applied: width, height and pixels are as displayed
 
     def write(self, parent: Envelope) -> Envelope:
         geometry = {"width": self.width, "height": self.height, "scale": list(self.scale), "pad": list(self.pad)}
-        child = parent.child(**geometry, decoder=self.decoder)
+        child = parent.child(**geometry, decoder=self.decoder, orientation=self.orientation)
         child.arrays["image"] = self.image
         return child
 
@@ -147,7 +169,7 @@ class Letterboxed:
             raise HopError(f"detector needs a uint8 array 'image' of shape {want}, got {got}")
         if min(geo.pad) < 0 or geo.pad[0] + w > size or geo.pad[1] + h > size:
             raise HopError(f"detector input: a {w}x{h} image at {list(geo.pad)} leaves the {size}² square")
-        return cls(image, geo.width, geo.height, geo.scale, geo.pad, geo.decoder)
+        return cls(image, geo.width, geo.height, geo.scale, geo.pad, geo.decoder, geo.orientation)
 
 
 class Square:
@@ -178,6 +200,7 @@ class _Found(BaseModel):
     height: int = Field(gt=0)
     objects: list[DetectedObject]
     weights: dict[str, str] = Field(default_factory=dict)
+    orientation: int = Field(1, ge=1, le=MAX_ORIENTATION)
 
 
 @dataclass(frozen=True)
@@ -189,6 +212,7 @@ class Detections:
     objects: list[DetectedObject]
     crops: np.ndarray  # (len(objects), 3, C, C)
     weights: dict[str, str] = field(default_factory=dict)
+    orientation: int = 1
 
     def write(self, parent: Envelope) -> Envelope:
         child = parent.child(
@@ -196,6 +220,7 @@ class Detections:
             height=self.height,
             objects=[o.model_dump(mode="json") for o in self.objects],
             weights=self.weights,
+            orientation=self.orientation,
         )
         child.arrays["crops"] = self.crops
         return child
@@ -204,7 +229,7 @@ class Detections:
     def read(cls, env: Envelope, crop: int) -> Detections:
         found = _validated(_Found, env.payload, "classifier input")
         crops = _array(env, "crops", (len(found.objects), 3, crop, crop), "classifier (one crop per object)")
-        return cls(found.width, found.height, found.objects, crops, found.weights)
+        return cls(found.width, found.height, found.objects, crops, found.weights, found.orientation)
 
 
 class _Results(BaseModel):
@@ -212,6 +237,7 @@ class _Results(BaseModel):
     height: int = Field(gt=0)
     objects: list[ClassifiedObject]
     weights: dict[str, str] = Field(default_factory=dict)
+    orientation: int = Field(1, ge=1, le=MAX_ORIENTATION)
 
 
 @dataclass(frozen=True)
@@ -222,6 +248,7 @@ class Classified:
     height: int
     objects: list[ClassifiedObject]
     weights: dict[str, str] = field(default_factory=dict)
+    orientation: int = 1
 
     def write(self, parent: Envelope) -> Envelope:
         return parent.child(
@@ -229,9 +256,10 @@ class Classified:
             height=self.height,
             objects=[o.model_dump(mode="json") for o in self.objects],
             weights=self.weights,
+            orientation=self.orientation,
         )
 
     @classmethod
     def read(cls, env: Envelope) -> Classified:
         res = _validated(_Results, env.payload, "result")
-        return cls(res.width, res.height, res.objects, res.weights)
+        return cls(res.width, res.height, res.objects, res.weights, res.orientation)

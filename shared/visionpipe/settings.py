@@ -1,10 +1,9 @@
 """All configuration, in one pydantic-settings model.
 
-Sources, highest priority first: CLI flags (passed as keyword arguments),
-environment variables ``VISIONPIPE_<SECTION>__<FIELD>`` (for example
-``VISIONPIPE_BROKER__URL``), a settings file named by ``VISIONPIPE_SETTINGS_FILE``
-(TOML, YAML or JSON), then the defaults below. Secrets are ``SecretStr`` so
-that they never appear in logs, reprs or health endpoints.
+Sources, highest priority first: CLI flags (passed as keyword arguments), environment variables
+``VISIONPIPE_<SECTION>__<FIELD>`` (for example ``VISIONPIPE_BROKER__URL``), a settings file named by
+``VISIONPIPE_SETTINGS_FILE`` (TOML, YAML or JSON), then the defaults below. Secrets are ``SecretStr`` so that
+they never appear in logs, reprs or health endpoints.
 
 Deployment files (compose, Kubernetes) are checked against this model by the
 test suite, so a setting renamed here fails the build until they follow.
@@ -29,6 +28,9 @@ from pydantic_settings import (
 
 ENV_PREFIX = "VISIONPIPE_"
 SETTINGS_FILE_ENV = "VISIONPIPE_SETTINGS_FILE"
+IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")  # Pillow's; EPS would run Ghostscript
+# FFmpeg filters that only draw or reshape frames: none reads a file or opens a URL (movie, metadata, *file* do).
+LAVFI_FILTERS = ("testsrc", "testsrc2", "smptebars", "smptehdbars", "color", "mandelbrot", "scale", "fps", "format")
 
 
 class BrokerSettings(BaseModel):
@@ -49,6 +51,9 @@ class BrokerSettings(BaseModel):
     kafka_heartbeat_ms: int = 1_000
     # A consumer that has held a delivery this long without acking is presumed dead.
     reclaim_idle_s: float = 30.0
+    # Start-up only: long enough for a broker started at the same moment (compose waits for a healthy one anyway),
+    # short enough that a wrong host or port is said within seconds. Later outages are retried without a limit.
+    connect_timeout_s: float = Field(10.0, gt=0.0, description="how long start-up waits for the broker to answer")
     connect_retries: int = 20
     connect_backoff_s: float = 0.2
     connect_backoff_max_s: float = 5.0
@@ -72,8 +77,9 @@ class BrokerSettings(BaseModel):
     # service.max_inflight_batches x the stage's consume batch (2 x 16 at most with the defaults).
     kafka_careful_window: int = Field(32, ge=1, description="messages delivered singly, counted, after an assignment")
     # Each Kafka settle (outputs and the commit of the inputs) as one transaction: exactly once across a kill -9.
-    # Off by default: Tansu, the broker the tests run, cannot recover a killed producer's transaction (it stays
-    # open for ever, or is made visible by the successor); Apache Kafka aborts it. Turn it on with Apache Kafka.
+    # Proven on Apache Kafka (kill -9s, a fenced zombie, rebalances, a broker lost). Off by default: Tansu, the
+    # Kafka-protocol test broker, cannot recover a killed producer's transaction (it stays open for ever, or is
+    # made visible by the successor); Apache Kafka aborts it. Turn it on with Apache Kafka.
     kafka_transactions: bool = Field(False, description="settle each Kafka batch in a transaction (Apache Kafka)")
 
 
@@ -84,6 +90,9 @@ class StreamSettings(BaseModel):
     crops: str = "crops"
     results: str = "results"
     dead_letter: str = "dead"
+    dead_letter_max_age_s: float = Field(7 * 86400.0, gt=0, description="dead letters are kept, whoever reads them")
+    dead_letter_max_count: int = Field(10_000, ge=1, description="dead letters kept at most")
+    dead_letter_max_bytes: int = Field(256 * 1024**2, ge=1, description="bytes of dead letters kept at most")
 
     def name(self, stream: str) -> str:
         return f"{self.prefix}.{getattr(self, stream)}" if self.prefix else getattr(self, stream)
@@ -93,6 +102,8 @@ class LimitSettings(BaseModel):
     max_image_bytes: int = 25 * 1024 * 1024
     # 50 MP: a 16-bit decompression bomb stops here, a large phone photo (48 MP) still passes.
     max_image_pixels: int = 50_000_000
+    image_formats: list[str] = Field(default_factory=lambda: list(IMAGE_FORMATS), description="formats accepted")
+    decode_max_pixels: int = Field(100_000_000, ge=1, description="pixels decoded at once per process (~8 B each)")
     max_message_bytes: int = 64 * 1024 * 1024
     # Ingress stops admitting above this backlog (pending + undelivered, summed over every stage's input).
     ingress_high_watermark: int = 2_000
@@ -100,9 +111,7 @@ class LimitSettings(BaseModel):
     # Ingress also stops admitting while the pipeline's streams (frames to dead letters, results included) hold this
     # many bytes (Redis: MEMORY USAGE; memory broker: payload bytes; Kafka keeps its log on disk under retention and
     # is not bounded here). Keep it under Redis's maxmemory by what admitted frames grow into when decoded.
-    ingress_max_bytes: int = Field(
-        1024**3, ge=1, description="bytes held by the pipeline's streams above which ingress refuses"
-    )
+    ingress_max_bytes: int = Field(1024**3, ge=1, description="bytes the pipeline's streams hold: ingress refuses past")
 
 
 class ExecutorSettings(BaseModel):
@@ -135,7 +144,7 @@ class DecodeSettings(BaseModel):
     )
     input_size: int = Field(640, ge=32, le=4096, description="letterboxed square side fed to the detector")
     batch: int = Field(16, ge=1, description="frames taken from the broker per decode batch")
-    workers: int = Field(0, ge=0, description="CPU decode threads; 0 means every core")
+    workers: int = Field(0, ge=0, description="CPU decode threads; 0 means every core, up to 8")
     # 114 is the grey YOLO-family letterboxes use; any mid-grey keeps padding away from both ends of the range.
     pad_value: int = Field(114, ge=0, le=255, description="grey level of the letterbox padding")
 
@@ -149,25 +158,28 @@ WEIGHTS_HELP = (
 class InstanceSettings(BaseModel):
     """How a DNN stage runs its model: instances (executors with their own batches) and where they are placed."""
 
-    instances: int = Field(
-        0, ge=0, description="executors per device; 0: on the CPU planned from warm-up costs, on a GPU 1"
-    )
-    threads: int = Field(
-        0, ge=0, description="CPU threads per instance; 0: 1 with planned instances, else the cores over instances"
-    )
+    instances: int = Field(0, ge=0, description="executors per device; 0: on the CPU planned from costs, a GPU 1")
+    threads: int = Field(0, ge=0, description="CPU threads per instance; 0: 1 if planned, else cores / instances")
     devices: str = Field("", description="cpu, cuda:0,cuda:1,... or all (every GPU); empty: service.device")
 
 
 class DetectorSettings(InstanceSettings):
     model: str = Field("nanodet_g", description="nanodet_g (bundled, COCO) or a torchvision detection model name")
     weights: str = Field("DEFAULT", description=WEIGHTS_HELP)
-    # NanoDet-g: real objects in the sample photos score 0.50-0.88; texture and noise stay under 0.37.
-    score_threshold: float = Field(0.4, ge=0.0, le=1.0)
+    # Chosen on 24 photos, most without any of COCO's objects (benchmarks/RESULTS.md, "Detector threshold"): the
+    # highest that keeps every real object NanoDet-g finds there (the coffee's table, 0.44, is the lowest); false
+    # detections still reach 0.56 (coins as clocks): only a threshold above the real cat's 0.60 drops them all.
+    score_threshold: float = Field(0.43, ge=0.0, le=1.0)
     # Caps the boxes per image: each one is a crop for the classifier, and random weights produce hundreds.
     max_detections: int = Field(20, ge=1)
     # NanoDet's NMS overlap (upstream's 0.6); torchvision detectors keep their own.
     nms_iou: float = Field(0.6, gt=0.0, le=1.0)
-    class_agnostic_nms: bool = Field(False, description="NanoDet: boxes of different classes suppress each other")
+    # One box put out as two classes (cat 0.54 and dog 0.42) overlaps itself almost exactly; two real objects of
+    # different classes (a rider on a horse) rarely overlap this much. Chosen on photos: benchmarks/RESULTS.md.
+    cross_class_iou: float = Field(
+        0.8, gt=0.0, le=1.0, description="boxes of different classes overlapping more than this: one is kept; 1: off"
+    )
+    class_agnostic_nms: bool = Field(False, description="boxes of different classes suppress each other at nms_iou")
     input_size: int = Field(0, ge=0, description="side NanoDet runs at; 0 means its native 416")
     crop_size: int = Field(224, ge=16, description="side of the square crops cut for the classifier")
     # Square crops 1.2x the box's longer side classified better than tight ones (a tie: "cleaver" -> "Windsor tie").
@@ -197,6 +209,8 @@ class ModelsSettings(BaseModel):
 
 class ServiceSettings(BaseModel):
     host: str = Field("127.0.0.1", description="address for /healthz, /readyz and /metrics; 0.0.0.0 in containers")
+    # Unset, each command has its own (gateway 8000, decode 8001, detector 8002, classifier 8003, ingest 8010), so
+    # processes started side by side on one machine do not collide; the containers set 8000 for all.
     port: int = Field(8000, ge=0, le=65535, description="port of /healthz, /readyz and /metrics; 0 picks a free one")
     device: Literal["auto", "cuda", "cpu"] = "auto"
     consumer: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
@@ -246,9 +260,7 @@ class IngestSettings(BaseModel):
         default_factory=list, description='streams started with the service: JSON list of URLs or {"url": ..., ...}'
     )
     fps: float | None = Field(None, gt=0, description="default frames per second sent on per stream; none: all")
-    max_side: int | None = Field(
-        None, ge=32, description="frames are downscaled to this long side before JPEG; default: decode.input_size"
-    )
+    max_side: int | None = Field(None, ge=32, description="frames' long side sent on; default: decode.input_size")
     jpeg_quality: int = Field(85, ge=10, le=100)
     # Live streams keep little queued ahead of them: a frame waiting behind hundreds of others is stale, and
     # the newest-frame policy can only help when the backlog is short. Two decode batches keep decode fed.
@@ -263,6 +275,9 @@ class IngestSettings(BaseModel):
     reconnect_backoff_max_s: float = Field(8.0, gt=0)
     hwaccel: Literal["none", "cuda"] = Field("none", description="cuda: NVDEC where FFmpeg and the driver allow")
     results_group: str = Field("ingest", description="consumer group of the results reader (--results, annotate)")
+    api_schemes: list[str] = Field(default_factory=lambda: ["rtsp", "rtsps", "http", "https", "srt"])
+    api_file_roots: list[Path] = Field(default_factory=list, description="folders the API may ingest files from")
+    api_lavfi_filters: list[str] = Field(default_factory=lambda: list(LAVFI_FILTERS))
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -296,7 +311,9 @@ class GatewaySettings(BaseModel):
     header_timeout_s: float = Field(10.0, gt=0.0, description="longest time to receive a request's head")
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line plus headers, in bytes")
     retry_after_s: int = Field(1, ge=0, description="Retry-After of a 429 or 503: when a retry may find room")
+    max_upload_bytes_in_flight: int = Field(128 * 1024**2, ge=1, description="bytes of uploads held at once; 429 past")
     tokens_file: Path | None = Field(None, description="file of bearer tokens, one per line; unset: no auth")
+    protect_docs_and_metrics: bool = Field(False, description="tokens guard /metrics, /docs, /openapi.json too")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty: CORS off")
     ingest_url: str = Field(
         "", description="API of a running `visionpipe ingest` (http://host:port): /v1/streams is served here too"

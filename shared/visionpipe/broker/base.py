@@ -28,9 +28,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import msgpack
+
+if TYPE_CHECKING:
+    from visionpipe.settings import Settings
 
 
 class InProcess(Protocol):
@@ -68,6 +71,10 @@ def wire(message: Payload) -> bytes:
 
 class BrokerError(RuntimeError):
     """Retryable: the broker is unreachable or timed out. Callers back off and retry."""
+
+
+class BrokerUnreachable(BrokerError):
+    """Nothing answered at the broker's address within the start-up deadline; the message says what to check."""
 
 
 class BrokerStateLost(BrokerError):
@@ -125,6 +132,25 @@ class Room:
 
     streams: tuple[str, ...]
     max_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """What a stream keeps whoever reads it (the dead letters, for operators): acks never trim it; these do.
+
+    The oldest entries go first: those older than ``max_age_s``, then beyond ``max_count``, then while the stream
+    holds more than ``max_bytes``.
+    """
+
+    max_age_s: float
+    max_count: int
+    max_bytes: int
+
+
+def retained_streams(settings: Settings) -> dict[str, Retention]:
+    """The streams kept by retention instead of by acks: the dead letters, for operators, whoever else reads them."""
+    s = settings.streams
+    return {s.name("dead_letter"): Retention(s.dead_letter_max_age_s, s.dead_letter_max_count, s.dead_letter_max_bytes)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +263,11 @@ class Broker(ABC):
         For inspection, e.g. ``visionpipe dlq list``; stages use ``consume``.
         """
         raise NotImplementedError
+
+    async def remove(self, stream: str, ids: Sequence[str]) -> bool:
+        """Delete these entries from ``stream`` (``visionpipe dlq replay``, once it moved them); False where the
+        backend cannot delete single entries (Kafka: a consumer group's committed offset marks them instead)."""
+        return False
 
     async def trim_older(self, stream: str, age_s: float) -> None:
         """Drop entries older than ``age_s`` from a stream no group of ours reads (a feed for outside readers).

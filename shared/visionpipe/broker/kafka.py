@@ -36,19 +36,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient
 
-from visionpipe.broker.base import Backlog, Broker, BrokerError, BrokerStateLost, Delivery, Output, Payload, Settled
+from visionpipe.broker.base import (
+    Backlog,
+    Broker,
+    BrokerError,
+    BrokerStateLost,
+    Delivery,
+    Output,
+    Payload,
+    Settled,
+    wire,
+)
+from visionpipe.broker.kafka_admin import TopicAdmin, produce
 from visionpipe.broker.kafka_attempts import AttemptLedger, attempts_topic
-from visionpipe.broker.kafka_config import DELIVERY_TIMEOUT_MS, client_configs
-from visionpipe.broker.kafka_member import Member, position, raise_for, to_delivery
+from visionpipe.broker.kafka_common import position, to_delivery
+from visionpipe.broker.kafka_config import client_configs
+from visionpipe.broker.kafka_member import Member
+from visionpipe.broker.kafka_offsets import Offsets
 from visionpipe.broker.kafka_txn import Transactions
 from visionpipe.broker.retry import with_retries
 from visionpipe.broker.security import BrokerAuthError, plaintext_password_warning, redact_url
@@ -61,8 +72,6 @@ T = TypeVar("T")
 
 # Blocking consumes each hold a thread for up to their timeout; publishes and acks must not queue behind them.
 POOL_THREADS = 32
-# Metadata, offset and admin calls: a healthy broker answers in milliseconds; past this it is unreachable.
-REQUEST_TIMEOUT_S = 10.0
 
 
 def kafka_group_id(stream: str, group: str) -> str:
@@ -86,9 +95,9 @@ class KafkaBroker(Broker):
         self._producer = Producer({**self._common, **producer_conf})
         txns = settings.broker.kafka_transactions
         self._txns = Transactions({**self._common, **producer_conf}, url) if txns else None
-        self._admin = AdminClient(self._common)
+        self._admin = TopicAdmin(AdminClient(self._common), url, settings)
         self._members: dict[tuple[str, str, str], Member] = {}
-        self._readers: dict[str, Consumer] = {}  # per group, for committed offsets; never subscribes
+        self._offsets = Offsets({**self._common, **self._consumer_conf}, url, self._admin.partitions)
         self._owner: dict[tuple[str, str, int], Member] = {}  # (stream, group, partition) -> member that delivered
         self._settle_locks: dict[int, asyncio.Lock] = {}  # id(member) -> its settles, one at a time
         self._lock = threading.Lock()
@@ -112,85 +121,27 @@ class KafkaBroker(Broker):
         return await asyncio.wrap_future(self._pool.submit(fn, *args))
 
     async def _metadata_or_raise(self) -> None:
-        await self._run(self._list_topics)
-
-    def _list_topics(self) -> dict[str, int]:
-        try:
-            md = self._admin.list_topics(timeout=REQUEST_TIMEOUT_S)
-        except KafkaException as exc:
-            raise_for(exc.args[0], self.url, "metadata")
-            raise
-        return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
+        await self._run(self._admin.topics)
 
     async def ensure(self, stream: str, group: str | None = None) -> None:
         if stream not in self._topics:
-            await self._run(self._create_topic, stream)
+            await self._run(self._admin.create, stream)
             self._topics.add(stream)
         # A group needs nothing up front: it exists once a member joins, and reads from the start. Its attempts
         # topic does: one partition per partition of the stream.
         if group is not None:
             ledger = attempts_topic(kafka_group_id(stream, group))
             if ledger not in self._topics:
-                partitions = (await self._run(self._list_topics)).get(stream, self._settings.broker.kafka_partitions)
-                await self._run(self._create_topic, ledger, partitions)
+                partitions = (await self._run(self._admin.topics)).get(stream, self._settings.broker.kafka_partitions)
+                await self._run(self._admin.create, ledger, partitions)
                 self._topics.add(ledger)
-
-    def _create_topic(self, stream: str, partitions: int | None = None) -> None:
-        b = self._settings.broker
-        config = {"max.message.bytes": str(b.kafka_max_message_bytes)}
-        if b.kafka_min_insync_replicas is not None:
-            config["min.insync.replicas"] = str(b.kafka_min_insync_replicas)
-        # -1 is the cluster's default.replication.factor (KIP-464).
-        topic = NewTopic(
-            stream, partitions or b.kafka_partitions, replication_factor=b.kafka_replication_factor, config=config
-        )
-        for fut in self._admin.create_topics([topic], request_timeout=REQUEST_TIMEOUT_S).values():
-            try:
-                fut.result()
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise_for(exc.args[0], self.url, f"create topic {stream}")
-        self._wait_for(lambda topics: stream in topics, f"topic {stream} to appear")
-
-    def _wait_for(self, ready: Callable[[dict[str, int]], bool], what: str) -> None:
-        deadline = time.monotonic() + REQUEST_TIMEOUT_S
-        while not ready(self._list_topics()):
-            if time.monotonic() > deadline:
-                raise BrokerError(f"kafka {redact_url(self.url)}: timed out waiting for {what}")
-            time.sleep(0.05)
 
     async def publish(self, stream: str, messages: Sequence[Payload], keys: Sequence[str | None] | None = None) -> None:
         keys = keys if keys is not None else [None] * len(messages)
         if len(keys) != len(messages):
             raise ValueError("keys and messages differ in length")
         if messages:
-            await self._run(self._produce, stream, [Broker.wire(m) for m in messages], keys)
-
-    def _produce(self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None]) -> None:
-        errors: list[KafkaError] = []
-        outstanding = [len(messages)]
-
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            outstanding[0] -= 1
-            if err is not None:
-                errors.append(err)
-
-        for key, data in zip(keys, messages, strict=True):
-            while True:
-                try:
-                    self._producer.produce(stream, value=data, key=key, on_delivery=on_delivery)
-                    break
-                except BufferError:  # local queue full: let librdkafka send some, then retry
-                    self._producer.poll(0.05)
-                except KafkaException as exc:
-                    raise_for(exc.args[0], self.url, f"publish to {stream}")
-        deadline = time.monotonic() + DELIVERY_TIMEOUT_MS / 1000 + 5
-        while outstanding[0] > 0 and time.monotonic() < deadline:
-            self._producer.flush(0.1)
-        if errors:
-            raise_for(errors[0], self.url, f"publish to {stream}")
-        if outstanding[0] > 0:
-            raise BrokerError(f"kafka {redact_url(self.url)}: {outstanding[0]} messages to {stream} unconfirmed")
+            await self._run(produce, self._producer, self._admin, stream, [wire(m) for m in messages], keys)
 
     def _member(self, stream: str, group: str, consumer: str) -> Member:
         with self._lock:
@@ -207,7 +158,9 @@ class KafkaBroker(Broker):
 
     async def prepare(self, stream: str, group: str, consumer: str) -> None:
         # Subscribing starts the join in librdkafka's threads; no poll needed until the first consume.
-        await self._run(self._member, stream, group, consumer)
+        member = await self._run(self._member, stream, group, consumer)
+        if self._txns is not None:  # fence a predecessor under this name now: its open transaction is aborted
+            await self._run(self._txns.producer, member)
 
     async def consume(self, stream: str, group: str, consumer: str, count: int, timeout_s: float) -> list[Delivery]:
         member = self._member(stream, group, consumer)
@@ -285,82 +238,21 @@ class KafkaBroker(Broker):
         return out
 
     async def backlog(self, stream: str, group: str) -> Backlog:
-        total = await self._run(self._unfinished, stream, group)
+        total = await self._run(self._offsets.unfinished, stream, kafka_group_id(stream, group))
         with self._lock:
             pending = sum(m.pending() for (s, g, _), m in self._members.items() if s == stream and g == group)
         pending = min(pending, total)
         return Backlog(pending=pending, lag=total - pending)
 
-    def _reader(self, group_id: str) -> Consumer:
-        with self._lock:
-            reader = self._readers.get(group_id)
-            if reader is None:
-                conf = {**self._common, **self._consumer_conf, "group.id": group_id}
-                reader = self._readers[group_id] = Consumer(conf)
-            return reader
-
-    def _partitions(self, stream: str) -> list[TopicPartition]:
-        n = self._list_topics().get(stream, 0)
-        return [TopicPartition(stream, p) for p in range(n)]
-
-    def _unfinished(self, stream: str, group: str) -> int:
-        reader = self._reader(kafka_group_id(stream, group))
-        parts = self._partitions(stream)
-        if not parts:
-            return 0
-        try:
-            committed = reader.committed(parts, timeout=REQUEST_TIMEOUT_S)
-            total = 0
-            for tp in committed:
-                low, high = reader.get_watermark_offsets(tp, timeout=REQUEST_TIMEOUT_S, cached=False)
-                start = tp.offset if tp.offset >= 0 else low
-                total += max(0, high - max(start, low))
-        except KafkaException as exc:
-            raise_for(exc.args[0], self.url, f"backlog of {stream}")
-            raise
-        return total
-
     async def length(self, stream: str) -> int:
-        return await self._run(self._length, stream)
-
-    def _length(self, stream: str) -> int:
-        reader = self._reader("visionpipe-length")
-        total = 0
-        for tp in self._partitions(stream):
-            low, high = reader.get_watermark_offsets(tp, timeout=REQUEST_TIMEOUT_S, cached=False)
-            total += high - low
-        return total
+        return await self._run(self._offsets.length, stream)
 
     async def peek(self, stream: str, count: int) -> list[Delivery]:
-        return await self._run(self._peek, stream, count)
-
-    def _peek(self, stream: str, count: int) -> list[Delivery]:
-        # A throwaway group that never commits: reading leaves no trace on the stages' groups.
-        conf = {**self._common, **self._consumer_conf, "group.id": f"visionpipe-peek-{uuid.uuid4().hex[:8]}"}
-        reader = Consumer(conf)
-        try:
-            ends = {}
-            for tp in self._partitions(stream):
-                low, high = reader.get_watermark_offsets(tp, timeout=REQUEST_TIMEOUT_S, cached=False)
-                if high > low:
-                    ends[tp.partition] = high
-            reader.assign([TopicPartition(stream, p, OFFSET_BEGINNING) for p in ends])
-            out: list[Message] = []
-            deadline = time.monotonic() + REQUEST_TIMEOUT_S
-            while ends and len(out) < count and time.monotonic() < deadline:
-                for m in reader.consume(count - len(out), 0.1):
-                    if m.error() is None:
-                        out.append(m)
-                        p, o = position(m)
-                        if o + 1 >= ends.get(p, 0):
-                            ends.pop(p, None)
-            return [to_delivery(stream, m) for m in out]
-        finally:
-            reader.close()
+        return [to_delivery(stream, m) for m in await self._run(self._offsets.peek, stream, count)]
 
     async def ping(self) -> bool:
         try:
-            await self._run(self._list_topics)
+            await self._run(self._admin.topics)
         except (BrokerError, BrokerAuthError, KafkaException):
             return False
         return True
@@ -373,23 +265,14 @@ class KafkaBroker(Broker):
                 del self._owner[owned]
         for member in members:
             await self._run(member.close)
-        await self._run(self._delete_topic, stream)
+        await self._run(self._admin.delete, stream)
+        await self._run(self._offsets.reset)
         self._topics.discard(stream)
-
-    def _delete_topic(self, stream: str) -> None:
-        for fut in self._admin.delete_topics([stream], request_timeout=REQUEST_TIMEOUT_S).values():
-            try:
-                fut.result()
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    raise_for(exc.args[0], self.url, f"delete topic {stream}")
-        self._wait_for(lambda topics: stream not in topics, f"topic {stream} to go")
 
     async def close(self) -> None:
         with self._lock:
-            closers = [m.close for m in self._members.values()] + [r.close for r in self._readers.values()]
+            closers = [m.close for m in self._members.values()] + self._offsets.closers()
             self._members.clear()
-            self._readers.clear()
             self._owner.clear()
         loop = asyncio.get_running_loop()
         done: list[Future[Any]] = [self._pool.submit(close) for close in closers]

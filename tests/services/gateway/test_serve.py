@@ -35,6 +35,9 @@ async def test_sigterm_answers_waiting_requests_503_and_exits_0(tmp_path: Path, 
         assert status == 503 and json.loads(body)["error"] == "stopping" and "retry-after" in headers
         assert time.monotonic() - t0 < 10
         assert proc.proc is not None and proc.proc.returncode == 0, proc.log()
+        # Its log went to a file: plain text, uvicorn's coloured copy of each line (color_message) left out.
+        assert "Started server process" in proc.log()
+        assert "\x1b[" not in proc.log() and "color_message" not in proc.log()
     finally:
         proc.kill()
 
@@ -60,7 +63,9 @@ def test_run_serve_prints_a_url_that_answers(tmp_path: Path) -> None:
         assert url is not None and url.group(1) == f"http://127.0.0.1:{port}", log.read_text()
         status, _, body = http("POST", url.group(1) + "/v1/detect", jpeg(), {"Content-Type": "image/jpeg"}, 60)
         doc = json.loads(body)
-        assert status == 200 and doc["image"] == {"width": 640, "height": 480} and doc["objects"], body[:300]
+        assert status == 200 and doc["image"] == {"width": 640, "height": 480, "orientation": 1} and doc["objects"], (
+            body[:300]
+        )
         assert doc["weights"] == {"detector": "random", "classifier": "random"}
         assert "curl --data-binary" in log.read_text()
         proc.send_signal(signal.SIGINT)

@@ -68,3 +68,27 @@ async def test_a_refused_settle_is_retried_in_place_until_the_broker_takes_it(ns
     assert broker.refusals == 0 and len(await broker.peek(ctx.output, 10)) == 1
     assert (await broker.backlog(ctx.input, ctx.group)).total == 0
     assert b'visionpipe_errors_total{kind="broker",stage="decode"} 2.0' in ctx.metrics.exposition()
+
+
+class DropsAll(MemoryBroker):
+    """Acks every input and publishes nothing, as Kafka does for deliveries whose partition moved to another member
+    (which redoes them): the settle reports them all as duplicates."""
+
+    async def settle(self, stream: str, group: str, settled: Sequence[Settled]) -> int:
+        await self.ack(stream, group, [s.delivery for s in settled])
+        return len(settled)
+
+
+async def test_what_the_broker_dropped_is_not_remembered_as_done(ns: str) -> None:
+    """Its redelivery must be worked on again, not acked as a duplicate with no output (that loses the request)."""
+    settings = settings_for(ns)
+    broker = DropsAll(settings.broker.url)
+    ctx, (item,) = await _consumed(broker, settings, [b"moved"])
+    assert item.envelope is not None
+    item.outcome = item.envelope.child(echo=b"moved")
+    dedupe = Dedupe()
+    await Settler(Chain(ctx, [dedupe])).settle([item])
+    again = Item(item.delivery, envelope=Envelope.decode(item.delivery.data))
+    dedupe.admit(ctx, again)
+    assert again.verdict is not Verdict.DUPLICATE
+    assert not dedupe.done
