@@ -6,6 +6,12 @@ device gate, and asks the policy what to do. Callers pass ``now_ns``, so the
 asyncio executor runs it on ``time.monotonic_ns()`` and the simulator on a
 virtual clock — the same decisions either way.
 
+A request may also carry an expiry: the moment past which its result is worth nothing to anyone (its share of
+an end-to-end deadline). The scheduler takes a request out of the queue as soon as the earliest it could be
+done — alone, in the next batch the device can take, after everything already booked — is past that moment
+less the policy's margin: while the device is still busy with other batches, not when they end. It is never
+computed; ``on_expire`` tells its owner how late it would have been.
+
 The gate is the mechanics of seed 001's two streams: the next batch may be
 handed to the device once its host staging and upload, started now, would
 finish no earlier than the current compute ends (``compute_free − t_stage(n)
@@ -19,11 +25,14 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from visionpipe.executor.expectation import Expectation, expect
 from visionpipe.executor.latency import LatencyModel
-from visionpipe.executor.policy import NS, BatchPolicy, Decision, QueueView
+from visionpipe.executor.policy import DEADLINE_MARGIN_FRACTION, NS, BatchPolicy, Decision, QueueView
 from visionpipe.executor.rate import RateEstimator
 
 # Upload, compute and download of three batches can overlap; a fourth would only wait on the device.
@@ -31,6 +40,20 @@ MAX_IN_FLIGHT_OVERLAP = 3
 # Fixed-point steps for the gate time: upload time depends on the batch size at the gate, which depends on
 # the gate time; upload is a small fraction of compute, so two steps land within a few arrivals.
 GATE_STEPS = 3
+# The batch size a stage announces follows the batches it sent: an EWMA over about the last ten.
+BATCH_EWMA_WEIGHT = 0.1
+NEVER = math.inf
+
+
+class DeadlineExceeded(Exception):
+    """A request taken out of the queue, never computed: it could no longer be done before its expiry.
+
+    ``late_s``: how late it would have been at best (one item alone in the next batch the device could take).
+    """
+
+    def __init__(self, late_s: float) -> None:
+        super().__init__(f"would have been {late_s * 1e3:.0f} ms late")
+        self.late_s = late_s
 
 
 @dataclass(slots=True)
@@ -39,6 +62,7 @@ class Request:
     deadline_ns: int
     payload: Any = None
     seq: int = 0
+    expire_ns: int | None = None  # past this (less the margin) nobody wants its result: it is taken out, not run
 
     def __lt__(self, other: Request) -> bool:
         return (self.deadline_ns, self.seq) < (other.deadline_ns, other.seq)
@@ -77,19 +101,88 @@ class Scheduler:
         self.slo_ns = slo_ns
         self.in_flight = 0
         self.compute_free_ns = 0
+        self.recent_batch = 1.0
+        self.margin_ns = int(slo_ns * DEADLINE_MARGIN_FRACTION)
+        # Told of each request taken out because it can no longer be done in time, and by how much it would miss.
+        self.on_expire: Callable[[Request, int], None] | None = None
+        # Told of each batch as it leaves, before the device has it (slack at dispatch, for metrics).
+        self.on_dispatch: Callable[[Batch], None] | None = None
         self._heap: list[Request] = []
         self._on_device: list[Batch] = []  # dispatched, not yet complete, in dispatch order
         self._seq = itertools.count()
+        self._first_expiry: float = NEVER  # the earliest expire_ns queued (a lower bound once requests leave)
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def add(self, now_ns: int, payload: Any = None, deadline_ns: int | None = None) -> Request:
+    def add(
+        self, now_ns: int, payload: Any = None, deadline_ns: int | None = None, expire_ns: int | None = None
+    ) -> Request:
+        """Queue a request; ``deadline_ns`` orders and bounds its batch (default: now + SLO), ``expire_ns`` ends it."""
         deadline = deadline_ns if deadline_ns is not None else now_ns + self.slo_ns
-        req = Request(now_ns, deadline, payload, next(self._seq))
+        req = Request(now_ns, deadline, payload, next(self._seq), expire_ns)
         heapq.heappush(self._heap, req)
         self.rate.arrive(now_ns)
+        if expire_ns is not None:
+            self._first_expiry = min(self._first_expiry, expire_ns)
         return req
+
+    def earliest_done_ns(self, now_ns: int) -> int:
+        """When one request sent alone in the next batch the device can take would be back on the host."""
+        m = self.model
+        if self.overlap:
+            start = max(now_ns + int(m.lead(1) * NS), self.compute_free_ns)
+            return start + int((m.compute(1) + m.download(1)) * NS)
+        return max(now_ns, self.compute_free_ns) + int(m.total(1) * NS)
+
+    def expire(self, now_ns: int) -> int:
+        """Take out every queued request that can no longer be done before its expiry; returns how many.
+
+        Cheap when nothing can have expired: the earliest expiry queued is compared with the earliest any
+        request could be done, and only then is the queue swept.
+        """
+        if self.on_expire is None or self._first_expiry == NEVER:
+            return 0
+        done = self.earliest_done_ns(now_ns)
+        if done <= self._first_expiry - self.margin_ns:
+            return 0
+        keep: list[Request] = []
+        gone: list[tuple[Request, int]] = []
+        first: float = NEVER
+        for r in self._heap:
+            if r.expire_ns is not None and done > r.expire_ns - self.margin_ns:
+                gone.append((r, done - r.expire_ns))
+            else:
+                keep.append(r)
+                if r.expire_ns is not None:
+                    first = min(first, r.expire_ns)
+        self._first_expiry = first
+        if gone:
+            self._heap = keep
+            heapq.heapify(self._heap)
+            for r, late in sorted(gone, key=lambda g: g[0].seq):
+                self.on_expire(r, late)
+        return len(gone)
+
+    def next_expiry_ns(self, now_ns: int) -> int | None:
+        """When the next queued request will have expired if nothing else happens first; None: none can."""
+        if self.on_expire is None or self._first_expiry == NEVER:
+            return None
+        lead = self.earliest_done_ns(now_ns) - now_ns
+        return max(now_ns + 1, int(self._first_expiry) - self.margin_ns - lead + 1)
+
+    def expectation(self, now_ns: int, backlog: float = 0.0, items: float = 1.0) -> Expectation:
+        """What a message of ``items`` requests arriving now behind ``backlog`` more (in the broker) should expect."""
+        return expect(
+            self.model,
+            self.rate.rate(now_ns),
+            len(self._heap) + backlog,
+            overlap=self.overlap,
+            max_batch=self.max_batch,
+            busy_s=max(self.compute_free_ns - now_ns, 0) / NS,
+            recent_batch=self.recent_batch,
+            items=items,
+        )
 
     def earliest_deadline_ns(self) -> int | None:
         return self._heap[0].deadline_ns if self._heap else None
@@ -131,9 +224,46 @@ class Scheduler:
         return self._heap[:8]
 
     def next_action(self, now_ns: int) -> Decision:
-        """Dispatch now, or when to ask again (a time, a queue length, or — neither — the next completion)."""
-        if not self._heap:
-            return Decision.wait()
+        """Dispatch now, or when to ask again (a time, a queue length, or — neither — the next completion).
+
+        Expired requests leave first, so the policy never batches one; the answer's wake-up time is never
+        later than the next expiry, so a request is taken out when it can no longer make it, device busy or not.
+        A batch the policy sizes for throughput (the keep-up batch) may finish past the expiry of its most
+        urgent requests: those are taken out too, answered now rather than computed late, and the policy asked
+        again.
+        """
+        while True:
+            self.expire(now_ns)
+            if not self._heap:
+                return Decision.wait()
+            decision = self._decide(now_ns)
+            if decision.dispatch <= 0:
+                break
+            if not self._expire_in_batch(now_ns, decision.dispatch):
+                return decision
+        expiry = self.next_expiry_ns(now_ns)
+        if expiry is not None and (decision.wake_at_ns is None or expiry < decision.wake_at_ns):
+            return Decision.wait(expiry, decision.wake_at_queued)
+        return decision
+
+    def _expire_in_batch(self, now_ns: int, n: int) -> bool:
+        """Take out the requests that a batch of ``n`` sent now would finish past their expiry; True if any."""
+        if self.on_expire is None or self._first_expiry == NEVER:
+            return False
+        done = self.view(now_ns).done_ns(min(n, len(self._heap)), now_ns)
+        batch = heapq.nsmallest(n, self._heap)
+        gone = [r for r in batch if r.expire_ns is not None and done > r.expire_ns - self.margin_ns]
+        if not gone:
+            return False
+        ids = {id(r) for r in gone}
+        self._heap = [r for r in self._heap if id(r) not in ids]
+        heapq.heapify(self._heap)
+        for r in gone:
+            assert r.expire_ns is not None
+            self.on_expire(r, done - r.expire_ns)
+        return True
+
+    def _decide(self, now_ns: int) -> Decision:
         gate = self.gate_ns(now_ns)
         if gate is None:
             return Decision.wait()
@@ -156,8 +286,11 @@ class Scheduler:
         end = start + int(m.compute(n) * NS)
         self.compute_free_ns = end
         self.in_flight += 1
+        self.recent_batch += BATCH_EWMA_WEIGHT * (n - self.recent_batch)
         batch = Batch(reqs, now_ns, end)
         self._on_device.append(batch)
+        if self.on_dispatch is not None:
+            self.on_dispatch(batch)
         return batch
 
     def complete(self, batch: Batch, now_ns: int, timings: dict[str, float] | None) -> list[int]:
