@@ -21,7 +21,7 @@ import time
 from visionpipe.backoff import Backoff
 from visionpipe.broker import Broker, MemoryBroker
 from visionpipe.collector import Collected, Collector
-from visionpipe.services.gateway.documents import failure_document, result_document
+from visionpipe.services.gateway.documents import expired_document, failure_document, result_document
 from visionpipe.services.gateway.gateway_metrics import GatewayMetrics
 from visionpipe.services.gateway.store import ResultsBackend
 from visionpipe.settings import Settings
@@ -41,9 +41,10 @@ def reader_group(settings: Settings, results: ResultsBackend, consumer: str) -> 
     return group if results.shared else f"{group}-{consumer}"
 
 
-def documents(batch: Collected) -> list[tuple[str, bytes]]:
-    """(request id, JSON document) of every result and dead letter read."""
-    docs = [(env.request_id, result_document(env, batch.wall_ns)) for env in batch.results]
+def documents(batch: Collected, ttl_s: float) -> list[tuple[str, bytes]]:
+    """(request id, JSON document) of every result, early answer and dead letter read."""
+    docs = [(env.request_id, result_document(env, batch.wall_ns, ttl_s)) for env in batch.results]
+    docs += [(env.request_id, expired_document(env, expiry)) for env, expiry in batch.expired]
     return docs + [(d.request_id, failure_document(d)) for d in batch.dead if d.request_id]
 
 
@@ -94,17 +95,18 @@ class ResultsReader:
                 await asyncio.sleep(delay)
 
     async def _keep(self, batch: Collected) -> None:
-        docs = documents(batch)
+        docs = documents(batch, self.ttl_s)
         if not docs:
             return
         await self.results.store(docs, self.ttl_s)  # before the ack: a result is never acked unstored
         if self.feed is not None and self.feeder is None:
             await self.broker.publish(self.feed, [doc for _, doc in docs], [rid for rid, _ in docs])
         self.metrics.stored.labels("done").inc(len(batch.results))
-        self.metrics.stored.labels("failed").inc(len(docs) - len(batch.results))
+        self.metrics.stored.labels("expired").inc(len(batch.expired))
+        self.metrics.stored.labels("failed").inc(len(docs) - len(batch.results) - len(batch.expired))
 
     async def _feed(self, batch: Collected) -> None:
         assert self.feed is not None
-        docs = documents(batch)
+        docs = documents(batch, self.ttl_s)
         if docs:
             await self.broker.publish(self.feed, [doc for _, doc in docs], [rid for rid, _ in docs])

@@ -4,6 +4,11 @@ The HTTP layer (``app.py``) turns these outcomes into status codes; this module 
 raising :class:`GatewayError`. Admission is the idempotency seam: a client-supplied request id is claimed once
 in the results backend with a fingerprint of the image, so a retry (same id, same image) waits for the first
 attempt's result instead of entering the pipeline again, and the same id with another image is a conflict.
+
+A request with a deadline (the client's, or ``limits.default_deadline_ms``) carries it into the pipeline as an
+absolute time on this gateway's clock, and is refused at once (429, with the Retry-After the excess should take
+to drain) when the stages, as they announce themselves (``visionpipe.stage_state``), expect to take longer.
+Readiness means a request sent now will be served: every stage has a consumer that is ready and beating.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
+from visionpipe import budget
 from visionpipe.broker import Broker, BrokerError, connect
 from visionpipe.ingress import (
     BacklogWatch,
@@ -31,6 +37,7 @@ from visionpipe.services.gateway.gateway_metrics import GatewayMetrics
 from visionpipe.services.gateway.results_reader import ResultsReader
 from visionpipe.services.gateway.store import ResultsBackend, connect_results
 from visionpipe.settings import Settings
+from visionpipe.stage_state import StageBoard
 from visionpipe.topology import INGRESS
 
 log = logging.getLogger(__name__)
@@ -66,8 +73,10 @@ class Gateway:
         self.results: ResultsBackend | None = None
         self.reader: ResultsReader | None = None
         self.watch: BacklogWatch | None = None
+        self.board: StageBoard | None = None
         self.stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._board_task: asyncio.Task[None] | None = None
 
     @property
     def broker(self) -> Broker:
@@ -85,19 +94,23 @@ class Gateway:
         self.reader = ResultsReader(self.broker, self.settings, self.results, self.metrics, consumer)
         await self.reader.open()
         self.watch = BacklogWatch(self.broker, self.settings)
+        self.board = StageBoard(self.broker, self.settings)
         self._tasks = [
             asyncio.create_task(self.reader.run(), name="gateway-results"),
             asyncio.create_task(self.watch.run(), name="gateway-backlog"),
         ]
+        # Apart from the tasks readiness watches: on a broker that cannot read the states it ends, by design.
+        self._board_task = asyncio.create_task(self.board.run(), name="gateway-stages")
         self.metrics.ready.labels("gateway").set(1)
         log.info("gateway reading %s as %s", self.reader.collector.results_stream, self.reader.collector.group)
 
     async def stop(self) -> None:
         self.stopping.set()
         self.metrics.ready.labels("gateway").set(0)
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._board_task] if self._board_task is not None else [])]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.results is not None:
@@ -118,13 +131,24 @@ class Gateway:
             and not self.stopping.is_set()
         )
 
+    @property
+    def stages_ready(self) -> bool:
+        """Every stage has a consumer that finished its warm-up and still beats (where the broker can tell)."""
+        board = self.board
+        if not self.settings.gateway.require_stages or board is None or not board.supported:
+            return True
+        return all(board.ready().values())
+
+    def stage_states(self) -> dict[str, str]:
+        return self.board.states() if self.board is not None and self.board.supported else {}
+
     async def ready_checks(self) -> dict[str, bool]:
         try:
             broker_ok = await self.broker.ping() if self._broker is not None else False
         except Exception:
             broker_ok = False
         store_ok = self.results is not None and await self.results.ping()
-        return {"broker": broker_ok, "results": store_ok, "serving": self.ready}
+        return {"broker": broker_ok, "results": store_ok, "serving": self.ready, "stages": self.stages_ready}
 
     def not_ready(self) -> GatewayError:
         return GatewayError(503, "not_ready", "the gateway is starting or stopping", retry_after_s=self._retry_after)
@@ -133,11 +157,39 @@ class Gateway:
     def _retry_after(self) -> int:
         return self.settings.gateway.retry_after_s
 
-    async def submit(self, image: bytes, request_id: str | None, received_ns: int, *, claim: bool = True) -> str:
+    def deadline_ms(self, asked_ms: float | None) -> float | None:
+        """The request's deadline: the client's, else the setting's; None: it has none."""
+        return asked_ms if asked_ms is not None else self.settings.limits.default_deadline_ms
+
+    def _admit_deadline(self, deadline_ns: int, request_id: str) -> None:
+        """Refuse (429) a request whose deadline is shorter than what the pipeline expects to take now."""
+        figures = self.board.figures() if self.board is not None else {}
+        refusal = budget.admit((deadline_ns - time.time_ns()) / 1e9, figures)
+        if refusal is not None:
+            self.metrics.refused.labels("deadline").inc()
+            raise GatewayError(
+                429,
+                "deadline_infeasible",
+                refusal.reason(),
+                request_id=request_id,
+                retry_after_s=refusal.retry_after_s,
+                extra={"expected_ms": round(refusal.expected_s * 1e3, 1)},
+            )
+
+    async def submit(
+        self,
+        image: bytes,
+        request_id: str | None,
+        received_ns: int,
+        *,
+        claim: bool = True,
+        deadline_ms: float | None = None,
+    ) -> str:
         """Admit and publish one image; returns its request id (a retry's id is returned without publishing).
 
         ``claim=False`` with no client id: nobody knows the fresh id until the gateway answers with it, so its
         claim (which only tells a later GET "pending" from "unknown") can wait until then — see :meth:`claim`.
+        ``deadline_ms`` (from ``received_ns``) is admitted only when the pipeline expects to make it.
         """
         if not self.ready or self.results is None or self.watch is None:
             raise self.not_ready()
@@ -156,9 +208,14 @@ class Gateway:
             self.watch.check()
             env = frame_envelope(Frame(image, rid, SOURCE))
             env.stamp(INGRESS, RECEIVED, received_ns)
-            # Nobody can fetch a result after its TTL: past that it need not be computed. (Not the client's wait:
-            # a request whose wait ran out must still complete, to be fetched later.)
-            env.deadline_ns = time.time_ns() + int(ttl * 1e9)
+            asked = self.deadline_ms(deadline_ms)
+            if asked is not None:
+                env.deadline_ns = received_ns + int(asked * 1e6)
+                self._admit_deadline(env.deadline_ns, rid)
+            else:
+                # Nobody can fetch a result after its TTL: past that it need not be computed. (Not the client's
+                # wait: a request whose wait ran out must still complete, to be fetched later.)
+                env.deadline_ns = time.time_ns() + int(ttl * 1e9)
             publish = publish_frames(self.broker, self.settings, [env])
             if request_id is None and claim:  # a fresh id cannot be taken: its claim and its publish go together
                 await asyncio.gather(self.claim(rid), publish)
@@ -172,6 +229,9 @@ class Gateway:
             raise GatewayError(
                 503, "broker_unavailable", f"could not enqueue: {exc}", request_id=rid, retry_after_s=self._retry_after
             ) from None
+        except GatewayError:
+            await self.results.release(rid)
+            raise
         return rid
 
     async def claim(self, request_id: str) -> None:

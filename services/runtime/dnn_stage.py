@@ -28,13 +28,15 @@ import numpy as np
 import torch
 
 from visionpipe.envelope import Envelope, Event
-from visionpipe.executor import BatchExecutor, TorchDevice, make_policy
+from visionpipe.executor import BatchExecutor, DeadlineExceeded, TorchDevice, make_policy
 from visionpipe.executor.cuda_graphs import prepare_fn
+from visionpipe.executor.expectation import Expectation
+from visionpipe.executor.scheduler import Batch
 from visionpipe.executor.torch_device import resolve_device
-from visionpipe.hops import HopError
+from visionpipe.hops import WHY_QUEUE, HopError
 from visionpipe.metrics import Metrics
 from visionpipe.services.models.loading import Kind, LoadedModel, load_model
-from visionpipe.services.runtime.stage import BadInput, Outcome, Stage
+from visionpipe.services.runtime.stage import BadInput, Expired, Outcome, Stage
 from visionpipe.settings import ExecutorSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -162,32 +164,40 @@ class DnnStage(Stage, Generic[H]):
             fn = on_cpu(fn, getattr(self.settings, self.name).cpu_threads)  # its own section: detector, classifier
         self.executor = stage_executor(fn, self.item_shape, self.settings.executor, device, self.cpu_max_batch)
         self.executor.on_batch = self._on_batch
+        self.executor.scheduler.on_dispatch = self._on_dispatch
         await self.executor.start()
         log.info("%s %s (%s weights) on %s", self.name, name, model.weights, device)
 
     async def submit(self, item: np.ndarray, deadline_ns: int | None = None) -> Any:
-        """One item's output; ``deadline_ns`` is the request's (wall clock), handed on when tighter than the SLO.
+        """One item's output; ``deadline_ns``: this stage's deadline for the request (wall clock).
 
-        ``item`` may be a read-only view of the received message: the device copies it straight into its
-        (pinned) batch buffer on the stager thread, the only copy it gets.
+        The executor batches against it when it is tighter than the SLO, and takes the item out of its queue,
+        unrun, with :class:`~visionpipe.executor.DeadlineExceeded` once it can no longer be met. ``item`` may be
+        a read-only view of the received message: the device copies it straight into its (pinned) batch buffer
+        on the stager thread, the only copy it gets.
         """
         assert self.executor is not None, "start() first"
         deadline = executor_deadline(deadline_ns, self.settings.executor.slo_ms)
-        return await self.executor.submit(item, deadline_ns=deadline)
+        expire = None if deadline_ns is None else time.monotonic_ns() + deadline_ns - time.time_ns()
+        return await self.executor.submit(item, deadline_ns=deadline, expire_ns=expire)
 
     async def _one(self, env: Envelope) -> Outcome:
         """Read the hop, submit its items, answer with the next hop, stamped with when the items went and came back.
 
         ``batch_start`` is stamped when the items are handed to the executor and ``compute_done`` when the last
-        is back on the host, so the stage's share includes time in a forming device batch.
+        is back on the host, so the stage's share includes time in a forming device batch. Items go with this
+        stage's part of the request's deadline; one taken out for want of time answers for the whole message.
         """
         try:
             hop, items = self.inputs(env)
         except HopError as exc:
             return BadInput(exc.reason)
+        due = self.budgets.stage_deadline_ns(env) if self.budgets is not None else None
         start = time.time_ns()
         try:
-            results = await asyncio.gather(*(self.submit(item, env.deadline_ns) for item in items))
+            results = await asyncio.gather(*(self.submit(item, due) for item in items))
+        except DeadlineExceeded as exc:
+            return Expired(self.name, exc.late_s, WHY_QUEUE)
         except Exception as exc:  # transient (device, executor): the worker leaves it for redelivery
             return exc
         done = time.time_ns()
@@ -195,6 +205,21 @@ class DnnStage(Stage, Generic[H]):
         out.stamp(self.name, Event.BATCH_START, start)
         out.stamp(self.name, Event.COMPUTE_DONE, done)
         return out
+
+    def expectation(self, backlog: int) -> Expectation | None:
+        """From the executor's fitted model and rate: behind its queue and ``backlog`` messages' worth of requests."""
+        if self.executor is None:
+            return None
+        per = self.requests_per_message
+        return self.executor.scheduler.expectation(time.monotonic_ns(), backlog * per, items=per)
+
+    @property
+    def slo_feasible(self) -> bool:
+        return bool(getattr(self.executor.policy, "slo_feasible", True)) if self.executor is not None else True
+
+    @property
+    def arrival_rate(self) -> float:
+        return self.executor.scheduler.rate.rate(time.monotonic_ns()) if self.executor is not None else 0.0
 
     def requests_in(self, env: Envelope) -> int:
         """Executor requests this envelope becomes: one image; the classifier overrides (one per crop)."""
@@ -209,6 +234,15 @@ class DnnStage(Stage, Generic[H]):
     def _on_batch(self, size: int, timings: dict[str, float]) -> None:
         if self.metrics is not None:
             self.metrics.device_batch.labels(self.name).observe(size)
+
+    def _on_dispatch(self, batch: Batch) -> None:
+        """Slack at dispatch: how long before its stage deadline each request's batch should be back."""
+        if self.metrics is None:
+            return
+        slack = self.metrics.slack.labels(self.name)
+        for r in batch.requests:
+            if r.expire_ns is not None:
+                slack.observe(max(r.expire_ns - batch.compute_end_est_ns, 0) / 1e9)
 
     @property
     def ready(self) -> bool:

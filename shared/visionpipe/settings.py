@@ -84,6 +84,8 @@ class StreamSettings(BaseModel):
     crops: str = "crops"
     results: str = "results"
     dead_letter: str = "dead"
+    # Not a pipeline stream: each stage process's heartbeat with its state and what it expects (visionpipe.stage_state).
+    stages: str = "stages"
 
     def name(self, stream: str) -> str:
         return f"{self.prefix}.{getattr(self, stream)}" if self.prefix else getattr(self, stream)
@@ -102,6 +104,13 @@ class LimitSettings(BaseModel):
     # is not bounded here). Keep it under Redis's maxmemory by what admitted frames grow into when decoded.
     ingress_max_bytes: int = Field(
         1024**3, ge=1, description="bytes held by the pipeline's streams above which ingress refuses"
+    )
+    default_deadline_ms: float | None = Field(
+        None, gt=0, description="end-to-end deadline of a request that brings none (ms from admission); unset: none"
+    )
+    deadline_split: Literal["propagate", "static"] = Field(
+        "propagate",
+        description="a stage's part of a deadline: what the stages after it leave (propagate), or a fixed share",
     )
 
 
@@ -209,6 +218,9 @@ class ServiceSettings(BaseModel):
     # device batch can reach executor.max_batch however few items one consume brings.
     prefetch_batches: float = Field(2.0, gt=0.0, description="DNN stages: device batches of requests kept in flight")
     reclaim_interval_s: float = Field(5.0, gt=0.0, description="how often a stage reclaims dead consumers' deliveries")
+    # Each stage process announces its state (starting, ready, stopping) and what it expects through the broker this
+    # often; the gateway's readiness and every stage's budget read it. A quarter second follows a 0.3 s burst.
+    heartbeat_s: float = Field(0.25, gt=0.0, description="how often a stage announces its state and expectation")
     # A delivery is kept ours (its idle time refreshed) while it is worked on, up to this long; past it, it is presumed
     # hung and reclaim may hand it to another consumer. Minutes: far beyond any batch, even a CPU detector's.
     work_timeout_s: float = Field(300.0, gt=0.0, description="longest a delivery is kept from reclaim while worked on")
@@ -235,6 +247,9 @@ class StreamSource(BaseModel):
     )
     live: bool | None = Field(None, description="reconnect on loss and default to `latest`; default: from the URL")
     annotate: str | None = Field(None, description="write the video with boxes and labels drawn here (files only)")
+    deadline_ms: float | None = Field(
+        None, gt=0, description="a frame is worthless this long after its capture: answered deadline_exceeded then"
+    )
 
 
 class IngestSettings(BaseModel):
@@ -242,6 +257,9 @@ class IngestSettings(BaseModel):
         default_factory=list, description='streams started with the service: JSON list of URLs or {"url": ..., ...}'
     )
     fps: float | None = Field(None, gt=0, description="default frames per second sent on per stream; none: all")
+    deadline_ms: float | None = Field(
+        None, gt=0, description="default deadline of a stream's frames, ms after capture; none: no deadline"
+    )
     max_side: int | None = Field(
         None, ge=32, description="frames are downscaled to this long side before JPEG; default: decode.input_size"
     )
@@ -297,6 +315,8 @@ class GatewaySettings(BaseModel):
     ingest_url: str = Field(
         "", description="API of a running `visionpipe ingest` (http://host:port): /v1/streams is served here too"
     )
+    # Readiness means "a request sent now will be served": every stage has a live consumer past its warm-up.
+    require_stages: bool = Field(True, description="/readyz waits for every stage to announce itself ready")
 
 
 class Settings(BaseSettings):

@@ -81,6 +81,15 @@ def stream_names(settings: Settings) -> list[str]:
     return [settings.streams.name(key) for key in STREAM_KEYS]
 
 
+def state_stream(settings: Settings) -> str:
+    """Where every stage process announces its state and expectation (``visionpipe.stage_state``).
+
+    Beside the pipeline's streams, not one of them: no stage consumes it and the front door's byte bound does
+    not count it; its writers keep it short by age.
+    """
+    return settings.streams.name("stages")
+
+
 def once_prefix(settings: Settings) -> str:
     """Where stages keep their "input settled" keys in the broker: beside the streams, under the same prefix.
 

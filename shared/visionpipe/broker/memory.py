@@ -40,6 +40,7 @@ class _Stream:
     entries: dict[int, tuple[str | None, bytes]] = field(default_factory=dict)
     next_seq: int = 1
     groups: dict[str, _Group] = field(default_factory=dict)
+    born: dict[int, float] = field(default_factory=dict)  # seq -> wall time of its append, for trim_older
 
 
 class _Store:
@@ -56,6 +57,7 @@ class _Store:
     def append(self, name: str, data: bytes, key: str | None) -> None:
         s = self.stream(name)
         s.entries[s.next_seq] = (key, bytes(data))
+        s.born[s.next_seq] = time.time()
         s.next_seq += 1
 
     def first_settle(self, once: str, ttl_s: float) -> bool:
@@ -78,6 +80,7 @@ class _Store:
             # Delete once no group still needs the entry: bounded by acks, never by length.
             if all(seq <= other.last_delivered and seq not in other.pending for other in s.groups.values()):
                 s.entries.pop(seq, None)
+                s.born.pop(seq, None)
 
     def held_bytes(self, stream: str) -> int:
         return sum(len(data) for _key, data in self.stream(stream).entries.values())
@@ -245,6 +248,20 @@ class MemoryBroker(Broker):
         with self._store.lock:
             s = self._store.stream(stream)
             return [Delivery(stream, str(seq), data, key) for seq, (key, data) in sorted(s.entries.items())[:count]]
+
+    async def tail(self, stream: str, count: int) -> list[Delivery]:
+        with self._store.lock:
+            s = self._store.stream(stream)
+            newest = sorted(s.entries.items())[-count:] if count > 0 else []
+            return [Delivery(stream, str(seq), data, key) for seq, (key, data) in newest]
+
+    async def trim_older(self, stream: str, age_s: float) -> None:
+        cutoff = time.time() - age_s
+        with self._store.lock:
+            s = self._store.stream(stream)
+            for seq in [seq for seq, born in s.born.items() if born < cutoff]:
+                s.entries.pop(seq, None)
+                del s.born[seq]
 
     async def ping(self) -> bool:
         return True

@@ -30,6 +30,7 @@ STREAM_COMMANDS = (
     "xinfo|groups",
     "xlen",
     "xrange",
+    "xrevrange",
     "xtrim",
     "xgroup|create",
     "exists",

@@ -281,6 +281,11 @@ class RedisBroker(Broker):
             entries: Any = await self._r.xrange(stream, "-", "+", count=count)
         return [_delivery(stream, eid, fields) for eid, fields in entries if fields]
 
+    async def tail(self, stream: str, count: int) -> list[Delivery]:
+        with _errors(self.url):
+            entries: Any = await self._r.xrevrange(stream, "+", "-", count=count)
+        return [_delivery(stream, eid, fields) for eid, fields in reversed(entries) if fields]
+
     async def trim_older(self, stream: str, age_s: float) -> None:
         # Entry ids start with their XADD time in ms. Exact, not "~": an approximate trim only drops whole radix
         # nodes (~100 entries), so a quiet feed would keep its old entries past the promised age.

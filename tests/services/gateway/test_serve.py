@@ -20,7 +20,9 @@ from tests.services.gateway.helpers import GatewayProc, http, jpeg
 
 
 async def test_sigterm_answers_waiting_requests_503_and_exits_0(tmp_path: Path, ns: str) -> None:
-    proc = GatewayProc({"VISIONPIPE_BROKER__URL": f"memory://{ns}"}, tmp_path).start()  # no stages: requests wait
+    # No stages: requests wait; readiness must not wait for them.
+    env = {"VISIONPIPE_BROKER__URL": f"memory://{ns}", "VISIONPIPE_GATEWAY__REQUIRE_STAGES": "false"}
+    proc = GatewayProc(env, tmp_path).start()
     try:
         await asyncio.to_thread(proc.wait_ready)
         waiting = asyncio.create_task(
