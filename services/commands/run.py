@@ -68,6 +68,9 @@ class RunSummary:
     broker: str = ""
     split: Split = field(default_factory=Split)
     errors: dict[str, int] = field(default_factory=dict)
+    deadline_ms: float | None = None
+    deadline_exceeded: int = 0  # answered deadline_exceeded by a stage, early
+    late: int = 0  # results that came after their deadline
 
     @property
     def images_per_s(self) -> float:
@@ -96,6 +99,7 @@ class RunSummary:
             "broker": self.broker,
             "weights": self.weights,
             "errors": self.errors,
+            "deadline": {"ms": self.deadline_ms, "exceeded": self.deadline_exceeded, "late": self.late},
         }
 
 
@@ -123,7 +127,9 @@ async def run_pipeline(
 ) -> RunSummary:
     settings = isolated(settings)
     inputs = [Input(p, f"{i:06d}-{uuid.uuid4().hex[:8]}") for i, p in enumerate(walk(paths))]
-    summary = RunSummary(inputs=len(inputs), broker=redact_url(settings.broker.url))
+    summary = RunSummary(
+        inputs=len(inputs), broker=redact_url(settings.broker.url), deadline_ms=settings.limits.default_deadline_ms
+    )
     broker = await connect(settings=settings)
     try:
         await ensure_pipeline_streams(broker, settings)
@@ -138,7 +144,7 @@ async def run_pipeline(
             summary.cpu_s = time.process_time() - cpu
         _write(out, inputs, records)
     finally:
-        for stream in topology.stream_names(settings):
+        for stream in (*topology.stream_names(settings), topology.state_stream(settings)):
             await broker.delete(stream)
         await broker.close()
     return summary
@@ -185,6 +191,8 @@ async def _process(
         summary.elapsed_s = time.monotonic() - start
     summary.split = split
     for rec in records.values():
+        summary.late += bool(rec.get("late"))
+        summary.deadline_exceeded += bool(rec.get("deadline_exceeded"))
         if rec["ok"]:
             summary.ok += 1
         else:
@@ -195,7 +203,7 @@ async def _process(
 
 
 async def _submit(inputs: list[Input], broker: Broker, settings: Settings, records: dict[str, dict[str, Any]]) -> None:
-    limit = settings.limits.max_image_bytes
+    limit, deadline_ms = settings.limits.max_image_bytes, settings.limits.default_deadline_ms
     chunk: list[Frame] = []
     for item in inputs:
         try:
@@ -206,7 +214,8 @@ async def _submit(inputs: list[Input], broker: Broker, settings: Settings, recor
         except (OSError, ValueError) as exc:
             records[item.request_id] = {"ok": False, "stage": "ingress", "error": f"cannot read: {exc}"}
             continue
-        chunk.append(Frame(data, item.request_id, str(item.path)[-MAX_SOURCE_CHARS:]))
+        due = None if deadline_ms is None else time.time_ns() + int(deadline_ms * 1e6)
+        chunk.append(Frame(data, item.request_id, str(item.path)[-MAX_SOURCE_CHARS:], deadline_ns=due))
         if len(chunk) >= settings.decode.batch:
             await submit_images(broker, settings, chunk)
             chunk = []
@@ -225,7 +234,12 @@ def _record(batch: Collected, by_id: dict[str, Input], records: dict[str, dict[s
             parts = segments(env, start, batch.wall_ns) if start is not None else {}
             if parts:
                 split.add(parts)
-            records[env.request_id] = {"ok": True, **env.payload, "latency_ms": categories_ms(parts)}
+            late = env.deadline_ns is not None and batch.wall_ns > env.deadline_ns
+            records[env.request_id] = {"ok": True, **env.payload, "latency_ms": categories_ms(parts), "late": late}
+    for env, expiry in batch.expired:
+        if env.request_id in by_id and env.request_id not in records:
+            error = f"deadline_exceeded: {expiry.reason()}"
+            records[env.request_id] = {"ok": False, "stage": expiry.stage, "error": error, "deadline_exceeded": True}
     for entry in batch.dead:
         if entry.request_id in by_id and entry.request_id not in records:
             records[entry.request_id] = {"ok": False, "stage": entry.stage, "error": entry.reason}
@@ -268,6 +282,11 @@ def _write(out: Path, inputs: list[Input], records: dict[str, dict[str, Any]]) -
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.option("--serve", is_flag=True, help="instead of IMAGES: serve every stage plus the HTTP gateway and its page")
 @click.option("--port", type=int, help="--serve: the gateway's port (default service.port, 8000; 0: any free one)")
+@click.option(
+    "--deadline-ms",
+    type=click.FloatRange(min=1.0),
+    help="each image's deadline from its submission: a stage that cannot make it answers deadline_exceeded",
+)
 def run(
     images: tuple[Path, ...],
     out: Path,
@@ -282,9 +301,12 @@ def run(
     quiet: bool,
     serve: bool,
     port: int | None,
+    deadline_ms: float | None,
 ) -> None:
     """Run decode -> detector -> classifier over IMAGES (files or directories; default: the shipped samples)."""
     settings = cli_settings(settings_file, broker, device, weights, detector, classifier, port=port)
+    if deadline_ms is not None:
+        settings.limits.default_deadline_ms = deadline_ms
     if score_threshold is not None:
         settings.detector.score_threshold = score_threshold
     setup_logging("WARNING" if settings.service.log_level.upper() == "INFO" else settings.service.log_level)

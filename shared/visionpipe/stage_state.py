@@ -24,7 +24,7 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 import msgpack
@@ -80,9 +80,9 @@ class StageState:
             return None
         values: dict[str, Any] = {}
         for f in fields(cls):
-            v = doc.get(f.name)
-            if v is None and f.default is not None and f.name not in doc:
+            if f.name not in doc and f.default is not MISSING:
                 continue  # an older writer without this field: the default
+            v = doc.get(f.name)
             if not _fits(f.type, v):
                 return None
             values[f.name] = v
