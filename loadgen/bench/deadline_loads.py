@@ -37,6 +37,10 @@ BURST_LOAD = 0.8  # the burst doubles it: 160 % of capacity for 0.3 s
 RAMP_LOW, RAMP_HIGH = 0.5, 1.1
 SHIFT_LOAD = 0.8
 DEADLINE_MS = 300.0
+# Not one of the goals' loads: requests whose deadlines differ (a front door serves clients with different needs),
+# where one backlog bound cannot suit them all.
+MIXED_DEADLINES_MS = (150.0, 300.0, 600.0)
+MIXED_LOAD = 1.0
 # 52 GB/s pinned host->device (DESIGN.md), a host memcpy at ~10 GB/s, a copy call's ~20 µs before any byte moves.
 _PINNED_GBPS, _HOST_GBPS, _COPY_BASE_MS = 52.0, 10.0, 0.02
 _LETTERBOX_BYTES = 640 * 640 * 3
@@ -132,7 +136,17 @@ def loads(cap: float, duration_s: float, seed: int, deadline_ms: float = DEADLIN
     out.append(fanout_shift(cap, duration_s, seed))
     for load in out:
         load.deadline_ms = deadline_ms
+    out.append(mixed_deadlines(cap, duration_s, seed))
     return out
+
+
+def mixed_deadlines(cap: float, duration_s: float, seed: int) -> Load:
+    """Poisson at MIXED_LOAD, each request's deadline drawn from MIXED_DEADLINES_MS."""
+    load = _load("mixed-deadlines", poisson(MIXED_LOAD * cap, duration_s, seed).arrivals_ns, duration_s, seed)
+    rng = np.random.default_rng(seed + 303)
+    load.deadline_ms = rng.choice(np.asarray(MIXED_DEADLINES_MS), size=len(load.arrivals_ns))
+    load.offered_fraction = MIXED_LOAD
+    return load
 
 
 def fanout_shift(cap: float, duration_s: float, seed: int) -> Load:

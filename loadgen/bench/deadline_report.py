@@ -21,6 +21,8 @@ GOODPUT_RATIO = 1.25
 ANSWERED_IN_TIME = 0.99
 WASTED_SHARE = 0.01
 TIMELINE_BIN_S = 0.1
+# Loads shown beside the goals' but not judged by them (the issue's goals name their loads).
+EXTRA_LOADS = ("mixed-deadlines",)
 MODE_NAMES = {"a": "(a) Triton per-stage delay", "b": "(b) static split", "c": "(c) propagated"}
 
 
@@ -77,14 +79,14 @@ def evaluate(best: list[dict[str, Any]]) -> list[dict[str, Any]]:
     poisson = sorted({(r["fraction"], r["load"]) for r in best if r["load"].startswith("poisson")})
     goals = []
     held = []
-    for _, load in poisson:
+    for load in dict.fromkeys(r["load"] for r in best if r["load"] not in EXTRA_LOADS):
         base, c = _best(best, load, ("a", "b")), _best(best, load, ("c",))
         if base is not None and c is not None and base["attainment"] >= ATTAINMENT:
             held.append((load, c["attainment"]))
     worst = min(held, key=lambda h: h[1], default=None)
     goals.append(
         _goal(
-            "where the best of (a)/(b) attains >= 99 %, (c) does too (lowest (c) attainment there)",
+            "wherever the best of (a)/(b) attains >= 99 %, (c) does too (lowest (c) attainment there)",
             None if worst is None else f"{worst[1]:.4f} at {worst[0]}",
             f">= {ATTAINMENT}",
             None if worst is None else worst[1] >= ATTAINMENT,

@@ -80,7 +80,7 @@ class Load:
     name: str
     arrivals_ns: np.ndarray
     fanout: np.ndarray  # crops per image
-    deadline_ms: float
+    deadline_ms: float | np.ndarray  # one for all, or one per request
     duration_s: float
     offered_fraction: float = 0.0  # of capacity (Poisson points), for the report
 
@@ -114,7 +114,7 @@ class PipelineSim:
         for i, st in enumerate(self.stages):
             st.sched.on_expire = self._expirer(i)
         n = len(load.arrivals_ns)
-        self.deadline = load.arrivals_ns + int(load.deadline_ms * 1e6)
+        self.deadline = load.arrivals_ns + (np.asarray(load.deadline_ms) * 1e6).astype(np.int64)
         self.code = np.full(n, UNANSWERED, dtype=np.int8)
         self.answer = np.full(n, -1, dtype=np.int64)
         self.device_s = np.zeros(n)

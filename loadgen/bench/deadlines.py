@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import time
 from functools import partial
@@ -40,6 +41,7 @@ CLASSIFIER_DELAYS_MS = (0.0, 2.0)
 QUICK_DETECTOR_DELAYS_MS = (0.0, 10.0)
 QUICK_CLASSIFIER_DELAYS_MS = (0.0,)
 DEFAULT_WATERMARK = 2_000  # limits.ingress_high_watermark's default
+TIMELINE_LOADS = ("burst", "fanout-shift", "ramp")
 
 
 def _timeout(stage: str, cost: PipelineCost, delay_ms: float) -> Any:
@@ -131,7 +133,7 @@ def run_all(cost: PipelineCost, duration_s: float, seed: int, quick: bool, deadl
             rows.append(row)
             outcomes[i] = outcome
         click.echo(f"  {load.name:14s} {len(modes)} runs in {time.perf_counter() - started:5.1f} s", err=True)
-        if not load.name.startswith("poisson"):
+        if load.name in TIMELINE_LOADS:
             timelines[load.name] = {
                 mode: timeline(load, outcomes[best["run"]])
                 for mode, best in _best_by_mode([r for r in rows if r["load"] == load.name]).items()
@@ -184,6 +186,7 @@ def bench_deadlines(
             "capacity_per_s": round(result["capacity"], 1),
             "watermarks": list(result["watermarks"]),
             "hop_median_ms": cost.hop_median_ms,
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
             "elapsed_s": 0.0,
         },
         "rows": rows,
