@@ -273,7 +273,7 @@ async def delete_streams(settings: Settings) -> None:
     """Remove every stream of the run's prefix (after the stages have stopped)."""
     broker = await connect(settings.broker.url, settings)
     try:
-        for stream in topology.stream_names(settings):
+        for stream in (*topology.stream_names(settings), topology.state_stream(settings)):
             await broker.delete(stream)
     finally:
         await broker.close()

@@ -107,12 +107,13 @@ def create_app(gateway: Gateway, routers: Sequence[APIRouter] = (), *, manage: b
 
 def _api(gw: Gateway) -> APIRouter:
     api = APIRouter(prefix="/v1", tags=["detect"])
-    _upload_routes(api, gw)
+    _detect_route(api, gw)
+    _submit_route(api, gw)
     _result_route(api, gw)
     return api
 
 
-def _upload_routes(api: APIRouter, gw: Gateway) -> None:
+def _detect_route(api: APIRouter, gw: Gateway) -> None:
     settings = gw.settings.gateway
     max_wait_ms = int(settings.max_wait_s * 1000)
     upload = upload_errors(bool(gw.tokens))
@@ -150,19 +151,28 @@ def _upload_routes(api: APIRouter, gw: Gateway) -> None:
         if doc is None:
             if x_request_id is None:
                 await gw.claim(rid)  # now the client has the id: a GET of it must say "pending"
-            if left_s is not None and left_s <= min(wait_s, settings.max_wait_s):
-                gw.metrics.deadline.labels("exceeded").inc()
-                raise GatewayError(
-                    504,
-                    "deadline_exceeded",
-                    f"no answer from the pipeline within the deadline of {asked:g} ms: still queued or computing",
-                    request_id=rid,
-                    extra={"stage": "pipeline", "late_ms": 0.0},
-                )
+            if asked is not None and left_s is not None and left_s <= min(wait_s, settings.max_wait_s):
+                raise no_answer_by_the_deadline(gw, rid, asked)
             raise GatewayError(
                 504, "timeout", f"no result within {wait_s:g} s; it can be fetched later", request_id=rid
             )
         return document_response(doc, rid, judge=asked is not None, metrics=gw.metrics)
+
+
+def no_answer_by_the_deadline(gw: Gateway, request_id: str, asked_ms: float) -> GatewayError:
+    """Nothing came back by the deadline: say so at the deadline (the request may still complete, for a GET)."""
+    gw.metrics.deadline.labels("exceeded").inc()
+    return GatewayError(
+        504,
+        "deadline_exceeded",
+        f"no answer from the pipeline within the deadline of {asked_ms:g} ms: still queued or computing",
+        request_id=request_id,
+        extra={"stage": "pipeline", "late_ms": 0.0},
+    )
+
+
+def _submit_route(api: APIRouter, gw: Gateway) -> None:
+    upload = upload_errors(bool(gw.tokens))
 
     @api.post(
         "/requests",

@@ -63,6 +63,21 @@ def read_tokens(path: Path | None) -> frozenset[str]:
     return tokens
 
 
+def admit_deadline(board: StageBoard | None, metrics: GatewayMetrics, deadline_ns: int, request_id: str) -> None:
+    """Refuse (429) a request whose deadline is shorter than what the pipeline, as its stages announce, expects."""
+    refusal = budget.admit((deadline_ns - time.time_ns()) / 1e9, board.figures() if board is not None else {})
+    if refusal is not None:
+        metrics.refused.labels("deadline").inc()
+        raise GatewayError(
+            429,
+            "deadline_infeasible",
+            refusal.reason(),
+            request_id=request_id,
+            retry_after_s=refusal.retry_after_s,
+            extra={"expected_ms": round(refusal.expected_s * 1e3, 1)},
+        )
+
+
 class Gateway:
     def __init__(self, settings: Settings, broker: Broker | None = None, metrics: GatewayMetrics | None = None):
         self.settings = settings
@@ -135,9 +150,9 @@ class Gateway:
     def stages_ready(self) -> bool:
         """Every stage has a consumer that finished its warm-up and still beats (where the broker can tell)."""
         board = self.board
-        if not self.settings.gateway.require_stages or board is None or not board.supported:
-            return True
-        return all(board.ready().values())
+        return not (self.settings.gateway.require_stages and board is not None and board.supported) or all(
+            board.ready().values()
+        )
 
     def stage_states(self) -> dict[str, str]:
         return self.board.states() if self.board is not None and self.board.supported else {}
@@ -160,21 +175,6 @@ class Gateway:
     def deadline_ms(self, asked_ms: float | None) -> float | None:
         """The request's deadline: the client's, else the setting's; None: it has none."""
         return asked_ms if asked_ms is not None else self.settings.limits.default_deadline_ms
-
-    def _admit_deadline(self, deadline_ns: int, request_id: str) -> None:
-        """Refuse (429) a request whose deadline is shorter than what the pipeline expects to take now."""
-        figures = self.board.figures() if self.board is not None else {}
-        refusal = budget.admit((deadline_ns - time.time_ns()) / 1e9, figures)
-        if refusal is not None:
-            self.metrics.refused.labels("deadline").inc()
-            raise GatewayError(
-                429,
-                "deadline_infeasible",
-                refusal.reason(),
-                request_id=request_id,
-                retry_after_s=refusal.retry_after_s,
-                extra={"expected_ms": round(refusal.expected_s * 1e3, 1)},
-            )
 
     async def submit(
         self,
@@ -211,7 +211,7 @@ class Gateway:
             asked = self.deadline_ms(deadline_ms)
             if asked is not None:
                 env.deadline_ns = received_ns + int(asked * 1e6)
-                self._admit_deadline(env.deadline_ns, rid)
+                admit_deadline(self.board, self.metrics, env.deadline_ns, rid)
             else:
                 # Nobody can fetch a result after its TTL: past that it need not be computed. (Not the client's
                 # wait: a request whose wait ran out must still complete, to be fetched later.)

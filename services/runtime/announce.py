@@ -13,40 +13,68 @@ import contextlib
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 
 from visionpipe import topology
 from visionpipe.broker import Broker, BrokerError
 from visionpipe.executor.expectation import Expectation
+from visionpipe.metrics import Metrics
+from visionpipe.services.runtime.budgets import Budgets, HopFloor
+from visionpipe.services.runtime.stage import Stage
 from visionpipe.settings import Settings
-from visionpipe.stage_state import KEEP_S, READY, STARTING, STOPPING, StageState
+from visionpipe.stage_state import KEEP_S, READY, STARTING, STOPPING, StageBoard, StageState
 
 log = logging.getLogger(__name__)
 
-# Hops remembered for the floor: the fastest of the last 64 is the broker's own time, without queueing.
-HOP_WINDOW = 64
 # Writers trim the state stream by age every this many beats.
 TRIM_EVERY = 40
 
 
-class HopFloor:
-    """The fastest broker hop into the stage among the last ``HOP_WINDOW`` messages, in seconds."""
-
-    def __init__(self, window: int = HOP_WINDOW) -> None:
-        self._hops: deque[float] = deque(maxlen=window)
-
-    def observe(self, seconds: float) -> None:
-        if seconds >= 0:
-            self._hops.append(seconds)
-
-    @property
-    def seconds(self) -> float:
-        return min(self._hops) if self._hops else 0.0
+# (backlog) -> (expectation, arrival rate, slo feasible)
+Snapshot = Callable[[int], tuple[Expectation | None, float, bool]]
 
 
-Snapshot = Callable[[], tuple[Expectation | None, float, bool]]  # (expectation, arrival rate, slo feasible)
+def stage_snapshot(stage: Stage, budgets: Budgets, metrics: Metrics) -> Snapshot:
+    """What a stage's heartbeat says: its expectation behind its backlog, its arrival rate, whether it is feasible.
+
+    Taking it also keeps the stage's fastest answer in its budgets and its feasibility in its metrics.
+    """
+
+    def snapshot(backlog: int) -> tuple[Expectation | None, float, bool]:
+        expectation = stage.expectation(backlog)
+        if expectation is not None:
+            budgets.fastest_s = expectation.minimum_s
+        feasible = stage.slo_feasible
+        metrics.slo_feasible.labels(stage.name).set(1 if feasible else 0)
+        return expectation, stage.arrival_rate, feasible
+
+    return snapshot
+
+
+class Presence:
+    """What a stage process needs to take part in deadlines: the others' states, its budgets, its own heartbeat."""
+
+    def __init__(self, stage: Stage, broker: Broker, settings: Settings, metrics: Metrics, consumer: str) -> None:
+        self.board = StageBoard(broker, settings)
+        self.budgets = Budgets(stage.name, settings, self.board)
+        stage.budgets = self.budgets
+        snapshot = stage_snapshot(stage, self.budgets, metrics)
+        self.announcer = Announcer(broker, settings, stage.name, consumer, snapshot, self.budgets.hop)
+        self._reading: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Beat as ``starting`` and read the others' states, from before the model loads."""
+        self.announcer.start()
+        self._reading = asyncio.get_running_loop().create_task(self.board.run(), name=f"board-{self.announcer.stage}")
+
+    def ready(self) -> None:
+        self.announcer.state = READY
+
+    async def stop(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+        await self.announcer.stop()
 
 
 class Announcer:
@@ -63,7 +91,7 @@ class Announcer:
         self._task: asyncio.Task[None] | None = None
 
     def record(self) -> StageState:
-        expectation, rate, feasible = self.snapshot() if self.state == READY else (None, 0.0, True)
+        expectation, rate, feasible = self.snapshot(self.backlog) if self.state == READY else (None, 0.0, True)
         base = StageState(
             self.stage,
             self.consumer,

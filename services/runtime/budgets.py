@@ -9,17 +9,35 @@ the stage's fastest answer: it is answered ``deadline_exceeded`` at once instead
 
 from __future__ import annotations
 
+from collections import deque
+
 from visionpipe import budget
 from visionpipe.budget import StageFigures
 from visionpipe.envelope import Envelope, Event
 from visionpipe.hops import WHY_BUDGET, WHY_PASSED
-from visionpipe.services.runtime.announce import HopFloor
 from visionpipe.services.runtime.stage import Expired
 from visionpipe.settings import Settings
 from visionpipe.stage_state import StageBoard
 from visionpipe.topology import INGRESS
 
 NS = 1_000_000_000
+# Hops remembered for the floor: the fastest of the last 64 is the broker's own time, without queueing.
+HOP_WINDOW = 64
+
+
+class HopFloor:
+    """The fastest broker hop into the stage among the last ``HOP_WINDOW`` messages, in seconds."""
+
+    def __init__(self, window: int = HOP_WINDOW) -> None:
+        self._hops: deque[float] = deque(maxlen=window)
+
+    def observe(self, seconds: float) -> None:
+        if seconds >= 0:
+            self._hops.append(seconds)
+
+    @property
+    def seconds(self) -> float:
+        return min(self._hops) if self._hops else 0.0
 
 
 class Budgets:

@@ -37,16 +37,13 @@ from visionpipe import topology
 from visionpipe.backoff import Backoff
 from visionpipe.broker import Broker, BrokerError, BrokerStateLost, Delivery
 from visionpipe.envelope import Limits
-from visionpipe.executor.expectation import Expectation
 from visionpipe.metrics import Metrics
-from visionpipe.services.runtime.announce import Announcer
-from visionpipe.services.runtime.budgets import Budgets
+from visionpipe.services.runtime.announce import Presence
 from visionpipe.services.runtime.handle import Handler
 from visionpipe.services.runtime.middleware import Chain, Middleware, StageContext, default_middleware
 from visionpipe.services.runtime.prefetch import Prefetch
 from visionpipe.services.runtime.stage import Stage
 from visionpipe.settings import Settings
-from visionpipe.stage_state import READY, StageBoard
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +65,8 @@ class Worker:
         """``per_consume``: messages taken per consume call; ``middleware``: instead of the default policies."""
         self.stage, self.broker, self.settings, self.metrics = stage, broker, settings, metrics
         self.name = stage.name
-        self.board = StageBoard(broker, settings)
-        self.budgets = Budgets(self.name, settings, self.board)
-        stage.budgets = self.budgets
-        self.ctx = StageContext.of(self.name, broker, settings, metrics, self.budgets)
-        self.announcer = Announcer(broker, settings, self.name, self.ctx.consumer, self._snapshot, self.budgets.hop)
+        self.presence = Presence(stage, broker, settings, metrics, f"{settings.service.consumer}-{self.name}")
+        self.ctx = StageContext.of(self.name, broker, settings, metrics, self.presence.budgets)
         self.per_consume = per_consume
         self.drain = drain
         chain = Chain(self.ctx, default_middleware(settings) if middleware is None else middleware)
@@ -107,34 +101,23 @@ class Worker:
 
     async def run(self) -> None:
         await self._ensure_streams()
-        self.announcer.start()
-        board = asyncio.create_task(self.board.run(), name=f"board-{self.name}")
+        self.presence.start()
         poller: asyncio.Task[None] | None = None
         try:
             await self.stage.start()
             self.started = True
-            self.announcer.state = READY
+            self.presence.ready()
             self.metrics.ready.labels(self.name).set(1)
             log.info("stage %s consuming %s as %s/%s", self.name, self.ctx.input, self.ctx.group, self.ctx.consumer)
             poller = asyncio.create_task(self._poll_backlog())
             await self._loop()
         finally:
-            for task in (poller, board):
-                if task is not None:
-                    task.cancel()
+            if poller is not None:
+                poller.cancel()
             self.metrics.ready.labels(self.name).set(0)
-            await self.announcer.stop()
+            await self.presence.stop()
             await self._finish_inflight()
             await self.stage.stop()
-
-    def _snapshot(self) -> tuple[Expectation | None, float, bool]:
-        """What the heartbeat says: the stage's expectation behind its backlog, its arrival rate, its feasibility."""
-        expectation = self.stage.expectation(self.announcer.backlog)
-        if expectation is not None:
-            self.budgets.fastest_s = expectation.minimum_s
-        feasible = self.stage.slo_feasible
-        self.metrics.slo_feasible.labels(self.name).set(1 if feasible else 0)
-        return expectation, self.stage.arrival_rate, feasible
 
     def _prefetch(self) -> Prefetch:
         """The in-flight limit in requests: the stage's own (a DNN stage: device batches' worth), else consumes'."""
@@ -265,5 +248,5 @@ class Worker:
                 backlog = (await self.broker.backlog(self.ctx.input, self.ctx.group)).total
                 self.metrics.backlog.labels(self.name).set(backlog)
                 self.stage.observe_backlog(backlog)
-                self.announcer.backlog = backlog
+                self.presence.announcer.backlog = backlog
             await asyncio.sleep(BACKLOG_POLL_S)

@@ -62,6 +62,16 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self._deadline_series(r)
+        self.duplicates = Counter(
+            "visionpipe_duplicates_dropped",
+            "Inputs settled again whose outputs the broker had already published, so published nothing",
+            ["stage"],
+            registry=r,
+        )
+
+    def _deadline_series(self, r: CollectorRegistry) -> None:
+        """What the stage did with requests' deadlines: shed and why, the budget given, the slack, feasibility."""
         self.shed = Counter(
             "visionpipe_deadline_shed",
             "Requests answered deadline_exceeded instead of computed, by why: passed (already late when taken), "
@@ -87,12 +97,6 @@ class Metrics:
         self.slo_feasible = Gauge(
             "visionpipe_slo_feasible",
             "1 while the stage can meet its latency bound at the load it sees (its batching policy's judgement)",
-            ["stage"],
-            registry=r,
-        )
-        self.duplicates = Counter(
-            "visionpipe_duplicates_dropped",
-            "Inputs settled again whose outputs the broker had already published, so published nothing",
             ["stage"],
             registry=r,
         )

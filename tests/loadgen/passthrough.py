@@ -25,7 +25,8 @@ from PIL import Image
 
 from visionpipe.broker import connect
 from visionpipe.envelope import Envelope, Event
-from visionpipe.services.runtime.announce import Announcer, HopFloor
+from visionpipe.services.runtime.announce import Announcer
+from visionpipe.services.runtime.budgets import HopFloor
 from visionpipe.settings import Settings, load_settings
 from visionpipe.stage_state import READY
 from visionpipe.topology import CLASSIFIER, DECODE, hop
@@ -72,7 +73,7 @@ async def run_stage(
     src, dst = settings.streams.name(source), settings.streams.name(sink)
     broker = await connect(settings.broker.url, settings)
     # It says it is ready as a real stage does (the gateway's readiness waits for every stage), expecting nothing.
-    announcer = Announcer(broker, settings, stage, f"pt-{stage}", lambda: (None, 0.0, True), HopFloor())
+    announcer = Announcer(broker, settings, stage, f"pt-{stage}", lambda backlog: (None, 0.0, True), HopFloor())
     announcer.state = READY
     try:
         await broker.ensure(src, stage)

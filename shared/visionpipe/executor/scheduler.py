@@ -6,11 +6,8 @@ device gate, and asks the policy what to do. Callers pass ``now_ns``, so the
 asyncio executor runs it on ``time.monotonic_ns()`` and the simulator on a
 virtual clock — the same decisions either way.
 
-A request may also carry an expiry: the moment past which its result is worth nothing to anyone (its share of
-an end-to-end deadline). The scheduler takes a request out of the queue as soon as the earliest it could be
-done — alone, in the next batch the device can take, after everything already booked — is past that moment
-less the policy's margin: while the device is still busy with other batches, not when they end. It is never
-computed; ``on_expire`` tells its owner how late it would have been.
+A request may also carry an expiry: past it, nobody wants its result. It is taken out of the queue the moment
+it can no longer be done by then, device busy or not, never computed (``expiry.py``).
 
 The gate is the mechanics of seed 001's two streams: the next batch may be
 handed to the device once its host staging and upload, started now, would
@@ -25,12 +22,12 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from visionpipe.executor.expectation import Expectation, expect
+from visionpipe.executor.expiry import NEVER, DeadlineExceeded, Expiring
 from visionpipe.executor.latency import LatencyModel
 from visionpipe.executor.policy import DEADLINE_MARGIN_FRACTION, NS, BatchPolicy, Decision, QueueView
 from visionpipe.executor.rate import RateEstimator
@@ -42,18 +39,8 @@ MAX_IN_FLIGHT_OVERLAP = 3
 GATE_STEPS = 3
 # The batch size a stage announces follows the batches it sent: an EWMA over about the last ten.
 BATCH_EWMA_WEIGHT = 0.1
-NEVER = math.inf
 
-
-class DeadlineExceeded(Exception):
-    """A request taken out of the queue, never computed: it could no longer be done before its expiry.
-
-    ``late_s``: how late it would have been at best (one item alone in the next batch the device could take).
-    """
-
-    def __init__(self, late_s: float) -> None:
-        super().__init__(f"would have been {late_s * 1e3:.0f} ms late")
-        self.late_s = late_s
+__all__ = ["MAX_IN_FLIGHT_OVERLAP", "Batch", "DeadlineExceeded", "Request", "Scheduler"]
 
 
 @dataclass(slots=True)
@@ -80,8 +67,8 @@ class Batch:
         return len(self.requests)
 
 
-class Scheduler:
-    """Queue + λ + latency model + gate + policy, driven by an external clock."""
+class Scheduler(Expiring):
+    """Queue + λ + latency model + gate + policy, driven by an external clock; expiry from ``Expiring``."""
 
     def __init__(
         self,
@@ -110,7 +97,7 @@ class Scheduler:
         self._heap: list[Request] = []
         self._on_device: list[Batch] = []  # dispatched, not yet complete, in dispatch order
         self._seq = itertools.count()
-        self._first_expiry: float = NEVER  # the earliest expire_ns queued (a lower bound once requests leave)
+        self._first_expiry = NEVER  # the earliest expire_ns queued (a lower bound once requests leave)
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -123,53 +110,8 @@ class Scheduler:
         req = Request(now_ns, deadline, payload, next(self._seq), expire_ns)
         heapq.heappush(self._heap, req)
         self.rate.arrive(now_ns)
-        if expire_ns is not None:
-            self._first_expiry = min(self._first_expiry, expire_ns)
+        self._note_expiry(expire_ns)
         return req
-
-    def earliest_done_ns(self, now_ns: int) -> int:
-        """When one request sent alone in the next batch the device can take would be back on the host."""
-        m = self.model
-        if self.overlap:
-            start = max(now_ns + int(m.lead(1) * NS), self.compute_free_ns)
-            return start + int((m.compute(1) + m.download(1)) * NS)
-        return max(now_ns, self.compute_free_ns) + int(m.total(1) * NS)
-
-    def expire(self, now_ns: int) -> int:
-        """Take out every queued request that can no longer be done before its expiry; returns how many.
-
-        Cheap when nothing can have expired: the earliest expiry queued is compared with the earliest any
-        request could be done, and only then is the queue swept.
-        """
-        if self.on_expire is None or self._first_expiry == NEVER:
-            return 0
-        done = self.earliest_done_ns(now_ns)
-        if done <= self._first_expiry - self.margin_ns:
-            return 0
-        keep: list[Request] = []
-        gone: list[tuple[Request, int]] = []
-        first: float = NEVER
-        for r in self._heap:
-            if r.expire_ns is not None and done > r.expire_ns - self.margin_ns:
-                gone.append((r, done - r.expire_ns))
-            else:
-                keep.append(r)
-                if r.expire_ns is not None:
-                    first = min(first, r.expire_ns)
-        self._first_expiry = first
-        if gone:
-            self._heap = keep
-            heapq.heapify(self._heap)
-            for r, late in sorted(gone, key=lambda g: g[0].seq):
-                self.on_expire(r, late)
-        return len(gone)
-
-    def next_expiry_ns(self, now_ns: int) -> int | None:
-        """When the next queued request will have expired if nothing else happens first; None: none can."""
-        if self.on_expire is None or self._first_expiry == NEVER:
-            return None
-        lead = self.earliest_done_ns(now_ns) - now_ns
-        return max(now_ns + 1, int(self._first_expiry) - self.margin_ns - lead + 1)
 
     def expectation(self, now_ns: int, backlog: float = 0.0, items: float = 1.0) -> Expectation:
         """What a message of ``items`` requests arriving now behind ``backlog`` more (in the broker) should expect."""
@@ -245,23 +187,6 @@ class Scheduler:
         if expiry is not None and (decision.wake_at_ns is None or expiry < decision.wake_at_ns):
             return Decision.wait(expiry, decision.wake_at_queued)
         return decision
-
-    def _expire_in_batch(self, now_ns: int, n: int) -> bool:
-        """Take out the requests that a batch of ``n`` sent now would finish past their expiry; True if any."""
-        if self.on_expire is None or self._first_expiry == NEVER:
-            return False
-        done = self.view(now_ns).done_ns(min(n, len(self._heap)), now_ns)
-        batch = heapq.nsmallest(n, self._heap)
-        gone = [r for r in batch if r.expire_ns is not None and done > r.expire_ns - self.margin_ns]
-        if not gone:
-            return False
-        ids = {id(r) for r in gone}
-        self._heap = [r for r in self._heap if id(r) not in ids]
-        heapq.heapify(self._heap)
-        for r in gone:
-            assert r.expire_ns is not None
-            self.on_expire(r, done - r.expire_ns)
-        return True
 
     def _decide(self, now_ns: int) -> Decision:
         gate = self.gate_ns(now_ns)

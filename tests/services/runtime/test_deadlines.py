@@ -149,11 +149,11 @@ async def test_the_budget_leaves_room_for_the_stages_after_it(ns: str) -> None:
     worker = Worker(SlowStage(settings, Metrics()), broker, settings, Metrics(), per_consume=4)
     running = asyncio.create_task(worker.run())
     try:
-        while not worker.board.figures().get(CLASSIFIER):
+        while not worker.presence.board.figures().get(CLASSIFIER):
             await broker.publish(topology.state_stream(settings), [busy.encode()])
             busy = StageState(**{**busy.__dict__, "seq": busy.seq + 1, "at_ns": time.time_ns()})
             await asyncio.sleep(0.05)
-        assert worker.board.figures()[CLASSIFIER] == StageFigures(2.0, 0.01, 0.0, 0.0)
+        assert worker.presence.board.figures()[CLASSIFIER] == StageFigures(2.0, 0.01, 0.0, 0.0)
         e = frame_envelope(Frame(b"x", "tight"))
         e.deadline_ns = time.time_ns() + 1_000_000_000
         await broker.publish(topology.input_stream(DETECTOR, settings), [e.encode()])
