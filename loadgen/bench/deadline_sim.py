@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from visionpipe.budget import StageFigures, admit, stage_deadline_ns
+from visionpipe.executor.expectation import alone_s
 from visionpipe.executor.policy import BatchPolicy
 from visionpipe.executor.scheduler import Batch, Request, Scheduler
 from visionpipe.executor.sim_device import CostModel, SimBatch, SimDevice
@@ -169,8 +170,9 @@ class PipelineSim:
         if st.name == CLASSIFIER:
             st.per_message += PER_MESSAGE_WEIGHT * (items - st.per_message)
         soft, hard = self._deadlines(i, r)
-        if hard is not None and t + int(st.sched.model.total(1) * NS) > hard:
-            self._expire(i, r, t + int(st.sched.model.total(1) * NS) - hard)
+        fastest = int(alone_s(st.sched.model, 1, True) * NS)
+        if hard is not None and t + fastest > hard:  # as the stage's admission does (services/runtime/budgets.py)
+            self._expire(i, r, t + fastest - hard)
             return
         if items == 0:  # no crop: the classifier has nothing to run, the message passes straight on
             self._leave(i, r)

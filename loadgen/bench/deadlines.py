@@ -28,6 +28,7 @@ from typing import Any
 import click
 import numpy as np
 
+from visionpipe.executor.expectation import alone_s
 from visionpipe.executor.latency import LatencyModel
 from visionpipe.executor.policy import AdaptivePolicy, TimeoutPolicy, keep_up_batch
 from visionpipe.loadgen.bench.deadline_loads import DEADLINE_MS, FANOUT_MEAN, capacity, h100_pipeline, loads
@@ -75,7 +76,7 @@ def static_shares(cost: PipelineCost, rate: float, fanout_mean: float = FANOUT_M
         model: LatencyModel = warmed_model(spec.cost, True, (1, spec.max_batch), 64, 0)
         stage_rate = rate * (fanout_mean if name == CLASSIFIER else 1.0)
         b = keep_up_batch(model, stage_rate, True, spec.max_batch)
-        times[name] = model.total(b)
+        times[name] = alone_s(model, b, True)
     total = sum(times.values())
     return {s: t / total for s, t in times.items()}
 

@@ -148,15 +148,21 @@ def _row(
     return {**head, "mechanics": mech[0], "overlap": mech[1], "pinned": mech[2], **measured(res, trace, load)}
 
 
-def _plan(raw: float, duration: float, seed: int, quick: bool) -> list[tuple[str, Trace, float]]:
+def _plan(
+    raw: float, duration: float, seed: int, quick: bool, parts: tuple[str, ...] = ("mechanics", "policies")
+) -> list[tuple[str, Trace, float]]:
     """(section, trace, load): mechanics at rising load and saturation, then policies at two loads and a burst."""
-    mech_loads = MECH_LOADS[1:2] if quick else MECH_LOADS
-    plan = [("mechanics", poisson(raw * f, duration, seed), f) for f in mech_loads]
-    sat = poisson(raw * SATURATION_LOAD, duration, seed)
-    plan.append(("mechanics", Trace("saturation", sat.rate, sat.arrivals_ns, sat.rate_at), SATURATION_LOAD))
-    plan += [("policies", poisson(raw * f, duration, seed), f) for f in (POLICY_LOADS[:1] if quick else POLICY_LOADS)]
-    if not quick:
-        plan.append(("policies", burst(raw * 0.5, max(duration, 1.5), seed), 0.5))
+    plan: list[tuple[str, Trace, float]] = []
+    if "mechanics" in parts:
+        mech_loads = MECH_LOADS[1:2] if quick else MECH_LOADS
+        plan += [("mechanics", poisson(raw * f, duration, seed), f) for f in mech_loads]
+        sat = poisson(raw * SATURATION_LOAD, duration, seed)
+        plan.append(("mechanics", Trace("saturation", sat.rate, sat.arrivals_ns, sat.rate_at), SATURATION_LOAD))
+    if "policies" in parts:
+        loads = POLICY_LOADS[:1] if quick else POLICY_LOADS
+        plan += [("policies", poisson(raw * f, duration, seed), f) for f in loads]
+        if not quick:
+            plan.append(("policies", burst(raw * 0.5, max(duration, 1.5), seed), 0.5))
     return plan
 
 
@@ -170,8 +176,13 @@ def run_live(
     seed: int,
     quick: bool,
     deadline: float | None = None,
+    parts: tuple[str, ...] = ("mechanics", "policies"),
+    pageable_grid: bool = True,
 ) -> dict[str, Any]:
-    """Both side-by-sides for one model; ``deadline`` (monotonic s): stop adding runs past it, and say so."""
+    """The side-by-sides in ``parts`` for one model; ``deadline`` (monotonic s): stop adding runs past it, and say so.
+
+    ``pageable_grid`` False: serial-pageable runs at saturation only (pinned memory alone), not on the load grid.
+    """
     tdev = resolve_device(device)
     cuda = tdev.startswith("cuda")
     m = live_model(model or ("resnet50" if cuda else "mobilenet_v3_small"), tdev, image_size)
@@ -184,12 +195,13 @@ def run_live(
     rows: list[dict[str, Any]] = []
     phases: dict[str, dict[str, float]] = {}
     skipped = 0
-    for section, trace, load in _plan(raw, duration, seed, quick):
+    for section, trace, load in _plan(raw, duration, seed, quick, parts):
         runs: list[tuple[str, dict[str, Any], Callable[[], BatchPolicy], tuple[str, bool, bool]]]
         if section == "mechanics":  # greedy, every mechanics: the mechanics alone differ
-            runs = [
-                ("timeout", {"max_batch": mb, "delay_ms": 0.0}, partial(TimeoutPolicy, mb, 0.0), mc) for mc in mechanics
-            ]
+            grid = [mc for mc in mechanics if pageable_grid or mc[0] != "serial-pageable"] or list(mechanics)
+            mechs = list(mechanics) if trace.name == "saturation" else grid
+            greedy = {"max_batch": mb, "delay_ms": 0.0}
+            runs = [("timeout", greedy, partial(TimeoutPolicy, mb, 0.0), mc) for mc in mechs]
             if trace.name == "saturation":
                 runs.append(("adaptive", {}, AdaptivePolicy, best))
         else:
@@ -199,7 +211,7 @@ def run_live(
                 for d in TIMEOUT_DELAYS_MS
             ]
         for name, params, make, mech in runs:
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and time.monotonic() > deadline and rows:  # one run at least, always
                 skipped += 1
                 continue
             res, lines = asyncio.run(_run_one(m, tdev, mech, make(), settings, trace))
@@ -223,7 +235,7 @@ def run_live(
         "meta": meta,
         "rows": rows,
         "summary": summary,
-        "targets": live_targets(rows, summary, phases, raw, best),
+        "targets": live_targets(rows, summary, phases, raw, best, parts),
         "adaptive_vs_greedy": adaptive_vs_greedy(rows, best[0]),
     }
 
@@ -247,6 +259,7 @@ def live_targets(
     phases: dict[str, dict[str, float]],
     raw: float,
     best: tuple[str, bool, bool],
+    parts: tuple[str, ...] = ("mechanics", "policies"),
 ) -> list[dict[str, Any]]:
     def sat(policy: str, mech: str) -> float | None:
         r = next((r for r in rows if (r["policy"], r["mechanics"], r["trace"]) == (policy, mech, "saturation")), None)
@@ -256,7 +269,7 @@ def live_targets(
         return max((s["capacity"] for s in summary if (s["policy"], s["mechanics"]) == (policy, mech)), default=0.0)
 
     out = []
-    ov = phases.get("overlapped", {})
+    ov = phases.get("overlapped", {}) if "mechanics" in parts else {}
     if ov:
         lead = (ov["stage"] + ov["upload"]) / max(ov["compute"], 1e-9)
         share = f"staging + upload = {lead:.0%} of compute at max batch (fitted)"
@@ -289,6 +302,18 @@ def live_targets(
             )
         )
     mech = best[0]
+    if "mechanics" in parts:
+        out.append(
+            target(
+                "saturation: adaptive throughput ÷ raw max-batch forward",
+                ratio(sat("adaptive", mech), raw),
+                ">=",
+                SATURATION,
+                f"raw forward {raw:.1f}/s, timed in this process before the runs",
+            )
+        )
+    if "policies" not in parts:
+        return out
     worst: tuple[float | None, str] = (None, "no policy rows")
     for r in rows:
         if (r["policy"], r["mechanics"], r["params"]) != ("adaptive", mech, "") or r["trace"] == "saturation":
@@ -309,14 +334,5 @@ def live_targets(
                 break
     out.append(
         target("policy: adaptive p99 ÷ best swept timeout p99, worst of the loads and the burst", worst, "<=", 1.05)
-    )
-    out.append(
-        target(
-            "saturation: adaptive throughput ÷ raw max-batch forward",
-            ratio(sat("adaptive", mech), raw),
-            ">=",
-            SATURATION,
-            f"raw forward {raw:.1f}/s, timed in this process before the runs",
-        )
     )
     return out

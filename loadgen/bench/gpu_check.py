@@ -1,59 +1,59 @@
-"""``visionpipe bench gpu-check DIR``: everything issue 15 measures on a GPU, in one command, in ≤ 8 minutes.
+"""``visionpipe bench gpu-check DIR``: everything measured on a GPU, in one command that fits a short loan of one.
 
-Sections, each timed, each allowed to fail without losing the others (its
-error is recorded in its place):
+A GPU machine is lent for minutes, once, so this is built to lose nothing:
 
-1. the GPU tests (``pytest -m gpu`` on the files that hold them);
-2. the executor benchmark on the device for ResNet-50 and for the shipped
-   detector and classifier: overlapped vs serial-pinned vs serial-pageable,
-   adaptive vs the swept timeout batcher (``executor_live``);
-3. batch-1 latency of ResNet-50 with and without CUDA graphs;
-4. the decode stage vs raw batched ``decode_jpeg`` at 1080p and 640×480;
-5. the classifier stage at saturation vs raw b256 forwards of its model;
-6. ``visionpipe run`` on the memory broker at 1080p and 640×480, with the
-   per-stage split.
+* the sections run most valuable first (``gpu_sections.SECTIONS``: the GPU tests, overlapped vs
+  serial-pinned for the shipped detector and classifier, the classifier stage at saturation, batch 1
+  eager vs CUDA graphs, the decode stage, ``visionpipe run`` vs the plain script, the policies);
+* ``gpu-check.json`` and ``gpu-check.md`` are rewritten after every section (a temporary file, then a
+  rename), and a section is marked ``running`` before it starts, so a kill, an OOM or a crash in a CUDA
+  library leaves every finished figure and says where it stopped;
+* each section prints one line of JSON to stdout as it ends;
+* ``--budget-s``: each section has an estimated cost and is skipped, and said to be, when it no longer
+  fits; a section that overruns is cut (its children's timeouts, then ``faulthandler``, which dumps every
+  thread's stack and ends the process);
+* a section's failure is recorded in its place and the next one runs.
 
-Writes ``gpu-check.json`` and ``gpu-check.md`` (a Markdown section for
-benchmarks/RESULTS.md) to DIR. ``--cpu`` runs the same sections on the CPU
-at toy sizes — what CI runs, so the script is known to work before a GPU is
-lent. ``benchmarks/gpu-check.sh`` (``make gpu-check DIR=…``) runs it on the
-lent machine as that machine comes: no venv, carried wheels.
+``--cpu`` runs the same sections on the CPU at toy sizes: what CI runs, so the script is known to work
+before a GPU is lent. ``benchmarks/gpu-check.sh`` runs it on the lent machine as that machine comes.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
-import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from visionpipe.loadgen.bench.gpu_report import markdown
+from visionpipe.loadgen.bench.gpu_report import goals, headline, markdown
+from visionpipe.loadgen.bench.gpu_sections import SECTIONS, Context, Limits, Section
 
-# The files holding the `gpu`-marked tests; collecting only these keeps test-only packages the GPU box lacks away.
-GPU_TEST_FILES = (
-    "tests/executor/test_gpu.py",
-    "tests/services/decode/test_stage.py",
-    "tests/services/commands/test_run.py",
-)
-# Plugins loaded explicitly: the lent machine's own pytest plugins are unknown, autoloading them could break the run.
-PYTEST_PLUGINS = ("pytest_asyncio.plugin", "pytest_timeout")
 # Settings that make the CPU mode's stage models toy-sized (the GPU run uses the shipped defaults).
 CPU_ENV = {
     "VISIONPIPE_DECODE__INPUT_SIZE": "320",
+    "VISIONPIPE_DETECTOR__INPUT_SIZE": "128",
     "VISIONPIPE_DETECTOR__CROP_SIZE": "64",
     "VISIONPIPE_DETECTOR__MAX_DETECTIONS": "2",
     "VISIONPIPE_EXECUTOR__WARMUP_REPEATS": "1",
 }
+# 330 s of sections, with start-up and the wrapper's wheel install, stays inside 6 minutes on the lent machine.
+DEFAULT_BUDGET_S = 330.0
+# A section stops adding work past its estimate times this (or the budget's end, if sooner)...
+SOFT_OVERRUN = 1.25
+# ...its child processes are killed past this...
+CHILD_OVERRUN = 1.5
+# ...and past this the whole process is ended by faulthandler, every thread's stack on stderr first.
+HARD_OVERRUN = 2.0
+HARD_GRACE_S = 15.0
 
 
 def _load() -> str:
@@ -78,157 +78,113 @@ def environment(device: str) -> dict[str, Any]:
     }
 
 
-def section(doc: dict[str, Any], name: str, run: Callable[[], Any]) -> None:
-    """Run one section into ``doc[name]``; a failure is recorded there, the next section still runs."""
-    started = time.monotonic()
-    click.echo(f"== {name}", err=True)
-    try:
-        result: dict[str, Any] = {"result": run()}
-    except Exception as exc:
-        result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]}
-        click.echo(f"   {name} failed: {result['error']}", err=True)
-    result["elapsed_s"] = round(time.monotonic() - started, 1)
-    result["loadavg"] = _load()
-    doc[name] = result
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
-def gpu_tests(timeout_s: float) -> dict[str, Any]:
-    """``pytest -m gpu`` in a child process; counts and failures from its JUnit XML."""
-    with tempfile.TemporaryDirectory() as tmp:
-        xml = Path(tmp) / "junit.xml"
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "--junitxml", str(xml)]
-        for plugin in PYTEST_PLUGINS:
-            cmd += ["-p", plugin]
-        env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-        proc = subprocess.run([*cmd, *GPU_TEST_FILES], capture_output=True, text=True, timeout=timeout_s, env=env)
-        out: dict[str, Any] = {"exit_code": proc.returncode, "tail": proc.stdout[-3000:] + proc.stderr[-2000:]}
-        if xml.exists():
-            root = ET.parse(xml).getroot()
-            suite = root.find("testsuite") if root.tag == "testsuites" else root
-            assert suite is not None
-            out.update({k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")})
-            out["failed"] = [
-                f"{c.get('classname')}::{c.get('name')}"
-                for c in suite.iter("testcase")
-                if c.find("failure") is not None or c.find("error") is not None
-            ]
-            out["passed"] = out["tests"] - out["failures"] - out["errors"] - out["skipped"]
-        return out
+def save(doc: dict[str, Any], out_dir: Path, started: float) -> None:
+    """Both files, whole, replacing the last ones: readable at any moment, whatever happens next."""
+    doc["elapsed_s"] = round(time.monotonic() - started, 1)
+    doc["goals"] = goals(doc)
+    _atomic_write(out_dir / "gpu-check.json", json.dumps(doc, indent=1, default=str) + "\n")
+    _atomic_write(out_dir / "gpu-check.md", markdown(doc))
 
 
-def executor_benches(device: str, cpu: bool, budget_s: float) -> dict[str, Any]:
-    from visionpipe.loadgen.bench.executor_live import run_live
-
-    models = ("mobilenet_v3_small", "detector", "classifier") if cpu else ("resnet50", "detector", "classifier")
-    out: dict[str, Any] = {}
-    start = time.monotonic()
-    for i, model in enumerate(models):
-        share = (budget_s - (time.monotonic() - start)) / (len(models) - i)
-        deadline = time.monotonic() + share
-        try:
-            out[model] = run_live(
-                device,
-                model,
-                None,
-                4 if cpu else None,
-                0.4 if cpu else 1.2,
-                64 if cpu else None,
-                0,
-                cpu,
-                deadline=deadline,
-            )
-        except Exception as exc:
-            out[model] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
-    return out
+def limits_for(estimate: float, budget_end: float) -> tuple[Limits, float]:
+    """The section's soft deadline and child timeout, and when the process is ended if it is still running."""
+    now = time.monotonic()
+    left = budget_end - now
+    soft = min(left, estimate * SOFT_OVERRUN)
+    child = min(left, estimate * CHILD_OVERRUN)
+    hard = min(left, estimate * HARD_OVERRUN) + HARD_GRACE_S
+    return Limits(now + soft, now + max(child, 1.0)), hard
 
 
-def decode_benches(device: str, cpu: bool) -> dict[str, Any]:
-    from visionpipe.loadgen.bench.stage_bench import decode_vs_raw
-    from visionpipe.samples import scene_jpeg
-
-    out = {}
-    for label, (w, h), n in (("1080p", (1920, 1080), 8 if cpu else 96), ("640x480", (640, 480), 8 if cpu else 256)):
-        images = [scene_jpeg(w, h, seed=i) for i in range(n)]
-        out[label] = decode_vs_raw(images, device, batch=4 if cpu else 16)
-    return out
-
-
-def pipeline_runs(device: str, cpu: bool, folder: Path, timeout_s: float) -> dict[str, Any]:
-    """``visionpipe run --device …`` in a child process per resolution, as a user runs it; its summary JSON."""
-    from visionpipe.samples import write_bench_set
-
-    write_bench_set(folder, vga=8 if cpu else 400, hd=4 if cpu else 150)
-    out = {}
-    for label, sub in (("1080p", "hd"), ("640x480", "vga")):
-        summary, results = folder / f"summary-{sub}.json", folder / f"results-{sub}.jsonl"
-        cmd = [
-            sys.executable,
-            "-m",
-            "visionpipe",
-            "run",
-            str(folder / sub),
-            "--device",
-            device,
-            "--weights",
-            "random",
-            "--out",
-            str(results),
-            "--summary-json",
-            str(summary),
-            "--quiet",
-        ]
+def run_section(
+    doc: dict[str, Any], sec: Section, ctx: Context, budget_end: float, out_dir: Path, started: float
+) -> None:
+    """One section into ``doc["sections"]``, saved before and after; its one-line summary on stdout."""
+    estimate = sec.estimate(ctx.cpu)
+    rec: dict[str, Any] = {"title": sec.title, "estimate_s": estimate}
+    left = budget_end - time.monotonic()
+    if sec.name in doc["skip"]:
+        rec.update(state="skipped", reason="left out with --skip")
+    elif estimate > left:
+        rec.update(state="skipped", reason=f"needs about {estimate:.0f} s; {max(left, 0):.0f} s of the budget left")
+    else:
+        limits, hard_s = limits_for(estimate, budget_end)
+        rec.update(state="running", loadavg_before=_load(), killed_after_s=round(hard_s, 1))
+        doc["sections"][sec.name] = rec
+        save(doc, out_dir, started)
+        faulthandler.dump_traceback_later(hard_s, exit=True)
         t0 = time.monotonic()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-        rec: dict[str, Any] = {"exit_code": proc.returncode, "wall_s": round(time.monotonic() - t0, 1)}
-        if proc.returncode == 0 and summary.exists():
-            rec["summary"] = json.loads(summary.read_text())
-        else:
-            rec["tail"] = (proc.stdout + proc.stderr)[-3000:]
-        out[label] = rec
-    return out
+        try:
+            rec["result"] = sec.run(ctx, limits)
+            rec["state"] = "ok"
+        except Exception as exc:
+            rec.update(state="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+        rec["elapsed_s"] = round(time.monotonic() - t0, 1)
+        rec["loadavg"] = _load()
+        rec.pop("killed_after_s", None)
+    doc["sections"][sec.name] = rec
+    save(doc, out_dir, started)
+    click.echo(json.dumps({"section": sec.name, **headline(sec.name, rec)}, default=str), nl=True)
+    sys.stdout.flush()
+
+
+def run_plan(
+    sections: Sequence[Section], ctx: Context, out_dir: Path, budget_s: float, skip: Sequence[str], command: str
+) -> dict[str, Any]:
+    """Every section in order under one budget; the document as it was last saved."""
+    env = environment(ctx.device)  # torch's CUDA start-up happens here, before the budget's clock starts
+    started = time.monotonic()
+    budget_end = started + budget_s
+    doc: dict[str, Any] = {
+        "mode": "cpu" if ctx.cpu else "gpu",
+        "command": command,
+        "env": env,
+        "budget_s": budget_s,
+        "skip": list(skip),
+        "plan": [{"name": s.name, "title": s.title, "estimate_s": s.estimate(ctx.cpu)} for s in sections],
+        "sections": {},
+        "finished": False,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save(doc, out_dir, started)
+    for sec in sections:
+        run_section(doc, sec, ctx, budget_end, out_dir, started)
+    doc["finished"] = True
+    doc["loadavg_end"] = _load()
+    save(doc, out_dir, started)
+    return doc
 
 
 @click.command("gpu-check")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--cpu", is_flag=True, help="the same sections on the CPU at toy sizes (CI)")
 @click.option(
-    "--executor-s",
+    "--budget-s",
     type=float,
-    default=170.0,
+    default=DEFAULT_BUDGET_S,
     show_default=True,
-    help="time the executor benches share (three models); runs past it are skipped, and counted",
+    help="seconds the sections may take in all: a section whose estimate no longer fits is skipped, and says so",
 )
 @click.option("--with-compile", is_flag=True, help="also time batch 1 with torch.compile (adds ~1 min)")
-@click.option("--skip", multiple=True, help="sections to leave out: tests, executor, batch1, decode, classifier, run")
-def gpu_check(out_dir: Path, cpu: bool, executor_s: float, with_compile: bool, skip: tuple[str, ...]) -> None:
-    """Issue 15's GPU measurements (or their CPU mode) as gpu-check.json and gpu-check.md in OUT_DIR."""
-    from visionpipe.loadgen.bench import stage_bench
-
+@click.option("--skip", multiple=True, type=click.Choice([s.name for s in SECTIONS]), help="sections to leave out")
+def gpu_check(out_dir: Path, cpu: bool, budget_s: float, with_compile: bool, skip: tuple[str, ...]) -> None:
+    """The GPU measurements (or their CPU mode) as gpu-check.json and gpu-check.md in OUT_DIR, written as they go."""
     if cpu:
         for key, value in CPU_ENV.items():
             os.environ.setdefault(key, value)
+    faulthandler.enable()  # a crash in a CUDA library still shows where every thread was
     device = "cpu" if cpu else "cuda"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    doc: dict[str, Any] = {"mode": "cpu" if cpu else "gpu", "command": " ".join(sys.argv), "env": environment(device)}
     work = Path(tempfile.mkdtemp(prefix="vp-gpu-check-"))
-    plan: list[tuple[str, Callable[[], Any]]] = [
-        ("tests", lambda: gpu_tests(240 if cpu else 150)),
-        ("executor", lambda: executor_benches(device, cpu, executor_s)),
-        (
-            "batch1",
-            lambda: stage_bench.batch1_latency(
-                "mobilenet_v3_small" if cpu else "resnet50", device, 10 if cpu else 300, with_compile
-            ),
-        ),
-        ("decode", lambda: decode_benches(device, cpu)),
-        ("classifier", lambda: stage_bench.classifier_saturation(device, 4 if cpu else 256, 2 if cpu else 40)),
-        ("run", lambda: pipeline_runs(device, cpu, work, 300 if cpu else 120)),
-    ]
-    for name, run in plan:
-        if name not in skip:
-            section(doc, name, run)
-    doc["elapsed_s"] = round(time.monotonic() - started, 1)
-    (out_dir / "gpu-check.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    (out_dir / "gpu-check.md").write_text(markdown(doc))
-    click.echo(f"wrote {out_dir / 'gpu-check.json'} and {out_dir / 'gpu-check.md'} in {doc['elapsed_s']} s", err=True)
+    ctx = Context(device, cpu, work, with_compile)
+    doc = run_plan(SECTIONS, ctx, out_dir, budget_s, skip, "visionpipe " + " ".join(sys.argv[1:]))
+    states = {name: rec["state"] for name, rec in doc["sections"].items()}
+    click.echo(f"wrote {out_dir / 'gpu-check.json'} and gpu-check.md in {doc['elapsed_s']} s: {states}", err=True)

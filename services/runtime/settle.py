@@ -43,6 +43,10 @@ class Settler:
             if settled:
                 duplicates = await self._until_done(settled)
                 self.ctx.metrics.duplicates.labels(self.ctx.stage).inc(duplicates)
+                if duplicates:  # the broker published some of these before, or (Kafka) dropped them because their
+                    # partition moved and its next owner redoes them: it says not which, so none counts as done here
+                    for it in items:
+                        it.once = None
             self.chain.after_ack(items)
         finally:
             self.chain.on_release(items)

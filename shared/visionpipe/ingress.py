@@ -136,7 +136,7 @@ async def _publish_if_room(broker: Broker, settings: Settings, envelopes: list[E
             settings.streams.name("frames"), [e.encode() for e in envelopes], [e.request_id for e in envelopes], room
         )
     except BrokerFull as exc:
-        return f"the broker is full and refuses writes ({exc}); retry once the stages have drained some work"
+        return f"the broker refuses writes ({exc}); retry later"
     return None if held is None else bytes_refusal(held, room.max_bytes)
 
 

@@ -72,8 +72,9 @@ class BrokerSettings(BaseModel):
     # service.max_inflight_batches x the stage's consume batch (2 x 16 at most with the defaults).
     kafka_careful_window: int = Field(32, ge=1, description="messages delivered singly, counted, after an assignment")
     # Each Kafka settle (outputs and the commit of the inputs) as one transaction: exactly once across a kill -9.
-    # Off by default: Tansu, the broker the tests run, cannot recover a killed producer's transaction (it stays
-    # open for ever, or is made visible by the successor); Apache Kafka aborts it. Turn it on with Apache Kafka.
+    # Proven on Apache Kafka (kill -9s, a fenced zombie, rebalances, a broker lost). Off by default: Tansu, the
+    # Kafka-protocol test broker, cannot recover a killed producer's transaction (it stays open for ever, or is
+    # made visible by the successor); Apache Kafka aborts it. Turn it on with Apache Kafka.
     kafka_transactions: bool = Field(False, description="settle each Kafka batch in a transaction (Apache Kafka)")
 
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.servers import TANSU_URLS
 from visionpipe.broker import Broker, connect
 from visionpipe.settings import Settings, load_settings
 
@@ -15,8 +16,8 @@ TANSU_EXACT_OFFSETS = "producer.batch.num.messages=1"
 
 
 def client_url(url: str) -> str:
-    """The fixture URL, with the client properties a test broker needs."""
-    if url.startswith("kafka://"):
+    """The fixture URL, with the client properties a test broker needs (Tansu's; Apache Kafka needs none)."""
+    if url in TANSU_URLS:
         return f"{url}?{TANSU_EXACT_OFFSETS}"
     return url
 

@@ -47,6 +47,7 @@ def models_commands(instructions: list[Instruction]) -> list[list[str]]:
         if i.keyword == "RUN" and i.stage == "build" and "visionpipe models" in i.args:
             for part in i.args.split("&&"):
                 words = [w for w in shlex.split(part) if not w.startswith("--mount=")]
+                words = words[1:] if words[:1] == ["with-ca"] else words  # the optional-CA wrapper (Dockerfile)
                 if words[:2] == ["visionpipe", "models"]:
                     out.append(words[2:])
     return out

@@ -220,3 +220,21 @@ def test_dockerignore_lets_in_what_the_build_copies(ignore_rules: list[str], ins
     assert "shared/visionpipe/settings.py" in let_in
     assert "shared/visionpipe/samples/shapes-480x360.png" in let_in, "package data must reach the image"
     assert [f for f in let_in if dockerignore_excludes(f, ignore_rules)] == []
+
+
+def test_builds_without_a_registry_for_the_frontend() -> None:
+    """A `# syntax=` line makes every build pull that frontend image, which fails where no registry is reachable;
+    the built-in frontend handles `RUN --mount`."""
+    assert not re.search(r"^#\s*syntax\s*=", DOCKERFILE.read_text(), re.M | re.I)
+
+
+def test_every_download_can_trust_a_given_ca(instructions: list[Instruction]) -> None:
+    """Behind a TLS-intercepting proxy the build's pip and models fetch trust the optional `ca` build secret."""
+    downloads = [i.args for i in instructions if i.keyword == "RUN" and re.search(r"pip install|models fetch", i.args)]
+    assert downloads
+    for args in downloads:
+        assert "--mount=type=secret,id=ca" in args, args
+        for m in re.finditer(r"pip install|visionpipe models fetch", args):
+            assert args[: m.start()].endswith("with-ca "), f"runs without the CA: {args[m.start() : m.end() + 40]}"
+    helper = " ".join(i.args for i in instructions if i.keyword == "RUN" and "/usr/local/bin/with-ca" in i.args)
+    assert "/run/secrets/ca" in helper and "PIP_CERT" in helper and "SSL_CERT_FILE" in helper

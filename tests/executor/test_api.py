@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from visionpipe.executor import BatchExecutor, SimDevice, TorchDevice, cost_model, make_policy
+from visionpipe.executor import BatchExecutor, LatencyModel, SimDevice, TorchDevice, cost_model, make_policy
 from visionpipe.settings import ExecutorSettings
 
 
@@ -107,3 +110,50 @@ async def test_a_request_that_cannot_make_its_expiry_is_answered_before_the_runn
     assert loop.time() - t0 < 0.1 and 0.4 < info.value.late_s < 0.7
     assert await running == 0
     await executor.stop()
+
+
+class _ThreadRecorder(SimDevice):
+    """A SimDevice that blocks the event loop while it stages, and records where and when each step ran."""
+
+    def __init__(self) -> None:
+        super().__init__(cost_model("h100"), max_batch=4, overlap=True)
+        self.steps: dict[str, tuple[str, float]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _note(self, step: str) -> None:
+        self.steps[step] = (threading.current_thread().name, time.monotonic())
+
+    def stage(self, items: Sequence[Any]) -> Any:
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(time.sleep, BLOCK_S)  # the loop is stuck from here on for BLOCK_S
+        time.sleep(0.02)
+        self._note("stage")
+        return items
+
+    def launch(self, items: Sequence[Any]) -> Any:
+        self._note("launch")
+        return super().launch(items)
+
+    def collect(self, handle: Any) -> tuple[list[Any], dict[str, float]]:
+        out = super().collect(handle)
+        self._note("collect")
+        return out
+
+
+BLOCK_S = 0.3
+
+
+async def test_a_batch_goes_stager_to_launcher_to_collector_without_the_event_loop() -> None:
+    settings = ExecutorSettings(policy="timeout", max_queue_delay_ms=0, slo_ms=1000, max_batch=4)
+    device = _ThreadRecorder()
+    executor = BatchExecutor(device, make_policy(settings), settings, model=LatencyModel())
+    await executor.start()
+    device.loop = asyncio.get_running_loop()
+    blocked_from = time.monotonic()
+    assert await executor.submit(7) == 7
+    await executor.stop()
+    threads = {step: name for step, (name, _) in device.steps.items()}
+    assert threads["stage"].startswith("vp-stage") and threads["launch"].startswith("vp-launch")
+    assert threads["collect"].startswith("vp-collect")
+    # Launched and collected while the loop thread slept: no hop through it between the device's threads.
+    assert device.steps["collect"][1] - blocked_from < BLOCK_S

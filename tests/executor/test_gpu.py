@@ -8,8 +8,9 @@ models, so when the defaults change these tests follow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -29,11 +30,15 @@ BATCH = 32
 STAGE_BATCH = 16
 # Consecutive batch pairs the overlap test looks at once the pipeline is full.
 PAIRS = 6
+# Elementwise passes of the synthetic model: milliseconds of compute for a batch, as long as its upload.
+HEAVY_PASSES = 20
+# The overlapped pipeline must deliver at least this share of the gain its own phase times predict.
+OVERLAP_SHARE = 0.5
 
 
 def _heavy(x: torch.Tensor) -> torch.Tensor:
     y = x.float()
-    for _ in range(20):
+    for _ in range(HEAVY_PASSES):
         y = torch.tanh(y * 1.0001)
     return y.mean(dim=(1, 2, 3))
 
@@ -64,7 +69,7 @@ def _random_items(shape: tuple[int, ...], n: int) -> list[np.ndarray]:
 def test_stage_function_never_synchronises_with_the_host(kind: str) -> None:
     fn, shape = stage_fn(kind)
     device = TorchDevice(fn, shape, max_batch=STAGE_BATCH, device="cuda", overlap=True)
-    device.run(_random_items(shape, STAGE_BATCH))  # warm-up: cuDNN, the caching allocators
+    device.warmup([STAGE_BATCH], 1)  # every bucket and every slot: cuDNN, the caching allocator, output buffers
     staged = device.stage(_random_items(shape, STAGE_BATCH))
     torch.cuda.set_sync_debug_mode("error")  # any .item(), .cpu(), nonzero, blocking copy in fn raises
     try:
@@ -75,6 +80,19 @@ def test_stage_function_never_synchronises_with_the_host(kind: str) -> None:
     assert len(outputs) == STAGE_BATCH and isinstance(outputs[0], dict)
     assert all(v.device.type == "cpu" for v in outputs[0].values())
     assert timings["compute"] > 0
+
+
+def test_after_warm_up_every_batch_size_reuses_the_slots_pinned_output_buffers() -> None:
+    """Warm-up runs every bucket and fills every slot; later batches of any size allocate no pinned memory."""
+    fn, shape = stage_fn("classifier")
+    device = TorchDevice(fn, shape, max_batch=STAGE_BATCH, device="cuda", overlap=True)
+    device.warmup([1, STAGE_BATCH], 1)
+    warm = device.output_allocations
+    for n in (3, STAGE_BATCH, 1, 7, 5, 2):
+        outs, _ = device.run(_random_items(shape, n))
+        assert len(outs) == n and outs[0]["labels"].is_pinned()
+        del outs
+    assert device.output_allocations == warm
 
 
 @pytest.mark.parametrize("kind", ["detector", "classifier"])
@@ -100,35 +118,50 @@ async def test_next_upload_starts_before_current_compute_ends_with_the_stage_fun
 
 
 def test_upload_of_next_batch_overlaps_current_compute() -> None:
-    device = TorchDevice(_heavy, ITEM, torch.float32, BATCH, device="cuda", overlap=True)
-    item = np.ones(ITEM, np.float32)
-    device.run([item] * BATCH)  # warm-up
-    first = device.launch(device.stage([item] * BATCH))
-    second = device.launch(device.stage([item] * BATCH))
+    device = TorchDevice(_heavy, ITEM, torch.uint8, BATCH, device="cuda", overlap=True)
+    item = np.ones(ITEM, np.uint8)
+    device.warmup([BATCH], 1)
+    # Both staged (host copies done) before either launches, as the stager thread runs ahead of the launcher:
+    # the second upload waits only for the copy engine, so what is left to see is the streams overlapping.
+    staged = [device.stage([item] * BATCH) for _ in range(2)]
+    first, second = (device.launch(s) for s in staged)
     device.collect(first)
     device.collect(second)
-    up0_2, up1_2 = second.events[0], second.events[1]
+    up0_2 = second.events[0]
     comp0_1, comp1_1 = first.events[2], first.events[3]
+    assert first.events[0].elapsed_time(first.events[1]) < comp0_1.elapsed_time(comp1_1), "premise: compute > upload"
     # second's upload starts before first's compute ends: the copy engine runs beside the kernels
     assert comp0_1.elapsed_time(up0_2) < comp0_1.elapsed_time(comp1_1)
-    assert up1_2.elapsed_time(comp1_1) > -1.0
+
+
+def _rate(device: TorchDevice, item: np.ndarray, batches: int) -> tuple[float, dict[str, float]]:
+    """Items/s through ``device`` with stage and launch alternating on this thread, and its mean phase times."""
+    device.warmup([BATCH], 1)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    handles = [device.launch(device.stage([item] * BATCH)) for _ in range(batches)]
+    phases = [device.collect(h)[1] for h in handles]
+    end.record()
+    end.synchronize()
+    mean = {p: sum(t[p] for t in phases) / batches for p in phases[0]}
+    return batches * BATCH / start.elapsed_time(end), mean
 
 
 def test_overlapped_pipeline_beats_serial_throughput() -> None:
-    item = np.ones(ITEM, np.float32)
-    rates = {}
-    for overlap in (True, False):
-        device = TorchDevice(_heavy, ITEM, torch.float32, BATCH, device="cuda", overlap=overlap)
-        device.run([item] * BATCH)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        handles = [device.launch(device.stage([item] * BATCH)) for _ in range(10)]
-        for h in handles:
-            device.collect(h)
-        end.record()
-        end.synchronize()
-        rates[overlap] = 10 * BATCH / start.elapsed_time(end)
-    assert rates[True] > 1.1 * rates[False]
+    """Overlap buys what its phases allow: one thread stages and launches, the GPU copies beside the kernels.
+
+    The bar is set from the serial run's own phase times, so a host that copies memory slowly (the fill of the
+    pinned buffer is host work either way) moves the bar rather than failing the test.
+    """
+    item = np.ones(ITEM, np.float32)  # 100 MB a batch: the host's copy and the upload weigh as much as compute
+    overlapped, _ = _rate(TorchDevice(_heavy, ITEM, torch.float32, BATCH, device="cuda", overlap=True), item, 10)
+    serial, t = _rate(TorchDevice(_heavy, ITEM, torch.float32, BATCH, device="cuda", overlap=False), item, 10)
+    # Serially a batch costs the sum of its phases; overlapped the slowest of the host's part and each stream.
+    predicted = (t["stage"] + t["upload"] + t["compute"] + t["download"]) / max(
+        t["stage"] + t["launch"], t["upload"], t["compute"], t["download"]
+    )
+    assert predicted >= 1.2, f"premise: the phases leave overlap room to gain ({t})"
+    assert overlapped / serial >= 1 + OVERLAP_SHARE * (predicted - 1), (overlapped / serial, predicted, t)
 
 
 async def test_resnet_fp16_through_executor_on_cuda() -> None:
@@ -144,14 +177,27 @@ async def test_resnet_fp16_through_executor_on_cuda() -> None:
 
 
 def test_cuda_graph_fn_matches_eager_and_pads_to_its_bucket() -> None:
+    """Same batch size and no TF32 on either side: the graph replays exactly the eager function's kernels."""
     eager = logits_fn("resnet18", "cuda")
     graphed = CudaGraphFn(eager, sizes=(1, 4))
     x = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, device="cuda")
-    with torch.inference_mode():
+    with torch.inference_mode(), _no_tf32():
         graphed.capture(x)
         assert graphed.captured == (1, 4)
-        torch.testing.assert_close(graphed(x), eager(x), rtol=1e-3, atol=1e-3)  # 3 padded up to 4
+        got = graphed(x)  # 3 rows padded up to 4 in the graph's static input
+        want = eager(torch.cat((x, x[:1])))[:3]  # eager at the graph's batch size: the same algorithms
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
         assert graphed(x[:1]).shape == (1, 1000)
+
+
+@contextlib.contextmanager
+def _no_tf32() -> Iterator[None]:
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @pytest.mark.parametrize("kind", ["detector", "classifier"])

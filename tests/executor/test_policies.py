@@ -209,3 +209,11 @@ def test_a_launch_bound_batch_computes_no_faster_than_its_launch() -> None:
         batch = SimDevice(cost, max_batch=8, overlap=overlap).schedule(8, 0)
         assert batch.compute_end - batch.upload_end >= 5_000_000
         assert batch.timings()["launch"] == pytest.approx(5e-3)
+
+
+def test_keep_up_batch_grows_when_the_launcher_is_the_bottleneck() -> None:
+    """Overlapped, the launcher thread is a stream of its own: 5 ms per batch at 1000 req/s needs b ≥ 5."""
+    lines = {"compute": Line(0.0, 1e-3), "launch": Line(0.0, 5e-3)}
+    model = LatencyModel.from_lines(lines)
+    assert keep_up_batch(model, 1000.0, overlap=True, max_batch=64) == 5
+    assert keep_up_batch(LatencyModel.from_lines({"compute": Line(0.0, 1e-3)}), 1000.0, True, 64) == 1

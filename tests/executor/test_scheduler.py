@@ -138,3 +138,18 @@ def test_expectation_counts_the_queue_and_the_broker_backlog() -> None:
     assert queued.total_s > idle.total_s and behind.queue_s > 2 * queued.queue_s
     # 193 requests (its own included) leave in four batches of 64: three before its own, 68 ms each.
     assert behind.queue_s == pytest.approx(3 * 0.068, rel=0.01)
+
+
+def test_a_launch_bound_batch_is_booked_to_end_no_sooner_than_its_launch() -> None:
+    """The launcher queues the kernels as the GPU runs them: 6 ms of launch cannot compute in 2 ms."""
+    lines = {**LINES, "stage": Line(0.0, 1e-3), "launch": Line(0.0, 6e-3), "compute": Line(0.0, 2e-3)}
+    s = Scheduler(TimeoutPolicy(64, 0.0), LatencyModel.from_lines(lines), max_batch=64, overlap=True, slo_ns=100 * MS)
+    s.add(0)
+    batch = s.take(0, 1)
+    assert batch.compute_end_est_ns == 7 * MS  # stage 1 ms + launch 6 ms; upload (1.5 ms) + compute would end at 3.5
+
+
+def test_serially_the_launch_is_inside_the_compute_it_times() -> None:
+    model = LatencyModel.from_lines({**LINES, "launch": Line(0.0, 3e-3)})
+    assert model.total(10) == model.lead(10) + model.compute(10) + model.download(10)
+    assert len(model.streams(overlap=False)) == 1 and len(model.streams(overlap=True)) == 5

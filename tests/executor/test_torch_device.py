@@ -110,3 +110,34 @@ def test_a_large_batch_is_staged_in_parallel_rows_intact() -> None:
     items[-1] = np.zeros((2, 2, 3), np.uint8)
     with pytest.raises(ValueError, match="shape"):
         fill(buffer, items, shape)
+
+
+def test_a_batch_is_padded_up_to_its_bucket_and_only_its_rows_come_back() -> None:
+    seen: list[int] = []
+
+    def fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        seen.append(x.shape[0])
+        return {"sum": x.float().sum(dim=1)}
+
+    device = TorchDevice(fn, item_shape=(2,), max_batch=8, device="cpu", buckets=(2, 4, 8))
+    outs, _ = device.run([np.full(2, i, np.uint8) for i in range(3)])
+    assert seen == [4] and [o["sum"].item() for o in outs] == [0.0, 2.0, 4.0]
+    assert device.padded(5) == 8 and device.padded(1) == 2
+
+
+def test_warmup_runs_every_bucket_once_before_timing() -> None:
+    seen: list[int] = []
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.shape[0])
+        return x.float()
+
+    device = TorchDevice(fn, item_shape=(2,), max_batch=8, device="cpu", buckets=(1, 2, 4, 8))
+    samples = device.warmup([1, 8], repeats=2)
+    assert seen == [1, 2, 4, 8, 1, 1, 8, 8]
+    assert [b for b, _ in samples["compute"]] == [1, 1, 8, 8] and "launch" in samples
+
+
+def test_on_the_cpu_batches_are_not_padded_by_default() -> None:
+    device = TorchDevice(lambda x: x, item_shape=(1,), max_batch=8, device="cpu")
+    assert device.buckets == () and device.padded(3) == 3

@@ -6,8 +6,9 @@ import asyncio
 
 import psutil
 
+from tests.kafka.apache import KafkaCluster
 from tests.servers import Server
-from visionpipe.loadgen.resources import ResourceSampler, broker_process
+from visionpipe.loadgen.resources import ResourceSampler, broker_process, identify_broker
 
 
 def test_the_local_broker_is_found_by_its_port(redis_server: Server, kafka_server: Server) -> None:
@@ -39,3 +40,17 @@ async def test_the_sampler_reports_cpu_and_peak_memory_of_a_busy_process() -> No
     assert expected > 5
     assert abs(stats["cpu_percent"] - expected) < max(5.0, 0.25 * expected)
     assert stats["rss_max_mb"] >= stats["rss_mean_mb"] > 10
+
+
+def test_a_comparison_names_which_kafka_it_ran(
+    redis_server: Server, kafka_server: Server, apache_kafka: KafkaCluster
+) -> None:
+    from visionpipe.loadgen.compare import broker_label
+
+    assert broker_label(redis_server.url) == "redis"
+    assert broker_label(kafka_server.url) == "tansu"
+    assert identify_broker(kafka_server.url)[1].startswith("Tansu (a Kafka-protocol broker, not Apache Kafka)")
+    assert broker_label(apache_kafka.url) == "apache-kafka"
+    assert identify_broker(apache_kafka.url)[1] == f"Apache Kafka {apache_kafka.version}"
+    assert broker_label("kafka://10.1.2.3:9092#msk") == "msk", "a URL's fragment names a broker we cannot see"
+    assert broker_label("kafka://10.1.2.3:9092") == "kafka"

@@ -37,18 +37,28 @@ import asyncio
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from visionpipe.broker.base import Backlog, Broker, BrokerError, BrokerStateLost, Delivery, Output, Settled
+from visionpipe.broker.base import (
+    Backlog,
+    Broker,
+    BrokerError,
+    BrokerFull,
+    BrokerStateLost,
+    Delivery,
+    Output,
+    Settled,
+)
 from visionpipe.broker.kafka_attempts import AttemptLedger, attempts_topic
+from visionpipe.broker.kafka_common import position, raise_for, to_delivery
 from visionpipe.broker.kafka_config import DELIVERY_TIMEOUT_MS, client_configs
-from visionpipe.broker.kafka_member import Member, position, raise_for, to_delivery
+from visionpipe.broker.kafka_member import Member
+from visionpipe.broker.kafka_offsets import REQUEST_TIMEOUT_S, Offsets
 from visionpipe.broker.kafka_txn import Transactions
 from visionpipe.broker.retry import with_retries
 from visionpipe.broker.security import BrokerAuthError, plaintext_password_warning, redact_url
@@ -61,8 +71,13 @@ T = TypeVar("T")
 
 # Blocking consumes each hold a thread for up to their timeout; publishes and acks must not queue behind them.
 POOL_THREADS = 32
-# Metadata, offset and admin calls: a healthy broker answers in milliseconds; past this it is unreachable.
-REQUEST_TIMEOUT_S = 10.0
+
+
+# Delivery errors that may mean "too few in-sync replicas": the producer retries NOT_ENOUGH_REPLICAS until the
+# message times out, so the timeout is what it reports.
+SHORT_OF_REPLICAS = frozenset(
+    {KafkaError._MSG_TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND}
+)
 
 
 def kafka_group_id(stream: str, group: str) -> str:
@@ -88,7 +103,7 @@ class KafkaBroker(Broker):
         self._txns = Transactions({**self._common, **producer_conf}, url) if txns else None
         self._admin = AdminClient(self._common)
         self._members: dict[tuple[str, str, str], Member] = {}
-        self._readers: dict[str, Consumer] = {}  # per group, for committed offsets; never subscribes
+        self._offsets = Offsets({**self._common, **self._consumer_conf}, url, self._partitions)
         self._owner: dict[tuple[str, str, int], Member] = {}  # (stream, group, partition) -> member that delivered
         self._settle_locks: dict[int, asyncio.Lock] = {}  # id(member) -> its settles, one at a time
         self._lock = threading.Lock()
@@ -114,13 +129,19 @@ class KafkaBroker(Broker):
     async def _metadata_or_raise(self) -> None:
         await self._run(self._list_topics)
 
-    def _list_topics(self) -> dict[str, int]:
+    def _list_topics(self, led: bool = False) -> dict[str, int]:
+        """Topic -> partitions; ``led``: only topics whose every partition has a leader (Kafka creates a topic's
+        metadata first and its partitions' logs on their brokers after: a read before that is refused)."""
         try:
             md = self._admin.list_topics(timeout=REQUEST_TIMEOUT_S)
         except KafkaException as exc:
             raise_for(exc.args[0], self.url, "metadata")
             raise
-        return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
+        return {
+            name: len(t.partitions)
+            for name, t in md.topics.items()
+            if t.error is None and not (led and any(p.leader < 0 or p.error is not None for p in t.partitions.values()))
+        }
 
     async def ensure(self, stream: str, group: str | None = None) -> None:
         if stream not in self._topics:
@@ -150,11 +171,11 @@ class KafkaBroker(Broker):
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise_for(exc.args[0], self.url, f"create topic {stream}")
-        self._wait_for(lambda topics: stream in topics, f"topic {stream} to appear")
+        self._wait_for(lambda topics: stream in topics, f"topic {stream} to appear", led=True)
 
-    def _wait_for(self, ready: Callable[[dict[str, int]], bool], what: str) -> None:
+    def _wait_for(self, ready: Callable[[dict[str, int]], bool], what: str, led: bool = False) -> None:
         deadline = time.monotonic() + REQUEST_TIMEOUT_S
-        while not ready(self._list_topics()):
+        while not ready(self._list_topics(led)):
             if time.monotonic() > deadline:
                 raise BrokerError(f"kafka {redact_url(self.url)}: timed out waiting for {what}")
             time.sleep(0.05)
@@ -188,9 +209,30 @@ class KafkaBroker(Broker):
         while outstanding[0] > 0 and time.monotonic() < deadline:
             self._producer.flush(0.1)
         if errors:
-            raise_for(errors[0], self.url, f"publish to {stream}")
+            self._publish_failed(stream, errors[0])
         if outstanding[0] > 0:
             raise BrokerError(f"kafka {redact_url(self.url)}: {outstanding[0]} messages to {stream} unconfirmed")
+
+    def _publish_failed(self, stream: str, err: KafkaError) -> None:
+        """Raise for a failed delivery: BrokerFull where the topic has fewer in-sync replicas than it needs.
+
+        The brokers answer such a write NOT_ENOUGH_REPLICAS, which the producer retries until the message
+        times out: the write is refused, not lost, and goes through once replicas are back. Ingress makes that
+        Backpressure and a stage retries its settle, rather than either failing as if the broker were gone.
+        """
+        if err.code() in SHORT_OF_REPLICAS:
+            need = self._settings.broker.kafka_min_insync_replicas or 1
+            try:
+                md = self._admin.list_topics(stream, timeout=REQUEST_TIMEOUT_S).topics[stream]
+                short = {p: m.isrs for p, m in md.partitions.items() if len(m.isrs) < need}
+            except (KafkaException, KeyError):
+                short = {}
+            if short or err.code() != KafkaError._MSG_TIMED_OUT:
+                raise BrokerFull(
+                    f"kafka {redact_url(self.url)} refused a publish to {stream}: NOT_ENOUGH_REPLICAS (in-sync "
+                    f"replicas per partition {short}, min.insync.replicas {need}); retry once brokers are back"
+                )
+        raise_for(err, self.url, f"publish to {stream}")
 
     def _member(self, stream: str, group: str, consumer: str) -> Member:
         with self._lock:
@@ -207,7 +249,9 @@ class KafkaBroker(Broker):
 
     async def prepare(self, stream: str, group: str, consumer: str) -> None:
         # Subscribing starts the join in librdkafka's threads; no poll needed until the first consume.
-        await self._run(self._member, stream, group, consumer)
+        member = await self._run(self._member, stream, group, consumer)
+        if self._txns is not None:  # fence a predecessor under this name now: its open transaction is aborted
+            await self._run(self._txns.producer, member)
 
     async def consume(self, stream: str, group: str, consumer: str, count: int, timeout_s: float) -> list[Delivery]:
         member = self._member(stream, group, consumer)
@@ -291,72 +335,18 @@ class KafkaBroker(Broker):
         pending = min(pending, total)
         return Backlog(pending=pending, lag=total - pending)
 
-    def _reader(self, group_id: str) -> Consumer:
-        with self._lock:
-            reader = self._readers.get(group_id)
-            if reader is None:
-                conf = {**self._common, **self._consumer_conf, "group.id": group_id}
-                reader = self._readers[group_id] = Consumer(conf)
-            return reader
-
     def _partitions(self, stream: str) -> list[TopicPartition]:
         n = self._list_topics().get(stream, 0)
         return [TopicPartition(stream, p) for p in range(n)]
 
     def _unfinished(self, stream: str, group: str) -> int:
-        reader = self._reader(kafka_group_id(stream, group))
-        parts = self._partitions(stream)
-        if not parts:
-            return 0
-        try:
-            committed = reader.committed(parts, timeout=REQUEST_TIMEOUT_S)
-            total = 0
-            for tp in committed:
-                low, high = reader.get_watermark_offsets(tp, timeout=REQUEST_TIMEOUT_S, cached=False)
-                start = tp.offset if tp.offset >= 0 else low
-                total += max(0, high - max(start, low))
-        except KafkaException as exc:
-            raise_for(exc.args[0], self.url, f"backlog of {stream}")
-            raise
-        return total
+        return self._offsets.unfinished(stream, kafka_group_id(stream, group))
 
     async def length(self, stream: str) -> int:
-        return await self._run(self._length, stream)
-
-    def _length(self, stream: str) -> int:
-        reader = self._reader("visionpipe-length")
-        total = 0
-        for tp in self._partitions(stream):
-            low, high = reader.get_watermark_offsets(tp, timeout=REQUEST_TIMEOUT_S, cached=False)
-            total += high - low
-        return total
+        return await self._run(self._offsets.length, stream)
 
     async def peek(self, stream: str, count: int) -> list[Delivery]:
-        return await self._run(self._peek, stream, count)
-
-    def _peek(self, stream: str, count: int) -> list[Delivery]:
-        # A throwaway group that never commits: reading leaves no trace on the stages' groups.
-        conf = {**self._common, **self._consumer_conf, "group.id": f"visionpipe-peek-{uuid.uuid4().hex[:8]}"}
-        reader = Consumer(conf)
-        try:
-            ends = {}
-            for tp in self._partitions(stream):
-                low, high = reader.get_watermark_offsets(tp, timeout=REQUEST_TIMEOUT_S, cached=False)
-                if high > low:
-                    ends[tp.partition] = high
-            reader.assign([TopicPartition(stream, p, OFFSET_BEGINNING) for p in ends])
-            out: list[Message] = []
-            deadline = time.monotonic() + REQUEST_TIMEOUT_S
-            while ends and len(out) < count and time.monotonic() < deadline:
-                for m in reader.consume(count - len(out), 0.1):
-                    if m.error() is None:
-                        out.append(m)
-                        p, o = position(m)
-                        if o + 1 >= ends.get(p, 0):
-                            ends.pop(p, None)
-            return [to_delivery(stream, m) for m in out]
-        finally:
-            reader.close()
+        return [to_delivery(stream, m) for m in await self._run(self._offsets.peek, stream, count)]
 
     async def ping(self) -> bool:
         try:
@@ -374,6 +364,7 @@ class KafkaBroker(Broker):
         for member in members:
             await self._run(member.close)
         await self._run(self._delete_topic, stream)
+        await self._run(self._offsets.reset)
         self._topics.discard(stream)
 
     def _delete_topic(self, stream: str) -> None:
@@ -387,9 +378,8 @@ class KafkaBroker(Broker):
 
     async def close(self) -> None:
         with self._lock:
-            closers = [m.close for m in self._members.values()] + [r.close for r in self._readers.values()]
+            closers = [m.close for m in self._members.values()] + self._offsets.closers()
             self._members.clear()
-            self._readers.clear()
             self._owner.clear()
         loop = asyncio.get_running_loop()
         done: list[Future[Any]] = [self._pool.submit(close) for close in closers]

@@ -17,9 +17,9 @@ partition is blocked. The fix has two parts:
   it on assignment, so the count survives the restart and, past
   ``limits.max_retries``, the message is dead-lettered like any other.
 
-Commit metadata would hold the count more cheaply (real Kafka keeps it), but
-Tansu, the test broker, drops it (measured: committed metadata reads back
-empty), and a count that no test can check is not one to rely on.
+Commit metadata would hold the count more cheaply (Apache Kafka keeps it), but
+Tansu, the Kafka-protocol test broker, drops it (measured: committed metadata
+reads back empty), and the same code must count on both.
 """
 
 from __future__ import annotations

@@ -1,19 +1,16 @@
 """One Kafka group member seen from our side: its consumer and the deliveries it has not committed past.
 
-Kafka commits are one offset per partition, "everything below is done", while
-stages ack deliveries one by one and out of order. A :class:`Member` keeps each
-delivery open until every delivery below it in its partition is acked, then
-commits; and it keeps the messages themselves, so that a delivery a living
-member left unacked can be handed out again (``KafkaBroker.reclaim``).
+Kafka commits are one offset per partition, "everything below is done", while stages ack deliveries one by one and
+out of order. A :class:`Member` keeps each delivery open until every delivery below it in its partition is acked,
+then commits; and it keeps the messages themselves, so that a delivery a living member left unacked can be handed
+out again (``KafkaBroker.reclaim``).
 
-It also counts hand-outs that a crash could be blamed on, in the group's
-attempts topic (``kafka_attempts.py``): before the first message at or past a
-partition's committed offset is handed out, "that offset, handed out once" is
-recorded. A new owner that finds the record still pointing at the committed
-offset knows the last owner died (or lost the partition) holding it, and
-delivers the next ``broker.kafka_careful_window`` messages of that partition
-one at a time, each counted first: the one that kills the process is then
-the one charged, and after ``limits.max_retries`` it is dead-lettered.
+It also counts hand-outs that a crash could be blamed on, in the group's attempts topic (``kafka_attempts.py``):
+before the first message at or past a partition's committed offset is handed out, "that offset, handed out once" is
+recorded. A new owner that finds the record still pointing at the committed offset knows the last owner died (or
+lost the partition) holding it, and delivers the next ``broker.kafka_careful_window`` messages of that partition one
+at a time, each counted first: the one that kills the process is then the one charged, and after
+``limits.max_retries`` it is dead-lettered.
 """
 
 from __future__ import annotations
@@ -28,31 +25,12 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from visionpipe.broker.base import BrokerError, BrokerStateLost, Delivery, Output
+from visionpipe.broker.base import BrokerError, BrokerStateLost, Output
 from visionpipe.broker.kafka_attempts import AttemptLedger, Careful
-from visionpipe.broker.security import BrokerAuthError, redact_url
+from visionpipe.broker.kafka_common import AUTH_CODES, position, raise_for
+from visionpipe.broker.security import redact_url
 
 log = logging.getLogger("visionpipe.broker.kafka")
-
-AUTH_CODES = frozenset(
-    {
-        KafkaError._AUTHENTICATION,
-        KafkaError.SASL_AUTHENTICATION_FAILED,
-        KafkaError.TOPIC_AUTHORIZATION_FAILED,
-        KafkaError.GROUP_AUTHORIZATION_FAILED,
-        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
-        KafkaError._SSL,
-    }
-)
-
-
-def raise_for(err: KafkaError | None, url: str, what: str) -> None:
-    """Credentials and TLS problems are fatal (BrokerAuthError); every other broker error is retryable."""
-    if err is None:
-        return
-    if err.code() in AUTH_CODES:
-        raise BrokerAuthError(f"kafka {redact_url(url)} refused {what}: {err}")
-    raise BrokerError(f"kafka {redact_url(url)} {what}: {err}")
 
 
 @dataclass
@@ -81,7 +59,10 @@ class Member:
         self.careful: dict[int, Careful] = {}
         self.recorded: dict[int, int] = {}  # partition -> the head offset its last attempts record names
         self.in_hand: tuple[int, int] | None = None  # the one careful delivery handed out and not yet acked
-        self.consumer = Consumer(conf)
+        self.deferred: dict[int, int] = {}  # partition -> offset a commit refused during a rebalance, to make again
+        self.committed: dict[int, int] = {}  # partition -> the last offset this member committed there
+        self.committing: dict[int, int] = {}  # partition -> an asynchronous commit's offset, not yet answered
+        self.consumer = Consumer({**conf, "on_commit": self._on_commit})
         self.consumer.subscribe([stream], on_assign=self._assigned, on_revoke=self._released, on_lost=self._revoked)
 
     def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -105,6 +86,9 @@ class Member:
         with self.lock:
             for tp in partitions:
                 self.open.pop(tp.partition, None)
+                self.deferred.pop(tp.partition, None)
+                self.committed.pop(tp.partition, None)
+                self.committing.pop(tp.partition, None)
                 self.careful.pop(tp.partition, None)
                 self.recorded.pop(tp.partition, None)
                 self.assigned.discard(tp.partition)
@@ -118,6 +102,7 @@ class Member:
             if abandoned.is_set():
                 self.rewind(msgs)
                 return []
+            self.catch_up()
             return msgs
 
     def _poll(self, count: int, timeout_s: float, url: str) -> list[Message]:
@@ -138,7 +123,11 @@ class Member:
                 raise BrokerStateLost(f"kafka {redact_url(url)}: {self.stream} is gone: {err}", self.stream)
             else:
                 log.warning("consume error", extra={"stream": self.stream, "error": str(err)})
-        return self._hand_out(good)
+        try:
+            return self._hand_out(good)
+        except BrokerError:  # an attempts record unreadable or unwritten: these are read again by the next poll
+            self.rewind(good)
+            raise
 
     def _hand_out(self, msgs: list[Message]) -> list[Message]:
         """The messages to hand out now, each registered open and, where a crash could be blamed on it, counted.
@@ -148,9 +137,11 @@ class Member:
         """
         out: list[Message] = []
         held_back: dict[int, int] = {}
+        # A rebalance served inside this poll may have revoked a partition after its first message came back.
+        owned = {tp.partition for tp in self.consumer.assignment()} if msgs else set()
         for m in msgs:
             p, o = position(m)
-            if p in held_back:
+            if p in held_back or p not in owned:
                 continue
             attempts = self._count(p, o)
             if attempts is None:
@@ -169,8 +160,8 @@ class Member:
     def _count(self, p: int, o: int) -> int | None:
         """Attempts of handing out offset ``o`` of ``p`` now (recorded first where needed); None: not now."""
         if p in self.assigned:  # the first message since assignment sits at the committed offset
-            self.assigned.discard(p)
             last = self.ledger.last(p)
+            self.assigned.discard(p)
             if last is not None and last[0] == o and last[1] >= 1:
                 log.warning(
                     "partition %d of %s: its last owner died holding offset %d (handed out %d times): delivering "
@@ -233,6 +224,19 @@ class Member:
                 except KafkaException as exc:  # revoked meanwhile: the new owner reads from the commit
                     log.debug("rewind skipped", extra={"partition": p, "error": str(exc)})
 
+    def rejoin(self) -> None:
+        """Serve a rebalance now: librdkafka applies one (a new generation, or partitions lost) only inside a poll,
+        and a transaction whose offsets an old generation sent is refused until then. A stage whose work in
+        flight all waits on that settle would poll no more: this poll hands nothing out (a message is sought back).
+        """
+        with self.poll_lock:
+            m = self.consumer.poll(0)
+            if m is not None and m.error() is None:
+                try:
+                    self.consumer.seek(TopicPartition(self.stream, *position(m)))
+                except KafkaException as exc:  # revoked in this poll: its new owner reads it from the commit
+                    log.debug("rejoin seek skipped", extra={"error": str(exc)})
+
     def rewind_if_delivered(self, fut: Future[list[Message]]) -> None:
         if fut.cancelled() or fut.exception() is not None:
             return
@@ -273,18 +277,69 @@ class Member:
         return outputs, commits
 
     def commit(self, commits: Sequence[TopicPartition]) -> None:
-        """Forget the deliveries below ``commits`` (their outputs are published) and commit them, synchronously."""
+        """Commit ``commits`` synchronously (their outputs are published), then forget the deliveries below them.
+
+        A refused commit is made again after the next poll, for the partitions still ours: a rebalance that
+        another member's join started bumps the group's generation, and the brokers refuse this member's commits
+        until it has rejoined (in a poll), even for partitions it keeps. Forgotten uncommitted, those deliveries
+        would read as lag for ever and be redone after a restart. A partition that moved on is the new owner's
+        to redo from the last commit, which is at-least-once.
+        """
+        if not commits:
+            return
+        try:
+            self.consumer.commit(offsets=list(commits), asynchronous=False)
+        except KafkaException as exc:
+            log.info("commit refused; again after the next poll", extra={"stream": self.stream, "error": str(exc)})
+            self._defer(commits)
+            return
         self.forget(commits)
-        if commits:
-            try:
-                self.consumer.commit(offsets=list(commits), asynchronous=False)
-            except KafkaException as exc:  # partition moved on: the new owner redelivers, which is at-least-once
-                log.info("commit refused", extra={"stream": self.stream, "error": str(exc)})
+
+    def _defer(self, commits: Sequence[TopicPartition]) -> None:
+        with self.lock:
+            for tp in commits:
+                for o, d in self.open.get(tp.partition, {}).items():
+                    if o < tp.offset:
+                        d.outputs = ()  # published: a later settle must not publish them again
+                self.deferred[tp.partition] = max(self.deferred.get(tp.partition, 0), tp.offset)
+
+    def catch_up(self) -> None:
+        """After a poll: make the commits a rebalance refused, for the partitions still ours, and commit past a
+        partition's tail where the reader skipped records no stage sees (transactions' commit markers, aborted
+        records): committed at the last delivery, such a partition would show lag for ever. Asynchronous: a
+        commit waits for the group's coordinator (a broker may be gone), and the poll that rejoins must not."""
+        owned = self.consumer.assignment()
+        positions = self.consumer.position(owned) if owned else []
+        todo = []
+        with self.lock:
+            for tp in positions:
+                p, target = tp.partition, self.deferred.pop(tp.partition, -1)
+                if not self.open.get(p):  # all handed out is committed; a seek leaves no position (-1001)
+                    target = max(target, tp.offset)
+                if target > max(self.committed.get(p, -1), self.committing.get(p, -1)):
+                    todo.append(TopicPartition(self.stream, p, target))
+                    self.committing[p] = target
+            self.deferred.clear()
+        if todo:
+            self.consumer.commit(offsets=todo, asynchronous=True)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """A commit's answer (served in a poll): what went through is forgotten, the rest is made again later."""
+        done = [tp for tp in partitions if err is None and tp.error is None]
+        with self.lock:
+            for tp in partitions:
+                self.committing.pop(tp.partition, None)
+                if tp not in done and tp.partition in self.open:
+                    self.deferred[tp.partition] = max(self.deferred.get(tp.partition, 0), tp.offset)
+        self.forget(done)
 
     def forget(self, commits: Sequence[TopicPartition]) -> None:
         """Drop the deliveries below ``commits``: committed (by us, or in a transaction)."""
         with self.lock:
             for tp in commits:
+                if self.deferred.get(tp.partition, tp.offset) <= tp.offset:
+                    self.deferred.pop(tp.partition, None)
+                self.committed[tp.partition] = max(self.committed.get(tp.partition, -1), tp.offset)
                 pending = self.open.get(tp.partition, {})
                 for o in [o for o in pending if o < tp.offset]:
                     del pending[o]
@@ -319,22 +374,3 @@ class Member:
                 self.ledger.record(p, o, attempts)
                 self.careful[p].counts = {o: attempts}
         return out
-
-
-def position(m: Message) -> tuple[int, int]:
-    """(partition, offset) of a consumed message, which always has both."""
-    p, o = m.partition(), m.offset()
-    assert p is not None and o is not None
-    return p, o
-
-
-def to_delivery(stream: str, m: Message, attempts: int = 1) -> Delivery:
-    key = m.key()
-    p, o = position(m)
-    return Delivery(
-        stream,
-        f"{p}:{o}",
-        m.value() or b"",
-        key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
-        attempts,
-    )

@@ -6,8 +6,14 @@ a member restarted under the same name fences its predecessor and aborts what th
 that never comes back has its open transaction aborted by the brokers after ``transaction.timeout.ms``.
 Readers use read_committed (librdkafka's default), so they never see an aborted output.
 
-Off by default (``broker.kafka_transactions``): Tansu, the Kafka-protocol broker the tests run, does
-transactions in one piece but recovers none of a killed producer's (measured with Tansu 0.6: with a new
+A stage makes its producer when it starts (``KafkaBroker.prepare``), so a restarted stage fences its predecessor
+at once, before that one's open transaction holds back the readers of its partitions for long. The group also
+checks the generation of the offsets a transaction sends (KIP-447): a zombie that lost its partitions cannot
+commit, whatever its transactional.id. Proven on Apache Kafka with kill -9s, a zombie and rebalances
+(tests/reliability/test_kafka_exactly_once.py).
+
+Off by default (``broker.kafka_transactions``) because Tansu, the Kafka-protocol broker that starts in
+milliseconds for tests, recovers none of a killed producer's transactions (measured with Tansu 0.6: with a new
 transactional.id the open transaction is never aborted and blocks read_committed readers of its partitions for
 ever; with the same id, the successor's next commit or abort makes the dead one's records visible). Turn it on
 with Apache Kafka, where both recoveries are part of the protocol.
@@ -20,10 +26,11 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from visionpipe.broker.base import BrokerError, Output
-from visionpipe.broker.kafka_member import Member, raise_for
+from visionpipe.broker.kafka_common import raise_for
+from visionpipe.broker.kafka_member import Member
 from visionpipe.broker.security import redact_url
 
 log = logging.getLogger("visionpipe.broker.kafka")
@@ -35,6 +42,18 @@ TXN_TIMEOUT_S = 10.0
 TRANSACTION_TIMEOUT_MS = 15_000
 
 
+# The group refused the transaction's offsets: this member's generation is old (a rebalance it has not served
+# yet) or it was dropped from the group (a session timeout, say, while a broker died).
+GROUP_CODES = frozenset(
+    {
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.FENCED_INSTANCE_ID,
+    }
+)
+
+
 class Transactions:
     """The transactional producers of one KafkaBroker, one per member, made on first use."""
 
@@ -43,7 +62,9 @@ class Transactions:
         self._producers: dict[int, Producer] = {}
         self._lock = threading.Lock()
 
-    def _producer(self, member: Member) -> Producer:
+    def producer(self, member: Member) -> Producer:
+        """The member's transactional producer, made and initialised on first use: that fences any predecessor
+        under the same transactional.id and aborts what it left open."""
         with self._lock:
             producer = self._producers.get(id(member))
             if producer is None:
@@ -63,7 +84,7 @@ class Transactions:
 
     def settle(self, member: Member, outputs: Sequence[Output], commits: Sequence[TopicPartition]) -> None:
         """Publish ``outputs`` and commit ``commits`` in one transaction; the member then forgets what it covers."""
-        producer = self._producer(member)
+        producer = self.producer(member)
         try:
             producer.begin_transaction()
             for out in outputs:
@@ -87,6 +108,8 @@ class Transactions:
                 producer.abort_transaction(TXN_TIMEOUT_S)
             except KafkaException as again:
                 log.warning("abort failed", extra={"error": str(again)})
+            if err.code() in GROUP_CODES:  # our generation is old: rejoin, and the retry is sent with the new one
+                member.rejoin()
         elif err.fatal():  # fenced by a successor, or the producer is unusable: the next settle makes a new one
             with self._lock:
                 self._producers.pop(id(member), None)

@@ -14,6 +14,7 @@ largest bucket the eager function runs.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,12 @@ log = logging.getLogger(__name__)
 
 # Runs before capture, on a side stream: cuDNN picks its algorithms and the allocator settles here.
 CAPTURE_WARMUP_RUNS = 3
+# One capture at a time in the process. With graphs on, `visionpipe run` warms the detector and the classifier up
+# at once, each on its own launcher thread; two captures at once share the allocator's capture bookkeeping.
+CAPTURE_LOCK = threading.Lock()
+# Each capture in thread-local mode: in the default (global) mode a cudaMalloc or a synchronising call on *any*
+# thread while one captures invalidates that capture, and the other stage's warm-up makes plenty of both.
+CAPTURE_ERROR_MODE = "thread_local"
 
 
 def buckets(max_batch: int, sizes: Sequence[int] = ()) -> tuple[int, ...]:
@@ -75,9 +82,10 @@ class CudaGraphFn:
 
     def capture(self, like: torch.Tensor) -> None:
         """Capture every bucket for items shaped like ``like``'s; the largest first, so smaller ones reuse its pool."""
-        pool = torch.cuda.graph_pool_handle()
-        for size in sorted(self.sizes, reverse=True):
-            self._graphs[size] = self._capture(size, like, pool)
+        with CAPTURE_LOCK:
+            pool = torch.cuda.graph_pool_handle()
+            for size in sorted(self.sizes, reverse=True):
+                self._graphs[size] = self._capture(size, like, pool)
         log.info("captured CUDA graphs for batch sizes %s", self.captured)
 
     def _capture(self, size: int, like: torch.Tensor, pool: Any) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]:
@@ -89,7 +97,7 @@ class CudaGraphFn:
                 self.fn(static_in)
         torch.cuda.current_stream(like.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode=CAPTURE_ERROR_MODE):
             static_out = self.fn(static_in)
         if not isinstance(static_out, torch.Tensor) and not (
             isinstance(static_out, dict) and all(isinstance(v, torch.Tensor) for v in static_out.values())

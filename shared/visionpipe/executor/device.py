@@ -26,6 +26,8 @@ class Device(ABC):
     max_batch: int
     overlap: bool
     name: str = "device"
+    # Sizes a batch is padded up to before it runs (none: each batch runs at its own size). Warm-up runs each.
+    buckets: tuple[int, ...] = ()
 
     def stage(self, items: Sequence[Any]) -> Any:
         """Host staging of a batch (and, on a GPU, the queued upload); returns what ``launch`` takes."""
@@ -47,15 +49,18 @@ class Device(ABC):
         return self.collect(self.launch(self.stage(items)))
 
     def warmup(self, sizes: Sequence[int], repeats: int) -> dict[str, list[tuple[int, float]]]:
-        """Time each batch size ``repeats`` times after one untimed run (autotune, allocation, lazy init).
+        """Run every bucket and each of ``sizes`` once untimed, then time each of ``sizes`` ``repeats`` times.
 
-        Returns (batch size, seconds) per phase: the samples that seed the latency model.
+        The untimed runs take the first-use costs (cuDNN plans and autotuning, allocator blocks, pinned buffers,
+        lazy initialisation) of every shape a batch can run as, so none lands in the middle of traffic. Returns
+        (batch size, seconds) per phase: the samples that seed the latency model.
         """
         samples: dict[str, list[tuple[int, float]]] = {p: [] for p in PHASES}
         item = self.example_item()
-        for b in sizes:
-            b = max(1, min(b, self.max_batch))
+        sizes = [max(1, min(b, self.max_batch)) for b in sizes]
+        for b in sorted(set(self.buckets) | set(sizes)):
             self.run([item] * b)
+        for b in sizes:
             for _ in range(max(repeats, 1)):
                 _, timings = self.run([item] * b)
                 for p in PHASES:

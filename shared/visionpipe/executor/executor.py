@@ -1,13 +1,16 @@
 """``BatchExecutor``: the asyncio face of the scheduler, one per DNN service process.
 
 Requests are submitted one at a time and awaited; the loop forms batches as
-the policy says and hands them to the device through three thread pools (a
-stager copying items into the batch buffer and queueing the upload, a
-launcher queueing the computation — each one thread, in dispatch order — and
-collectors waiting for completions), so the event loop never blocks on a
-GPU and a slow kernel launch never holds up the next batch's upload. A batch's exception reaches every request in it and
-the loop goes on; a failure in the loop itself is logged and the loop goes
-on too.
+the policy says and hands each to the device through three host threads: a
+stager (copies the items into the batch buffer and queues the upload), a
+launcher (queues the computation and the download) — each one thread, in
+dispatch order — and collectors (wait for completions). A batch goes from
+thread to thread directly and comes back to the event loop once, with its
+outputs: the loop never blocks on a GPU, never relays a batch between the
+threads (at saturation it is busy enough settling request futures), and a
+slow kernel launch never holds up the next batch's upload. A batch's
+exception reaches every request in it and the loop goes on; a failure in the
+loop itself is logged and the loop goes on too.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from visionpipe.executor.device import Device
@@ -32,6 +36,16 @@ log = logging.getLogger(__name__)
 LOOP_ERROR_BACKOFF_S = 0.05
 
 BatchCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A dispatched batch on its way through the device threads, and where to hand its result back."""
+
+    batch: Batch
+    items: list[Any]
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future[None]
 
 
 class BatchExecutor:
@@ -64,12 +78,12 @@ class BatchExecutor:
         self._wake = asyncio.Event()
         self._wake_at_queued: int | None = 1
         self._task: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Future[None]] = set()
         self._stopping = False
         self._closed = False
         self._stager = ThreadPoolExecutor(1, thread_name_prefix="vp-stage")
         self._launcher = ThreadPoolExecutor(1, thread_name_prefix="vp-launch")
-        self._waiter = ThreadPoolExecutor(MAX_IN_FLIGHT_OVERLAP, thread_name_prefix="vp-collect")
+        self._collectors = ThreadPoolExecutor(MAX_IN_FLIGHT_OVERLAP, thread_name_prefix="vp-collect")
 
     @property
     def max_batch(self) -> int:
@@ -127,7 +141,7 @@ class BatchExecutor:
             await asyncio.gather(*self._running, return_exceptions=True)
         self._stager.shutdown(wait=True)
         self._launcher.shutdown(wait=True)
-        self._waiter.shutdown(wait=True)
+        self._collectors.shutdown(wait=True)
         self._closed = True
 
     async def _loop(self) -> None:
@@ -163,33 +177,65 @@ class BatchExecutor:
         return decision
 
     def _dispatch(self, batch: Batch) -> None:
-        task = asyncio.create_task(self._run(batch))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-
-    async def _run(self, batch: Batch) -> None:
         loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._running.add(done)
+        done.add_done_callback(self._running.discard)
         items = [r.payload[0] for r in batch.requests]
+        self._stager.submit(self._stage, _InFlight(batch, items, loop, done))
+
+    # The three steps below run on the stager, launcher and collector threads; each hands the batch to the next
+    # thread itself, and only the collector's result (or the first exception) goes back to the event loop.
+    def _stage(self, job: _InFlight) -> None:
+        try:
+            staged = self.device.stage(job.items)
+            self._launcher.submit(self._launch, job, staged)
+        except Exception as exc:
+            self._back(job, exc)
+
+    def _launch(self, job: _InFlight, staged: Any) -> None:
+        try:
+            handle = self.device.launch(staged)
+            self._collectors.submit(self._collect, job, handle)
+        except Exception as exc:
+            self._back(job, exc)
+
+    def _collect(self, job: _InFlight, handle: Any) -> None:
+        try:
+            outputs, timings = self.device.collect(handle)
+            if len(outputs) != len(job.items):
+                raise RuntimeError(f"device returned {len(outputs)} outputs for {len(job.items)} items")
+        except Exception as exc:
+            self._back(job, exc)
+            return
+        self._back(job, (outputs, timings))
+
+    def _back(self, job: _InFlight, result: tuple[list[Any], dict[str, float]] | Exception) -> None:
+        try:
+            job.loop.call_soon_threadsafe(self._settle, job, result)
+        except RuntimeError:  # the loop is closed: nobody is waiting for these requests any more
+            log.warning("batch of %d finished after its event loop closed", len(job.items))
+
+    def _settle(self, job: _InFlight, result: tuple[list[Any], dict[str, float]] | Exception) -> None:
+        batch = job.batch
         futures: list[asyncio.Future[Any]] = [r.payload[1] for r in batch.requests]
         try:
-            staged = await loop.run_in_executor(self._stager, self.device.stage, items)
-            handle = await loop.run_in_executor(self._launcher, self.device.launch, staged)
-            outputs, timings = await loop.run_in_executor(self._waiter, self.device.collect, handle)
-            if len(outputs) != len(items):
-                raise RuntimeError(f"device returned {len(outputs)} outputs for {len(items)} items")
-        except Exception as exc:
-            self.scheduler.fail(batch, self._clock())
-            log.warning("batch of %d failed: %r", len(items), exc)
-            for fut in futures:
-                if not fut.done():
-                    fut.set_exception(exc)
-        else:
-            self.scheduler.complete(batch, self._clock(), timings)
-            for fut, out in zip(futures, outputs, strict=True):
-                if not fut.done():
-                    fut.set_result(out)
-            self._report(batch, timings)
+            if isinstance(result, Exception):
+                self.scheduler.fail(batch, self._clock())
+                log.warning("batch of %d failed: %r", len(futures), result)
+                for fut in futures:
+                    if not fut.done():
+                        fut.set_exception(result)
+            else:
+                outputs, timings = result
+                self.scheduler.complete(batch, self._clock(), timings)
+                for fut, out in zip(futures, outputs, strict=True):
+                    if not fut.done():
+                        fut.set_result(out)
+                self._report(batch, timings)
         finally:
+            if not job.done.done():
+                job.done.set_result(None)
             self._wake.set()
 
     def _report(self, batch: Batch, timings: dict[str, float]) -> None:

@@ -38,6 +38,14 @@ class Expectation:
         return self.queue_s + self.batch_s
 
 
+def alone_s(model: LatencyModel, b: float, overlap: bool) -> float:
+    """A batch of ``b`` sent to an idle device, dispatch to output on the host (compute ends no sooner than the
+    launcher has queued its last kernel)."""
+    if overlap:
+        return max(model.lead(b) + model.compute(b), model.launched(b)) + model.download(b)
+    return model.total(b)
+
+
 def expect(
     model: LatencyModel,
     rate: float,
@@ -59,8 +67,8 @@ def expect(
     b = min(max_batch, max(keep, math.ceil(recent_batch), 1))
     if n <= b:  # its batch is not full yet: it waits to fill (as long as the policy lets it) or for the device
         fill = min((b - n) / rate, IDLE_FILL_FRACTION * model.compute(b)) if rate > 0 else 0.0
-        return Expectation(max(busy_s, fill), model.total(b), minimum_s=model.total(1), batch=b)
+        return Expectation(max(busy_s, fill), alone_s(model, b, overlap), alone_s(model, 1, overlap), batch=b)
     drain = min(max_batch, math.ceil(n))
     rounds = math.ceil(n / drain)
     queue_s = busy_s + (rounds - 1) * model.bottleneck(drain, overlap)
-    return Expectation(queue_s, model.total(drain), minimum_s=model.total(1), batch=drain)
+    return Expectation(queue_s, alone_s(model, drain, overlap), alone_s(model, 1, overlap), batch=drain)

@@ -64,7 +64,8 @@ class Expiring:
         m = self.model
         if self.overlap:
             start = max(now_ns + int(m.lead(1) * NS), self.compute_free_ns)
-            return start + int((m.compute(1) + m.download(1)) * NS)
+            end = max(start + int(m.compute(1) * NS), now_ns + int(m.launched(1) * NS))
+            return end + int(m.download(1) * NS)
         return max(now_ns, self.compute_free_ns) + int(m.total(1) * NS)
 
     def expire(self, now_ns: int) -> int:

@@ -5,10 +5,14 @@ classifier's): it takes the uint8 batch on the device and returns a dict of
 *batched* tensors, each with the batch size as its first dimension and a
 fixed shape for a given batch size (variable counts padded, with a per-item
 ``count`` tensor), computed on the current (compute) stream with no host
-synchronisation. The device copies every tensor of that dict to pinned host
-memory on the download stream, and item i gets ``{k: v[i]}`` (the stage trims
-by count). A plain tensor (item i gets row i) and a list with one output per
-item are accepted too.
+synchronisation (``sync_guard`` checks this on a CPU). The batch it gets may
+be padded up to a bucket size; the device keeps the first n rows of every
+output. It copies every tensor of that dict into the slot's pinned host
+buffers on the download stream, and item i gets ``{k: v[i]}`` (the stage
+trims by count), a view of those buffers: a stage copies what it keeps past
+its request, or the slot must take fresh buffers for its next batch. A plain
+tensor (item i gets row i) and a list with one output per item are accepted
+too.
 """
 
 from __future__ import annotations
@@ -80,6 +84,67 @@ def to_host(out: Any, non_blocking: bool, pinned: bool = False) -> Any:
     if isinstance(out, (list, tuple)):
         return type(out)(to_host(v, non_blocking, pinned) for v in out)
     return out
+
+
+def trim(out: Any, n: int) -> Any:
+    """The first ``n`` rows of a padded batch's outputs (a tensor, a dict of them, or a list per item)."""
+    if isinstance(out, torch.Tensor):
+        return out[:n]
+    if isinstance(out, dict):
+        return {k: v[:n] if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(out[:n])
+    return out
+
+
+def _use_count(t: torch.Tensor) -> int | None:
+    """References to ``t``'s memory (every view, numpy arrays included); None where torch cannot say."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    return None if count is None else int(count(t.untyped_storage()._cdata))
+
+
+class PinnedOutputs:
+    """One slot's host buffers for a device function's outputs: allocated once, reused batch after batch.
+
+    Pinned memory costs a ``cudaHostAlloc`` (milliseconds, and it may wait for the device) the first time a
+    size is asked for; allocated per batch, every new output size would pay it on the launcher thread in the
+    middle of traffic. Here each output has one ``rows``-row buffer per slot, and a batch's outputs are
+    copied into its first n rows. They are handed out as views: while anything still holds one (the storage's
+    use count says so), the buffer is left to its holders and the slot takes a fresh one (``allocations``
+    counts these), so no output is ever overwritten under its reader.
+    """
+
+    def __init__(self, rows: int, pinned: bool = True) -> None:
+        self.rows = rows
+        self.pinned = pinned
+        self.allocations = 0
+        self._buffers: dict[str | None, tuple[torch.Tensor, int | None]] = {}
+
+    def download(self, out: Any, n: int) -> Any:
+        """The first ``n`` rows of ``out`` queued for copying into this slot's buffers (current stream)."""
+        if isinstance(out, torch.Tensor):
+            return self._copy(None, out, n)
+        if isinstance(out, dict) and all(isinstance(v, torch.Tensor) for v in out.values()):
+            return {k: self._copy(k, v, n) for k, v in out.items()}
+        return to_host(trim(out, n), non_blocking=True, pinned=self.pinned)
+
+    def _copy(self, key: str | None, t: torch.Tensor, n: int) -> torch.Tensor:
+        if t.dim() == 0 or t.shape[0] < n or n > self.rows:  # not batched: the contract's check names it later
+            return to_host(t, non_blocking=True, pinned=self.pinned)
+        return self._buffer(key, t)[:n].copy_(t[:n], non_blocking=True)
+
+    def _buffer(self, key: str | None, t: torch.Tensor) -> torch.Tensor:
+        entry = self._buffers.get(key)
+        if entry is not None:
+            buf, baseline = entry
+            count = _use_count(buf)
+            fits = buf.shape[1:] == t.shape[1:] and buf.dtype == t.dtype
+            if fits and count is not None and baseline is not None and count <= baseline:
+                return buf
+        buf = torch.empty((self.rows, *t.shape[1:]), dtype=t.dtype, pin_memory=self.pinned)
+        self._buffers[key] = (buf, _use_count(buf))
+        self.allocations += 1
+        return buf
 
 
 def record_stream(out: Any, stream: torch.cuda.Stream) -> None:

@@ -23,9 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# stage: the host copy into the (pinned) batch buffer, on its own thread; upload: host→device DMA; compute: the
-# model on the compute stream; download: device→host DMA. With overlap each is its own serialising resource.
-PHASES = ("stage", "upload", "compute", "download")
+# stage: the host copy into the (pinned) batch buffer, on its own thread; upload: host→device DMA; launch: the host
+# time the launcher thread spends queueing the model's kernels and the download; compute: the model on the compute
+# stream; download: device→host DMA. With overlap each is its own serialising resource.
+PHASES = ("stage", "upload", "launch", "compute", "download")
+# Serially one thread launches and then waits, so the compute it times already holds the launch: not added again.
+SERIAL_PHASES = ("stage", "upload", "compute", "download")
 
 # Batches timed at start-up or just after it include cuDNN autotuning and allocator growth.
 WARMUP_SKIP = 2
@@ -118,7 +121,7 @@ class PhaseModel:
 
 
 class LatencyModel:
-    """Upload, compute and download lines of one device, and the sums the policies need."""
+    """Stage, upload, launch, compute and download lines of one device, and the sums the policies need."""
 
     def __init__(self, history: int = 64, skip: int = WARMUP_SKIP, refit_every: int = REFIT_EVERY) -> None:
         self.phases = {p: PhaseModel(history, skip, refit_every) for p in PHASES}
@@ -156,19 +159,30 @@ class LatencyModel:
     def download(self, b: float) -> float:
         return self.phases["download"].line(b)
 
+    def launch(self, b: float) -> float:
+        return self.phases["launch"].line(b)
+
     def lead(self, b: float) -> float:
         """Dispatch until the batch is on the device: the host staging copy, then the upload."""
         return self.stage(b) + self.upload(b)
 
+    def launched(self, b: float) -> float:
+        """Dispatch until the last kernel is queued: the staging copy, then the launch; compute cannot end sooner."""
+        return self.stage(b) + self.launch(b)
+
     def total(self, b: float) -> float:
         """Processing time of one batch with nothing overlapped, dispatch to output on the host."""
-        return sum(self.phases[p].line(b) for p in PHASES)
+        return sum(self.phases[p].line(b) for p in SERIAL_PHASES)
 
     def streams(self, overlap: bool) -> list[Line]:
-        """One line per resource that serialises batches: every phase its own with overlap, one sum without."""
-        lines = [self.line(p) for p in PHASES]
+        """One line per resource that serialises batches: every phase its own with overlap, one sum without.
+
+        With overlap the launcher thread is a resource of its own: an eager model whose launch takes longer than
+        its kernels is bound by it, whatever the GPU could do.
+        """
         if overlap:
-            return lines
+            return [self.line(p) for p in PHASES]
+        lines = [self.line(p) for p in SERIAL_PHASES]
         return [Line(sum(line.k for line in lines), sum(line.c for line in lines))]
 
     def bottleneck(self, b: float, overlap: bool) -> float:

@@ -58,7 +58,8 @@ class QueueView:
         m = self.model
         if self.overlap:
             start = max(dispatch_ns + int(m.lead(n) * NS), self.compute_free_ns)
-            return start + int((m.compute(n) + m.download(n)) * NS)
+            end = max(start + int(m.compute(n) * NS), dispatch_ns + int(m.launched(n) * NS))
+            return end + int(m.download(n) * NS)
         return max(dispatch_ns, self.compute_free_ns) + int(m.total(n) * NS)
 
     def largest_on_time(self, hi: int, margin_fraction: float = DEADLINE_MARGIN_FRACTION) -> int:

@@ -206,9 +206,11 @@ class Scheduler(Expiring):
         m = self.model
         if self.overlap:
             start = max(now_ns + int(m.lead(n) * NS), self.compute_free_ns)
+            # The kernels run as they are queued: compute ends no sooner than the launcher has queued the last one.
+            end = max(start + int(m.compute(n) * NS), now_ns + int(m.launched(n) * NS))
         else:
             start = max(now_ns, self.compute_free_ns) + int(m.lead(n) * NS)
-        end = start + int(m.compute(n) * NS)
+            end = start + int(m.compute(n) * NS)
         self.compute_free_ns = end
         self.in_flight += 1
         self.recent_batch += BATCH_EWMA_WEIGHT * (n - self.recent_batch)

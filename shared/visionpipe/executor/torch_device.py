@@ -1,30 +1,36 @@
 """A torch function on a GPU with seed 001's mechanics, or on the CPU through the same code.
 
 Overlapped (CUDA, ``overlap=True``): pinned host buffers and device buffers,
-each for ``max_batch`` items, allocated once; an upload stream, a compute
-stream and a download stream ordered by CUDA events, never by
-``torch.cuda.synchronize()``. The work of one batch is split over three host
-threads (the executor's):
+each for ``max_batch`` items, and pinned buffers for the outputs, allocated
+once per slot; an upload stream, a compute stream and a download stream
+ordered by CUDA events, never by ``torch.cuda.synchronize()``. The work of
+one batch is split over three host threads (the executor's):
 
 * ``stage`` (the stager): copies the items straight from their bytes into a
   pinned buffer and queues its upload;
 * ``launch`` (the launcher): queues ``fn`` on the compute stream behind the
-  upload's event, then the download of every output tensor into pinned
-  memory behind the compute's event. ``fn`` must not synchronise with the
-  host (see ``host_io`` for the contract), so the launcher returns as soon
-  as the kernels are queued and the next batch's upload is never held up;
+  upload's event, then the download of every output tensor into the slot's
+  pinned buffers behind the compute's event. ``fn`` must not synchronise
+  with the host (see ``host_io`` for the contract), so the launcher returns
+  as soon as the kernels are queued and the next batch's upload is never
+  held up; the time it took is the ``launch`` phase;
 * ``collect`` (a collector): waits on the batch's last event and reads the
   phase times from the events.
 
 While batch n computes, batch n+1 is staged and uploaded and batch n−1's
 outputs come down.
 
+On a GPU every batch is padded up to a bucket (powers of two up to
+``max_batch``, or the CUDA graphs' sizes): cuDNN builds a plan and the
+allocators a block for each input shape the first time they see it, so only
+a few shapes ever run, and warm-up runs each of them before any traffic.
+
 Serial (``overlap=False``): one stream, each phase waited for before the
 next — with ``pinned`` through a pinned buffer (the baseline that shows
 what overlap alone buys), without it what a plain PyTorch server does
 (stack into pageable memory, ``.to(device)``, forward, ``.cpu()``). On the
 CPU the serial pageable path runs (no streams, no copy engines, no pinned
-memory) and phases are timed with ``perf_counter_ns``.
+memory, no padding) and phases are timed with ``perf_counter_ns``.
 """
 
 from __future__ import annotations
@@ -39,8 +45,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from visionpipe.executor.cuda_graphs import buckets as power_buckets
 from visionpipe.executor.device import Device
-from visionpipe.executor.host_io import example, fill, record_stream, split_outputs, to_host
+from visionpipe.executor.host_io import PinnedOutputs, example, fill, record_stream, split_outputs, to_host, trim
 from visionpipe.executor.scheduler import MAX_IN_FLIGHT_OVERLAP
 
 # One slot per batch the scheduler lets be in flight: a slot's buffers are reused only after its batch is back.
@@ -70,8 +77,9 @@ def _timing_event(blocking: bool = False) -> torch.cuda.Event:
 class _Slot:
     host: torch.Tensor  # pinned
     dev: torch.Tensor
-    uploaded: torch.cuda.Event  # the host buffer may be rewritten once this has fired
+    uploaded: torch.cuda.Event  # the host buffer may be rewritten once this has fired (blocking: the stager sleeps)
     consumed: torch.cuda.Event  # the device buffer may be overwritten once compute has read it
+    outputs: PinnedOutputs
     launched: threading.Event = field(default_factory=threading.Event)  # `consumed` is recorded for its batch
     used: bool = False
 
@@ -112,6 +120,7 @@ class TorchDevice(Device):
         device: str = "auto",
         overlap: bool = True,
         pinned: bool = True,
+        buckets: Sequence[int] | None = None,
     ) -> None:
         self.fn = fn
         self.item_shape = tuple(item_shape)
@@ -122,6 +131,10 @@ class TorchDevice(Device):
         cuda = self.torch_device.type == "cuda"
         self.overlap = overlap and cuda
         self.pinned = cuda and (pinned or self.overlap)
+        # Batch sizes a batch is padded up to: the given ones, else a graphed fn's, else powers of two (GPU only).
+        if buckets is None:
+            buckets = getattr(fn, "sizes", None) or (power_buckets(max_batch) if cuda else ())
+        self.buckets = tuple(sorted({b for b in buckets if 0 < b <= max_batch}))
         # (upload start, upload end, compute start, compute end, download end) of recent batches, when not None.
         self.event_log: deque[tuple[torch.cuda.Event, ...]] | None = None
         self._next = 0
@@ -130,11 +143,12 @@ class TorchDevice(Device):
             self._up, self._comp, self._down = torch.cuda.Stream(), torch.cuda.Stream(), torch.cuda.Stream()
             shape = (max_batch, *self.item_shape)
             for _ in range(SLOTS if self.overlap else 1):
-                slot = _Slot(
-                    host=torch.empty(shape, dtype=item_dtype, pin_memory=True),
-                    dev=torch.empty(shape, dtype=item_dtype, device=self.torch_device),
-                    uploaded=torch.cuda.Event(),
+                slot = _Slot(  # zeros: the padding rows of a batch hold real numbers from the start
+                    host=torch.zeros(shape, dtype=item_dtype, pin_memory=True),
+                    dev=torch.zeros(shape, dtype=item_dtype, device=self.torch_device),
+                    uploaded=torch.cuda.Event(blocking=True),
                     consumed=torch.cuda.Event(),
+                    outputs=PinnedOutputs(max_batch),
                 )
                 slot.launched.set()
                 self._slots.append(slot)
@@ -146,8 +160,18 @@ class TorchDevice(Device):
     def example_item(self) -> np.ndarray:
         return example(self.item_shape, self.item_dtype)
 
+    def padded(self, n: int) -> int:
+        """The bucket a batch of ``n`` runs as: the smallest at least ``n``, or ``n`` past the largest."""
+        return next((b for b in self.buckets if b >= n), n)
+
+    @property
+    def output_allocations(self) -> int:
+        """Output buffers allocated so far: one per output and slot once warm, more only if outputs are kept."""
+        return sum(slot.outputs.allocations for slot in self._slots)
+
     def warmup(self, sizes: Sequence[int], repeats: int) -> dict[str, list[tuple[int, float]]]:
-        """Capture CUDA graphs first (``fn.capture``, before any traffic: capturing synchronises), then time."""
+        """Capture CUDA graphs first (``fn.capture``, before any traffic: capturing synchronises), then run every
+        bucket once and time ``sizes``."""
         capture = getattr(self.fn, "capture", None)
         if capture is not None and self.torch_device.type == "cuda":
             like = torch.zeros((self.max_batch, *self.item_shape), dtype=self.item_dtype, device=self.torch_device)
@@ -201,13 +225,12 @@ class TorchDevice(Device):
             return self._run_serial(staged)
         slot, n = staged.slot, staged.n
         comp0, comp1, down1 = _timing_event(), _timing_event(), _timing_event(blocking=True)
+        t0 = time.perf_counter_ns()
         try:
             with torch.cuda.stream(self._comp), torch.inference_mode():
                 self._comp.wait_event(staged.events[1])
                 comp0.record()
-                t0 = time.perf_counter_ns()
-                out = self.fn(slot.dev[:n])
-                launch_s = (time.perf_counter_ns() - t0) / 1e9
+                out = self.fn(slot.dev[: self.padded(n)])
                 comp1.record()
                 slot.consumed.record()
         finally:
@@ -215,8 +238,9 @@ class TorchDevice(Device):
         with torch.cuda.stream(self._down):
             self._down.wait_event(comp1)
             record_stream(out, self._down)
-            host_out = to_host(out, non_blocking=True, pinned=True)
+            host_out = slot.outputs.download(out, n)
             down1.record()
+        launch_s = (time.perf_counter_ns() - t0) / 1e9
         return _CudaBatch(n, (*staged.events, comp0, comp1, down1), host_out, staged.stage_s, launch_s)
 
     def collect(self, handle: _CudaBatch | _DoneBatch) -> tuple[list[Any], dict[str, float]]:
@@ -238,28 +262,37 @@ class TorchDevice(Device):
     def _run_serial(self, staged: _Staged) -> _DoneBatch:
         assert staged.batch is not None
         cuda = self.torch_device.type == "cuda"
+        n, size = staged.n, self.padded(staged.n)
         t0 = time.perf_counter_ns()
-        batch = staged.batch.to(self.torch_device, non_blocking=self.pinned)
+        if self.pinned:  # through the slot's device buffer, as the overlapped path
+            slot = self._slots[0]
+            slot.dev[:n].copy_(staged.batch, non_blocking=True)
+            batch = slot.dev[:size]
+        else:
+            batch = staged.batch.to(self.torch_device)
+            if size > n:
+                batch = torch.cat((batch, batch.new_zeros((size - n, *self.item_shape))))
         if cuda:
             torch.cuda.synchronize(self.torch_device)  # serial baseline: a plain server blocks here anyway
         t1 = time.perf_counter_ns()
         with torch.inference_mode():
             out = self.fn(batch)
+        launched = time.perf_counter_ns()
         if cuda:
             torch.cuda.synchronize(self.torch_device)
         t2 = time.perf_counter_ns()
-        host = to_host(out, non_blocking=self.pinned, pinned=self.pinned)
+        host = self._slots[0].outputs.download(out, n) if self.pinned else to_host(trim(out, n), non_blocking=False)
         if self.pinned:
             torch.cuda.synchronize(self.torch_device)
         t3 = time.perf_counter_ns()
         timings = {
             "stage": staged.stage_s,
             "upload": (t1 - t0) / 1e9,
+            "launch": (launched - t1) / 1e9,
             "compute": (t2 - t1) / 1e9,
             "download": (t3 - t2) / 1e9,
-            "launch": (t2 - t1) / 1e9,
         }
-        return _DoneBatch(split_outputs(host, staged.n), timings)
+        return _DoneBatch(split_outputs(host, n), timings)
 
     def enable_event_log(self) -> None:
         self.event_log = deque(maxlen=EVENT_LOG)

@@ -9,6 +9,9 @@
   sleep for compute) and decode is the real CPU letterbox without the torch import: the worker, its middleware
   and the broker are the real ones, and a restart costs a second instead of a torch import and a warm-up, so a
   test can kill stages sixty times. Bad images are still refused for the real decoder's reasons.
+* With ``RELIABILITY_TXN_HOLD_S=S`` and ``RELIABILITY_TXN_OPEN_FILE=F`` (Kafka with transactions), every settle's
+  transaction stays open ``S`` seconds after its outputs are produced and before its offsets and commit: a line
+  appended to ``F`` says when one is open, so a test can stop or kill the stage inside it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ COMPUTE_S = {"decode": 0.005, "detector": 0.03, "classifier": 0.02}
 
 try:
     from visionpipe.envelope import Envelope, Event
+    from visionpipe.hops import Letterboxed
     from visionpipe.services.decode.images import BadImage, letterbox_cpu
     from visionpipe.services.runtime import factory as _serve
     from visionpipe.services.runtime import worker as _worker
@@ -78,9 +82,7 @@ if _worker is not None:
                     tensor, geo = letterbox_cpu(image, s.decode.input_size, s.limits, s.decode.pad_value)
                 except BadImage as exc:
                     raise BadInput(exc.reason) from exc
-                child = env.child(**geo.payload())
-                child.arrays["image"] = tensor
-                return child
+                return Letterboxed(tensor, geo.width, geo.height, geo.scale, geo.pad).write(env)
             if self.name == "detector":
                 if "image" not in env.arrays:
                     raise BadInput("detector input has no image")
@@ -114,3 +116,33 @@ if _worker is not None:
             return 0
 
         RedisBroker.settle = _two_steps  # type: ignore[method-assign]
+
+    if os.environ.get("RELIABILITY_TXN_HOLD_S"):
+        import time
+
+        from visionpipe.broker import kafka_txn
+
+        _hold_s = float(os.environ["RELIABILITY_TXN_HOLD_S"])
+        _open_file = os.environ["RELIABILITY_TXN_OPEN_FILE"]
+        _make = kafka_txn.Transactions.producer
+
+        class _Held:
+            """The transactional producer, holding each transaction open before its offsets go in."""
+
+            def __init__(self, producer):  # type: ignore[no-untyped-def]
+                self._producer = producer
+
+            def __getattr__(self, name):  # type: ignore[no-untyped-def]
+                return getattr(self._producer, name)
+
+            def send_offsets_to_transaction(self, *args):  # type: ignore[no-untyped-def]
+                self._producer.flush(5.0)  # the outputs are at the brokers, uncommitted
+                with open(_open_file, "a") as f:
+                    f.write(f"open {os.getpid()}\n")
+                time.sleep(_hold_s)
+                return self._producer.send_offsets_to_transaction(*args)
+
+        def _held_producer(self, member):  # type: ignore[no-untyped-def]
+            return _Held(_make(self, member))
+
+        kafka_txn.Transactions.producer = _held_producer  # type: ignore[method-assign]

@@ -8,7 +8,13 @@ import torch
 
 from tests.services.helpers import TEST_MAX_PIXELS, bad_images, good_images
 from visionpipe.samples import scene_jpeg
-from visionpipe.services.decode.backends import CpuDecoder, DaliDecoder, NvjpegDecoder, dali_available
+from visionpipe.services.decode.backends import (
+    CpuDecoder,
+    DaliDecoder,
+    NvjpegDecoder,
+    dali_available,
+    letterbox_batch,
+)
 from visionpipe.services.decode.images import BadImage, Geometry
 from visionpipe.settings import DecodeSettings, LimitSettings
 
@@ -147,3 +153,21 @@ def test_dali_backend_by_setting_runs_on_the_cpu_without_a_gpu() -> None:
         _check_good(decoder.decode(good_images()))
     finally:
         decoder.close()
+
+
+def test_the_gpu_letterbox_path_runs_on_cpu_tensors_and_matches_pillow() -> None:
+    """``letterbox_batch`` (nvJPEG's resize, pad and one copy back) on decoded CPU tensors: same picture, same place."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    jpegs = [scene_jpeg(640, 480, seed=3), scene_jpeg(300, 500, seed=4)]
+    decoded = [decode_jpeg(torch.frombuffer(bytearray(j), dtype=torch.uint8), mode=ImageReadMode.RGB) for j in jpegs]
+    host, geos = letterbox_batch(decoded, SIZE, PAD)
+    assert host.shape == (2, SIZE, SIZE, 3) and host.dtype == np.uint8
+    cpu = CpuDecoder(SETTINGS, LIMITS)
+    try:
+        for k, jpeg in enumerate(jpegs):
+            ref = cpu.decode([jpeg])[0]
+            assert not isinstance(ref, BadImage) and ref[1] == geos[k]
+            assert np.abs(host[k].astype(int) - ref[0].astype(int)).mean() < 12
+    finally:
+        cpu.close()

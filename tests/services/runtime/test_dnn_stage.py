@@ -53,3 +53,17 @@ def test_a_thread_budget_runs_side_by_side_with_that_many_threads() -> None:
 
     _run_side_by_side([on_cpu(counting, 1), on_cpu(counting, 1)])
     assert seen == [1] * 6 and _overlaps(log)  # the budget is per calling thread, and nothing waits
+
+
+def test_the_request_deadline_reaches_the_executor_only_when_tighter_than_the_slo() -> None:
+    """Wall clock in the envelope, the executor's monotonic clock out; a generous deadline leaves the SLO's."""
+    from visionpipe.services.runtime.dnn_stage import executor_deadline
+
+    assert executor_deadline(None, slo_ms=50) is None
+    assert executor_deadline(time.time_ns() + 10_000_000_000, slo_ms=50) is None  # 10 s away: the SLO is tighter
+    wall, before = time.time_ns(), time.monotonic_ns()
+    got = executor_deadline(wall + 20_000_000, slo_ms=50)  # 20 ms away
+    after = time.monotonic_ns()
+    assert got is not None and before + 10_000_000 < got <= after + 20_000_000
+    late = executor_deadline(time.time_ns() - 5_000_000, slo_ms=50)  # already 5 ms past
+    assert late is not None and late < time.monotonic_ns()

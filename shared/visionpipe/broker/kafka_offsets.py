@@ -1,0 +1,143 @@
+"""Reading offsets on Kafka: what a group has left (backlog), what a topic holds (length), its oldest entries (peek).
+
+Apache Kafka makes a topic's metadata first and its partitions' logs on their brokers after, and a partition
+whose leader just moved (a topic made again, a broker killed) answers NOT_LEADER_FOR_PARTITION for a moment.
+Such retriable answers are asked again here, for up to ``REQUEST_TIMEOUT_S``, rather than failing a backlog read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from visionpipe.broker.kafka_common import position, raise_for
+
+log = logging.getLogger("visionpipe.broker.kafka")
+
+# Metadata, offset and admin calls: a healthy broker answers in milliseconds; past this it is unreachable.
+REQUEST_TIMEOUT_S = 10.0
+RETRY_S = 0.05
+# One try: a call to a broker that just died waits this long, then the metadata is refreshed and it is asked again.
+CALL_TIMEOUT_S = 2.0
+# librdkafka's own answers while a broker goes away or comes back: worth asking again, like retriable errors.
+TRANSIENT = frozenset(
+    {
+        KafkaError._DESTROY_BROKER,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._UNKNOWN_PARTITION,  # a reader whose metadata has not caught up with a new leader
+        KafkaError.NOT_COORDINATOR,  # the group's coordinator moved with its broker
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    }
+)
+
+
+class Offsets:
+    """One KafkaBroker's readers: a Consumer per group id that never subscribes, for committed and end offsets."""
+
+    def __init__(self, conf: dict[str, Any], url: str, partitions: Callable[[str], list[TopicPartition]]) -> None:
+        self._conf, self.url, self._partitions = conf, url, partitions
+        self._readers: dict[str, Consumer] = {}
+        self._lock = threading.Lock()
+
+    def _reader(self, group_id: str) -> Consumer:
+        with self._lock:
+            reader = self._readers.get(group_id)
+            if reader is None:
+                # read_uncommitted: a read_committed client asks for stable offsets (KIP-447), which the brokers
+                # hold back while a transaction that commits this group's offsets is open, and a killed stage's
+                # stays open until its successor fences it: a backlog read would hang that long.
+                conf = {**self._conf, "group.id": group_id, "isolation.level": "read_uncommitted"}
+                reader = self._readers[group_id] = Consumer(conf)
+            return reader
+
+    def _ask(self, call: Callable[[float], Any], what: str, reader: Consumer | None = None, topic: str = "") -> Any:
+        deadline = time.monotonic() + REQUEST_TIMEOUT_S
+        while True:
+            try:
+                return call(min(CALL_TIMEOUT_S, max(0.1, deadline - time.monotonic())))
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not (err.retriable() or err.code() in TRANSIENT) or time.monotonic() > deadline:
+                    raise_for(err, self.url, what)
+                    raise
+            time.sleep(RETRY_S)
+            if reader is not None:  # a reader that subscribes to nothing refreshes no metadata by itself
+                try:
+                    reader.list_topics(topic, timeout=REQUEST_TIMEOUT_S)
+                except KafkaException as exc:
+                    log.debug("metadata refresh failed", extra={"error": str(exc)})
+
+    def watermarks(self, reader: Consumer, tp: TopicPartition) -> tuple[int, int]:
+        low, high = self._ask(
+            lambda t: reader.get_watermark_offsets(tp, timeout=t, cached=False),
+            f"offsets of {tp.topic}[{tp.partition}]",
+            reader,
+            tp.topic,
+        )
+        return int(low), int(high)
+
+    def unfinished(self, stream: str, group_id: str) -> int:
+        """Messages of ``stream`` past ``group_id``'s committed offsets: end offset − committed, summed."""
+        reader = self._reader(group_id)
+        parts = self._partitions(stream)
+        if not parts:
+            return 0
+        committed = self._ask(lambda t: reader.committed(parts, timeout=t), f"backlog of {stream}", reader, stream)
+        total = 0
+        for tp in committed:
+            low, high = self.watermarks(reader, tp)
+            start = tp.offset if tp.offset >= 0 else low
+            total += max(0, high - max(start, low))
+        return total
+
+    def length(self, stream: str) -> int:
+        reader = self._reader("visionpipe-length")
+        total = 0
+        for tp in self._partitions(stream):
+            low, high = self.watermarks(reader, tp)
+            total += high - low
+        return total
+
+    def peek(self, stream: str, count: int) -> list[Message]:
+        # A throwaway group that never commits: reading leaves no trace on the stages' groups.
+        reader = Consumer({**self._conf, "group.id": f"visionpipe-peek-{uuid.uuid4().hex[:8]}"})
+        try:
+            ends = {}
+            for tp in self._partitions(stream):
+                low, high = self.watermarks(reader, tp)
+                if high > low:
+                    ends[tp.partition] = high
+            reader.assign([TopicPartition(stream, p, OFFSET_BEGINNING) for p in ends])
+            out: list[Message] = []
+            deadline = time.monotonic() + REQUEST_TIMEOUT_S
+            while ends and len(out) < count and time.monotonic() < deadline:
+                for m in reader.consume(count - len(out), 0.1):
+                    if m.error() is None:
+                        out.append(m)
+                        p, o = position(m)
+                        if o + 1 >= ends.get(p, 0):
+                            ends.pop(p, None)
+            return out
+        finally:
+            reader.close()
+
+    def reset(self) -> None:
+        """Close every reader: after a topic is deleted, a reader keeps its old metadata (leader epochs higher than
+        a topic made again under the same name starts with), and the brokers refuse its requests as stale."""
+        for close in self.closers():
+            close()
+
+    def closers(self) -> list[Callable[[], None]]:
+        with self._lock:
+            readers = list(self._readers.values())
+            self._readers.clear()
+        return [r.close for r in readers]
