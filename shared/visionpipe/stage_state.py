@@ -43,8 +43,8 @@ STATES = (STARTING, READY, STOPPING)
 STALE_BEATS = 4
 # ...and never sooner than this: a loaded event loop may be late by a few hundred milliseconds.
 MIN_STALE_S = 1.0
-# Entries read per refresh: a few seconds of heartbeats from dozens of replicas.
-TAIL_COUNT = 1024
+# Entries read per refresh (on Kafka, per partition): seconds of heartbeats from a dozen replicas of a stage.
+TAIL_COUNT = 256
 # What writers keep of the stream: far more than a reader needs to find every live consumer.
 KEEP_S = 30.0
 

@@ -348,6 +348,9 @@ class KafkaBroker(Broker):
     async def peek(self, stream: str, count: int) -> list[Delivery]:
         return [to_delivery(stream, m) for m in await self._run(self._offsets.peek, stream, count)]
 
+    async def tail(self, stream: str, count: int) -> list[Delivery]:
+        return [to_delivery(stream, m) for m in await self._run(self._offsets.peek, stream, count, True)]
+
     async def ping(self) -> bool:
         try:
             await self._run(self._list_topics)
