@@ -89,6 +89,7 @@ class Announcer:
         self.backlog = 0
         self._seq = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
+        self._ensured = False
 
     def record(self) -> StageState:
         expectation, rate, feasible = self.snapshot(self.backlog) if self.state == READY else (None, 0.0, True)
@@ -124,6 +125,9 @@ class Announcer:
     async def _run(self) -> None:
         for n in itertools.count():
             try:
+                if not self._ensured:  # a Kafka cluster may not make topics on a first write
+                    await self.broker.ensure(self.stream)
+                    self._ensured = True
                 await self.beat()
                 if n % TRIM_EVERY == 0:
                     await self.broker.trim_older(self.stream, KEEP_S)

@@ -72,7 +72,7 @@ async def serving(
     task = asyncio.create_task(server.serve())
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not (server.started and gateway.ready):
+        while not (server.started and gateway.ready and (gateway.stages_ready or not stages)):
             if task.done() or time.monotonic() > deadline:
                 task.result()
                 raise AssertionError("gateway did not start")

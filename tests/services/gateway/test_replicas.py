@@ -44,7 +44,12 @@ async def wait_for(predicate, timeout_s: float, what: str) -> None:
 
 @pytest.mark.slow
 async def test_kill_9_while_requests_wait_loses_nothing(redis_server: Server, ns: str, tmp_path: Path) -> None:
-    env = {"VISIONPIPE_BROKER__URL": redis_server.url, "VISIONPIPE_STREAMS__PREFIX": ns}
+    # The gateways come up before any stage (their requests queue), so their readiness must not wait for stages.
+    env = {
+        "VISIONPIPE_BROKER__URL": redis_server.url,
+        "VISIONPIPE_STREAMS__PREFIX": ns,
+        "VISIONPIPE_GATEWAY__REQUIRE_STAGES": "false",
+    }
     settings = load_settings(broker={"url": redis_server.url}, streams={"prefix": ns})
     broker = await connect(settings=settings)
     audit = await Collector(broker, settings, AUDIT, "audit").open()
