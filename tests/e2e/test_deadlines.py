@@ -32,11 +32,13 @@ from visionpipe.topology import STAGES
 READY_TIMEOUT_S = 150.0
 # Deadlines cycled over the requests: impossible (shorter than any CPU detector batch), tight, loose, generous.
 DEADLINES_MS = (40, 600, 2_000, 8_000)
-# Each burst offers about three times what the CPU detector sustains here, for a few seconds.
-BURST_REQUESTS, BURST_RATE, BURSTS = 40, 20.0, 2
+# Each burst offers several times what the CPU detector sustains on two cores (a dozen images a second with the
+# tests' light models), for a second and a half.
+BURST_REQUESTS, BURST_RATE, BURSTS = 60, 40.0, 2
 # The client's clock starts before the gateway's (the upload) and stops after it (the answer's way back).
 TRANSPORT_SLACK_MS = 300.0
-STAGE_NAMES = (*STAGES, "pipeline")
+# Who a 504 may name: the stage that knew, "pipeline" (nothing came by the deadline), "gateway" (read after it).
+STAGE_NAMES = (*STAGES, "pipeline", "gateway")
 
 
 @dataclass
@@ -149,7 +151,8 @@ def _judge(answers: list[Answer]) -> None:
         print(f"  X-Deadline-Ms {d:>5}: {dict(c)}")
     assert by_deadline[DEADLINES_MS[0]]["result in time"] == 0, "an impossible deadline was met"
     assert by_deadline[DEADLINES_MS[-1]]["result in time"] > 0, "a generous deadline was never met"
-    assert kinds["504 deadline_exceeded"] + kinds["429 at admission"] > 0, "the load never pushed past a deadline"
+    feasible = [a for a in answers if a.deadline_ms > DEADLINES_MS[0]]
+    assert any(a.status != 200 for a in feasible), "the load never pushed the pipeline past a feasible deadline"
     if os.environ.get("DEADLINES_LIVE_JSON"):
         doc = {"counts": dict(kinds), "by_deadline": {str(d): dict(c) for d, c in by_deadline.items()}}
         Path(os.environ["DEADLINES_LIVE_JSON"]).write_text(json.dumps({**doc, "stages": dict(stages)}, indent=1))
