@@ -36,29 +36,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient
 
 from visionpipe.broker.base import (
     Backlog,
     Broker,
     BrokerError,
-    BrokerFull,
     BrokerStateLost,
     Delivery,
     Output,
     Settled,
 )
+from visionpipe.broker.kafka_admin import TopicAdmin, produce
 from visionpipe.broker.kafka_attempts import AttemptLedger, attempts_topic
-from visionpipe.broker.kafka_common import position, raise_for, to_delivery
-from visionpipe.broker.kafka_config import DELIVERY_TIMEOUT_MS, client_configs
+from visionpipe.broker.kafka_common import position, to_delivery
+from visionpipe.broker.kafka_config import client_configs
 from visionpipe.broker.kafka_member import Member
-from visionpipe.broker.kafka_offsets import REQUEST_TIMEOUT_S, Offsets
+from visionpipe.broker.kafka_offsets import Offsets
 from visionpipe.broker.kafka_txn import Transactions
 from visionpipe.broker.retry import with_retries
 from visionpipe.broker.security import BrokerAuthError, plaintext_password_warning, redact_url
@@ -71,13 +70,6 @@ T = TypeVar("T")
 
 # Blocking consumes each hold a thread for up to their timeout; publishes and acks must not queue behind them.
 POOL_THREADS = 32
-
-
-# Delivery errors that may mean "too few in-sync replicas": the producer retries NOT_ENOUGH_REPLICAS until the
-# message times out, so the timeout is what it reports.
-SHORT_OF_REPLICAS = frozenset(
-    {KafkaError._MSG_TIMED_OUT, KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND}
-)
 
 
 def kafka_group_id(stream: str, group: str) -> str:
@@ -101,9 +93,9 @@ class KafkaBroker(Broker):
         self._producer = Producer({**self._common, **producer_conf})
         txns = settings.broker.kafka_transactions
         self._txns = Transactions({**self._common, **producer_conf}, url) if txns else None
-        self._admin = AdminClient(self._common)
+        self._admin = TopicAdmin(AdminClient(self._common), url, settings)
         self._members: dict[tuple[str, str, str], Member] = {}
-        self._offsets = Offsets({**self._common, **self._consumer_conf}, url, self._partitions)
+        self._offsets = Offsets({**self._common, **self._consumer_conf}, url, self._admin.partitions)
         self._owner: dict[tuple[str, str, int], Member] = {}  # (stream, group, partition) -> member that delivered
         self._settle_locks: dict[int, asyncio.Lock] = {}  # id(member) -> its settles, one at a time
         self._lock = threading.Lock()
@@ -127,112 +119,27 @@ class KafkaBroker(Broker):
         return await asyncio.wrap_future(self._pool.submit(fn, *args))
 
     async def _metadata_or_raise(self) -> None:
-        await self._run(self._list_topics)
-
-    def _list_topics(self, led: bool = False) -> dict[str, int]:
-        """Topic -> partitions; ``led``: only topics whose every partition has a leader (Kafka creates a topic's
-        metadata first and its partitions' logs on their brokers after: a read before that is refused)."""
-        try:
-            md = self._admin.list_topics(timeout=REQUEST_TIMEOUT_S)
-        except KafkaException as exc:
-            raise_for(exc.args[0], self.url, "metadata")
-            raise
-        return {
-            name: len(t.partitions)
-            for name, t in md.topics.items()
-            if t.error is None and not (led and any(p.leader < 0 or p.error is not None for p in t.partitions.values()))
-        }
+        await self._run(self._admin.topics)
 
     async def ensure(self, stream: str, group: str | None = None) -> None:
         if stream not in self._topics:
-            await self._run(self._create_topic, stream)
+            await self._run(self._admin.create, stream)
             self._topics.add(stream)
         # A group needs nothing up front: it exists once a member joins, and reads from the start. Its attempts
         # topic does: one partition per partition of the stream.
         if group is not None:
             ledger = attempts_topic(kafka_group_id(stream, group))
             if ledger not in self._topics:
-                partitions = (await self._run(self._list_topics)).get(stream, self._settings.broker.kafka_partitions)
-                await self._run(self._create_topic, ledger, partitions)
+                partitions = (await self._run(self._admin.topics)).get(stream, self._settings.broker.kafka_partitions)
+                await self._run(self._admin.create, ledger, partitions)
                 self._topics.add(ledger)
-
-    def _create_topic(self, stream: str, partitions: int | None = None) -> None:
-        b = self._settings.broker
-        config = {"max.message.bytes": str(b.kafka_max_message_bytes)}
-        if b.kafka_min_insync_replicas is not None:
-            config["min.insync.replicas"] = str(b.kafka_min_insync_replicas)
-        # -1 is the cluster's default.replication.factor (KIP-464).
-        topic = NewTopic(
-            stream, partitions or b.kafka_partitions, replication_factor=b.kafka_replication_factor, config=config
-        )
-        for fut in self._admin.create_topics([topic], request_timeout=REQUEST_TIMEOUT_S).values():
-            try:
-                fut.result()
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise_for(exc.args[0], self.url, f"create topic {stream}")
-        self._wait_for(lambda topics: stream in topics, f"topic {stream} to appear", led=True)
-
-    def _wait_for(self, ready: Callable[[dict[str, int]], bool], what: str, led: bool = False) -> None:
-        deadline = time.monotonic() + REQUEST_TIMEOUT_S
-        while not ready(self._list_topics(led)):
-            if time.monotonic() > deadline:
-                raise BrokerError(f"kafka {redact_url(self.url)}: timed out waiting for {what}")
-            time.sleep(0.05)
 
     async def publish(self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None] | None = None) -> None:
         keys = keys if keys is not None else [None] * len(messages)
         if len(keys) != len(messages):
             raise ValueError("keys and messages differ in length")
         if messages:
-            await self._run(self._produce, stream, messages, keys)
-
-    def _produce(self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None]) -> None:
-        errors: list[KafkaError] = []
-        outstanding = [len(messages)]
-
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            outstanding[0] -= 1
-            if err is not None:
-                errors.append(err)
-
-        for key, data in zip(keys, messages, strict=True):
-            while True:
-                try:
-                    self._producer.produce(stream, value=data, key=key, on_delivery=on_delivery)
-                    break
-                except BufferError:  # local queue full: let librdkafka send some, then retry
-                    self._producer.poll(0.05)
-                except KafkaException as exc:
-                    raise_for(exc.args[0], self.url, f"publish to {stream}")
-        deadline = time.monotonic() + DELIVERY_TIMEOUT_MS / 1000 + 5
-        while outstanding[0] > 0 and time.monotonic() < deadline:
-            self._producer.flush(0.1)
-        if errors:
-            self._publish_failed(stream, errors[0])
-        if outstanding[0] > 0:
-            raise BrokerError(f"kafka {redact_url(self.url)}: {outstanding[0]} messages to {stream} unconfirmed")
-
-    def _publish_failed(self, stream: str, err: KafkaError) -> None:
-        """Raise for a failed delivery: BrokerFull where the topic has fewer in-sync replicas than it needs.
-
-        The brokers answer such a write NOT_ENOUGH_REPLICAS, which the producer retries until the message
-        times out: the write is refused, not lost, and goes through once replicas are back. Ingress makes that
-        Backpressure and a stage retries its settle, rather than either failing as if the broker were gone.
-        """
-        if err.code() in SHORT_OF_REPLICAS:
-            need = self._settings.broker.kafka_min_insync_replicas or 1
-            try:
-                md = self._admin.list_topics(stream, timeout=REQUEST_TIMEOUT_S).topics[stream]
-                short = {p: m.isrs for p, m in md.partitions.items() if len(m.isrs) < need}
-            except (KafkaException, KeyError):
-                short = {}
-            if short or err.code() != KafkaError._MSG_TIMED_OUT:
-                raise BrokerFull(
-                    f"kafka {redact_url(self.url)} refused a publish to {stream}: NOT_ENOUGH_REPLICAS (in-sync "
-                    f"replicas per partition {short}, min.insync.replicas {need}); retry once brokers are back"
-                )
-        raise_for(err, self.url, f"publish to {stream}")
+            await self._run(produce, self._producer, self._admin, stream, messages, keys)
 
     def _member(self, stream: str, group: str, consumer: str) -> Member:
         with self._lock:
@@ -329,18 +236,11 @@ class KafkaBroker(Broker):
         return out
 
     async def backlog(self, stream: str, group: str) -> Backlog:
-        total = await self._run(self._unfinished, stream, group)
+        total = await self._run(self._offsets.unfinished, stream, kafka_group_id(stream, group))
         with self._lock:
             pending = sum(m.pending() for (s, g, _), m in self._members.items() if s == stream and g == group)
         pending = min(pending, total)
         return Backlog(pending=pending, lag=total - pending)
-
-    def _partitions(self, stream: str) -> list[TopicPartition]:
-        n = self._list_topics().get(stream, 0)
-        return [TopicPartition(stream, p) for p in range(n)]
-
-    def _unfinished(self, stream: str, group: str) -> int:
-        return self._offsets.unfinished(stream, kafka_group_id(stream, group))
 
     async def length(self, stream: str) -> int:
         return await self._run(self._offsets.length, stream)
@@ -353,7 +253,7 @@ class KafkaBroker(Broker):
 
     async def ping(self) -> bool:
         try:
-            await self._run(self._list_topics)
+            await self._run(self._admin.topics)
         except (BrokerError, BrokerAuthError, KafkaException):
             return False
         return True
@@ -366,18 +266,9 @@ class KafkaBroker(Broker):
                 del self._owner[owned]
         for member in members:
             await self._run(member.close)
-        await self._run(self._delete_topic, stream)
+        await self._run(self._admin.delete, stream)
         await self._run(self._offsets.reset)
         self._topics.discard(stream)
-
-    def _delete_topic(self, stream: str) -> None:
-        for fut in self._admin.delete_topics([stream], request_timeout=REQUEST_TIMEOUT_S).values():
-            try:
-                fut.result()
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    raise_for(exc.args[0], self.url, f"delete topic {stream}")
-        self._wait_for(lambda topics: stream not in topics, f"topic {stream} to go")
 
     async def close(self) -> None:
         with self._lock:

@@ -97,3 +97,53 @@ class AttemptLedger:
             self._producer.flush(READ_TIMEOUT_S)
         if not errors or errors[0] is not None:
             raise BrokerError(f"kafka: counting a delivery in {self.topic} failed: {errors[:1]}")
+
+
+class AttemptCounting:
+    """The counting half of a group member (``kafka_member.Member``): each hand-out a crash could be blamed on is
+    recorded before it happens, and a partition whose last owner died holding a message is delivered carefully."""
+
+    stream: str
+    lock: threading.Lock
+    open: dict[int, dict[int, Any]]  # partition -> {offset: open delivery}
+    ledger: AttemptLedger
+    window: int
+    assigned: set[int]
+    careful: dict[int, Careful]
+    recorded: dict[int, int]
+    in_hand: tuple[int, int] | None
+
+    def _count(self, p: int, o: int) -> int | None:
+        """Attempts of handing out offset ``o`` of ``p`` now (recorded first where needed); None: not now."""
+        if p in self.assigned:  # the first message since assignment sits at the committed offset
+            last = self.ledger.last(p)
+            self.assigned.discard(p)
+            if last is not None and last[0] == o and last[1] >= 1:
+                log.warning(
+                    "partition %d of %s: its last owner died holding offset %d (handed out %d times): delivering "
+                    "the next %d messages one at a time",
+                    p,
+                    self.stream,
+                    o,
+                    last[1],
+                    self.window,
+                )
+                self.careful[p] = Careful(o + self.window, {o: last[1]})
+        careful = self.careful.get(p)
+        if careful is not None and o >= careful.until:
+            del self.careful[p]
+            careful = None
+        if careful is None:
+            with self.lock:
+                head = min(self.open.get(p) or [o])
+            if self.recorded.get(p) != head:
+                self.ledger.record(p, head, 1)
+                self.recorded[p] = head
+            return 1
+        if self.in_hand is not None:
+            return None
+        attempts = careful.counts.get(o, 0) + 1
+        self.ledger.record(p, o, attempts)
+        careful.counts = {o: attempts}
+        self.recorded[p], self.in_hand = o, (p, o)
+        return attempts

@@ -20,31 +20,20 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from visionpipe.broker.base import BrokerError, BrokerStateLost, Output
-from visionpipe.broker.kafka_attempts import AttemptLedger, Careful
+from visionpipe.broker.base import BrokerError, BrokerStateLost
+from visionpipe.broker.kafka_attempts import AttemptCounting, AttemptLedger, Careful
+from visionpipe.broker.kafka_commits import Commits, Open
 from visionpipe.broker.kafka_common import AUTH_CODES, position, raise_for
 from visionpipe.broker.security import redact_url
 
 log = logging.getLogger("visionpipe.broker.kafka")
 
 
-@dataclass
-class Open:
-    """A delivery this member handed out and has not committed past."""
-
-    msg: Message
-    since: float  # monotonic time of the last hand-out
-    attempts: int = 1
-    acked: bool = False
-    outputs: tuple[Output, ...] = ()  # settled, waiting to be published with the commit that covers this offset
-
-
-class Member:
+class Member(Commits, AttemptCounting):
     """One group member: its consumer and the deliveries it has not yet committed, per partition."""
 
     def __init__(self, conf: dict[str, Any], stream: str, group: str, ledger: AttemptLedger, window: int) -> None:
@@ -157,41 +146,6 @@ class Member:
                 log.debug("hold-back seek skipped", extra={"partition": p, "error": str(exc)})
         return out
 
-    def _count(self, p: int, o: int) -> int | None:
-        """Attempts of handing out offset ``o`` of ``p`` now (recorded first where needed); None: not now."""
-        if p in self.assigned:  # the first message since assignment sits at the committed offset
-            last = self.ledger.last(p)
-            self.assigned.discard(p)
-            if last is not None and last[0] == o and last[1] >= 1:
-                log.warning(
-                    "partition %d of %s: its last owner died holding offset %d (handed out %d times): delivering "
-                    "the next %d messages one at a time",
-                    p,
-                    self.stream,
-                    o,
-                    last[1],
-                    self.window,
-                )
-                self.careful[p] = Careful(o + self.window, {o: last[1]})
-        careful = self.careful.get(p)
-        if careful is not None and o >= careful.until:
-            del self.careful[p]
-            careful = None
-        if careful is None:
-            with self.lock:
-                head = min(self.open.get(p) or [o])
-            if self.recorded.get(p) != head:
-                self.ledger.record(p, head, 1)
-                self.recorded[p] = head
-            return 1
-        if self.in_hand is not None:
-            return None
-        attempts = careful.counts.get(o, 0) + 1
-        self.ledger.record(p, o, attempts)
-        careful.counts = {o: attempts}
-        self.recorded[p], self.in_hand = o, (p, o)
-        return attempts
-
     def attempts(self, m: Message) -> int:
         p, o = position(m)
         with self.lock:
@@ -242,109 +196,6 @@ class Member:
             return
         with self.poll_lock:
             self.rewind(fut.result())
-
-    def mark(self, settled: Sequence[tuple[int, int, tuple[Output, ...]]]) -> int:
-        """Mark deliveries settled, keeping their outputs until a commit covers them; returns how many with
-        outputs were no longer held here (settled before, or their partition revoked: the new owner redoes them)."""
-        dropped = 0
-        with self.lock:
-            for p, o, outputs in settled:
-                d = self.open.get(p, {}).get(o)
-                if d is None or d.acked:
-                    dropped += bool(outputs)
-                    continue
-                d.acked, d.outputs = True, outputs
-        return dropped
-
-    def committable(self) -> tuple[list[Output], list[TopicPartition]]:
-        """The outputs of each partition's settled prefix, in offset order, and the commit that covers them.
-
-        Commits are "everything below is done", so an output settled past an unsettled delivery waits here:
-        published now, it would be published again when a crash makes the commit's new owner redo it.
-        """
-        outputs: list[Output] = []
-        commits = []
-        with self.lock:
-            for p, pending in self.open.items():
-                done = None
-                for o, d in pending.items():
-                    if not d.acked:
-                        break
-                    outputs += d.outputs
-                    done = o
-                if done is not None:
-                    commits.append(TopicPartition(self.stream, p, done + 1))
-        return outputs, commits
-
-    def commit(self, commits: Sequence[TopicPartition]) -> None:
-        """Commit ``commits`` synchronously (their outputs are published), then forget the deliveries below them.
-
-        A refused commit is made again after the next poll, for the partitions still ours: a rebalance that
-        another member's join started bumps the group's generation, and the brokers refuse this member's commits
-        until it has rejoined (in a poll), even for partitions it keeps. Forgotten uncommitted, those deliveries
-        would read as lag for ever and be redone after a restart. A partition that moved on is the new owner's
-        to redo from the last commit, which is at-least-once.
-        """
-        if not commits:
-            return
-        try:
-            self.consumer.commit(offsets=list(commits), asynchronous=False)
-        except KafkaException as exc:
-            log.info("commit refused; again after the next poll", extra={"stream": self.stream, "error": str(exc)})
-            self._defer(commits)
-            return
-        self.forget(commits)
-
-    def _defer(self, commits: Sequence[TopicPartition]) -> None:
-        with self.lock:
-            for tp in commits:
-                for o, d in self.open.get(tp.partition, {}).items():
-                    if o < tp.offset:
-                        d.outputs = ()  # published: a later settle must not publish them again
-                self.deferred[tp.partition] = max(self.deferred.get(tp.partition, 0), tp.offset)
-
-    def catch_up(self) -> None:
-        """After a poll: make the commits a rebalance refused, for the partitions still ours, and commit past a
-        partition's tail where the reader skipped records no stage sees (transactions' commit markers, aborted
-        records): committed at the last delivery, such a partition would show lag for ever. Asynchronous: a
-        commit waits for the group's coordinator (a broker may be gone), and the poll that rejoins must not."""
-        owned = self.consumer.assignment()
-        positions = self.consumer.position(owned) if owned else []
-        todo = []
-        with self.lock:
-            for tp in positions:
-                p, target = tp.partition, self.deferred.pop(tp.partition, -1)
-                if not self.open.get(p):  # all handed out is committed; a seek leaves no position (-1001)
-                    target = max(target, tp.offset)
-                if target > max(self.committed.get(p, -1), self.committing.get(p, -1)):
-                    todo.append(TopicPartition(self.stream, p, target))
-                    self.committing[p] = target
-            self.deferred.clear()
-        if todo:
-            self.consumer.commit(offsets=todo, asynchronous=True)
-
-    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        """A commit's answer (served in a poll): what went through is forgotten, the rest is made again later."""
-        done = [tp for tp in partitions if err is None and tp.error is None]
-        with self.lock:
-            for tp in partitions:
-                self.committing.pop(tp.partition, None)
-                if tp not in done and tp.partition in self.open:
-                    self.deferred[tp.partition] = max(self.deferred.get(tp.partition, 0), tp.offset)
-        self.forget(done)
-
-    def forget(self, commits: Sequence[TopicPartition]) -> None:
-        """Drop the deliveries below ``commits``: committed (by us, or in a transaction)."""
-        with self.lock:
-            for tp in commits:
-                if self.deferred.get(tp.partition, tp.offset) <= tp.offset:
-                    self.deferred.pop(tp.partition, None)
-                self.committed[tp.partition] = max(self.committed.get(tp.partition, -1), tp.offset)
-                pending = self.open.get(tp.partition, {})
-                for o in [o for o in pending if o < tp.offset]:
-                    del pending[o]
-                if self.in_hand is not None and self.in_hand[0] == tp.partition and self.in_hand[1] < tp.offset:
-                    self.in_hand = None
 
     def close(self) -> None:
         """Leave the group; waits for a poll still running in another thread (closing under it is unsafe)."""
