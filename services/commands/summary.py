@@ -1,4 +1,9 @@
-"""The summary table ``visionpipe run`` prints: throughput, latency, where the time went, bad inputs."""
+"""What ``visionpipe run`` prints at the end: what was found, which files were bad and why, then how fast.
+
+A few images get a line each (file, objects, how each object reads); many get a count per label, since a
+thousand lines scroll away. Latency percentiles need samples: with fewer than a hundred, "p99" would only be
+the slowest one, and the table says so instead of printing a figure that looks like more than it is.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,27 @@ from visionpipe.breakdown import CATEGORIES
 from visionpipe.services.models.loading import RANDOM
 
 if TYPE_CHECKING:
-    from visionpipe.services.commands.run import RunSummary
+    from visionpipe.services.commands.run_images import RunSummary
+
+# Up to this many images, one line each; above it, a count per label.
+FEW_IMAGES = 20
+# Objects shown per image (the rest are counted): a line stays readable.
+OBJECTS_SHOWN = 4
+# Bad files named one by one (the rest are counted; every one is in results.jsonl).
+BAD_SHOWN = 20
+# Below this many samples a 99th percentile is just the slowest one.
+P99_SAMPLES = 100
 
 
 def print_summary(s: RunSummary, out: Path, console: Console) -> None:
+    _found(s, console)
+    _bad(s, console)
     table = Table(title="visionpipe run", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
     table.add_column("value")
     table.add_row("inputs", f"{s.inputs}  ({s.ok} ok, {s.bad} bad)")
     table.add_row("throughput", f"{s.images_per_s:.2f} images/s  ({s.ok} in {s.elapsed_s:.2f} s)")
-    table.add_row("latency p50 / p99", f"{s.split.percentile(50) * 1e3:.1f} ms / {s.split.percentile(99) * 1e3:.1f} ms")
+    table.add_row(*latency_row(s))
     table.add_row("start-up", f"{s.startup_s:.1f} s (models, warm-up; not in throughput)")
     if s.deadline_ms is not None:
         table.add_row(
@@ -45,12 +61,52 @@ def print_summary(s: RunSummary, out: Path, console: Console) -> None:
     console.print(split)
     floor = s.split.hop_floor_s * 1e3
     console.print(f"broker hops: {floor:.1f} ms/request at the fastest, the rest is waiting in streams")
-
-    if s.errors:
-        bad = Table(title="bad inputs", title_justify="left")
-        bad.add_column("reason")
-        bad.add_column("count", justify="right")
-        for reason, count in sorted(s.errors.items(), key=lambda kv: -kv[1]):
-            bad.add_row(reason, str(count))
-        console.print(bad)
     console.print(f"results: {out}")
+
+
+def latency_row(s: RunSummary) -> tuple[str, str]:
+    n = len(s.split.totals)
+    p50, p99 = s.split.percentile(50) * 1e3, s.split.percentile(99) * 1e3
+    if n == 0:
+        return "latency", "none measured"
+    if n == 1:
+        return "latency", f"{p50:.1f} ms (one image: no percentiles)"
+    if n < P99_SAMPLES:
+        return "latency p50 / slowest", f"{p50:.1f} ms / {p99:.1f} ms  ({n} images: too few for a p99)"
+    return "latency p50 / p99", f"{p50:.1f} ms / {p99:.1f} ms  ({n} images)"
+
+
+def _found(s: RunSummary, console: Console) -> None:
+    if not s.found:
+        return
+    if len(s.found) <= FEW_IMAGES:
+        table = Table(title="found", title_justify="left")
+        table.add_column("file", overflow="fold")
+        table.add_column("objects", justify="right")
+        table.add_column("what: detector label, score · classifier's guess")
+        for name, count, captions in s.found:
+            more = f", +{count - OBJECTS_SHOWN} more" if count > OBJECTS_SHOWN else ""
+            table.add_row(name, str(count), ", ".join(captions[:OBJECTS_SHOWN]) + more or "nothing")
+        console.print(table)
+        return
+    table = Table(title=f"found in {len(s.found)} images", title_justify="left")
+    table.add_column("label")
+    table.add_column("objects", justify="right")
+    for label, count in s.labels.most_common():
+        table.add_row(label, str(count))
+    empty = sum(1 for _, count, _ in s.found if count == 0)
+    console.print(table)
+    console.print(f"{empty} of {len(s.found)} images had no object above the score threshold")
+
+
+def _bad(s: RunSummary, console: Console) -> None:
+    if not s.bad_files:
+        return
+    table = Table(title=f"bad inputs: {len(s.bad_files)}", title_justify="left")
+    table.add_column("file", overflow="fold")
+    table.add_column("why")
+    for name, reason in s.bad_files[:BAD_SHOWN]:
+        table.add_row(name, reason)
+    console.print(table)
+    if len(s.bad_files) > BAD_SHOWN:
+        console.print(f"… and {len(s.bad_files) - BAD_SHOWN} more, each with its reason in the results file")

@@ -90,10 +90,15 @@ def _nanodet(model: LoadedModel, settings: DetectorSettings, executor: ExecutorS
             settings.score_threshold,
             settings.nms_iou,
             settings.max_detections,
-            settings.class_agnostic_nms,
+            cross_class_iou(settings),
         )
 
     return detect
+
+
+def cross_class_iou(settings: DetectorSettings) -> float:
+    """The overlap above which boxes of different classes suppress each other (``ops.nms_keep``)."""
+    return settings.nms_iou if settings.class_agnostic_nms else settings.cross_class_iou
 
 
 def cap_detections(module: torch.nn.Module, score_threshold: float, max_detections: int) -> None:
@@ -151,7 +156,8 @@ def _ssd_detect(module: SSD, settings: DetectorSettings, device: str) -> Detect:
         ys = boxes[..., 1::2].clamp(0.0, mh) * (h / mh)
         boxes = torch.stack((xs[..., 0], ys[..., 0], xs[..., 1], ys[..., 1]), dim=-1)
         scores = head["cls_logits"].float().softmax(dim=-1)[..., 1:]  # class 0 is background
-        out = detection_ops.select(boxes, scores, settings.score_threshold, module.nms_thresh, settings.max_detections)
+        limit, cross = settings.score_threshold, cross_class_iou(settings)
+        out = detection_ops.select(boxes, scores, limit, module.nms_thresh, settings.max_detections, cross)
         labels = out["labels"]
         out["labels"] = torch.where(labels >= 0, labels + 1, labels)  # back to COCO's 91 slots; padding stays -1
         return out

@@ -68,20 +68,22 @@ def pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def nms_keep(
-    boxes: torch.Tensor, labels: torch.Tensor, iou_threshold: float, class_agnostic: bool = False
+    boxes: torch.Tensor, labels: torch.Tensor, iou_threshold: float, cross_class_iou: float = 1.0
 ) -> torch.Tensor:
-    """Which of (b, K) boxes, sorted by score (highest first), survive per-class NMS; (b, K) bool.
+    """Which of (b, K) boxes, sorted by score (highest first), survive NMS; (b, K) bool.
 
-    Boxes of different classes never suppress each other: each class is shifted to its own region
-    of the plane (the trick of ``torchvision.ops.batched_nms``). ``class_agnostic``: they do (one
-    label per object).
+    A kept box suppresses every lower-scoring box of its own class that overlaps it by more than
+    ``iou_threshold`` (``torchvision.ops.batched_nms``), and one of *any* class that overlaps it by more
+    than ``cross_class_iou``: a detector that scores each location for every class puts the same box out
+    once per plausible class (a cat at 0.54 and a dog at 0.42), and a person wants one label per object.
+    1.0 turns that off; ``cross_class_iou`` <= ``iou_threshold`` is class-agnostic NMS.
     """
-    if not class_agnostic:
-        boxes = boxes + (boxes.amax(dim=(1, 2), keepdim=True) + 1.0) * labels[..., None].to(boxes.dtype)
     iou = pairwise_iou(boxes).triu(diagonal=1)  # iou[i, j] for i ranked above j
+    same = labels[:, :, None] == labels[:, None, :]
+    suppresses = ((iou > iou_threshold) & (same | (iou > cross_class_iou))).to(iou.dtype)
     keep = torch.ones(labels.shape, dtype=iou.dtype, device=iou.device)
     for _ in range(NMS_ITERATIONS):
-        keep = ((iou * keep[:, :, None]).amax(dim=1) <= iou_threshold).to(iou.dtype)
+        keep = ((suppresses * keep[:, :, None]).amax(dim=1) == 0).to(iou.dtype)
     return keep.bool()
 
 
@@ -91,21 +93,22 @@ def select(
     score_threshold: float,
     iou_threshold: float,
     max_detections: int,
-    class_agnostic: bool = False,
+    cross_class_iou: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """(b, A, 4) boxes and (b, A, C) class scores → the top ``max_detections`` per image after NMS, padded.
 
     Returns ``boxes`` (b, D, 4) float32, ``scores`` (b, D) float32, ``labels`` (b, D) int32 (class index
     into ``scores``' last dimension) and ``count`` (b,) int32: rows past an image's count are padding
     (zero boxes and scores, label -1). A candidate counts when its score is above the threshold, as in
-    torchvision's own post-processing.
+    torchvision's own post-processing. NMS is per class, and across classes above ``cross_class_iou``
+    (:func:`nms_keep`).
     """
     b, a, c = scores.shape
     k = min(PRE_NMS_CANDIDATES, a * c)
     top, idx = scores.reshape(b, a * c).float().topk(k, dim=1)  # sorted, highest first
     labels = idx % c
     cand = boxes.float().gather(1, (idx // c)[..., None].expand(b, k, 4))
-    valid = (top > score_threshold) & nms_keep(cand, labels, iou_threshold, class_agnostic)
+    valid = (top > score_threshold) & nms_keep(cand, labels, iou_threshold, cross_class_iou)
     d = min(max_detections, k)
     ranked = torch.where(valid, top, torch.full_like(top, -1.0))
     final_scores, order = ranked.topk(d, dim=1)  # kept boxes first, still by score

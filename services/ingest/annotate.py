@@ -3,6 +3,10 @@
 Frames that were sampled out show the boxes of the last frame that has a result (held, as a tracker-less
 overlay does), so the output keeps the source's frame rate and length whatever fps was ingested. Boxes come
 in the sent image's pixels and are scaled back to the source's by the two sizes the result carries.
+
+Each box is labelled as the gateway's page labels it (``visionpipe.hops.caption``: the detector's label and
+score, then the classifier's top guess), in type sized to the frame, white on a dark band, so the label can be
+read over any picture at any resolution.
 """
 
 from __future__ import annotations
@@ -13,17 +17,33 @@ from pathlib import Path
 from typing import Any
 
 import av
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
+
+from visionpipe.hops import caption
 
 BOX_COLOUR = (255, 64, 0)
-LINE_WIDTH = 2
+# Behind the label: the box's colour, darkened until white text on it has a contrast of about 7:1.
+LABEL_BACKGROUND = (170, 36, 0)
+LABEL_TEXT = (255, 255, 255)
+# Type height as a share of the frame's shorter side (480p: 18 px, 1080p: 40 px), never below a legible minimum.
+TEXT_SHARE = 1 / 27
+MIN_TEXT_PX = 12
+# Box outline: a share of the shorter side too, so a 4K frame's boxes do not turn into hairlines.
+LINE_SHARE = 1 / 320
+MIN_LINE_PX = 2
 
 
-def _label(obj: dict[str, Any]) -> str:
-    top = obj.get("top_k") or []
-    name = top[0]["name"] if top else obj.get("label_name", "")
-    score = top[0]["score"] if top else obj.get("score", 0.0)
-    return f"{name} {score:.2f}"
+def sizes(width: int, height: int) -> tuple[int, int]:
+    """(type height, box line width) in pixels for a frame of this size."""
+    short = min(width, height)
+    return max(MIN_TEXT_PX, round(short * TEXT_SHARE)), max(MIN_LINE_PX, round(short * LINE_SHARE))
+
+
+def _font(px: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=px)  # Pillow's own scalable font, where it has FreeType
+    except (OSError, TypeError):  # a Pillow without FreeType: its fixed bitmap font
+        return ImageFont.load_default()
 
 
 def scaled_objects(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -36,10 +56,20 @@ def scaled_objects(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 def draw(image: Image.Image, objects: list[dict[str, Any]]) -> Image.Image:
     pen = ImageDraw.Draw(image)
+    text_px, line = sizes(*image.size)
+    font = _font(text_px)
+    pad = max(2, text_px // 5)
     for obj in objects:
         x0, y0, x1, y1 = obj["box"]
-        pen.rectangle((x0, y0, x1, y1), outline=BOX_COLOUR, width=LINE_WIDTH)
-        pen.text((x0 + 3, y0 + 2), _label(obj), fill=BOX_COLOUR)
+        pen.rectangle((x0, y0, x1, y1), outline=BOX_COLOUR, width=line)
+        label = caption(obj)
+        left, top, right, bottom = pen.textbbox((0, 0), label, font=font)
+        band_h = bottom - top + 2 * pad
+        # Above the box, or inside its top edge when the box touches the frame's top.
+        by = y0 - band_h if y0 - band_h >= 0 else y0
+        bx = min(max(x0, 0), max(image.width - (right - left) - 2 * pad, 0))
+        pen.rectangle((bx, by, bx + right - left + 2 * pad, by + band_h), fill=LABEL_BACKGROUND)
+        pen.text((bx + pad - left, by + pad - top), label, fill=LABEL_TEXT, font=font)
     return image
 
 

@@ -15,15 +15,18 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from visionpipe import topology
 from visionpipe.broker import Broker, BrokerError
-from visionpipe.executor.expectation import Expectation
 from visionpipe.metrics import Metrics
 from visionpipe.services.runtime.budgets import Budgets, HopFloor
 from visionpipe.services.runtime.stage import Stage
 from visionpipe.settings import Settings
 from visionpipe.stage_state import KEEP_S, READY, STARTING, STOPPING, StageBoard, StageState
+
+if TYPE_CHECKING:  # the executor package imports torch, which a command that only starts stages need not load yet
+    from visionpipe.executor.expectation import Expectation
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ TRIM_EVERY = 40
 
 
 # (backlog) -> (expectation, arrival rate, slo feasible)
-Snapshot = Callable[[int], tuple[Expectation | None, float, bool]]
+Snapshot = Callable[[int], "tuple[Expectation | None, float, bool]"]
 
 
 def stage_snapshot(stage: Stage, budgets: Budgets, metrics: Metrics) -> Snapshot:

@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
 from visionpipe.envelope import Envelope
-from visionpipe.executor.expectation import Expectation
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the executor package imports torch: a stage without a model (decode) must not pay for it
+    from visionpipe.executor.expectation import Expectation
     from visionpipe.services.runtime.budgets import Budgets
 
 # A stage's timed batches are averaged over about the last ten.
@@ -116,6 +116,8 @@ class BatchStage(Stage):
     async def process(self, envelopes: Sequence[Envelope]) -> list[Outcome]: ...
 
     def expectation(self, backlog: int) -> Expectation | None:
+        from visionpipe.executor.expectation import Expectation
+
         if self._batch_s is None:
             return None
         rounds = math.ceil(backlog / max(self._batch_size, 1.0))

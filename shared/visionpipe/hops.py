@@ -12,6 +12,7 @@ older visionpipe) sees the same envelope as before; the types live on both sides
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,20 @@ class ClassifiedObject(DetectedObject):
     """A detected box with the classifier's best labels for its crop."""
 
     top_k: list[TopK] = Field(default_factory=list)
+
+
+def caption(obj: Mapping[str, Any]) -> str:
+    """How a person reads one object of a result: "cat 60% · tabby".
+
+    The detector's label and score first (it found the box, and its 80 classes are what a box is), then the
+    classifier's top guess for the crop, which is finer ("tabby") but alone can be wrong in a way a box label
+    is not ("envelope" for a laptop). The gateway's page, ``visionpipe run``'s summary and annotated videos
+    all say it this way.
+    """
+    name = obj.get("label_name") or str(obj.get("label", "?"))
+    text = f"{name} {float(obj.get('score', 0.0)) * 100:.0f}%"
+    top = obj.get("top_k") or []
+    return f"{text} · {top[0].get('name') or top[0].get('label')}" if top else text
 
 
 def _validated(model: type[BaseModel], raw: Any, what: str) -> Any:

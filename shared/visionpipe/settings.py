@@ -49,6 +49,9 @@ class BrokerSettings(BaseModel):
     kafka_heartbeat_ms: int = 1_000
     # A consumer that has held a delivery this long without acking is presumed dead.
     reclaim_idle_s: float = 30.0
+    # Start-up only: long enough for a broker started at the same moment (compose waits for a healthy one anyway),
+    # short enough that a wrong host or port is said within seconds. Later outages are retried without a limit.
+    connect_timeout_s: float = Field(10.0, gt=0.0, description="how long start-up waits for the broker to answer")
     connect_retries: int = 20
     connect_backoff_s: float = 0.2
     connect_backoff_max_s: float = 5.0
@@ -85,8 +88,7 @@ class StreamSettings(BaseModel):
     crops: str = "crops"
     results: str = "results"
     dead_letter: str = "dead"
-    # Not a pipeline stream: each stage process's heartbeat with its state and what it expects (visionpipe.stage_state).
-    stages: str = "stages"
+    stages: str = "stages"  # not a pipeline stream: each stage process's heartbeat (visionpipe.stage_state)
 
     def name(self, stream: str) -> str:
         return f"{self.prefix}.{getattr(self, stream)}" if self.prefix else getattr(self, stream)
@@ -106,13 +108,9 @@ class LimitSettings(BaseModel):
     ingress_max_bytes: int = Field(
         1024**3, ge=1, description="bytes held by the pipeline's streams above which ingress refuses"
     )
-    default_deadline_ms: float | None = Field(
-        None, gt=0, description="end-to-end deadline of a request that brings none (ms from admission); unset: none"
-    )
-    deadline_split: Literal["propagate", "static"] = Field(
-        "propagate",
-        description="a stage's part of a deadline: what the stages after it leave (propagate), or a fixed share",
-    )
+    default_deadline_ms: float | None = Field(None, gt=0, description="deadline of a request that brings none (ms)")
+    # A stage's part of a deadline: the deadline less what the stages after it expect (propagate), or a fixed share.
+    deadline_split: Literal["propagate", "static"] = Field("propagate", description="propagate or static")
 
 
 class ExecutorSettings(BaseModel):
@@ -165,13 +163,20 @@ CPU_THREADS_HELP = (
 class DetectorSettings(BaseModel):
     model: str = Field("nanodet_g", description="nanodet_g (bundled, COCO) or a torchvision detection model name")
     weights: str = Field("DEFAULT", description=WEIGHTS_HELP)
-    # NanoDet-g: real objects in the sample photos score 0.50-0.88; texture and noise stay under 0.37.
-    score_threshold: float = Field(0.4, ge=0.0, le=1.0)
+    # Chosen on 24 photos, most without any of COCO's objects (benchmarks/RESULTS.md, "Detector threshold"): the
+    # highest that keeps every real object NanoDet-g finds there (the coffee's table, 0.44, is the lowest); false
+    # detections still reach 0.56 (coins as clocks): only a threshold above the real cat's 0.60 drops them all.
+    score_threshold: float = Field(0.43, ge=0.0, le=1.0)
     # Caps the boxes per image: each one is a crop for the classifier, and random weights produce hundreds.
     max_detections: int = Field(20, ge=1)
     # NanoDet's NMS overlap (upstream's 0.6); torchvision detectors keep their own.
     nms_iou: float = Field(0.6, gt=0.0, le=1.0)
-    class_agnostic_nms: bool = Field(False, description="NanoDet: boxes of different classes suppress each other")
+    # One box put out as two classes (cat 0.54 and dog 0.42) overlaps itself almost exactly; two real objects of
+    # different classes (a rider on a horse) rarely overlap this much. Chosen on photos: benchmarks/RESULTS.md.
+    cross_class_iou: float = Field(
+        0.8, gt=0.0, le=1.0, description="boxes of different classes overlapping more than this: one is kept; 1: off"
+    )
+    class_agnostic_nms: bool = Field(False, description="boxes of different classes suppress each other at nms_iou")
     input_size: int = Field(0, ge=0, description="side NanoDet runs at; 0 means its native 416")
     crop_size: int = Field(224, ge=16, description="side of the square crops cut for the classifier")
     # Square crops 1.2x the box's longer side classified better than tight ones (a tie: "cleaver" -> "Windsor tie").
@@ -203,6 +208,8 @@ class ModelsSettings(BaseModel):
 
 class ServiceSettings(BaseModel):
     host: str = Field("127.0.0.1", description="address for /healthz, /readyz and /metrics; 0.0.0.0 in containers")
+    # Unset, each command has its own (gateway 8000, decode 8001, detector 8002, classifier 8003, ingest 8010), so
+    # processes started side by side on one machine do not collide; the containers set 8000 for all.
     port: int = Field(8000, ge=0, le=65535, description="port of /healthz, /readyz and /metrics; 0 picks a free one")
     device: Literal["auto", "cuda", "cpu"] = "auto"
     consumer: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
@@ -219,8 +226,7 @@ class ServiceSettings(BaseModel):
     # device batch can reach executor.max_batch however few items one consume brings.
     prefetch_batches: float = Field(2.0, gt=0.0, description="DNN stages: device batches of requests kept in flight")
     reclaim_interval_s: float = Field(5.0, gt=0.0, description="how often a stage reclaims dead consumers' deliveries")
-    # Each stage process announces its state (starting, ready, stopping) and what it expects through the broker this
-    # often; the gateway's readiness and every stage's budget read it. A quarter second follows a 0.3 s burst.
+    # Readiness and every budget follow it; a quarter second follows a 0.3 s burst.
     heartbeat_s: float = Field(0.25, gt=0.0, description="how often a stage announces its state and expectation")
     # A delivery is kept ours (its idle time refreshed) while it is worked on, up to this long; past it, it is presumed
     # hung and reclaim may hand it to another consumer. Minutes: far beyond any batch, even a CPU detector's.
@@ -248,9 +254,7 @@ class StreamSource(BaseModel):
     )
     live: bool | None = Field(None, description="reconnect on loss and default to `latest`; default: from the URL")
     annotate: str | None = Field(None, description="write the video with boxes and labels drawn here (files only)")
-    deadline_ms: float | None = Field(
-        None, gt=0, description="a frame is worthless this long after its capture: answered deadline_exceeded then"
-    )
+    deadline_ms: float | None = Field(None, gt=0, description="a frame is worthless this long after its capture")
 
 
 class IngestSettings(BaseModel):
@@ -258,9 +262,7 @@ class IngestSettings(BaseModel):
         default_factory=list, description='streams started with the service: JSON list of URLs or {"url": ..., ...}'
     )
     fps: float | None = Field(None, gt=0, description="default frames per second sent on per stream; none: all")
-    deadline_ms: float | None = Field(
-        None, gt=0, description="default deadline of a stream's frames, ms after capture; none: no deadline"
-    )
+    deadline_ms: float | None = Field(None, gt=0, description="default deadline of a frame, ms after capture")
     max_side: int | None = Field(
         None, ge=32, description="frames are downscaled to this long side before JPEG; default: decode.input_size"
     )
@@ -316,7 +318,6 @@ class GatewaySettings(BaseModel):
     ingest_url: str = Field(
         "", description="API of a running `visionpipe ingest` (http://host:port): /v1/streams is served here too"
     )
-    # Readiness means "a request sent now will be served": every stage has a live consumer past its warm-up.
     require_stages: bool = Field(True, description="/readyz waits for every stage to announce itself ready")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.servers import Server, free_port
-from visionpipe.services.commands.serve import EXIT_NO_WEIGHTS
+from visionpipe.services.commands.serve import EXIT_NO_BROKER, EXIT_NO_WEIGHTS
 
 VISIONPIPE = str(Path(sys.executable).parent / "visionpipe")
 # Importing torch and connecting, on a busy 2-core box.
@@ -83,3 +84,27 @@ def test_serve_without_its_weights_never_gets_ready_and_says_what_to_run(tmp_pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_says_in_one_line_why_it_cannot_start(tmp_path: Path) -> None:
+    """A broker nobody started: exit 69 within the connect deadline, one error line naming it; a port in use: 1."""
+    broker_port = free_port()
+    env = {**os.environ, "VISIONPIPE_BROKER__CONNECT_TIMEOUT_S": "1"}
+    argv = [VISIONPIPE, "serve", "detector", "--broker", f"redis://127.0.0.1:{broker_port}/0", "--port", "0"]
+    t0 = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=READY_TIMEOUT_S)
+    assert proc.returncode == EXIT_NO_BROKER, proc.stderr
+    assert "Traceback" not in proc.stderr and time.monotonic() - t0 < READY_TIMEOUT_S / 2
+    (error,) = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert f"detector cannot start: cannot reach the broker at redis://127.0.0.1:{broker_port}/0" in error
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        argv = [VISIONPIPE, "serve", "decode", "--broker", "memory://x", "--port", str(port)]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=READY_TIMEOUT_S)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"Error: decode's probes cannot listen on 127.0.0.1:{port}: the port is in use by another process")
+    )

@@ -76,3 +76,23 @@ def test_rounds_run_in_abba_order_and_the_verdict_takes_each_brokers_median(tmp_
     # medians: redis 20 (of 10, 90, 20) and kafka 50 (of 40, 50, 60) — the redis outlier round does not decide
     assert p50["winner"] == "redis" and p50["ratio"] == pytest.approx(2.5, rel=0.01)
     assert "ABBA" in paths["markdown"].read_text()
+
+
+def test_a_busy_host_is_said_before_anything_else(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.getloadavg", lambda: (9.5, 8.0, 7.0))
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    md = write_report([fake_run("redis://127.0.0.1:1/0", 40)], tmp_path, {})["markdown"].read_text()
+    assert md.split("## Setup")[0].count("**The host was busy**: load average 9.5 on 2 CPUs") == 1
+    monkeypatch.setattr("os.getloadavg", lambda: (1.0, 1.0, 1.0))
+    assert (
+        "The host was busy"
+        not in write_report([fake_run("redis://127.0.0.1:1/0", 40)], tmp_path, {})["markdown"].read_text()
+    )
+
+
+def test_a_difference_of_a_few_per_cent_is_nobodys_win(tmp_path: Path) -> None:
+    runs = [fake_run("redis://127.0.0.1:1/0", 40), fake_run("kafka://127.0.0.1:2", 41)]
+    paths = write_report(runs, tmp_path, {})
+    p50 = next(v for v in json.loads(paths["json"].read_text())["verdict"] if v["metric"] == "latency p50 (ms)")
+    assert p50["winner"] is None and p50["ratio"] == pytest.approx(41 / 40, rel=0.01)
+    assert "| latency p50 (ms) | neither (within 5%) | 1.02× |" in paths["markdown"].read_text()

@@ -33,6 +33,10 @@ class BrokerError(RuntimeError):
     """Retryable: the broker is unreachable or timed out. Callers back off and retry."""
 
 
+class BrokerUnreachable(BrokerError):
+    """Nothing answered at the broker's address within the start-up deadline; the message says what to check."""
+
+
 class BrokerStateLost(BrokerError):
     """A stream or consumer group this pipeline made is gone: the broker restarted empty, or someone deleted it.
 
@@ -186,20 +190,21 @@ class Broker(ABC):
         """Entries still stored in ``stream``; backends override where they can say."""
         raise NotImplementedError
 
-    async def peek(self, stream: str, count: int) -> list[Delivery]:
-        """The oldest ``count`` stored entries, read outside any group (nothing becomes pending).
+    async def peek(self, stream: str, count: int, newest: bool = False) -> list[Delivery]:
+        """The oldest ``count`` stored entries (``newest``: the newest, still oldest first), read outside any group
+        (nothing becomes pending).
 
-        For inspection, e.g. ``visionpipe dlq list``; stages use ``consume``.
+        For inspection, e.g. ``visionpipe dlq list``, and state every reader wants the latest of (``tail``);
+        stages use ``consume``. Kafka reads each partition's ``count`` newest.
         """
         raise NotImplementedError
 
     async def tail(self, stream: str, count: int) -> list[Delivery]:
-        """The newest ``count`` stored entries, oldest first, read outside any group (nothing becomes pending).
-
-        For state every reader wants the latest of (stage heartbeats); backends that cannot read a stream
-        from its end raise ``NotImplementedError``, and readers of such state go without it.
+        """The newest ``count`` stored entries, oldest first (``peek`` from the end): for state every reader wants
+        the latest of (stage heartbeats). Backends that cannot read a stream raise ``NotImplementedError``, and
+        readers of such state go without it.
         """
-        raise NotImplementedError
+        return await self.peek(stream, count, newest=True)
 
     async def trim_older(self, stream: str, age_s: float) -> None:
         """Drop entries older than ``age_s`` from a stream no group of ours reads (a feed for outside readers).

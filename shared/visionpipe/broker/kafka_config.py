@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 # 100 msg/s there, 10 ms gives 5 ms. Idle cost: ~100 small fetch requests/s per consumer.
 # Override with the URL: kafka://host:9092?consumer.fetch.wait.max.ms=500
 FETCH_WAIT_MAX_MS = 10
+# Where librdkafka's own log lines go (through our logging, so they are formatted and levelled like ours).
+RDKAFKA_LOGGER = "visionpipe.broker.rdkafka"
 # How long a publish may wait for delivery reports before it fails as retryable (librdkafka's own default is 300 s).
 DELIVERY_TIMEOUT_MS = 30_000
 
@@ -24,7 +26,7 @@ def client_configs(url: str, settings: Settings) -> tuple[dict[str, Any], dict[s
     b = settings.broker
     common: dict[str, Any] = {
         "bootstrap.servers": kafka_bootstrap(url),
-        "logger": logging.getLogger("visionpipe.broker.rdkafka"),
+        "logger": logging.getLogger(RDKAFKA_LOGGER),
         **kafka_security_config(url, settings),
     }
     producer: dict[str, Any] = {

@@ -244,16 +244,12 @@ class MemoryBroker(Broker):
         with self._store.lock:
             return len(self._store.stream(stream).entries)
 
-    async def peek(self, stream: str, count: int) -> list[Delivery]:
+    async def peek(self, stream: str, count: int, newest: bool = False) -> list[Delivery]:
         with self._store.lock:
             s = self._store.stream(stream)
-            return [Delivery(stream, str(seq), data, key) for seq, (key, data) in sorted(s.entries.items())[:count]]
-
-    async def tail(self, stream: str, count: int) -> list[Delivery]:
-        with self._store.lock:
-            s = self._store.stream(stream)
-            newest = sorted(s.entries.items())[-count:] if count > 0 else []
-            return [Delivery(stream, str(seq), data, key) for seq, (key, data) in newest]
+            entries = sorted(s.entries.items())
+            chosen = (entries[-count:] if count > 0 else []) if newest else entries[:count]
+            return [Delivery(stream, str(seq), data, key) for seq, (key, data) in chosen]
 
     async def trim_older(self, stream: str, age_s: float) -> None:
         cutoff = time.time() - age_s

@@ -1,4 +1,5 @@
-"""``visionpipe run`` in-process on the memory broker: one results line per input, errors with reasons, a summary."""
+"""``visionpipe run`` as a user drives it: one results line per input, what was found, bad files with reasons, exit
+codes that say whether anything went through, and one line (no traceback, no model loaded) for what cannot run."""
 
 from __future__ import annotations
 
@@ -9,13 +10,21 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.servers import free_port
+from tests.services.commands.fresh import in_a_fresh_process
 from tests.services.helpers import MAX_DETECTIONS, bad_images, env_for, fast_overrides, good_images
-from visionpipe.samples import shipped_samples
-from visionpipe.services.commands.run import run, walk
+from visionpipe.samples import SAMPLES_DIR, scene_jpeg, shipped_samples
+from visionpipe.services.commands.run import EXIT_NO_IMAGES, EXIT_NOTHING_WENT_THROUGH, run, walk
 from visionpipe.services.decode.backends import dali_available
 from visionpipe.topology import STAGES
 
 PNG_MAGIC = b"\x89PNG"
+
+
+@pytest.fixture(autouse=True)
+def wide_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables printed 200 columns wide (rich reads COLUMNS), so no cell the tests read is folded."""
+    monkeypatch.setenv("COLUMNS", "200")
 
 
 def _inputs(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -53,16 +62,17 @@ def test_samples_ship_with_the_package_and_their_notices() -> None:
 
 def test_run_cli_writes_one_line_per_input(tmp_path: Path, ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
     good, bad = _inputs(tmp_path / "in")
-    missing = tmp_path / "no-such-file.jpg"
+    (tmp_path / "in" / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")  # a video in the folder: left out
     for key, value in env_for(fast_overrides(ns, f"memory://{ns}")).items():
         monkeypatch.setenv(key, value)
     out = tmp_path / "results.jsonl"
-    result = CliRunner().invoke(run, [str(tmp_path / "in"), str(missing), "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(run, [str(tmp_path / "in"), "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output + repr(result.exception)
 
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     by_path = {Path(rec["path"]).name: rec for rec in lines}
-    assert len(lines) == len(good) + len(bad) + 1
+    assert len(lines) == len(good) + len(bad) and "clip.mp4" not in by_path
+    assert "left out 1 video file(s)" in result.output and "visionpipe ingest" in result.output
     for p in good:
         rec = by_path[p.name]
         assert rec["ok"], rec
@@ -73,10 +83,95 @@ def test_run_cli_writes_one_line_per_input(tmp_path: Path, ns: str, monkeypatch:
     for p in bad:
         rec = by_path[p.name]
         assert not rec["ok"] and rec["stage"] == "decode" and rec["error"], rec
-    assert not by_path[missing.name]["ok"] and "cannot read" in by_path[missing.name]["error"]
-    # The summary: throughput, the split, the bad inputs, and the random weights said plainly.
-    for words in ("images/s", "p50", "broker hop", "decode", "detector", "classifier", "bad inputs", "RANDOM"):
+    # The summary: what was found per image, each bad file with its reason, then throughput and the split.
+    found = _table_rows(result.output, "found")
+    for p in good:
+        row = found[p.name]
+        assert row[0] == str(len(by_path[p.name]["objects"]))
+        assert by_path[p.name]["objects"][0]["label_name"] in row[1]
+    bad_rows = _table_rows(result.output, "bad inputs: 4")
+    assert set(bad_rows) == {p.name for p in bad}
+    assert all(by_path[name]["error"].split(":")[0] in why[0] for name, why in bad_rows.items())
+    assert "(3 images: too few for a p99)" in result.output  # the slowest of 3, called what it is
+    for words in ("images/s", "p50", "broker hop", "decode", "detector", "classifier", "RANDOM"):
         assert words in result.output, words
+
+
+def _table_rows(output: str, title: str) -> dict[str, list[str]]:
+    """First cell -> the other cells, of the rich table titled ``title`` (wrapped cells joined back; a wide
+    ``COLUMNS`` keeps first cells whole)."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == title)
+    rows: dict[str, list[str]] = {}
+    last = ""
+    for line in lines[start + 4 :]:
+        if not line.startswith("│"):
+            break
+        cells = [c.strip() for c in line.strip("│").split("│")]
+        if cells[0]:
+            last = cells[0]
+            rows[last] = cells[1:]
+        else:
+            rows[last] = [f"{a} {b}".strip() for a, b in zip(rows[last], cells[1:], strict=True)]
+    return rows
+
+
+def test_many_images_are_summed_up_per_label(tmp_path: Path, ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(21):
+        (folder / f"{i:02d}.jpg").write_bytes(scene_jpeg(96, 72, seed=i))
+    for key, value in env_for(fast_overrides(ns, f"memory://{ns}")).items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "results.jsonl"
+    result = CliRunner().invoke(run, [str(folder), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    objects = [o["label_name"] for r in map(json.loads, out.read_text().splitlines()) for o in r["objects"]]
+    counts = {label: int(cells[0]) for label, cells in _table_rows(result.output, "found in 21 images").items()}
+    assert counts == {label: objects.count(label) for label in set(objects)}
+    assert "00.jpg" not in result.output  # no line per image
+    assert "(21 images: too few for a p99)" in result.output
+
+
+def test_exit_codes_say_whether_anything_went_through(tmp_path: Path, ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in env_for(fast_overrides(ns, f"memory://{ns}")).items():
+        monkeypatch.setenv(key, value)
+    out = ["--out", str(tmp_path / "r.jsonl"), "--quiet"]
+    missing = CliRunner().invoke(run, [str(tmp_path / "nope.jpg"), *out])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    (tmp_path / "empty").mkdir()
+    empty = CliRunner().invoke(run, [str(tmp_path / "empty"), *out])
+    assert empty.exit_code == EXIT_NO_IMAGES and "no images in" in empty.output
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name, data in bad_images().items():
+        (bad / f"{name.replace(' ', '-')}.jpg").write_bytes(data)
+    all_bad = CliRunner().invoke(run, [str(bad), *out])
+    assert all_bad.exit_code == EXIT_NOTHING_WENT_THROUGH, all_bad.output
+    assert f"no image went through: all {len(bad_images())} were bad" in all_bad.output
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    clip = CliRunner().invoke(run, [str(video), *out])
+    assert clip.exit_code == 2 and f"visionpipe ingest {video} --until-done" in clip.output
+    helped = CliRunner().invoke(run, ["--help"])
+    assert "Exit codes:" in helped.output and "4  no image went through" in helped.output
+
+
+def test_a_wrong_broker_is_one_line_before_any_model_loads() -> None:
+    code, err, torch_loaded = in_a_fresh_process("run", "--broker", "http://x")
+    assert code == 1 and not torch_loaded
+    assert err.strip().splitlines() == [
+        "Error: broker URL 'http://x': unknown scheme 'http'; use memory://, redis://HOST:PORT/DB, "
+        "rediss://HOST:PORT/DB or kafka://HOST:PORT[,HOST:PORT]"
+    ]
+    port = free_port()  # nothing listens there
+    code, err, torch_loaded = in_a_fresh_process(
+        "run", "--broker", f"redis://127.0.0.1:{port}/0", env={"VISIONPIPE_BROKER__CONNECT_TIMEOUT_S": "1"}
+    )
+    assert code == 1 and not torch_loaded and "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if x.startswith("Error:")]
+    assert line.startswith(f"Error: cannot reach the broker at redis://127.0.0.1:{port}/0 (no answer in 1 s; ")
+    assert f"redis-cli -h 127.0.0.1 -p {port} ping" in line
 
 
 def test_readme_run_command_prints_real_labels_offline(
@@ -95,6 +190,22 @@ def test_readme_run_command_prints_real_labels_offline(
     cat = found["chelsea-451x300.jpg"][0]
     assert cat["label_name"] == "cat" and cat["top_k"][0]["name"] in ("Egyptian cat", "tabby", "tiger cat")
     assert set(cat) >= {"box", "score", "label", "label_name", "top_k"}  # the result fields clients read
+
+
+def test_one_box_gets_one_label_even_below_the_default_threshold(
+    bundled_models: Path, tmp_path: Path, offline: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NanoDet scores Chelsea's box as a cat (0.60) and, the same box, as a dog (0.38): reported once, as a cat."""
+    monkeypatch.setenv("VISIONPIPE_MODELS__CACHE_DIR", str(bundled_models))
+    monkeypatch.setenv("VISIONPIPE_SERVICE__DEVICE", "cpu")
+    monkeypatch.setenv("VISIONPIPE_EXECUTOR__WARMUP_REPEATS", "1")
+    out = tmp_path / "results.jsonl"
+    cat = str(SAMPLES_DIR / "chelsea-451x300.jpg")
+    result = CliRunner().invoke(run, [cat, "--score-threshold", "0.3", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    (rec,) = map(json.loads, out.read_text().splitlines())
+    assert [o["label_name"] for o in rec["objects"]] == ["cat"]
+    assert _table_rows(result.output, "found")["chelsea-451x300.jpg"][1].startswith("cat 60% ·")
 
 
 def test_run_without_the_bundled_weights_says_what_to_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, box_iou
 
 from visionpipe.services.detector.ops import nms_keep, pad_detections, select
 
@@ -22,6 +22,36 @@ def test_cluster_nms_matches_torchvisions_greedy_nms(seed: int) -> None:
         want = torch.zeros(k, dtype=torch.bool)
         want[batched_nms(boxes[i], scores[i], labels[i], 0.5)] = True
         assert torch.equal(keep[i], want)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cross_class_nms_is_greedy_nms_with_a_second_overlap_across_classes(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    k = 120
+    xy = torch.rand(1, k // 2, 2, generator=g) * 200
+    boxes = torch.cat([xy, xy + torch.rand(1, k // 2, 2, generator=g) * 60 + 20], -1)
+    # Half the boxes are near-copies of the others (what a detector puts out once per plausible class).
+    boxes = torch.cat([boxes, boxes + torch.rand(1, k // 2, 4, generator=g) * 6 - 3], 1)
+    boxes = boxes[:, torch.randperm(k, generator=g)]
+    labels = torch.randint(0, 3, (1, k), generator=g)
+    keep = nms_keep(boxes, labels, 0.5, cross_class_iou=0.8)
+    # Greedy, in score order: a box goes if a kept one above it overlaps it past its class's or every class's limit.
+    want: list[int] = []
+    iou = box_iou(boxes[0], boxes[0])
+    for j in range(k):
+        if all(iou[i, j] <= (0.5 if labels[0, i] == labels[0, j] else 0.8) for i in want):
+            want.append(j)
+    assert keep[0].nonzero().flatten().tolist() == want
+    assert keep.sum() < nms_keep(boxes, labels, 0.5).sum()  # the cross-class limit removed something here
+
+
+def test_one_box_put_out_as_two_classes_keeps_the_higher_only() -> None:
+    boxes = torch.tensor([[[10.0, 10, 100, 100], [10.5, 10, 100, 100.5], [60, 60, 150, 150]]])
+    scores = torch.tensor([[[0.54, 0.0], [0.0, 0.42], [0.0, 0.5]]])  # a cat, the same box as a dog, a dog beside it
+    out = select(boxes, scores, 0.3, 0.6, 5, cross_class_iou=0.8)
+    assert out["count"].tolist() == [2] and out["labels"][0, :2].tolist() == [0, 1]
+    assert out["scores"][0, :2].tolist() == pytest.approx([0.54, 0.5])
+    assert select(boxes, scores, 0.3, 0.6, 5)["count"].tolist() == [3]  # per class alone: the duplicate stays
 
 
 def test_select_pads_to_fixed_shapes_with_a_count() -> None:

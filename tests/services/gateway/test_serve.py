@@ -37,6 +37,9 @@ async def test_sigterm_answers_waiting_requests_503_and_exits_0(tmp_path: Path, 
         assert status == 503 and json.loads(body)["error"] == "stopping" and "retry-after" in headers
         assert time.monotonic() - t0 < 10
         assert proc.proc is not None and proc.proc.returncode == 0, proc.log()
+        # Its log went to a file: plain text, uvicorn's coloured copy of each line (color_message) left out.
+        assert "Started server process" in proc.log()
+        assert "\x1b[" not in proc.log() and "color_message" not in proc.log()
     finally:
         proc.kill()
 

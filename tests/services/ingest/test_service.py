@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
 from click.testing import CliRunner
 
@@ -16,6 +17,7 @@ from tests.services.helpers import fast_overrides
 from tests.services.ingest.helpers import wait_until
 from tests.services.ingest.media import decoded_count, write_video
 from visionpipe.services.commands.ingest import ingest
+from visionpipe.services.ingest.annotate import LABEL_BACKGROUND
 from visionpipe.services.ingest.service import IngestService
 from visionpipe.settings import StreamSource, load_settings
 
@@ -40,6 +42,10 @@ async def test_a_file_of_n_frames_at_f_fps_gives_the_expected_results_in_frame_o
     )
     assert end["end_of_stream"]["reason"] == "eof" and end["end_of_stream"]["published"] == len(results)
     assert decoded_count(annotated) == frames  # every source frame, boxes drawn on them
+    with av.open(str(annotated)) as video:
+        first = next(video.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+    # Each box's label sits on a dark band (H.264 shifts its colour a little); the frame's own pixels are not it.
+    assert (abs(first - LABEL_BACKGROUND).max(axis=-1) < 40).sum() > 200
 
 
 def _http(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:

@@ -1,4 +1,5 @@
-"""The ingest's small parts: the bounded hand-over, sampling, source kinds, putting results back in order."""
+"""The ingest's small parts: the bounded hand-over, sampling, source kinds, putting results back in order, and the
+labels drawn on annotated videos."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ import asyncio
 import random
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from visionpipe.envelope import StreamRef
+from visionpipe.hops import caption
+from visionpipe.services.ingest.annotate import LABEL_BACKGROUND, LABEL_TEXT, draw
 from visionpipe.services.ingest.buffer import FrameBuffer
 from visionpipe.services.ingest.order import Outcome, StreamOrder
 from visionpipe.services.ingest.reader import Sampler
@@ -141,3 +147,27 @@ def test_a_frame_answered_deadline_exceeded_takes_its_place_in_the_chain() -> No
     assert [o.record["frame_index"] for o in out] == [0, 1]
     assert out[0].record["ok"] is False and out[0].record["deadline_exceeded"] is True
     assert "35 ms late" in out[0].record["error"] and out[0].record["stage"] == "detector"
+
+
+CAT = {"label_name": "cat", "score": 0.5977, "top_k": [{"label": 281, "name": "tabby", "score": 0.31}]}
+
+
+def _label_band(width: int, height: int) -> tuple[int, int]:
+    """(rows of the label's background, white pixels in it) drawn above a box in a grey frame of this size."""
+    frame = Image.new("RGB", (width, height), (128, 128, 128))
+    box = [width * 0.3, height * 0.4, width * 0.7, height * 0.9]
+    pixels = np.asarray(draw(frame, [{**CAT, "box": box}]))
+    band = (pixels == LABEL_BACKGROUND).all(axis=-1)
+    text = (pixels == LABEL_TEXT).all(axis=-1)[band.any(axis=1)]
+    return int(band.any(axis=1).sum()), int(text.sum())
+
+
+def test_annotated_labels_read_as_the_page_does_sized_to_the_frame_on_a_dark_band() -> None:
+    assert caption(CAT) == "cat 60% · tabby"  # detector's label and score, then the classifier's guess
+    page = (Path(__file__).parents[3] / "services" / "gateway" / "static" / "index.html").read_text()
+    assert "(o.score * 100).toFixed(0)}%" in page and "` · ${o.top_k[0].name" in page  # the page's own rule
+    small_rows, small_text = _label_band(640, 360)
+    big_rows, big_text = _label_band(1920, 1080)
+    assert small_rows >= 12 and small_text > 0  # legible on a small frame: white type on the band
+    assert big_rows / small_rows == pytest.approx(3, rel=0.25)  # a 1080p frame's label is three times as tall
+    assert big_text > 4 * small_text  # and its type, not only its band, grew with it

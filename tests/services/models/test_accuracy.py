@@ -1,7 +1,7 @@
 """Accuracy smoke tests: the bundled models with their real weights on the shipped photographs.
 
 Through the stages' own device functions and default settings (letterbox 640, NanoDet at 416,
-threshold 0.4, square 1.2x crops), so what passes here is what `visionpipe run` prints.
+threshold 0.43, square 1.2x crops), so what passes here is what `visionpipe run` prints.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def test_class_agnostic_nms_keeps_one_label_per_object() -> None:
     boxes = torch.tensor([[[10.0, 10, 100, 100], [12, 11, 101, 99]]])
     scores = torch.tensor([[[0.9, 0.0], [0.0, 0.5]]])  # the same object, once as each class
     assert select(boxes, scores, 0.4, 0.6, 5)["count"].tolist() == [2]
-    agnostic = select(boxes, scores, 0.4, 0.6, 5, class_agnostic=True)
+    agnostic = select(boxes, scores, 0.4, 0.6, 5, cross_class_iou=0.6)
     assert agnostic["count"].tolist() == [1] and agnostic["labels"][0, 0].item() == 0
 
 
