@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from visionpipe.broker import MemoryBroker
+from visionpipe.broker import Backlog, MemoryBroker
 from visionpipe.envelope import Envelope, Event, StreamRef
 from visionpipe.ingress import BacklogWatch, Backpressure, Frame, ensure_pipeline_streams, submit_images, wait_for_room
 from visionpipe.settings import load_settings
@@ -124,5 +124,31 @@ async def test_backlog_watch_refuses_above_the_watermark_from_its_last_read(ns: 
         await asyncio.sleep(0.05)
         with pytest.raises(Backpressure):
             watch.check()
+    finally:
+        reading.cancel()
+
+
+class BacklogFailsOnce(MemoryBroker):
+    """A real in-process broker whose next backlog read raises an error the broker layer does not map."""
+
+    failures = 1
+
+    async def backlog(self, stream: str, group: str) -> Backlog:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("READONLY You can't write against a read only replica.")
+        return await super().backlog(stream, group)
+
+
+async def test_backlog_watch_outlives_an_error_it_does_not_know(ns: str) -> None:
+    settings = load_settings(streams={"prefix": ns})
+    broker = BacklogFailsOnce(f"memory://{ns}")
+    await ensure_pipeline_streams(broker, settings)
+    watch = BacklogWatch(broker, settings, interval_s=0.02)
+    reading = asyncio.create_task(watch.run())
+    try:
+        await asyncio.sleep(0.2)
+        assert not reading.done(), f"the watch ended: {reading.exception()!r}"
+        assert watch.fresh and watch.backlog == 0
     finally:
         reading.cancel()

@@ -64,4 +64,4 @@ class ClassifierStage(DnnStage[Detections]):
             for obj, top in zip(hop.objects, results, strict=True)
         ]
         weights = {**hop.weights, "classifier": self.model.weights}
-        return Classified(width=hop.width, height=hop.height, objects=objects, weights=weights).write(env)
+        return Classified(hop.width, hop.height, objects, weights, hop.orientation).write(env)

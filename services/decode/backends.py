@@ -4,8 +4,8 @@
   same pipeline runs on the CPU (``device_id=None``) so CI can test it.
 * ``nvjpeg``: ``torchvision.io.decode_jpeg(device="cuda")`` on the whole
   batch, resize and pad on the GPU; non-JPEG inputs take the CPU path.
-* ``cpu``: Pillow in a thread pool of every core (Pillow releases the GIL
-  while decoding and resizing).
+* ``cpu``: Pillow in a thread pool (every core, up to 8; Pillow releases the
+  GIL while decoding and resizing), with the pixels decoded at once bounded.
 
 Each returns, per input, either ``(HWC uint8 array, Geometry)`` or a
 :class:`BadImage`: one bad image never fails the others in its batch.
@@ -24,12 +24,18 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
+from visionpipe import heap
 from visionpipe.services.decode.images import BadImage, Geometry, Header, check_header, letterbox_cpu
+from visionpipe.services.decode.pixels import PixelBudget
 from visionpipe.settings import DecodeSettings, LimitSettings
 
 log = logging.getLogger(__name__)
 
 JPEG_EOI = b"\xff\xd9"
+# Threads when decode.workers is 0: more cores than this add little to a stage that decodes batches of 16.
+MAX_DEFAULT_WORKERS = 8
+# After a batch with an image this large, malloc is asked to give its free pages back.
+TRIM_AFTER_PIXELS = 4_000_000
 # Look for EOI this far from the end: covers zero padding and short trailers without scanning the file.
 EOI_SEARCH_BYTES = 64
 
@@ -45,19 +51,25 @@ class Decoder(ABC):
         self.size = settings.input_size
         self.pad_value = settings.pad_value
         self.limits = limits
-        self.pool = ThreadPoolExecutor(settings.workers or os.cpu_count() or 1, thread_name_prefix="decode")
+        self.threads = default_workers(settings)
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="decode")
+        # Memory is bounded by pixels in flight, not by threads: a big host's many cores decode no more at once.
+        self.budget = PixelBudget(limits.decode_max_pixels)
 
     @abstractmethod
     def decode(self, images: Sequence[bytes]) -> list[Decoded]: ...
 
     def cpu_one(self, data: bytes) -> Decoded:
         try:
-            return letterbox_cpu(data, self.size, self.limits, self.pad_value)
+            return letterbox_cpu(data, self.size, self.limits, self.pad_value, self.budget)
         except BadImage as exc:
             return exc
 
     def cpu_many(self, images: Sequence[bytes]) -> list[Decoded]:
-        return list(self.pool.map(self.cpu_one, images))
+        out = list(self.pool.map(self.cpu_one, images))
+        if any(not isinstance(r, BadImage) and r[1].width * r[1].height >= TRIM_AFTER_PIXELS for r in out):
+            heap.trim()  # a large image's pages go back to the OS, not kept for the next one
+        return out
 
     def checked(self, images: Sequence[bytes], want_jpeg: bool) -> tuple[list[Decoded | None], dict[int, Header]]:
         """Header checks for a GPU batch: results so far (None = to do) and the inputs the GPU should take."""
@@ -69,9 +81,22 @@ class Decoder(ABC):
             except BadImage as exc:
                 out[i] = exc
                 continue
-            if header.is_jpeg or not want_jpeg:
+            # Modes beyond 8-bit RGB and grey (16-bit, alpha, palettes, CMYK) and orientations the GPU path does
+            # not apply take the CPU path, so every path returns the same picture for the same file.
+            if (header.is_jpeg or not want_jpeg) and header.plain and self.orients(header):
                 gpu[i] = header
         return out, gpu
+
+    def orients(self, header: Header) -> bool:
+        """Whether this decoder's GPU path applies ``header``'s EXIF orientation itself."""
+        return header.orientation == 1
+
+    def rest_on_cpu(self, out: list[Decoded | None], images: Sequence[bytes]) -> list[Decoded]:
+        """Every input without a result yet, decoded on the CPU; the results in input order."""
+        rest = [i for i, r in enumerate(out) if r is None]
+        for i, r in zip(rest, self.cpu_many([images[i] for i in rest]), strict=True):
+            out[i] = r
+        return [r for r in out if r is not None]
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -93,6 +118,9 @@ class NvjpegDecoder(Decoder):
         super().__init__(settings, limits)
         self.device = device
 
+    def orients(self, header: Header) -> bool:
+        return True  # orient_chw, on the device
+
     def decode(self, images: Sequence[bytes]) -> list[Decoded]:
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -108,15 +136,16 @@ class NvjpegDecoder(Decoder):
             except RuntimeError as exc:  # one bad JPEG fails the batch: decode one by one to find it
                 log.warning("nvJPEG batch of %d failed (%s); decoding image by image", len(gpu), exc)
                 tensors = [self._one(d) for d in datas]
-        decoded = [(i, img) for i, img in zip(gpu, tensors, strict=True) if img is not None]
+        # nvJPEG ignores EXIF: the orientation is applied to each decoded tensor, on the device.
+        decoded = [
+            (i, orient_chw(img, gpu[i].orientation)) for i, img in zip(gpu, tensors, strict=True) if img is not None
+        ]
         if decoded:
-            host, geos = letterbox_batch([img for _, img in decoded], self.size, self.pad_value)
+            orientations = [gpu[i].orientation for i, _ in decoded]
+            host, geos = letterbox_batch([img for _, img in decoded], self.size, self.pad_value, orientations)
             for k, (i, _) in enumerate(decoded):
                 out[i] = (host[k], geos[k])
-        rest = [i for i, r in enumerate(out) if r is None]  # not JPEG, or nvJPEG could not: the CPU path
-        for i, r in zip(rest, self.cpu_many([images[i] for i in rest]), strict=True):
-            out[i] = r
-        return [r for r in out if r is not None]
+        return self.rest_on_cpu(out, images)  # not JPEG, not plain, or nvJPEG could not: the CPU path
 
     def _one(self, data: Any) -> Any:
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -127,16 +156,22 @@ class NvjpegDecoder(Decoder):
             return None  # the CPU path then names the reason
 
 
-def letterbox_batch(images: Sequence[Any], size: int, pad_value: int) -> tuple[np.ndarray, list[Geometry]]:
+def letterbox_batch(
+    images: Sequence[Any], size: int, pad_value: int, orientations: Sequence[int] | None = None
+) -> tuple[np.ndarray, list[Geometry]]:
     """Decoded ``(3, h, w)`` uint8 images on a device, letterboxed there, back in one copy: ``(n, size, size, 3)``.
 
     The copy goes into pinned memory and this thread sleeps on an event until it has landed: a plain ``.cpu()``
     copies into pageable memory through the driver's staging buffer, at a fraction of the speed, with the
-    thread spinning meanwhile. The batch's rows are handed out as views of that pinned block.
+    thread spinning meanwhile. The batch's rows are handed out as views of that pinned block. ``orientations``:
+    the EXIF orientation already applied to each image, which its geometry records.
     """
     import torch
 
-    canvases, geos = zip(*(_letterbox(img, size, pad_value) for img in images), strict=True)
+    turns = orientations if orientations is not None else [1] * len(images)
+    canvases, geos = zip(
+        *(_letterbox(img, size, pad_value, o) for img, o in zip(images, turns, strict=True)), strict=True
+    )
     batch = torch.stack(canvases)
     if batch.device.type == "cpu":
         return batch.numpy(), list(geos)
@@ -148,13 +183,13 @@ def letterbox_batch(images: Sequence[Any], size: int, pad_value: int) -> tuple[n
     return host.numpy(), list(geos)
 
 
-def _letterbox(img: Any, size: int, pad_value: int) -> tuple[Any, Geometry]:
+def _letterbox(img: Any, size: int, pad_value: int, orientation: int = 1) -> tuple[Any, Geometry]:
     """Resize and pad on the image's device; returns the HWC canvas still there."""
     import torch
     import torch.nn.functional as F
 
     _, h, w = img.shape
-    geo = Geometry.fit(w, h, size)
+    geo = Geometry.fit(w, h, size, orientation)
     resized = F.interpolate(
         img[None].float(), size=(geo.resized_h, geo.resized_w), mode="bilinear", antialias=True, align_corners=False
     )
@@ -177,8 +212,10 @@ class DaliDecoder(Decoder):
         super().__init__(settings, limits)
         self.device_id = device_id
         self.max_batch = settings.batch
-        self.threads = settings.workers or os.cpu_count() or 1
         self.pipe = self._build()
+
+    def orients(self, header: Header) -> bool:
+        return header.orientation == 1 or header.is_jpeg  # DALI applies a JPEG's EXIF orientation (adjust_orientation)
 
     def _build(self) -> Any:
         import importlib
@@ -198,7 +235,9 @@ class DaliDecoder(Decoder):
         )
         def letterbox() -> Any:
             encoded = fn.external_source(name="encoded", dtype=types.UINT8)
-            image = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
+            image = fn.decoders.image(
+                encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB, adjust_orientation=True
+            )
             image = fn.resize(image, resize_longer=size)
             return fn.crop(
                 image, crop=(size, size), crop_pos_x=0.5, crop_pos_y=0.5, out_of_bounds_policy="pad", fill_values=fill
@@ -229,8 +268,9 @@ class DaliDecoder(Decoder):
                     out[i] = self._isolated(images[i], headers[i])
                 continue
             for i, arr in zip(chunk, arrays, strict=True):
-                out[i] = (arr, Geometry.fit(headers[i].width, headers[i].height, self.size))
-        return [r for r in out if r is not None]
+                h = headers[i]
+                out[i] = (arr, Geometry.fit(h.width, h.height, self.size, h.orientation))
+        return self.rest_on_cpu(out, images)
 
     def _isolated(self, data: bytes, header: Header) -> Decoded:
         try:
@@ -238,7 +278,22 @@ class DaliDecoder(Decoder):
         except Exception:
             self.pipe = self._build()
             return self.cpu_one(data)  # names the reason, or decodes what DALI could not
-        return arr, Geometry.fit(header.width, header.height, self.size)
+        return arr, Geometry.fit(header.width, header.height, self.size, header.orientation)
+
+
+def orient_chw(img: Any, orientation: int) -> Any:
+    """A CHW tensor as the EXIF ``orientation`` says it is shown (the same transforms as Pillow's, on any device)."""
+    flips = {2: [2], 3: [1, 2], 4: [1], 5: [], 6: [2], 7: [1, 2], 8: [1]}.get(orientation)
+    if flips is None:
+        return img
+    if orientation >= 5:  # the axes swap first: transpose, then the flips of the transposed image
+        img = img.transpose(1, 2)
+    return img.flip(flips) if flips else img
+
+
+def default_workers(settings: DecodeSettings) -> int:
+    """The setting, else every core up to :data:`MAX_DEFAULT_WORKERS`."""
+    return settings.workers or min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)
 
 
 def _ends_with_eoi(data: bytes) -> bool:

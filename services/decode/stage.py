@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
+from visionpipe import heap
 from visionpipe.envelope import Envelope, Event
 from visionpipe.executor.torch_device import resolve_device
 from visionpipe.hops import EncodedImage, HopError, Letterboxed
@@ -29,6 +30,7 @@ class DecodeStage(BatchStage):
         self.decoder: Decoder | None = None
 
     async def start(self) -> None:
+        heap.keep_large_blocks_mapped()  # a decoded large image's memory goes back to the OS once it is done with
         device = resolve_device(self.settings.service.device)
         self.decoder = await asyncio.to_thread(make_decoder, self.settings.decode, self.settings.limits, device)
 
@@ -61,7 +63,8 @@ class DecodeStage(BatchStage):
                 out.append(BadInput(result.reason))
             else:
                 array, geo = result
-                child = Letterboxed(array, geo.width, geo.height, geo.scale, geo.pad, self.backend).write(env)
+                hop = Letterboxed(array, geo.width, geo.height, geo.scale, geo.pad, self.backend, geo.orientation)
+                child = hop.write(env)
                 child.stamp(self.name, Event.BATCH_START, start)
                 child.stamp(self.name, Event.COMPUTE_DONE, done)
                 out.append(child)

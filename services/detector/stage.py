@@ -65,6 +65,7 @@ class DetectorStage(DnnStage[Letterboxed]):
             # batch on that slot reuses once nothing holds it, and this envelope may wait in a broker for a while.
             crops=found["crops"][:n].numpy().copy(),
             weights={"detector": self.model.weights},
+            orientation=hop.orientation,
         ).write(env)
 
     def _objects(self, boxes: Any, scores: Any, labels: Any, hop: Letterboxed) -> list[DetectedObject]:

@@ -8,7 +8,6 @@ Other features mount beside these with ``routers`` (FastAPI ``APIRouter``s, e.g.
 
 # No ``from __future__ import annotations`` here: FastAPI reads the handlers' annotations at run time, and those
 # name values local to the factories (the wait bound), which postponed annotations could not resolve.
-import hmac
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -16,17 +15,17 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from visionpipe import __version__
 from visionpipe.broker.base import DEADLINE, GAVE_UP
+from visionpipe.services.gateway.auth import auth_dependencies
 from visionpipe.services.gateway.body import read_image
 from visionpipe.services.gateway.documents import DEADLINE_KEY, failure, is_done
 from visionpipe.services.gateway.errors import GatewayError
@@ -78,21 +77,24 @@ def create_app(gateway: Gateway, routers: Sequence[APIRouter] = (), *, manage: b
             if manage:
                 await gateway.stop()
 
+    auth = auth_dependencies(gateway.tokens)
+    # With tokens on, the probes and the page stay open; /metrics and the API's description too, unless asked.
+    private = auth if gateway.settings.gateway.protect_docs_and_metrics else []
     app = FastAPI(
         title="visionpipe gateway",
         version=__version__,
         description="Submit an image, get its boxes, labels and per-stage timings.",
         docs_url=None,
         redoc_url=None,
+        openapi_url=None if private else "/openapi.json",
         lifespan=lifespan,
     )
     _errors(app)
-    auth = [Depends(_bearer(gateway))] if gateway.tokens else []
     app.include_router(_api(gateway), dependencies=auth)
     for router in routers:
         app.include_router(router, dependencies=auth)
-    _service_routes(app, gateway)
-    add_docs(app)
+    _service_routes(app, gateway, private)
+    add_docs(app, private)
     if gateway.settings.gateway.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -141,16 +143,18 @@ def _detect_route(api: APIRouter, gw: Gateway) -> None:
         x_deadline_ms: DeadlineHeader = None,  # type: ignore[assignment]
     ) -> Response:
         received = time.time_ns()
-        image, _ = await read_image(request, gw.settings)
-        asked = gw.deadline_ms(deadline_ms if deadline_ms is not None else x_deadline_ms)
-        rid = await gw.submit(image, x_request_id, received, claim=False, deadline_ms=asked)  # the id is ours to tell
-        del image  # published: a waiting request should not hold its upload (up to limits.max_image_bytes)
+        with gw.uploads.hold() as hold:  # published: a waiting request holds no upload (up to max_image_bytes)
+            image, _ = await read_image(request, gw.settings, hold)
+            asked = gw.deadline_ms(deadline_ms if deadline_ms is not None else x_deadline_ms)
+            sub = await gw.submit(image, x_request_id, received, claim=False, deadline_ms=asked)  # the id is ours
+            del image
+        rid = sub.request_id
         wait_s = settings.wait_s if timeout_ms is None else timeout_ms / 1000
         left_s = None if asked is None else (received + asked * 1e6 - time.time_ns()) / 1e9
-        doc = await gw.wait(rid, min(wait_s if left_s is None else left_s, settings.max_wait_s))
+        doc = await gw.wait(rid, sub.claim, min(wait_s if left_s is None else left_s, settings.max_wait_s))
         if doc is None:
             if x_request_id is None:
-                await gw.claim(rid)  # now the client has the id: a GET of it must say "pending"
+                await gw.claim(rid, sub.claim)  # now the client has the id: a GET of it must say "pending"
             if asked is not None and left_s is not None and left_s <= min(wait_s, settings.max_wait_s):
                 raise no_answer_by_the_deadline(gw, rid, asked)
             raise GatewayError(
@@ -189,9 +193,10 @@ def _submit_route(api: APIRouter, gw: Gateway) -> None:
         x_deadline_ms: DeadlineHeader = None,  # type: ignore[assignment]
     ) -> JSONResponse:
         received = time.time_ns()
-        image, _ = await read_image(request, gw.settings)
-        asked = gw.deadline_ms(deadline_ms if deadline_ms is not None else x_deadline_ms)
-        rid = await gw.submit(image, x_request_id, received, deadline_ms=asked)
+        with gw.uploads.hold() as hold:
+            image, _ = await read_image(request, gw.settings, hold)
+            asked = gw.deadline_ms(deadline_ms if deadline_ms is not None else x_deadline_ms)
+            rid = (await gw.submit(image, x_request_id, received, deadline_ms=asked)).request_id
         url = f"/v1/results/{rid}"
         body = Accepted(request_id=rid, result_url=url).model_dump()
         return JSONResponse(body, status_code=202, headers={"Location": url, "X-Request-Id": rid})
@@ -220,11 +225,10 @@ def _result_route(api: APIRouter, gw: Gateway) -> None:
     ) -> Response:
         if not gw.ready:
             raise gw.not_ready()
-        doc = await gw.wait(request_id, 0.0)
-        if doc is None and not await gw.admitted(request_id):  # nothing will come: no reason to wait
+        claim = await gw.claimed(request_id)  # the result answered is the one of the submission holding the id now
+        if claim is None:  # nothing will come: no reason to wait
             raise GatewayError(404, "not_found", "no such request, or its result expired", request_id=request_id)
-        if doc is None and wait_ms:
-            doc = await gw.wait(request_id, wait_ms / 1000)
+        doc = await gw.wait(request_id, claim, wait_ms / 1000)
         if doc is None:
             return JSONResponse(Pending(request_id=request_id).model_dump(), status_code=202)
         return document_response(doc, request_id)
@@ -274,18 +278,6 @@ def _count(metrics: GatewayMetrics | None, outcome: str | None) -> None:
         metrics.deadline.labels(outcome).inc()
 
 
-def _bearer(gw: Gateway) -> Any:
-    scheme = HTTPBearer(auto_error=False, description="one of the tokens in gateway.tokens_file")
-
-    async def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(scheme)]) -> None:
-        given = credentials.credentials.encode() if credentials is not None else b""
-        # Every token compared, each in constant time: neither which one matched nor how much leaks in timing.
-        if not any([hmac.compare_digest(given, t.encode()) for t in gw.tokens]):
-            raise GatewayError(401, "unauthorized", "a valid bearer token is required")
-
-    return check
-
-
 def _errors(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> Response:
@@ -302,7 +294,7 @@ def _errors(app: FastAPI) -> None:
         return GatewayError(exc.status_code, "http_error", str(exc.detail), headers=exc.headers).response()
 
 
-def _service_routes(app: FastAPI, gw: Gateway) -> None:
+def _service_routes(app: FastAPI, gw: Gateway, private: list[Any]) -> None:
     page = Path(str(PAGE)).read_text()
 
     @app.get("/", include_in_schema=False)
@@ -321,6 +313,6 @@ def _service_routes(app: FastAPI, gw: Gateway) -> None:
         body = {"ready": ok, "checks": checks, "stages": gw.stage_states()}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", include_in_schema=False, dependencies=private)
     async def metrics() -> Response:
         return Response(gw.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -40,7 +40,8 @@ def result_document(env: Envelope, read_wall_ns: int, ttl_s: float = math.inf) -
     doc = {
         "status": "done",
         "request_id": env.request_id,
-        "image": {"width": _int(p.get("width")), "height": _int(p.get("height"))},
+        # Width, height and boxes are in the image as displayed: decode applied the EXIF orientation it carried.
+        "image": {"width": _int(p.get("width")), "height": _int(p.get("height")), "orientation": _orientation(p)},
         "objects": [_object(o) for o in p.get("objects") or [] if isinstance(o, dict)],
         "weights": {str(k): str(v) for k, v in (p.get("weights") or {}).items()},
         "timings_ms": categories_ms(parts),
@@ -98,6 +99,11 @@ def failure(doc: bytes) -> dict[str, Any]:
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _orientation(p: dict[str, Any]) -> int:
+    value = p.get("orientation", 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _object(o: dict[str, Any]) -> dict[str, Any]:

@@ -19,12 +19,14 @@ import logging
 import time
 
 from visionpipe.backoff import Backoff
-from visionpipe.broker import Broker, MemoryBroker
+from visionpipe.broker import Broker, DeadLetter, MemoryBroker
 from visionpipe.collector import Collected, Collector
+from visionpipe.envelope import Envelope, EnvelopeError, Event
 from visionpipe.services.gateway.documents import expired_document, failure_document, result_document
 from visionpipe.services.gateway.gateway_metrics import GatewayMetrics
-from visionpipe.services.gateway.store import ResultsBackend
+from visionpipe.services.gateway.store import Finished, ResultsBackend
 from visionpipe.settings import Settings
+from visionpipe.topology import INGRESS
 
 # Consume wait: short, so results and dead letters are read in turn and a stop is noticed quickly.
 READ_TIMEOUT_S = 0.05
@@ -41,11 +43,28 @@ def reader_group(settings: Settings, results: ResultsBackend, consumer: str) -> 
     return group if results.shared else f"{group}-{consumer}"
 
 
-def documents(batch: Collected, ttl_s: float) -> list[tuple[str, bytes]]:
-    """(request id, JSON document) of every result, early answer and dead letter read."""
-    docs = [(env.request_id, result_document(env, batch.wall_ns, ttl_s)) for env in batch.results]
-    docs += [(env.request_id, expired_document(env, expiry)) for env, expiry in batch.expired]
-    return docs + [(d.request_id, failure_document(d)) for d in batch.dead if d.request_id]
+def submission(env: Envelope) -> int:
+    """Which submission of its request id a message belongs to: its ingress enqueue stamp (0 when it has none)."""
+    return env.ts(INGRESS, Event.ENQUEUED) or 0
+
+
+def letter_submission(letter: DeadLetter) -> int:
+    """The submission of a dead letter's request, from the message it holds (0 when that is no envelope)."""
+    try:
+        return submission(Envelope.decode(letter.data))
+    except EnvelopeError:
+        return 0
+
+
+def documents(batch: Collected, ttl_s: float) -> list[Finished]:
+    """The JSON document of every result, early answer and dead letter read, each with its submission."""
+    docs = [
+        Finished(env.request_id, submission(env), result_document(env, batch.wall_ns, ttl_s)) for env in batch.results
+    ]
+    docs += [Finished(env.request_id, submission(env), expired_document(env, e)) for env, e in batch.expired]
+    return docs + [
+        Finished(d.request_id, letter_submission(d), failure_document(d)) for d in batch.dead if d.request_id
+    ]
 
 
 class ResultsReader:
@@ -100,7 +119,7 @@ class ResultsReader:
             return
         await self.results.store(docs, self.ttl_s)  # before the ack: a result is never acked unstored
         if self.feed is not None and self.feeder is None:
-            await self.broker.publish(self.feed, [doc for _, doc in docs], [rid for rid, _ in docs])
+            await self.broker.publish(self.feed, [d.document for d in docs], [d.request_id for d in docs])
         self.metrics.stored.labels("done").inc(len(batch.results))
         self.metrics.stored.labels("expired").inc(len(batch.expired))
         self.metrics.stored.labels("failed").inc(len(docs) - len(batch.results) - len(batch.expired))
@@ -109,4 +128,4 @@ class ResultsReader:
         assert self.feed is not None
         docs = documents(batch, self.ttl_s)
         if docs:
-            await self.broker.publish(self.feed, [doc for _, doc in docs], [rid for rid, _ in docs])
+            await self.broker.publish(self.feed, [d.document for d in docs], [d.request_id for d in docs])

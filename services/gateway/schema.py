@@ -29,8 +29,11 @@ class Detection(BaseModel):
 
 
 class ImageSize(BaseModel):
-    width: int
-    height: int
+    width: int = Field(description="as displayed: after the EXIF orientation")
+    height: int = Field(description="as displayed: after the EXIF orientation")
+    orientation: int = Field(
+        1, description="the EXIF orientation (1-8) the file carried, already applied: boxes are as the image is shown"
+    )
 
 
 class DeadlineMet(BaseModel):

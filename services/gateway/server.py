@@ -89,11 +89,14 @@ def make_server(gateway: Gateway, routers: Sequence[APIRouter] = (), *, manage: 
 
 async def serve_gateway(settings: Settings, routers: Sequence[APIRouter] = ()) -> None:
     """``visionpipe serve gateway``; with ``gateway.ingest_url``, the ingest service's /v1/streams beside the API."""
+    gateway = Gateway(settings)
     if settings.gateway.ingest_url:
         from visionpipe.services.ingest.api import streams_router
         from visionpipe.services.ingest.remote import RemoteStreams
 
-        routers = [*routers, streams_router(RemoteStreams(settings.gateway.ingest_url))]
-    server = make_server(Gateway(settings), routers)
+        # The ingest service takes the same tokens as this gateway: it is sent one of them.
+        remote = RemoteStreams(settings.gateway.ingest_url, min(gateway.tokens) if gateway.tokens else None)
+        routers = [*routers, streams_router(remote)]
+    server = make_server(gateway, routers)
     await server.serve()
     log.info("gateway stopped")

@@ -2,8 +2,10 @@
 
 The HTTP layer (``app.py``) turns these outcomes into status codes; this module knows nothing of HTTP beyond
 raising :class:`GatewayError`. Admission is the idempotency seam: a client-supplied request id is claimed once
-in the results backend with a fingerprint of the image, so a retry (same id, same image) waits for the first
-attempt's result instead of entering the pipeline again, and the same id with another image is a conflict.
+in the results backend with a fingerprint of the image and the submission (its ingress stamp), so a retry (same
+id, same image) waits for the first attempt's result instead of entering the pipeline again, and the same id
+with another image is a conflict. A result is bound to its submission (see ``store/base.py``): a request id
+reused after its claim expired can never be answered with the result of the image sent under it before.
 
 A request with a deadline (the client's, or ``limits.default_deadline_ms``) carries it into the pipeline as an
 absolute time on this gateway's clock, and is refused at once (429, with the Retry-After the excess should take
@@ -19,9 +21,9 @@ import hashlib
 import logging
 import time
 import uuid
-from pathlib import Path
+from dataclasses import dataclass
 
-from visionpipe import budget
+from visionpipe import budget, heap
 from visionpipe.broker import Broker, BrokerError, connect
 from visionpipe.ingress import (
     BacklogWatch,
@@ -31,11 +33,13 @@ from visionpipe.ingress import (
     frame_envelope,
     publish_frames,
 )
+from visionpipe.services.gateway.auth import read_tokens
+from visionpipe.services.gateway.body import UploadBudget
 from visionpipe.services.gateway.documents import RECEIVED
 from visionpipe.services.gateway.errors import GatewayError
 from visionpipe.services.gateway.gateway_metrics import GatewayMetrics
-from visionpipe.services.gateway.results_reader import ResultsReader
-from visionpipe.services.gateway.store import ResultsBackend, connect_results
+from visionpipe.services.gateway.results_reader import ResultsReader, submission
+from visionpipe.services.gateway.store import Claim, ResultsBackend, connect_results
 from visionpipe.settings import Settings
 from visionpipe.stage_state import StageBoard
 from visionpipe.topology import INGRESS
@@ -49,18 +53,6 @@ FINGERPRINT_CHARS = 32
 
 def fingerprint(image: bytes) -> str:
     return hashlib.sha256(image).hexdigest()[:FINGERPRINT_CHARS]
-
-
-def read_tokens(path: Path | None) -> frozenset[str]:
-    """Bearer tokens, one per line (blank lines and # comments skipped); a named file with none is an error."""
-    if path is None:
-        return frozenset()
-    tokens = frozenset(
-        line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")
-    )
-    if not tokens:
-        raise ValueError(f"gateway.tokens_file {path} holds no token")
-    return tokens
 
 
 def admit_deadline(board: StageBoard | None, metrics: GatewayMetrics, deadline_ns: int, request_id: str) -> None:
@@ -83,6 +75,7 @@ class Gateway:
         self.settings = settings
         self.metrics = metrics or GatewayMetrics()
         self.tokens = read_tokens(settings.gateway.tokens_file)
+        self.uploads = UploadBudget(settings.gateway.max_upload_bytes_in_flight, settings.gateway.retry_after_s)
         self._broker = broker
         self._owns_broker = broker is None
         self.results: ResultsBackend | None = None
@@ -101,6 +94,7 @@ class Gateway:
     async def start(self) -> None:
         """Connect and start reading; after a ``stop()`` it starts afresh (an ASGI lifespan may run again)."""
         self.stopping.clear()
+        heap.keep_large_blocks_mapped()  # uploads of up to limits.max_image_bytes go back to the OS once published
         if self._broker is None:
             self._broker = await connect(settings=self.settings)
         await ensure_pipeline_streams(self.broker, self.settings)
@@ -108,12 +102,11 @@ class Gateway:
         consumer = f"{self.settings.service.consumer}-gateway"
         self.reader = ResultsReader(self.broker, self.settings, self.results, self.metrics, consumer)
         await self.reader.open()
-        self.watch = BacklogWatch(self.broker, self.settings)
+        # On a thread of its own: an upload that keeps this loop busy must not make the reading look stale.
+        self.watch = BacklogWatch(None, self.settings)
+        await asyncio.to_thread(self.watch.start_thread, self.broker.url)
+        self._tasks = [asyncio.create_task(self.reader.run(), name="gateway-results")]
         self.board = StageBoard(self.broker, self.settings)
-        self._tasks = [
-            asyncio.create_task(self.reader.run(), name="gateway-results"),
-            asyncio.create_task(self.watch.run(), name="gateway-backlog"),
-        ]
         # Apart from the tasks readiness watches: on a broker that cannot read the states it ends, by design.
         self._board_task = asyncio.create_task(self.board.run(), name="gateway-stages")
         self.metrics.ready.labels("gateway").set(1)
@@ -128,6 +121,8 @@ class Gateway:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.watch is not None:
+            await asyncio.to_thread(self.watch.stop_thread)
         if self.results is not None:
             await self.results.close()
         if self._owns_broker and self._broker is not None:
@@ -141,6 +136,7 @@ class Gateway:
             self.reader is not None
             and self.reader.opened
             and self.watch is not None
+            and self.watch.alive
             and self.watch.fresh
             and all(not t.done() for t in self._tasks)
             and not self.stopping.is_set()
@@ -150,9 +146,7 @@ class Gateway:
     def stages_ready(self) -> bool:
         """Every stage has a consumer that finished its warm-up and still beats (where the broker can tell)."""
         board = self.board
-        return not (self.settings.gateway.require_stages and board is not None and board.supported) or all(
-            board.ready().values()
-        )
+        return board is None or not board.supported or all(board.ready().values())
 
     def stage_states(self) -> dict[str, str]:
         return self.board.states() if self.board is not None and self.board.supported else {}
@@ -184,8 +178,8 @@ class Gateway:
         *,
         claim: bool = True,
         deadline_ms: float | None = None,
-    ) -> str:
-        """Admit and publish one image; returns its request id (a retry's id is returned without publishing).
+    ) -> Submitted:
+        """Admit and publish one image; a retry (same id, same image) is answered with the first attempt's claim.
 
         ``claim=False`` with no client id: nobody knows the fresh id until the gateway answers with it, so its
         claim (which only tells a later GET "pending" from "unknown") can wait until then — see :meth:`claim`.
@@ -194,61 +188,56 @@ class Gateway:
         if not self.ready or self.results is None or self.watch is None:
             raise self.not_ready()
         ttl = self.settings.gateway.result_ttl_s
-        if request_id is not None:
-            mark = fingerprint(image)
-            held = await self.results.admit(request_id, mark, ttl)
-            if held is not None:
-                if held != mark:
-                    raise GatewayError(
-                        409, "request_id_conflict", "this request id was used for another image", request_id=request_id
-                    )
-                return request_id  # a retry: the first attempt is in the pipeline, or done
         rid = request_id or uuid.uuid4().hex
+        mark = await asyncio.to_thread(fingerprint, image)  # SHA-256 of up to 25 MB: not on the event loop
+        env = frame_envelope(Frame(image, rid, SOURCE))
+        env.stamp(INGRESS, RECEIVED, received_ns)
+        # Without a deadline of the client's: nobody can fetch a result after its TTL, so past that it need not be
+        # computed. (Not the client's wait: a request whose wait ran out must still complete, to be fetched later.)
+        asked = self.deadline_ms(deadline_ms)
+        env.deadline_ns = received_ns + int(asked * 1e6) if asked is not None else time.time_ns() + int(ttl * 1e9)
+        mine = Claim(mark, submission(env))
+        if request_id is not None:
+            held = await admit_request(self.results, rid, mine, ttl)
+            if held is not None:
+                return Submitted(rid, held)  # a retry: the first attempt is in the pipeline, or done
         try:
             self.watch.check()
-            env = frame_envelope(Frame(image, rid, SOURCE))
-            env.stamp(INGRESS, RECEIVED, received_ns)
-            asked = self.deadline_ms(deadline_ms)
             if asked is not None:
-                env.deadline_ns = received_ns + int(asked * 1e6)
                 admit_deadline(self.board, self.metrics, env.deadline_ns, rid)
-            else:
-                # Nobody can fetch a result after its TTL: past that it need not be computed. (Not the client's
-                # wait: a request whose wait ran out must still complete, to be fetched later.)
-                env.deadline_ns = time.time_ns() + int(ttl * 1e9)
             publish = publish_frames(self.broker, self.settings, [env])
             if request_id is None and claim:  # a fresh id cannot be taken: its claim and its publish go together
-                await asyncio.gather(self.claim(rid), publish)
+                await asyncio.gather(self.claim(rid, mine), publish)
             else:
                 await publish
         except Backpressure as exc:
-            await self.results.release(rid)
+            await self.results.release(rid, mine)
             raise GatewayError(429, "backpressure", str(exc), request_id=rid, retry_after_s=self._retry_after) from None
         except BrokerError as exc:
-            await self.results.release(rid)
+            await self.results.release(rid, mine)
             raise GatewayError(
                 503, "broker_unavailable", f"could not enqueue: {exc}", request_id=rid, retry_after_s=self._retry_after
             ) from None
         except GatewayError:
-            await self.results.release(rid)
+            await self.results.release(rid, mine)
             raise
-        return rid
+        return Submitted(rid, mine)
 
-    async def claim(self, request_id: str) -> None:
+    async def claim(self, request_id: str, claim: Claim) -> None:
         """Mark a fresh id as taken, so a GET of it before its result says "pending", not "unknown"."""
         assert self.results is not None, "start() first"
-        await self.results.admit(request_id, "", self.settings.gateway.result_ttl_s)
+        await self.results.admit(request_id, claim, self.settings.gateway.result_ttl_s)
 
-    async def wait(self, request_id: str, timeout_s: float) -> bytes | None:
-        """The stored document, waiting up to ``timeout_s``; None when it is not there by then (or we stop)."""
+    async def wait(self, request_id: str, claim: Claim, timeout_s: float) -> bytes | None:
+        """The document of ``claim``'s submission, waiting up to ``timeout_s``; None when not there by then."""
         assert self.results is not None, "start() first"
         self.metrics.waiting.inc()
-        getting = asyncio.ensure_future(self.results.get(request_id, timeout_s))
+        getting = asyncio.ensure_future(self.results.get(request_id, claim.submission, timeout_s))
         stopping = asyncio.ensure_future(self.stopping.wait())
         try:
             await asyncio.wait((getting, stopping), return_when=asyncio.FIRST_COMPLETED)
             if not getting.done():
-                await self.claim(request_id)  # a fresh id's client learns it now: a later GET must say "pending"
+                await self.claim(request_id, claim)  # a fresh id's client learns it now: a GET must say "pending"
                 raise GatewayError(
                     503,
                     "stopping",
@@ -262,6 +251,32 @@ class Gateway:
             stopping.cancel()
             self.metrics.waiting.dec()
 
-    async def admitted(self, request_id: str) -> bool:
+    async def claimed(self, request_id: str) -> Claim | None:
+        """Who holds ``request_id`` now: a GET answers for that submission, and only for it."""
         assert self.results is not None, "start() first"
-        return await self.results.admitted(request_id)
+        return await self.results.claimed(request_id)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """An admitted upload: its request id and the claim whose result answers it (the first attempt's, for a retry)."""
+
+    request_id: str
+    claim: Claim
+
+
+async def admit_request(results: ResultsBackend, request_id: str, claim: Claim, ttl_s: float) -> Claim | None:
+    """Claim a client's request id for this submission: None when it is ours now, else the claim a retry waits for.
+
+    The same id with another image (or held by a result whose image is not known) is a conflict while that claim
+    lives, which is as long as its result does: its result is never handed to this request.
+    """
+    held = await results.admit(request_id, claim, ttl_s)
+    if held is not None and held.fingerprint != claim.fingerprint:
+        raise GatewayError(
+            409,
+            "request_id_conflict",
+            "this request id is held by a request for another image until its result expires",
+            request_id=request_id,
+        )
+    return held

@@ -47,13 +47,19 @@ async def _answer(ask: Callable[[], T | Awaitable[T]], stream_id: str | None = N
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
 
-def streams_router(control: StreamControl) -> APIRouter:
+def streams_router(control: StreamControl, check: Callable[[StreamSource], None] | None = None) -> APIRouter:
+    """The routes over ``control``; ``check`` refuses (``ValueError``: 422) a source the API may not add."""
     router = APIRouter(prefix=PREFIX, tags=["streams"])
+
+    async def add(spec: StreamSource) -> StreamInfo:
+        if check is not None:
+            check(spec)
+        return await control.add(spec)
 
     @router.post("", status_code=status.HTTP_201_CREATED, responses={409: {}, 422: {}, 502: {}})
     async def add_stream(spec: StreamSource) -> StreamInfo:
         """Start ingesting a source; its frames enter the pipeline at the stream's fps and policy."""
-        return await _answer(lambda: control.add(spec), spec.id)
+        return await _answer(lambda: add(spec), spec.id)
 
     @router.get("", responses={502: {}})
     async def list_streams() -> StreamList:

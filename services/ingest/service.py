@@ -2,7 +2,9 @@
 
 One process owns the :class:`~.registry.StreamRegistry`: the sources of ``ingest.sources`` and of the
 command line are added at start, more are added and removed through ``/v1/streams`` while it runs. The
-same port answers ``/healthz`` (the event loop turns), ``/readyz`` (the broker answers) and ``/metrics``.
+same port answers ``/healthz`` (the event loop turns), ``/readyz`` (the broker answers) and ``/metrics``. It binds
+to ``service.host`` (loopback unless told otherwise), and the streams API takes the gateway's bearer tokens
+(``gateway.tokens_file``) and only the sources :mod:`.api_check` allows.
 On the embedded ``memory://`` broker nothing outside this process could read the frames, so the three
 stages then run here too, as in ``visionpipe run``. SIGTERM stops every stream, each sending its
 end-of-stream message, then exits.
@@ -21,14 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from visionpipe import __version__
 from visionpipe.broker import Broker, connect, redact_url
 from visionpipe.ingress import ensure_pipeline_streams
+from visionpipe.services.gateway.auth import auth_dependencies, read_tokens
+from visionpipe.services.gateway.errors import GatewayError
 from visionpipe.services.ingest.api import streams_router
+from visionpipe.services.ingest.api_check import check_api_source
 from visionpipe.services.ingest.ingest_metrics import exposition, ingest_metrics
 from visionpipe.services.ingest.registry import StreamRegistry
 from visionpipe.services.ingest.sink import ResultsSink, StreamTarget
@@ -52,9 +57,17 @@ class _Server(uvicorn.Server):
         yield
 
 
-def build_app(registry: StreamRegistry, broker: Broker, metrics: CollectorRegistry) -> FastAPI:
+def build_app(
+    registry: StreamRegistry, broker: Broker, metrics: CollectorRegistry, settings: Settings | None = None
+) -> FastAPI:
+    """The streams API (behind the gateway's bearer tokens, when it has some, and checked: :mod:`.api_check`),
+    the probes and the metrics."""
+    settings = settings or registry.settings
     app = FastAPI(title="visionpipe ingest", version=__version__)
-    app.include_router(streams_router(registry))
+    app.add_exception_handler(GatewayError, _error_response)  # 401 as the gateway answers it
+    ingest = settings.ingest
+    routes = streams_router(registry, lambda spec: check_api_source(spec, ingest))
+    app.include_router(routes, dependencies=auth_dependencies(read_tokens(settings.gateway.tokens_file)))
 
     @app.get("/healthz", response_class=PlainTextResponse, include_in_schema=False)
     async def healthz() -> str:
@@ -75,6 +88,11 @@ def build_app(registry: StreamRegistry, broker: Broker, metrics: CollectorRegist
         return Response(exposition(metrics), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def _error_response(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return exc.response()
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -107,7 +125,8 @@ class IngestService:
 
     async def _serve(self, broker: Broker, registry: StreamRegistry, until_done: bool) -> None:
         cfg = self.settings.service
-        server = _Server(uvicorn.Config(build_app(registry, broker, ingest_metrics(registry)), log_config=None))
+        app = build_app(registry, broker, ingest_metrics(registry), self.settings)
+        server = _Server(uvicorn.Config(app, log_config=None))
         sock = bind(cfg.host, cfg.port)
         self.port = int(sock.getsockname()[1])
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="ingest-http")

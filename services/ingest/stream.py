@@ -25,7 +25,7 @@ from typing import Any
 from visionpipe.backoff import Backoff
 from visionpipe.broker import Broker, BrokerError
 from visionpipe.envelope import Envelope, Event, StreamRef
-from visionpipe.ingress import Frame, submit_images, wait_for_room
+from visionpipe.ingress import Frame, frame_envelope, submit_envelopes, wait_for_room
 from visionpipe.services.ingest.buffer import FrameBuffer
 from visionpipe.services.ingest.encode import FrameEncoder
 from visionpipe.services.ingest.order import END_OF_STREAM
@@ -50,7 +50,7 @@ class Stream:
         ingest = settings.ingest
         self.fps = spec.fps or ingest.fps
         # A live frame is worthless this long after its capture: its deadline is capture time + this.
-        self.deadline_ms = spec.deadline_ms or ingest.deadline_ms
+        self.deadline_ms = spec.deadline_ms
         self.policy = spec.policy if spec.policy != "auto" else ("latest" if source.live else "lossless")
         self.stats = StreamStats()
         latest = self.policy == "latest"
@@ -164,18 +164,21 @@ class Stream:
                 await self._broker_down(exc, backoff)
 
     async def _send(self, items: list[Captured], images: list[bytes]) -> None:
-        frames = [
-            Frame(img, f"{self.id}.{self.run}.{c.ref.index}", self.source.shown[-256:], c.ref, self._deadline(c))
+        # Built once: a retry after a lost reply must resend the same envelopes (the same requests), not new ones.
+        envelopes = [
+            frame_envelope(
+                Frame(img, f"{self.id}.{self.run}.{c.ref.index}", self.source.shown[-256:], c.ref, self._deadline(c))
+            )
             for c, img in zip(items, images, strict=True)
         ]
         backoff = Backoff()
         while True:
             try:  # waits on, rather than refuses, the watermark and the byte bound: a paused stream loses nothing
-                await submit_images(self.broker, self.settings, frames, wait_s=None)
+                await submit_envelopes(self.broker, self.settings, envelopes, wait_s=None)
                 break
             except BrokerError as exc:
                 await self._broker_down(exc, backoff)
-        self.stats.published += len(frames)
+        self.stats.published += len(envelopes)
         self._in_hand = []
 
     def _deadline(self, c: Captured) -> int | None:

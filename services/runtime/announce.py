@@ -23,7 +23,7 @@ from visionpipe.metrics import Metrics
 from visionpipe.services.runtime.budgets import Budgets, HopFloor
 from visionpipe.services.runtime.stage import Stage
 from visionpipe.settings import Settings
-from visionpipe.stage_state import KEEP_S, READY, STARTING, STOPPING, StageBoard, StageState
+from visionpipe.stage_state import HEARTBEAT_S, KEEP_S, READY, STARTING, STOPPING, StageBoard, StageState
 
 if TYPE_CHECKING:  # the executor package imports torch, which a command that only starts stages need not load yet
     from visionpipe.executor.expectation import Expectation
@@ -86,7 +86,7 @@ class Announcer:
     ) -> None:
         self.broker, self.stage, self.consumer = broker, stage, consumer
         self.stream = topology.state_stream(settings)
-        self.interval_s = settings.service.heartbeat_s
+        self.interval_s = HEARTBEAT_S
         self.snapshot, self.hop = snapshot, hop
         self.state = STARTING
         self.backlog = 0

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from visionpipe.broker import Broker, BrokerStateLost, DeadLetter, Delivery
+from visionpipe.broker import Broker, BrokerError, BrokerStateLost, DeadLetter, Delivery
 from visionpipe.envelope import Envelope, EnvelopeError
 from visionpipe.hops import Expiry
 from visionpipe.settings import Settings
@@ -78,6 +78,7 @@ class Collector:
         A broker that lost our group (restarted empty) gets it back, and this poll returns nothing. ``sink``
         may be a coroutine function (a reader that stores results elsewhere before they are acked).
         """
+        got: list[Delivery] = []
         try:
             got = await self._consume(self.results_stream, timeout_s)
             dead = await self._consume(self.dead_stream, 0.0 if got else timeout_s)
@@ -85,6 +86,12 @@ class Collector:
             log.error("the broker has lost the %s group (%s): making it again; what it held is gone", self.group, exc)
             await self.open()
             return Collected(mono_ns=time.monotonic_ns(), wall_ns=time.time_ns())
+        except BrokerError:
+            # Results already read are ours alone (pending at this consumer): a later read never hands them out
+            # again, and only a reader that reclaims would find them. So they are handed over and acked first.
+            if got:
+                await self._settle(got, [], sink)
+            raise
         return await self._settle(got, dead, sink)
 
     async def reclaim(self, min_idle_s: float, sink: Sink | None = None) -> Collected:

@@ -104,12 +104,18 @@ class EncodedImage:
         return cls(image)
 
 
+# The EXIF orientation (1-8) the image file carried, already applied by decode: width, height and every box are in
+# the image as it is displayed. 1: stored as displayed, or no EXIF.
+MAX_ORIENTATION = 8
+
+
 class _Geometry(BaseModel):
     width: int = Field(gt=0)
     height: int = Field(gt=0)
     scale: tuple[float, float]
     pad: tuple[float, float]
     decoder: str = ""
+    orientation: int = Field(1, ge=1, le=MAX_ORIENTATION)
 
 
 @dataclass(frozen=True)
@@ -125,10 +131,11 @@ class Letterboxed:
     scale: tuple[float, float]
     pad: tuple[float, float]
     decoder: str = ""
+    orientation: int = 1  # the EXIF orientation decode applied: width, height and pixels are as displayed
 
     def write(self, parent: Envelope) -> Envelope:
         geometry = {"width": self.width, "height": self.height, "scale": list(self.scale), "pad": list(self.pad)}
-        child = parent.child(**geometry, decoder=self.decoder)
+        child = parent.child(**geometry, decoder=self.decoder, orientation=self.orientation)
         child.arrays["image"] = self.image
         return child
 
@@ -138,7 +145,7 @@ class Letterboxed:
         geo = _validated(_Geometry, env.payload, "detector input lacks letterbox geometry")
         if min(geo.scale) <= 0:
             raise HopError("detector input has a zero scale")
-        return cls(image, geo.width, geo.height, geo.scale, geo.pad, geo.decoder)
+        return cls(image, geo.width, geo.height, geo.scale, geo.pad, geo.decoder, geo.orientation)
 
 
 class _Found(BaseModel):
@@ -146,6 +153,7 @@ class _Found(BaseModel):
     height: int = Field(gt=0)
     objects: list[DetectedObject]
     weights: dict[str, str] = Field(default_factory=dict)
+    orientation: int = Field(1, ge=1, le=MAX_ORIENTATION)
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,7 @@ class Detections:
     objects: list[DetectedObject]
     crops: np.ndarray  # (len(objects), 3, C, C)
     weights: dict[str, str] = field(default_factory=dict)
+    orientation: int = 1
 
     def write(self, parent: Envelope) -> Envelope:
         child = parent.child(
@@ -164,6 +173,7 @@ class Detections:
             height=self.height,
             objects=[o.model_dump(mode="json") for o in self.objects],
             weights=self.weights,
+            orientation=self.orientation,
         )
         child.arrays["crops"] = self.crops
         return child
@@ -172,7 +182,7 @@ class Detections:
     def read(cls, env: Envelope, crop: int) -> Detections:
         found = _validated(_Found, env.payload, "classifier input")
         crops = _array(env, "crops", (len(found.objects), 3, crop, crop), "classifier (one crop per object)")
-        return cls(found.width, found.height, found.objects, crops, found.weights)
+        return cls(found.width, found.height, found.objects, crops, found.weights, found.orientation)
 
 
 class _Results(BaseModel):
@@ -180,6 +190,7 @@ class _Results(BaseModel):
     height: int = Field(gt=0)
     objects: list[ClassifiedObject]
     weights: dict[str, str] = Field(default_factory=dict)
+    orientation: int = Field(1, ge=1, le=MAX_ORIENTATION)
 
 
 @dataclass(frozen=True)
@@ -190,6 +201,7 @@ class Classified:
     height: int
     objects: list[ClassifiedObject]
     weights: dict[str, str] = field(default_factory=dict)
+    orientation: int = 1
 
     def write(self, parent: Envelope) -> Envelope:
         return parent.child(
@@ -197,12 +209,13 @@ class Classified:
             height=self.height,
             objects=[o.model_dump(mode="json") for o in self.objects],
             weights=self.weights,
+            orientation=self.orientation,
         )
 
     @classmethod
     def read(cls, env: Envelope) -> Classified:
         res = _validated(_Results, env.payload, "result")
-        return cls(res.width, res.height, res.objects, res.weights)
+        return cls(res.width, res.height, res.objects, res.weights, res.orientation)
 
 
 EXPIRED = "expired"

@@ -20,24 +20,31 @@ The results stream counts even when no consumer group reads it: Redis holds
 its bytes all the same, and a pipeline whose results nobody collects should
 stop with a refusal that says so, not at ``maxmemory``. Once a reader (the
 HTTP gateway, ``visionpipe run``'s collector, your own group) acks results,
-the ack trims them and the bound frees again. Dead letters count too, until
-``visionpipe dlq replay`` or an operator's group takes them.
+the ack trims them and the bound frees again. Dead letters count too, within
+their own retention (``streams.dead_letter_max_bytes``, a quarter of the default
+bound): they are kept for operators whoever reads them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from visionpipe import topology
-from visionpipe.broker import Broker, BrokerError, BrokerFull, Room
+from visionpipe.backoff import Backoff
+from visionpipe.broker import Broker, BrokerFull, Room, connect
 from visionpipe.envelope import Envelope, Event, StreamRef
 from visionpipe.hops import EncodedImage
 from visionpipe.settings import Settings
 from visionpipe.topology import INGRESS, STAGES
+
+log = logging.getLogger(__name__)
 
 # How often a waiting producer re-reads the backlog: short against a batch's time, long against a broker call.
 BACKPRESSURE_POLL_S = 0.05
@@ -136,19 +143,35 @@ async def _publish_if_room(broker: Broker, settings: Settings, envelopes: list[E
             settings.streams.name("frames"), [e.encode() for e in envelopes], [e.request_id for e in envelopes], room
         )
     except BrokerFull as exc:
-        return f"the broker refuses writes ({exc}); retry later"
+        return f"the broker is full and refuses writes ({exc}); retry later"
     return None if held is None else bytes_refusal(held, room.max_bytes)
 
 
 async def submit_images(
     broker: Broker, settings: Settings, frames: Sequence[Frame], wait_s: float | None = None
 ) -> list[str]:
-    """Publish ``frames`` to the frames stream once backpressure allows; returns their request ids."""
+    """Publish ``frames`` to the frames stream once backpressure allows; returns their request ids.
+
+    A caller that retries after a :class:`BrokerError` must not call this again for the same frames: the
+    publish may have landed with only its reply lost, and new envelopes are new requests (a new ingress stamp,
+    so a new once-key at every stage). Build the envelopes once (:func:`frame_envelope`) and retry
+    :func:`submit_envelopes` with them: a copy that did land is then settled once.
+    """
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    await wait_for_room(broker, settings, wait_s)
+    envelopes = [frame_envelope(f) for f in frames]  # stamped enqueued now, after the first wait
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    return await submit_envelopes(broker, settings, envelopes, left)
+
+
+async def submit_envelopes(
+    broker: Broker, settings: Settings, envelopes: Sequence[Envelope], wait_s: float | None = None
+) -> list[str]:
+    """Publish these frame envelopes, the same bytes on every try, once backpressure allows; returns their ids."""
     deadline = None if wait_s is None else time.monotonic() + wait_s
     while True:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         await wait_for_room(broker, settings, left)
-        envelopes = [frame_envelope(f) for f in frames]  # stamped enqueued now, after any wait
         try:
             await publish_frames(broker, settings, envelopes)
             return [e.request_id for e in envelopes]
@@ -175,27 +198,78 @@ class BacklogWatch:
     A front door that serves thousands of requests a second checks :meth:`check` instead of asking the
     broker for every stage's backlog on each request (three round trips). The value is at most one interval
     old, so a burst may pass the watermark by one interval's arrivals: bounded, and still never a drop.
+
+    :meth:`run` reads on the caller's event loop; :meth:`start_thread` reads on a thread of its own, with its
+    own loop and broker connection, so the reading stays fresh however busy the caller's loop is: a front door's
+    readiness then says whether the broker answers, not whether one request kept the loop for a while.
     """
 
-    def __init__(self, broker: Broker, settings: Settings, interval_s: float = BACKPRESSURE_POLL_S) -> None:
+    def __init__(self, broker: Broker | None, settings: Settings, interval_s: float = BACKPRESSURE_POLL_S) -> None:
         self.broker, self.settings, self.interval_s = broker, settings, interval_s
         self.watermark = settings.limits.ingress_high_watermark
         self.backlog: int | None = None  # None until read, and after a failed read
         self.read_at = 0.0  # monotonic s
+        self._thread: threading.Thread | None = None
+        self._thread_loop: asyncio.AbstractEventLoop | None = None
+        self._thread_task: asyncio.Task[None] | None = None
 
     @property
     def fresh(self) -> bool:
         """A value read lately: stale means the broker stopped answering, and the front door is not ready."""
         return self.backlog is not None and time.monotonic() - self.read_at < STALE_AFTER_POLLS * self.interval_s
 
+    @property
+    def alive(self) -> bool:
+        """Reading: always, on the caller's loop; on a thread, while it runs."""
+        return self._thread is None or self._thread.is_alive()
+
     async def run(self) -> None:
+        assert self.broker is not None, "no broker: give one, or start_thread()"
         while True:
             try:
                 self.backlog = await pipeline_backlog(self.broker, self.settings)
                 self.read_at = time.monotonic()
-            except BrokerError:
+            except Exception as exc:  # any error (an unmapped READONLY in a failover too): not ready, never dead
+                if self.backlog is not None:
+                    log.warning("reading the pipeline's backlog failed (%s: %s); retrying", type(exc).__name__, exc)
                 self.backlog = None
             await asyncio.sleep(self.interval_s)
+
+    def start_thread(self, url: str) -> None:
+        """Read on a daemon thread with a broker connection of its own to ``url``, until :meth:`stop_thread`."""
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._thread_main, args=(url, ready), name="backlog", daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    def _thread_main(self, url: str, ready: threading.Event) -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # how stop_thread ends it
+            asyncio.run(self._own(url, ready))
+
+    async def _own(self, url: str, ready: threading.Event) -> None:
+        self._thread_loop = asyncio.get_running_loop()
+        self._thread_task = asyncio.current_task()
+        ready.set()
+        backoff = Backoff()
+        while self.broker is None:
+            try:
+                self.broker = await connect(url, self.settings)
+            except Exception as exc:  # the caller connected a moment ago; keep trying, not ready meanwhile
+                log.warning("backlog reader cannot connect (%s); retrying", exc)
+                await asyncio.sleep(backoff.next())
+        try:
+            await self.run()
+        finally:
+            await self.broker.close()
+
+    def stop_thread(self, timeout_s: float = 5.0) -> None:
+        """Stop the reading thread (blocking, up to ``timeout_s``); call it off the event loop of a front door."""
+        loop, task, thread = self._thread_loop, self._thread_task, self._thread
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # its loop already closed
+                loop.call_soon_threadsafe(task.cancel)
+        if thread is not None:
+            thread.join(timeout_s)
 
     def check(self) -> None:
         """Raise :class:`Backpressure` while the last backlog read is at or above the watermark."""

@@ -1,10 +1,9 @@
 """All configuration, in one pydantic-settings model.
 
-Sources, highest priority first: CLI flags (passed as keyword arguments),
-environment variables ``VISIONPIPE_<SECTION>__<FIELD>`` (for example
-``VISIONPIPE_BROKER__URL``), a settings file named by ``VISIONPIPE_SETTINGS_FILE``
-(TOML, YAML or JSON), then the defaults below. Secrets are ``SecretStr`` so
-that they never appear in logs, reprs or health endpoints.
+Sources, highest priority first: CLI flags (passed as keyword arguments), environment variables
+``VISIONPIPE_<SECTION>__<FIELD>`` (for example ``VISIONPIPE_BROKER__URL``), a settings file named by
+``VISIONPIPE_SETTINGS_FILE`` (TOML, YAML or JSON), then the defaults below. Secrets are ``SecretStr`` so that
+they never appear in logs, reprs or health endpoints.
 
 Deployment files (compose, Kubernetes) are checked against this model by the
 test suite, so a setting renamed here fails the build until they follow.
@@ -29,6 +28,9 @@ from pydantic_settings import (
 
 ENV_PREFIX = "VISIONPIPE_"
 SETTINGS_FILE_ENV = "VISIONPIPE_SETTINGS_FILE"
+IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")  # Pillow's; EPS would run Ghostscript
+# FFmpeg filters that only draw or reshape frames: none reads a file or opens a URL (movie, metadata, *file* do).
+LAVFI_FILTERS = ("testsrc", "testsrc2", "smptebars", "smptehdbars", "color", "mandelbrot", "scale", "fps", "format")
 
 
 class BrokerSettings(BaseModel):
@@ -49,8 +51,7 @@ class BrokerSettings(BaseModel):
     kafka_heartbeat_ms: int = 1_000
     # A consumer that has held a delivery this long without acking is presumed dead.
     reclaim_idle_s: float = 30.0
-    # Start-up only: long enough for a broker started at the same moment (compose waits for a healthy one anyway),
-    # short enough that a wrong host or port is said within seconds. Later outages are retried without a limit.
+    # Start-up only (later outages are retried without a limit): a wrong host or port is said within seconds.
     connect_timeout_s: float = Field(10.0, gt=0.0, description="how long start-up waits for the broker to answer")
     connect_retries: int = 20
     connect_backoff_s: float = 0.2
@@ -88,7 +89,9 @@ class StreamSettings(BaseModel):
     crops: str = "crops"
     results: str = "results"
     dead_letter: str = "dead"
-    stages: str = "stages"  # not a pipeline stream: each stage process's heartbeat (visionpipe.stage_state)
+    dead_letter_max_age_s: float = Field(7 * 86400.0, gt=0, description="dead letters are kept, whoever reads them")
+    dead_letter_max_count: int = Field(10_000, ge=1, description="dead letters kept at most")
+    dead_letter_max_bytes: int = Field(256 * 1024**2, ge=1, description="bytes of dead letters kept at most")
 
     def name(self, stream: str) -> str:
         return f"{self.prefix}.{getattr(self, stream)}" if self.prefix else getattr(self, stream)
@@ -98,19 +101,17 @@ class LimitSettings(BaseModel):
     max_image_bytes: int = 25 * 1024 * 1024
     # 50 MP: a 16-bit decompression bomb stops here, a large phone photo (48 MP) still passes.
     max_image_pixels: int = 50_000_000
+    image_formats: list[str] = Field(default_factory=lambda: list(IMAGE_FORMATS), description="formats accepted")
+    decode_max_pixels: int = Field(100_000_000, ge=1, description="pixels decoded at once per process (~8 B each)")
     max_message_bytes: int = 64 * 1024 * 1024
     # Ingress stops admitting above this backlog (pending + undelivered, summed over every stage's input).
     ingress_high_watermark: int = 2_000
     max_retries: int = Field(3, description="transient failures of one message before it is dead-lettered")
-    # Ingress also stops admitting while the pipeline's streams (frames to dead letters, results included) hold this
-    # many bytes (Redis: MEMORY USAGE; memory broker: payload bytes; Kafka keeps its log on disk under retention and
-    # is not bounded here). Keep it under Redis's maxmemory by what admitted frames grow into when decoded.
-    ingress_max_bytes: int = Field(
-        1024**3, ge=1, description="bytes held by the pipeline's streams above which ingress refuses"
-    )
+    # Ingress also stops while the pipeline's streams (frames to dead letters, results too) hold this many bytes (Redis:
+    # MEMORY USAGE; memory: payloads; Kafka's log is not bounded here). Under maxmemory, with room to decode frames.
+    ingress_max_bytes: int = Field(1024**3, ge=1, description="bytes the pipeline's streams hold: ingress refuses past")
     default_deadline_ms: float | None = Field(None, gt=0, description="deadline of a request that brings none (ms)")
-    # A stage's part of a deadline: the deadline less what the stages after it expect (propagate), or a fixed share.
-    deadline_split: Literal["propagate", "static"] = Field("propagate", description="propagate or static")
+    deadline_split: Literal["propagate", "static"] = Field("propagate", description="later stages' rest, or a share")
 
 
 class ExecutorSettings(BaseModel):
@@ -143,7 +144,7 @@ class DecodeSettings(BaseModel):
     )
     input_size: int = Field(640, ge=32, le=4096, description="letterboxed square side fed to the detector")
     batch: int = Field(16, ge=1, description="frames taken from the broker per decode batch")
-    workers: int = Field(0, ge=0, description="CPU decode threads; 0 means every core")
+    workers: int = Field(0, ge=0, description="CPU decode threads; 0 means every core, up to 8")
     # 114 is the grey YOLO-family letterboxes use; any mid-grey keeps padding away from both ends of the range.
     pad_value: int = Field(114, ge=0, le=255, description="grey level of the letterbox padding")
 
@@ -226,8 +227,6 @@ class ServiceSettings(BaseModel):
     # device batch can reach executor.max_batch however few items one consume brings.
     prefetch_batches: float = Field(2.0, gt=0.0, description="DNN stages: device batches of requests kept in flight")
     reclaim_interval_s: float = Field(5.0, gt=0.0, description="how often a stage reclaims dead consumers' deliveries")
-    # Readiness and every budget follow it; a quarter second follows a 0.3 s burst.
-    heartbeat_s: float = Field(0.25, gt=0.0, description="how often a stage announces its state and expectation")
     # A delivery is kept ours (its idle time refreshed) while it is worked on, up to this long; past it, it is presumed
     # hung and reclaim may hand it to another consumer. Minutes: far beyond any batch, even a CPU detector's.
     work_timeout_s: float = Field(300.0, gt=0.0, description="longest a delivery is kept from reclaim while worked on")
@@ -262,10 +261,7 @@ class IngestSettings(BaseModel):
         default_factory=list, description='streams started with the service: JSON list of URLs or {"url": ..., ...}'
     )
     fps: float | None = Field(None, gt=0, description="default frames per second sent on per stream; none: all")
-    deadline_ms: float | None = Field(None, gt=0, description="default deadline of a frame, ms after capture")
-    max_side: int | None = Field(
-        None, ge=32, description="frames are downscaled to this long side before JPEG; default: decode.input_size"
-    )
+    max_side: int | None = Field(None, ge=32, description="frames' long side sent on; default: decode.input_size")
     jpeg_quality: int = Field(85, ge=10, le=100)
     # Live streams keep little queued ahead of them: a frame waiting behind hundreds of others is stale, and
     # the newest-frame policy can only help when the backlog is short. Two decode batches keep decode fed.
@@ -280,6 +276,9 @@ class IngestSettings(BaseModel):
     reconnect_backoff_max_s: float = Field(8.0, gt=0)
     hwaccel: Literal["none", "cuda"] = Field("none", description="cuda: NVDEC where FFmpeg and the driver allow")
     results_group: str = Field("ingest", description="consumer group of the results reader (--results, annotate)")
+    api_schemes: list[str] = Field(default_factory=lambda: ["rtsp", "rtsps", "http", "https", "srt"])
+    api_file_roots: list[Path] = Field(default_factory=list, description="folders the API may ingest files from")
+    api_lavfi_filters: list[str] = Field(default_factory=lambda: list(LAVFI_FILTERS))
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -313,12 +312,13 @@ class GatewaySettings(BaseModel):
     header_timeout_s: float = Field(10.0, gt=0.0, description="longest time to receive a request's head")
     max_header_bytes: int = Field(16 * 1024, ge=1024, description="request line plus headers, in bytes")
     retry_after_s: int = Field(1, ge=0, description="Retry-After of a 429 or 503: when a retry may find room")
+    max_upload_bytes_in_flight: int = Field(128 * 1024**2, ge=1, description="bytes of uploads held at once; 429 past")
     tokens_file: Path | None = Field(None, description="file of bearer tokens, one per line; unset: no auth")
+    protect_docs_and_metrics: bool = Field(False, description="tokens guard /metrics, /docs, /openapi.json too")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty: CORS off")
     ingest_url: str = Field(
         "", description="API of a running `visionpipe ingest` (http://host:port): /v1/streams is served here too"
     )
-    require_stages: bool = Field(True, description="/readyz waits for every stage to announce itself ready")
 
 
 class Settings(BaseSettings):

@@ -3,7 +3,7 @@
 A :class:`StageState` is one heartbeat: the stage, its consumer name, its state (``starting`` while it loads
 and warms up, ``ready`` while it consumes, ``stopping`` once it drains), a sequence number, and what it expects
 (hop, queue wait and batch time, from the latency model its executor fits). Each process publishes one every
-``service.heartbeat_s`` to the state stream (``topology.state_stream``), which its writers keep short by age.
+``HEARTBEAT_S`` to the state stream (``topology.state_stream``), which its writers keep short by age.
 
 A :class:`StageBoard` reads the newest entries back (``Broker.tail``) and keeps the latest of each consumer:
 
@@ -38,11 +38,14 @@ from visionpipe.topology import STAGES
 log = logging.getLogger(__name__)
 
 STARTING, READY, STOPPING = "starting", "ready", "stopping"
+# How often a stage process announces itself: readiness and every budget follow it; a quarter second follows a
+# 0.3 s burst, and a few small writes a second per process cost the broker nothing.
+HEARTBEAT_S = 0.25
 STATES = (STARTING, READY, STOPPING)
 # A consumer is presumed gone after this many heartbeats without a new one (one late beat is not death).
 STALE_BEATS = 4
-# ...and never sooner than this: a loaded event loop may be late by a few hundred milliseconds.
-MIN_STALE_S = 1.0
+# ...and never sooner than this: a stage busy on a loaded host (bombs to decode, a long batch) may beat late.
+MIN_STALE_S = 3.0
 # Entries read per refresh (on Kafka, per partition): seconds of heartbeats from a dozen replicas of a stage.
 TAIL_COUNT = 256
 # What writers keep of the stream: far more than a reader needs to find every live consumer.
@@ -122,7 +125,7 @@ class StageBoard:
     def __init__(self, broker: Broker, settings: Settings) -> None:
         self.broker = broker
         self.stream = topology.state_stream(settings)
-        self.interval_s = settings.service.heartbeat_s
+        self.interval_s = HEARTBEAT_S
         self.supported = True  # False once the backend said it cannot read a stream's end
         self.read_at: float | None = None  # monotonic time of the last successful read
         self._seen: dict[tuple[str, str], _Seen] = {}

@@ -23,6 +23,8 @@ DECODE = "decode"
 DETECTOR = "detector"
 CLASSIFIER = "classifier"
 STAGES = (DECODE, DETECTOR, CLASSIFIER)
+# Where stage processes announce themselves (under the streams' prefix); no stage consumes it.
+STATE_STREAM = "stages"
 # The keys of StreamSettings, in the order a request travels them.
 STREAM_KEYS = ("frames", "tensors", "crops", "results", "dead_letter")
 
@@ -87,7 +89,8 @@ def state_stream(settings: Settings) -> str:
     Beside the pipeline's streams, not one of them: no stage consumes it and the front door's byte bound does
     not count it; its writers keep it short by age.
     """
-    return settings.streams.name("stages")
+    prefix = settings.streams.prefix
+    return f"{prefix}.{STATE_STREAM}" if prefix else STATE_STREAM
 
 
 def once_prefix(settings: Settings) -> str:

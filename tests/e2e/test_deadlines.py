@@ -69,7 +69,6 @@ def _readyz(url: str) -> tuple[int, dict[str, Any]]:
 @pytest.mark.timeout(300)
 def test_readiness_then_deadlines_under_saturation(redis_server: Server, ns: str, tmp_path: Path) -> None:
     overrides = fast_overrides(ns, redis_server.url)
-    overrides["service"]["heartbeat_s"] = 0.2
     overrides["gateway"] = {"wait_s": 30.0, "max_wait_s": 60.0}
     env = env_for(overrides)
     gateway = GatewayProc(env, tmp_path).start()

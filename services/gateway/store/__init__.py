@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from visionpipe.services.gateway.store.base import ResultsBackend
+from visionpipe.services.gateway.store.base import Claim, Finished, ResultsBackend
 from visionpipe.services.gateway.store.memory import MemoryResults
 
 if TYPE_CHECKING:
     from visionpipe.settings import Settings
 
-__all__ = ["MemoryResults", "ResultsBackend", "connect_results", "results_url"]
+__all__ = ["Claim", "Finished", "MemoryResults", "ResultsBackend", "connect_results", "results_url"]
 
 
 def results_url(settings: Settings) -> str:

@@ -1,60 +1,75 @@
 """Results kept in this process: for the embedded broker and Kafka, bounded by count as well as by age.
 
 One gateway process owns this store, so only it can answer for these results; with Kafka each replica reads
-every result in a consumer group of its own, so any replica can. Entries are kept in insertion order, which
-with one TTL for all is also expiry order, so pruning looks only at the oldest.
+every result in a consumer group of its own, so any replica can. Entries are kept in order of expiry (an entry
+whose expiry moves is moved to the end, and every move is later than the entries before it), so pruning looks
+only at the oldest.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from visionpipe.services.gateway.store.base import ResultsBackend
+from visionpipe.services.gateway.store.base import UNKNOWN, Claim, Finished, ResultsBackend
 
-# Admissions outnumber results while requests are in flight; twice the results bound leaves room for that.
+# Claims outnumber results while requests are in flight; twice the results bound leaves room for that.
 ADMISSIONS_PER_RESULT = 2
 
 T = TypeVar("T")
 
 
 class MemoryResults(ResultsBackend):
-    def __init__(self, max_results: int) -> None:
+    def __init__(self, max_results: int, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.max_results = max_results
-        self._results: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
-        self._admissions: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self.clock = clock
+        self._results: OrderedDict[str, tuple[float, tuple[int, bytes]]] = OrderedDict()
+        self._admissions: OrderedDict[str, tuple[float, Claim]] = OrderedDict()
 
-    async def admit(self, request_id: str, fingerprint: str, ttl_s: float) -> str | None:
-        now = time.monotonic()
+    def _claim(self, request_id: str) -> Claim | None:
         held = self._admissions.get(request_id)
-        if held is not None and held[0] > now:
-            return held[1]
+        return held[1] if held is not None and held[0] > self.clock() else None
+
+    def _hold(self, request_id: str, claim: Claim, until: float) -> None:
         self._admissions.pop(request_id, None)
-        self._admissions[request_id] = (now + ttl_s, fingerprint)
-        _prune(self._admissions, now, self.max_results * ADMISSIONS_PER_RESULT)
+        self._admissions[request_id] = (until, claim)
+        _prune(self._admissions, self.clock(), self.max_results * ADMISSIONS_PER_RESULT)
+
+    async def admit(self, request_id: str, claim: Claim, ttl_s: float) -> Claim | None:
+        held = self._claim(request_id)
+        if held is not None:
+            return held
+        self._hold(request_id, claim, self.clock() + ttl_s)
         return None
 
-    async def release(self, request_id: str) -> None:
-        self._admissions.pop(request_id, None)
+    async def release(self, request_id: str, claim: Claim) -> None:
+        if self._claim(request_id) == claim:
+            self._admissions.pop(request_id, None)
 
-    async def admitted(self, request_id: str) -> bool:
-        held = self._admissions.get(request_id)
-        return held is not None and held[0] > time.monotonic()
+    async def claimed(self, request_id: str) -> Claim | None:
+        return self._claim(request_id)
 
-    async def store(self, results: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
-        now = time.monotonic()
-        for request_id, doc in results:
-            self._results.pop(request_id, None)
-            self._results[request_id] = (now + ttl_s, doc)
-            self._wake(request_id, doc)
+    async def store(self, results: Sequence[Finished], ttl_s: float) -> None:
+        now = self.clock()
+        for r in results:
+            held = self._claim(r.request_id)
+            if held is not None and held.submission != r.submission:
+                continue  # a late result of an earlier submission: the id is another image's now
+            until = max(now + ttl_s, self._admissions[r.request_id][0] if held is not None else 0.0)
+            self._hold(r.request_id, held or Claim(UNKNOWN, r.submission), until)  # the claim lives as the result
+            self._results.pop(r.request_id, None)
+            self._results[r.request_id] = (now + ttl_s, (r.submission, r.document))
+            self._wake(r.request_id, r.submission, r.document)
         _prune(self._results, now, self.max_results)
 
-    async def fetch(self, request_id: str) -> bytes | None:
+    async def fetch(self, request_id: str, submission: int) -> bytes | None:
         held = self._results.get(request_id)
-        return held[1] if held is not None and held[0] > time.monotonic() else None
+        if held is None or held[0] <= self.clock() or held[1][0] != submission:
+            return None
+        return held[1][1]
 
     def __len__(self) -> int:
         return len(self._results)

@@ -1,10 +1,11 @@
 """Results in Redis, shared by every gateway replica: keys with an expiry, and one pub/sub channel to wake waiters.
 
-Keys, all under the streams prefix and all with the TTL:
+Keys, all under the streams prefix and all with an expiry:
 
-* ``{prefix}:req:{id}``    the admission: ``SET NX EX``, its value the request's fingerprint;
-* ``{prefix}:result:{id}`` the result document, written with ``SET EX`` in the same MULTI/EXEC as the
-  ``PUBLISH {prefix}:done "<id> <document>"`` that wakes waiters on every replica.
+* ``{prefix}:req:{id}``    the claim: ``SET NX PX`` of ``"<fingerprint> <submission>"`` for the result TTL;
+* ``{prefix}:result:{id}`` ``"<submission> <document>"``, stored by ``store.lua`` only where the submission holds
+  the claim, which it then keeps alive as long as the result, in the same step as the
+  ``PUBLISH {prefix}:done "<id> <submission> <document>"`` that wakes waiters on every replica.
 
 Each replica holds one subscription, whatever the number of waiting requests. A wake-up is a hint: a waiter
 looks at the key before waiting and again at its deadline, so a replica that was disconnected (and missed
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
@@ -26,7 +28,7 @@ from redis.asyncio.connection import ConnectionPool
 from visionpipe.backoff import Backoff
 from visionpipe.broker.redis_streams import pool_kwargs
 from visionpipe.broker.security import redact_url
-from visionpipe.services.gateway.store.base import ResultsBackend
+from visionpipe.services.gateway.store.base import UNKNOWN, Claim, Finished, ResultsBackend
 
 if TYPE_CHECKING:
     from visionpipe.settings import Settings
@@ -38,6 +40,9 @@ RESUBSCRIBE_BACKOFF_S = 0.1
 RESUBSCRIBE_BACKOFF_MAX_S = 2.0
 # SET NX failed but the key expired before the GET: claim again (once more is plenty; expiry is a moment).
 ADMIT_ATTEMPTS = 2
+# Server-side scripts; the keys and arguments of each are documented in its file's header.
+STORE = (Path(__file__).parent / "store.lua").read_text()
+RELEASE = (Path(__file__).parent / "release.lua").read_text()
 
 
 class RedisResults(ResultsBackend):
@@ -51,6 +56,8 @@ class RedisResults(ResultsBackend):
         self.channel = f"{self._prefix}:done"
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._store = client.register_script(STORE)
+        self._release = client.register_script(RELEASE)
 
     @classmethod
     async def connect(cls, url: str, settings: Settings) -> RedisResults:
@@ -67,38 +74,44 @@ class RedisResults(ResultsBackend):
     def _key(self, kind: str, request_id: str) -> str:
         return f"{self._prefix}:{kind}:{request_id}"
 
-    async def admit(self, request_id: str, fingerprint: str, ttl_s: float) -> str | None:
+    async def admit(self, request_id: str, claim: Claim, ttl_s: float) -> Claim | None:
         key = self._key("req", request_id)
         for _ in range(ADMIT_ATTEMPTS):
-            if await self._r.set(key, fingerprint, nx=True, px=int(ttl_s * 1000)):
+            if await self._r.set(key, claim.encode(), nx=True, px=int(ttl_s * 1000)):
                 return None
             held: Any = await self._r.get(key)
             if isinstance(held, bytes):
-                return held.decode()
-        return ""  # taken and gone again twice in a row: an id this contended is a conflict
+                return Claim.decode(held.decode())
+        return Claim(UNKNOWN, 0)  # taken and gone again twice in a row: an id this contended is a conflict
 
-    async def release(self, request_id: str) -> None:
-        await self._r.delete(self._key("req", request_id))
+    async def release(self, request_id: str, claim: Claim) -> None:
+        await self._release(keys=[self._key("req", request_id)], args=[claim.encode()])
 
-    async def admitted(self, request_id: str) -> bool:
-        return bool(await self._r.exists(self._key("req", request_id)))
+    async def claimed(self, request_id: str) -> Claim | None:
+        held: Any = await self._r.get(self._key("req", request_id))
+        return Claim.decode(held.decode()) if isinstance(held, bytes) else None
 
-    async def store(self, results: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
+    async def store(self, results: Sequence[Finished], ttl_s: float) -> None:
         if not results:
             return
-        async with self._r.pipeline(transaction=True) as pipe:
-            for request_id, doc in results:
-                pipe.set(self._key("result", request_id), doc, px=int(ttl_s * 1000))
-                pipe.publish(self.channel, request_id.encode() + b" " + doc)
-            await pipe.execute()
+        keys: list[str] = []
+        args: list[Any] = [int(ttl_s * 1000), self.channel]
+        for r in results:
+            keys += [self._key("req", r.request_id), self._key("result", r.request_id)]
+            args += [r.request_id, str(r.submission), r.document]
+        await self._store(keys=keys, args=args)
         # Waiters here need not wait for their copy of the message; not before the write, though: a client
-        # answered from a wake-up may GET the result at once, and must find it stored.
-        for request_id, doc in results:
-            self._wake(request_id, doc)
+        # answered from a wake-up may GET the result at once, and must find it stored. A result the script
+        # dropped wakes nobody: nobody waits for a submission that does not hold the claim.
+        for r in results:
+            self._wake(r.request_id, r.submission, r.document)
 
-    async def fetch(self, request_id: str) -> bytes | None:
+    async def fetch(self, request_id: str, submission: int) -> bytes | None:
         value: Any = await self._r.get(self._key("result", request_id))
-        return value
+        if not isinstance(value, bytes):
+            return None
+        stamp, _, doc = value.partition(b" ")
+        return doc if stamp == str(submission).encode() else None
 
     async def ping(self) -> bool:
         try:
@@ -138,12 +151,14 @@ class RedisResults(ResultsBackend):
         data = message.get("data")
         if message.get("type") != "message" or not isinstance(data, bytes):
             return
-        request_id, _, doc = data.partition(b" ")
-        self._wake(request_id.decode(errors="replace"), doc)
+        request_id, _, rest = data.partition(b" ")
+        stamp, _, doc = rest.partition(b" ")
+        if stamp.isdigit():
+            self._wake(request_id.decode(errors="replace"), int(stamp), doc)
 
     async def _catch_up(self) -> None:
         """Wake-ups published while we were not subscribed are gone: the keys still hold the results."""
-        for request_id in list(self._waiters):
-            found = await self.fetch(request_id)
+        for request_id, submission in list(self._waiters):
+            found = await self.fetch(request_id, submission)
             if found is not None:
-                self._wake(request_id, found)
+                self._wake(request_id, submission, found)

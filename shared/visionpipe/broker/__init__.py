@@ -20,8 +20,10 @@ from visionpipe.broker.base import (
     DeadLetter,
     Delivery,
     Output,
+    Retention,
     Room,
     Settled,
+    retained_streams,
 )
 from visionpipe.broker.memory import MemoryBroker
 from visionpipe.broker.security import BrokerAuthError, redact_url
@@ -41,6 +43,7 @@ __all__ = [
     "Delivery",
     "MemoryBroker",
     "Output",
+    "Retention",
     "Room",
     "Settled",
     "check_url",
@@ -81,7 +84,7 @@ async def connect(url: str | None = None, settings: Settings | None = None) -> B
     check_url(url)
     scheme = urlsplit(url).scheme
     if scheme == "memory":
-        return MemoryBroker(url, once_ttl_s=settings.broker.dedupe_ttl_s)
+        return MemoryBroker(url, once_ttl_s=settings.broker.dedupe_ttl_s, retained=retained_streams(settings))
     if scheme in ("redis", "rediss"):
         from visionpipe.broker.redis_streams import RedisBroker
 

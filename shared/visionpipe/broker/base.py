@@ -24,9 +24,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
+
+if TYPE_CHECKING:
+    from visionpipe.settings import Settings
 
 
 class BrokerError(RuntimeError):
@@ -92,6 +95,25 @@ class Room:
 
     streams: tuple[str, ...]
     max_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """What a stream keeps whoever reads it (the dead letters, for operators): acks never trim it; these do.
+
+    The oldest entries go first: those older than ``max_age_s``, then beyond ``max_count``, then while the stream
+    holds more than ``max_bytes``.
+    """
+
+    max_age_s: float
+    max_count: int
+    max_bytes: int
+
+
+def retained_streams(settings: Settings) -> dict[str, Retention]:
+    """The streams kept by retention instead of by acks: the dead letters, for operators, whoever else reads them."""
+    s = settings.streams
+    return {s.name("dead_letter"): Retention(s.dead_letter_max_age_s, s.dead_letter_max_count, s.dead_letter_max_bytes)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +227,11 @@ class Broker(ABC):
         readers of such state go without it.
         """
         return await self.peek(stream, count, newest=True)
+
+    async def remove(self, stream: str, ids: Sequence[str]) -> bool:
+        """Delete these entries from ``stream`` (``visionpipe dlq replay``, once it moved them); False where the
+        backend cannot delete single entries (Kafka: a consumer group's committed offset marks them instead)."""
+        return False
 
     async def trim_older(self, stream: str, age_s: float) -> None:
         """Drop entries older than ``age_s`` from a stream no group of ours reads (a feed for outside readers).

@@ -13,10 +13,10 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from visionpipe.broker.base import Backlog, Broker, BrokerStateLost, Delivery, Room, Settled
+from visionpipe.broker.base import Backlog, Broker, BrokerStateLost, Delivery, Retention, Room, Settled
 
 # The settings' default (broker.dedupe_ttl_s), for a MemoryBroker made without settings.
 ONCE_TTL_S = 600.0
@@ -40,7 +40,7 @@ class _Stream:
     entries: dict[int, tuple[str | None, bytes]] = field(default_factory=dict)
     next_seq: int = 1
     groups: dict[str, _Group] = field(default_factory=dict)
-    born: dict[int, float] = field(default_factory=dict)  # seq -> wall time of its append, for trim_older
+    born: dict[int, float] = field(default_factory=dict)  # wall-clock s of each entry's append (retention, trim_older)
 
 
 class _Store:
@@ -50,6 +50,7 @@ class _Store:
         self.waiters: set[asyncio.Future[None]] = set()
         # Settled inputs' keys -> monotonic expiry; one TTL for all, so insertion order is expiry order.
         self.once: OrderedDict[str, float] = OrderedDict()
+        self.retained: dict[str, Retention] = {}
 
     def stream(self, name: str) -> _Stream:
         return self.streams.setdefault(name, _Stream())
@@ -58,7 +59,19 @@ class _Store:
         s = self.stream(name)
         s.entries[s.next_seq] = (key, bytes(data))
         s.born[s.next_seq] = time.time()
+        rule = self.retained.get(name)
         s.next_seq += 1
+        if rule is not None:
+            self.retain(s, rule)
+
+    def retain(self, s: _Stream, rule: Retention) -> None:
+        """Drop the oldest entries past the retention's age, then beyond its count, then its bytes."""
+        cutoff, held = time.time() - rule.max_age_s, sum(len(data) for _, data in s.entries.values())
+        for seq in list(s.entries):
+            if s.born.get(seq, 0.0) > cutoff and len(s.entries) <= rule.max_count and held <= rule.max_bytes:
+                return
+            held -= len(s.entries.pop(seq)[1])
+            s.born.pop(seq, None)
 
     def first_settle(self, once: str, ttl_s: float) -> bool:
         """Record ``once`` as settled; False when it already was (and has not expired)."""
@@ -75,10 +88,13 @@ class _Store:
         g = s.groups.get(group)
         if g is None:
             return
+        retained = stream in self.retained  # kept by its retention, whoever acks
         for seq in seqs:
             g.pending.pop(seq, None)
             # Delete once no group still needs the entry: bounded by acks, never by length.
-            if all(seq <= other.last_delivered and seq not in other.pending for other in s.groups.values()):
+            if not retained and all(
+                seq <= other.last_delivered and seq not in other.pending for other in s.groups.values()
+            ):
                 s.entries.pop(seq, None)
                 s.born.pop(seq, None)
 
@@ -109,10 +125,15 @@ def _lost(stream: str, group: str) -> BrokerStateLost:
 
 
 class MemoryBroker(Broker):
-    def __init__(self, url: str = "memory://", once_ttl_s: float = ONCE_TTL_S) -> None:
+    def __init__(
+        self, url: str = "memory://", once_ttl_s: float = ONCE_TTL_S, retained: Mapping[str, Retention] | None = None
+    ) -> None:
+        """``retained``: streams kept by retention, not acks (for every broker object on this URL's store)."""
         self.url = url
         self.once_ttl_s = once_ttl_s
         self._store = _store_for(url)
+        with self._store.lock:
+            self._store.retained.update(retained or {})
 
     async def ensure(self, stream: str, group: str | None = None) -> None:
         with self._store.lock:
@@ -258,6 +279,14 @@ class MemoryBroker(Broker):
             for seq in [seq for seq, born in s.born.items() if born < cutoff]:
                 s.entries.pop(seq, None)
                 del s.born[seq]
+
+    async def remove(self, stream: str, ids: Sequence[str]) -> bool:
+        with self._store.lock:
+            s = self._store.stream(stream)
+            for entry_id in ids:
+                s.entries.pop(int(entry_id), None)
+                s.born.pop(int(entry_id), None)
+        return True
 
     async def ping(self) -> bool:
         return True

@@ -18,8 +18,9 @@ import hashlib
 from pathlib import Path
 
 # Exactly what redis_streams.RedisBroker sends. Scripts are checked command by command, so what the settle,
-# touch and admit scripts call (EXISTS, SET of once-keys, XINFO, XPENDING, XTRIM, XCLAIM, MEMORY USAGE) is listed
-# as well as EVALSHA. The once-keys live under the stream prefix, so the key pattern covers them.
+# touch and admit scripts call (EXISTS, SET of once-keys, XINFO, XPENDING, XTRIM, XCLAIM, MEMORY USAGE, and TIME
+# for the dead letters' retention) is listed as well as EVALSHA. The once-keys live under the stream prefix, so
+# the key pattern covers them.
 STREAM_COMMANDS = (
     "xadd",
     "xreadgroup",
@@ -36,14 +37,16 @@ STREAM_COMMANDS = (
     "exists",
     "set",
     "memory|usage",
+    "time",
     "evalsha",
     "script|load",
 )
 # Connection housekeeping redis-py sends on connect, and health checks. (It also tries CLIENT SETINFO, Redis 7.2+,
 # and ignores a refusal; naming it here would make Redis 7.0 reject the whole ACL file.)
 CONNECTION_COMMANDS = ("ping", "hello", "client|setname")
-# Stream deletion is for load generators and tests cleaning up after themselves, not for stages.
-ADMIN_COMMANDS = ("del",)
+# Stream deletion is for load generators and tests cleaning up after themselves, and entry deletion for
+# `visionpipe dlq replay` removing what it moved; not for stages.
+ADMIN_COMMANDS = ("del", "xdel")
 
 
 def acl_args(user: str, password: str, prefix: str, *, admin: bool = False) -> list[str]:

@@ -9,7 +9,8 @@ contract onto Redis:
 * settle (and ack, a settle without outputs): one script (``settle.lua``) that
   ``XADD``s each input's outputs unless its once-key (``SET NX PX``) shows they
   were published already, ``XACK``s the inputs and ``XTRIM MINID``s up to the
-  oldest entry some group still needs — memory is bounded by acks, not by length;
+  oldest entry some group still needs — memory is bounded by acks, not by length —
+  except on a retained stream (the dead letters), kept by age, count and bytes;
 * touch: ``XCLAIM … JUSTID`` to the consumer itself (``touch.lua``), which resets
   the idle time of entries still being worked on;
 * reclaim: ``XAUTOCLAIM`` (entries idle at a dead consumer), then ``XPENDING``
@@ -28,7 +29,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,8 +44,10 @@ from visionpipe.broker.base import (
     BrokerFull,
     BrokerStateLost,
     Delivery,
+    Retention,
     Room,
     Settled,
+    retained_streams,
 )
 from visionpipe.broker.retry import with_retries
 from visionpipe.broker.security import (
@@ -127,10 +130,13 @@ def pool_kwargs(url: str, settings: Settings) -> dict[str, Any]:
 
 
 class RedisBroker(Broker):
-    def __init__(self, url: str, client: aioredis.Redis, once_ttl_s: float) -> None:
+    def __init__(
+        self, url: str, client: aioredis.Redis, once_ttl_s: float, retained: Mapping[str, Retention] | None = None
+    ) -> None:
         self.url = url
         self._r = client
         self._once_ttl_ms = max(1, int(once_ttl_s * 1000))
+        self._retained = dict(retained or {})
         self._settle_script = client.register_script(SETTLE)
         self._touch_script = client.register_script(TOUCH)
         self._admit_script = client.register_script(ADMIT)
@@ -141,7 +147,7 @@ class RedisBroker(Broker):
         if warning:
             log.warning(warning)
         client = aioredis.Redis.from_pool(ConnectionPool(**pool_kwargs(url, settings)))
-        broker = cls(url, client, settings.broker.dedupe_ttl_s)
+        broker = cls(url, client, settings.broker.dedupe_ttl_s, retained_streams(settings))
 
         async def attempt() -> None:
             with _errors(url):
@@ -194,7 +200,7 @@ class RedisBroker(Broker):
 
     async def settle(self, stream: str, group: str, settled: Sequence[Settled]) -> int:
         keys: list[str] = [stream]
-        args: list[Any] = [group, self._once_ttl_ms, len(settled)]
+        args: list[Any] = [group, self._once_ttl_ms, "", len(settled)]
         index: dict[str, int] = {}
 
         def key_index(name: str) -> int:  # 1-based, as Lua's KEYS
@@ -207,6 +213,11 @@ class RedisBroker(Broker):
             args += [item.delivery.id, key_index(item.once) if item.once else 0, len(item.outputs)]
             for out in item.outputs:
                 args += [key_index(out.stream), out.key or "", out.data]
+        args[2] = " ".join(
+            f"{1 if name == stream else index[name]}:{int(r.max_age_s * 1000)}:{r.max_count}:{r.max_bytes}"
+            for name, r in self._retained.items()
+            if name == stream or name in index
+        )
         with _errors(self.url):
             _acked, duplicates = await self._settle_script(keys=keys, args=args)
         return int(duplicates)
@@ -284,6 +295,12 @@ class RedisBroker(Broker):
             else:
                 entries = await self._r.xrange(stream, "-", "+", count=count)
         return [_delivery(stream, eid, fields) for eid, fields in entries if fields]
+
+    async def remove(self, stream: str, ids: Sequence[str]) -> bool:
+        if ids:
+            with _errors(self.url):
+                await self._r.xdel(stream, *ids)
+        return True
 
     async def trim_older(self, stream: str, age_s: float) -> None:
         # Entry ids start with their XADD time in ms. Exact, not "~": an approximate trim only drops whole radix

@@ -7,12 +7,18 @@
 -- KEYS[2…]  the output streams and the once-keys, referred to below by their index in KEYS
 -- ARGV[1]   the consumer group on KEYS[1]
 -- ARGV[2]   time to live of a once-key, in ms
--- ARGV[3]   n, the number of inputs; then for each input: its entry id, the KEYS index of its once-key (0: none),
+-- ARGV[3]   the retained streams among KEYS, as "index:age_ms:count:bytes" separated by spaces ('' for none)
+-- ARGV[4]   n, the number of inputs; then for each input: its entry id, the KEYS index of its once-key (0: none),
 --           m, the number of its outputs, then m times: the KEYS index of the output stream, the key ('' for none),
 --           the message bytes
 --
--- Reads EXISTS of the once-keys and of KEYS[1], XINFO GROUPS and XPENDING of KEYS[1]; writes XADD on the output
--- streams, SET … PX on once-keys that were unset, XACK and XTRIM MINID on KEYS[1]. An entry may go when, for each
+-- A retained stream (the dead letters) keeps its entries for operators whoever reads them: acks never trim it;
+-- instead, whenever this script writes to it or acks on it, entries older than age_ms go, then the oldest beyond
+-- count, then the oldest while it holds more than bytes (MEMORY USAGE, as ingress measures it).
+--
+-- Reads EXISTS of the once-keys and of KEYS[1], XINFO GROUPS and XPENDING of KEYS[1], TIME, and XLEN and MEMORY
+-- USAGE of retained streams; writes XADD on the output streams, SET … PX on once-keys that were unset, XACK and
+-- XTRIM MINID on KEYS[1], XTRIM on retained streams. An entry may go when, for each
 -- group, it lies below that group's oldest pending entry (or at or below its last-delivered id when nothing is
 -- pending). So memory is bounded by acks, never by length (MAXLEN would drop entries some group has not read: lost
 -- data). allow-oom: settling is how a full Redis drains (an ack frees an input; refusing it would leave every stage
@@ -23,8 +29,27 @@
 -- once-key is set only after its input's outputs are in: a failure in between may repeat an output on the retry,
 -- but can never mark an input settled whose outputs are missing.
 local ttl = ARGV[2]
-local i, ids, inputs, seen, duplicates = 4, {}, {}, {}, 0
-for _ = 1, tonumber(ARGV[3]) do
+local retained = {}
+for idx, age, count, bytes in string.gmatch(ARGV[3], '(%d+):(%d+):(%d+):(%d+)') do
+  retained[tonumber(idx)] = {tonumber(age), tonumber(count), tonumber(bytes)}
+end
+
+local function retain(key, rule)
+  local now = redis.call('TIME')
+  local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  redis.call('XTRIM', key, 'MINID', string.format('%.0f-0', math.max(0, now_ms - rule[1])))
+  redis.call('XTRIM', key, 'MAXLEN', rule[2])
+  local used = redis.call('MEMORY', 'USAGE', key, 'SAMPLES', '0') or 0
+  local len = redis.call('XLEN', key)
+  while used > rule[3] and len > 0 do
+    len = math.min(len - 1, math.floor(len * rule[3] / used))
+    redis.call('XTRIM', key, 'MAXLEN', len)
+    used = redis.call('MEMORY', 'USAGE', key, 'SAMPLES', '0') or 0
+  end
+end
+
+local i, ids, inputs, seen, duplicates = 5, {}, {}, {}, 0
+for _ = 1, tonumber(ARGV[4]) do
   local once, m = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local fresh = once == 0 or (not seen[once] and redis.call('EXISTS', KEYS[once]) == 0)
   if once ~= 0 then seen[once] = true end
@@ -48,10 +73,16 @@ for _, input in ipairs(inputs) do
   end
 end
 
+for idx, rule in pairs(retained) do
+  if redis.call('EXISTS', KEYS[idx]) == 1 then retain(KEYS[idx], rule) end
+end
 if #ids == 0 or redis.call('EXISTS', KEYS[1]) == 0 then
   return {0, duplicates}
 end
 local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+if retained[1] then
+  return {acked, duplicates}
+end
 local floor_ms, floor_seq = nil, nil
 for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   local info = {}

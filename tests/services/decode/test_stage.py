@@ -93,7 +93,8 @@ def test_dali_cpu_pipeline_matches_cpu_geometry_and_survives_bad_batch() -> None
         _check_mixed(decoder)
         # A JPEG whose header passes but whose data is garbage fails a DALI batch; the others still decode.
         jpeg = scene_jpeg(640, 480, seed=5)
-        corrupt = jpeg[:600] + bytes(len(jpeg) - 600)
+        scan = jpeg.find(b"\xff\xda") + 14  # the first scan's data, past its header
+        corrupt = jpeg[:scan] + bytes(len(jpeg) - scan)
         before = decoder.pipe
         results = decoder.decode([jpeg, corrupt, jpeg])
         assert not isinstance(results[0], BadImage) and not isinstance(results[2], BadImage)

@@ -27,7 +27,7 @@ async def test_detect_returns_boxes_in_original_pixels_with_labels_and_timings(n
         status, headers, doc = await post(s, live.url + "/v1/detect", jpeg(800, 600))
         assert status == 200, doc
         assert doc["status"] == "done" and headers["X-Request-Id"] == doc["request_id"]
-        assert doc["image"] == {"width": 800, "height": 600}
+        assert doc["image"] == {"width": 800, "height": 600, "orientation": 1}
         (obj,) = doc["objects"]
         assert obj["box"] == [BOX[0] * 800, BOX[1] * 600, BOX[2] * 800, BOX[3] * 600]
         assert obj["label_name"] == "thing" and obj["top_k"][0] == {"label": 1, "name": "thing", "score": 0.5}

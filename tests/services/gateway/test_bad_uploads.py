@@ -119,12 +119,10 @@ async def test_200_bad_uploads_each_get_a_4xx_and_the_gateway_stays_bounded(
 ) -> None:
     env = env_for(fast_overrides(ns, redis_server.url))
     decode = Processes(env, tmp_path)
-    # Decode alone is behind it (what refuses bad images): readiness must not wait for the other stages.
-    env = {**env, "VISIONPIPE_GATEWAY__REQUIRE_STAGES": "false"}
     proc = GatewayProc({**env, "VISIONPIPE_GATEWAY__BODY_CHUNK_TIMEOUT_S": "1.0"}, tmp_path).start()
     try:
         decode.start("decode").wait_ready()
-        proc.wait_ready()
+        proc.wait_ready(stages=False)  # decode alone is behind it: what refuses bad images
         await asyncio.to_thread(http, "POST", proc.url + "/v1/detect", b"", {"Content-Type": "image/jpeg"})
         before = proc.rss_kib()
         seen = await storm(proc)

@@ -127,3 +127,76 @@ async def test_keep_alive_survives_the_guards_and_a_client_sees_413(live: Live) 
         big = io.BytesIO(b"\0" * (2 * LIMIT))
         async with s.post("/v1/detect", data=big, headers={"Content-Type": "image/jpeg"}) as r:
             assert r.status == 413 and (await r.json())["error"] == "too_large"
+
+
+async def test_uploads_beyond_the_byte_budget_get_429_until_one_finishes(ns: str) -> None:
+    """Bodies held at once are bounded: the third 400 kB upload in flight over a 1 MB budget is refused at once."""
+    settings = gateway_settings(
+        ns, gateway={"max_upload_bytes_in_flight": 1_000_000, "body_chunk_timeout_s": 1.0, "body_timeout_s": 3.0}
+    )
+    async with serving(settings, stages=False) as live:
+        slow = []
+        for _ in range(2):  # each announces 400 kB and sends two bytes of it: held, not finished
+            reader, writer = await asyncio.open_connection("127.0.0.1", live.server.port)
+            writer.write(head("Content-Length: 400000\r\n") + b"\xff\xd8")
+            await writer.drain()
+            slow.append((reader, writer))
+        await asyncio.sleep(0.2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", live.server.port)
+        writer.write(head("Content-Length: 400000\r\n"))
+        refused = await answer(reader, 3.0)
+        writer.close()
+        assert refused.startswith(b"HTTP/1.1 429") and b'"uploads_busy"' in refused and b"retry-after: 1" in refused
+        for reader, writer in slow:  # they run into the chunk timeout: 408, and their bytes are let go
+            assert (await answer(reader, 5.0)).startswith(b"HTTP/1.1 408")
+            writer.close()
+        assert live.gateway.uploads.used == 0
+        async with aiohttp.ClientSession() as s:  # no stages behind: admitted, then the wait runs out (504)
+            data = jpeg(seed=9)
+            async with s.post(live.url + "/v1/requests", data=data, headers={"Content-Type": "image/jpeg"}) as r:
+                assert r.status == 202
+
+
+async def test_a_slow_image_check_does_not_hold_the_event_loop(ns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """However long the header check takes, /healthz answers: it runs in a worker thread."""
+    from visionpipe.services.gateway import body
+
+    real = body.check_header
+
+    def slow_check(data: bytes, limits: object) -> object:
+        deadline = time.monotonic() + 1.5
+        n = 0
+        while time.monotonic() < deadline:  # CPU-bound Python, as Pillow's walk over a hostile file was
+            n += 1
+        return real(data, limits)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(body, "check_header", slow_check)
+    async with serving(gateway_settings(ns), stages=False) as live, aiohttp.ClientSession() as s:
+        image = {"Content-Type": "image/jpeg"}
+        uploads = [
+            asyncio.create_task(s.post(live.url + "/v1/requests", data=jpeg(seed=i), headers=image)) for i in range(3)
+        ]
+        worst = 0.0
+        for _ in range(20):
+            t0 = time.perf_counter()
+            async with s.get(live.url + "/healthz") as r:
+                assert r.status == 200
+            worst = max(worst, time.perf_counter() - t0)
+            await asyncio.sleep(0.05)
+        for task in uploads:
+            (await task).release()
+        # On the loop, each check would hold /healthz for its whole 1.5 s. In a thread it competes for the GIL
+        # only (a pure-Python spin, harsher than any accepted file's check); the 100 ms bound under a hostile
+        # corpus of real files is measured in test_hostile_corpus.py.
+        assert worst < 0.75, f"/healthz took {worst * 1000:.0f} ms while images were checked"
+
+
+async def test_readiness_holds_while_the_event_loop_is_busy(ns: str) -> None:
+    """The backlog is read on a thread of its own: a loop kept busy for longer than the staleness bound is no
+    reason to answer 503 not_ready to everyone once it is free again."""
+    from visionpipe.ingress import BACKPRESSURE_POLL_S, STALE_AFTER_POLLS
+
+    async with serving(gateway_settings(ns), stages=False) as live:
+        assert live.gateway.ready
+        time.sleep(STALE_AFTER_POLLS * BACKPRESSURE_POLL_S + 1.0)  # the loop held, as one CPU-bound request would
+        assert live.gateway.ready and live.gateway.watch is not None and live.gateway.watch.fresh

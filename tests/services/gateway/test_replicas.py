@@ -44,12 +44,7 @@ async def wait_for(predicate, timeout_s: float, what: str) -> None:
 
 @pytest.mark.slow
 async def test_kill_9_while_requests_wait_loses_nothing(redis_server: Server, ns: str, tmp_path: Path) -> None:
-    # The gateways come up before any stage (their requests queue), so their readiness must not wait for stages.
-    env = {
-        "VISIONPIPE_BROKER__URL": redis_server.url,
-        "VISIONPIPE_STREAMS__PREFIX": ns,
-        "VISIONPIPE_GATEWAY__REQUIRE_STAGES": "false",
-    }
+    env = {"VISIONPIPE_BROKER__URL": redis_server.url, "VISIONPIPE_STREAMS__PREFIX": ns}
     settings = load_settings(broker={"url": redis_server.url}, streams={"prefix": ns})
     broker = await connect(settings=settings)
     audit = await Collector(broker, settings, AUDIT, "audit").open()
@@ -57,7 +52,8 @@ async def test_kill_9_while_requests_wait_loses_nothing(redis_server: Server, ns
     stages: list[subprocess.Popen[bytes]] = []
     images = {f"kill-{i}": jpeg(seed=i) for i in range(REQUESTS)}
     try:
-        await asyncio.gather(asyncio.to_thread(doomed.wait_ready), asyncio.to_thread(survivor.wait_ready))
+        # The gateways come up before any stage (their requests queue): they serve, though not ready for a client.
+        await asyncio.gather(*(asyncio.to_thread(g.wait_ready, 60.0, False) for g in (doomed, survivor)))
         async with aiohttp.ClientSession() as s:
 
             async def ask(rid: str) -> int:

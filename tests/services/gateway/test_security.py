@@ -63,3 +63,44 @@ async def test_cors_is_off_unless_origins_are_set(ns: str, origins: list[str]) -
         async with s.get(live.url + "/healthz", headers={"Origin": "https://evil.example"}) as r:
             assert "Access-Control-Allow-Origin" not in r.headers
         assert allowed == ("https://app.example" if origins else None)
+
+
+def test_an_indented_comment_is_no_token_and_whitespace_inside_a_token_is_refused(tmp_path: Path) -> None:
+    from visionpipe.services.gateway.auth import read_tokens
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"  # old\n\t# older\n  {TOKEN}  \n")
+    assert read_tokens(tokens) == frozenset({TOKEN})
+    tokens.write_text(f"{TOKEN} other-token\n")
+    with pytest.raises(ValueError, match="line 1: a token cannot hold whitespace"):
+        read_tokens(tokens)
+
+
+async def test_a_commented_out_token_does_not_open_the_api(ns: str, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"  # old\n{TOKEN}\n")
+    async with (
+        serving(gateway_settings(ns, gateway={"tokens_file": str(tokens)}), stages=False) as live,
+        aiohttp.ClientSession() as s,
+    ):
+        for given in ("# old", "#", "old"):
+            async with s.get(live.url + "/v1/results/x", headers={"Authorization": f"Bearer {given}"}) as r:
+                assert r.status == 401, given
+
+
+async def test_docs_and_metrics_can_be_protected_too(ns: str, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN}\n")
+    settings = gateway_settings(ns, gateway={"tokens_file": str(tokens), "protect_docs_and_metrics": True})
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    async with serving(settings, stages=False) as live, aiohttp.ClientSession() as s:
+        for path in ("/metrics", "/docs", "/openapi.json"):
+            async with s.get(live.url + path) as r:
+                assert r.status == 401, path
+            async with s.get(live.url + path, headers=good) as r:
+                assert r.status == 200, path
+        async with s.get(live.url + "/openapi.json", headers=good) as r:
+            assert "/v1/detect" in (await r.json())["paths"]
+        for path in ("/healthz", "/readyz", "/"):  # probes and the page stay open
+            async with s.get(live.url + path) as r:
+                assert r.status == 200, path

@@ -20,11 +20,9 @@ from tests.services.gateway.helpers import GatewayProc, http, jpeg
 
 
 async def test_sigterm_answers_waiting_requests_503_and_exits_0(tmp_path: Path, ns: str) -> None:
-    # No stages: requests wait; readiness must not wait for them.
-    env = {"VISIONPIPE_BROKER__URL": f"memory://{ns}", "VISIONPIPE_GATEWAY__REQUIRE_STAGES": "false"}
-    proc = GatewayProc(env, tmp_path).start()
+    proc = GatewayProc({"VISIONPIPE_BROKER__URL": f"memory://{ns}"}, tmp_path).start()  # no stages: requests wait
     try:
-        await asyncio.to_thread(proc.wait_ready)
+        await asyncio.to_thread(proc.wait_ready, 60.0, False)
         waiting = asyncio.create_task(
             asyncio.to_thread(
                 http, "POST", proc.url + "/v1/detect?timeout_ms=30000", jpeg(), {"Content-Type": "image/jpeg"}, 30.0
@@ -65,7 +63,9 @@ def test_run_serve_prints_a_url_that_answers(tmp_path: Path) -> None:
         assert url is not None and url.group(1) == f"http://127.0.0.1:{port}", log.read_text()
         status, _, body = http("POST", url.group(1) + "/v1/detect", jpeg(), {"Content-Type": "image/jpeg"}, 60)
         doc = json.loads(body)
-        assert status == 200 and doc["image"] == {"width": 640, "height": 480} and doc["objects"], body[:300]
+        assert status == 200 and doc["image"] == {"width": 640, "height": 480, "orientation": 1} and doc["objects"], (
+            body[:300]
+        )
         assert doc["weights"] == {"detector": "random", "classifier": "random"}
         assert "curl --data-binary" in log.read_text()
         proc.send_signal(signal.SIGINT)

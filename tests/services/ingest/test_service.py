@@ -77,7 +77,7 @@ def _http_or_down(port: int, path: str) -> tuple[int, Any]:
 
 async def test_streams_are_added_listed_and_removed_at_run_time_through_api_and_cli(tmp_path: Path, ns: str) -> None:
     video = write_video(tmp_path / "door.mp4", 20)
-    service = IngestService(_settings(ns), with_stages=False)
+    service = IngestService(_settings(ns, api_file_roots=[str(tmp_path)]), with_stages=False)
     running = asyncio.create_task(service.run())
     await wait_until(lambda: service.port != 0, timeout_s=20)
     port, cli = service.port, CliRunner()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import resource
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,12 @@ import torch
 
 from tests.services.ingest.helpers import assert_chain, end_of, image, published, registry, wait_until
 from tests.services.ingest.media import read_index, write_video
-from visionpipe.envelope import Envelope
-from visionpipe.settings import StreamSource
+from visionpipe.broker import BrokerError, MemoryBroker, Room
+from visionpipe.envelope import REPLAYED, Envelope, Event
+from visionpipe.ingress import ensure_pipeline_streams
+from visionpipe.services.ingest.registry import StreamRegistry
+from visionpipe.settings import StreamSource, load_settings
+from visionpipe.topology import INGRESS
 
 
 async def test_a_file_is_sampled_to_its_fps_losslessly_and_in_order(tmp_path: Path, ns: str) -> None:
@@ -122,3 +127,37 @@ async def test_nvdec_decodes_on_the_gpu(tmp_path: Path, ns: str) -> None:
     assert info.decoder.endswith("(nvdec)") and info.counters.published == 30
     envs = await published(broker, settings)
     assert [read_index(image(e)) for e in envs] == list(range(30))
+
+
+class LostReply(MemoryBroker):
+    """A real in-process broker that loses the reply to one publish: the frames are in, the caller hears an error."""
+
+    lost = 1
+
+    async def publish_if_room(
+        self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None], room: Room
+    ) -> dict[str, int] | None:
+        held = await super().publish_if_room(stream, messages, keys, room)
+        if held is None and self.lost:
+            self.lost -= 1
+            raise BrokerError("connection reset before the reply")
+        return held
+
+
+async def test_a_publish_whose_reply_was_lost_is_sent_again_as_the_same_request(ns: str) -> None:
+    """The retry after a lost reply resends the same envelope: the same once-key, so the stages make one result."""
+    settings = load_settings(streams={"prefix": ns}, broker={"url": f"memory://{ns}"}, ingest={"publish_batch": 1})
+    broker = LostReply(settings.broker.url)
+    await ensure_pipeline_streams(broker, settings)
+    reg = StreamRegistry(broker, settings)
+    await reg.add(StreamSource(url="lavfi:testsrc=size=64x48:rate=5:duration=1", id="cam", live=False))
+    await asyncio.wait_for(reg.wait_ended(), 30)
+    frames = await published(broker, settings)
+    by_id: dict[str, list[Envelope]] = {}
+    for env in frames:
+        by_id.setdefault(env.request_id, []).append(env)
+    (twice,) = [copies for copies in by_id.values() if len(copies) > 1]  # the frame whose reply was lost
+    assert len(twice) == 2
+    stamps = {(e.ts(INGRESS, Event.ENQUEUED), e.ts(INGRESS, REPLAYED)) for e in twice}
+    assert len(stamps) == 1, f"the retry is a new request to the stages (its own once-key): {stamps}"
+    assert twice[0].encode() == twice[1].encode()

@@ -78,7 +78,7 @@ class SlowStage(DnnStage[None]):
 
 
 def _settings(ns: str) -> Settings:
-    s = settings_for(ns, heartbeat_s=0.05)
+    s = settings_for(ns)
     return s.model_copy(
         update={
             "executor": s.executor.model_copy(update={"policy": "timeout", "slo_ms": 1000.0}),
