@@ -81,6 +81,12 @@ MEASURING_OPTIONS = [
         show_default=True,
         help="seconds a send may wait at the ingress watermark before it counts as rejected",
     ),
+    click.option(
+        "--deadline-ms",
+        type=click.FloatRange(min=1.0),
+        default=None,
+        help="each request's deadline, ms from its scheduled send; counts deadline_exceeded answers and late results",
+    ),
 ]
 # The stages a run starts itself.
 STAGE_OPTIONS = [
@@ -182,6 +188,7 @@ def _execute(brokers: list[str], external: bool, out_dir: Path, kw: dict[str, An
             backpressure_wait_s=kw["backpressure_wait"],
             warmup_requests=kw["warmup"],
             progress=kw["progress"],
+            deadline_ms=kw["deadline_ms"],
         ),
         stages=StageOptions(
             device=kw["device"],
@@ -256,6 +263,7 @@ def summary_table(results: list[RunResult]) -> Table:
         ("throughput req/s", lambda s: f"{s.get('throughput_rps', 0):.1f}"),
         *[(f"{p} ms", _percentile_cell(p)) for p in ("p50", "p90", "p99", "p99.9", "max")],
         ("non-DNN share", lambda s: f"{(s.get('non_dnn_share') or 0) * 100:.0f} %"),
+        ("deadline exceeded / late", lambda s: f"{s.get('deadline_exceeded', 0)} / {s.get('late', 0)}"),
     ]
     for name, get in rows:
         table.add_row(name, *(get(r.summary) if "error" not in r.summary else "failed" for r in results))
@@ -267,7 +275,8 @@ def _execute_http(target: str, token: str | None, kw: dict[str, Any]) -> None:
     from visionpipe.loadgen.http_target import HttpOptions, run_http_load
 
     spec, images = _load(kw)
-    summary = asyncio.run(run_http_load(target, spec, images, HttpOptions(warmup_requests=kw["warmup"], token=token)))
+    opts = HttpOptions(warmup_requests=kw["warmup"], token=token, deadline_ms=kw["deadline_ms"])
+    summary = asyncio.run(run_http_load(target, spec, images, opts))
     table = Table(title=f"load through {target}: {spec.describe()}")
     table.add_column("")
     table.add_column("value", justify="right")
@@ -280,6 +289,10 @@ def _execute_http(target: str, token: str | None, kw: dict[str, Any]) -> None:
             f"{summary['lost']}",
         ),
         ("statuses", ", ".join(f"{k}: {v}" for k, v in sorted(summary["statuses"].items()))),
+        (
+            "deadline: 504 exceeded / 429 refused / late 200s",
+            f"{summary['deadline_exceeded']} / {summary['deadline_infeasible']} / {summary['late']}",
+        ),
         ("throughput req/s", f"{summary['throughput_rps']:.1f}"),
         *[(f"{p} ms (200s)", f"{lat.get(p, float('nan')):.2f}") for p in ("p50", "p90", "p99", "max")],
     ]:

@@ -4,7 +4,9 @@ Open loop and free of coordinated omission: every request is sent at its schedul
 on a connection pool without a cap, so a slow answer never delays the next send, and each latency runs from the
 scheduled time (monotonic) to the answer. The closed-loop pattern has N clients each sending when the last
 answer came. Answers are counted by status: 200 (with the gateway's per-stage split), 429 (backpressure:
-refused, not lost), 5xx and 504, and transport errors; a request with no answer at all is lost.
+refused, not lost), 5xx and 504, and transport errors; a request with no answer at all is lost. With a deadline
+(``X-Deadline-Ms``) the error codes say which 504s and 429s were the deadline's (``deadline_exceeded``,
+``deadline_infeasible``), and a 200 that arrived after its deadline is counted late.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class HttpOptions:
     timeout_ms: int | None = None  # the wait asked with ?timeout_ms= (at most the gateway's max); None: its default
     warmup_requests: int = 4
     token: str | None = None
+    deadline_ms: float | None = None  # sent as X-Deadline-Ms
 
 
 @dataclass
@@ -45,15 +48,21 @@ class HttpRecorder:
     answered: Any = field(default_factory=new_histogram)  # every answer, whatever its status
     latency_sum_ns: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)  # "status code" of every error answer, e.g. "504 timeout"
+    late: int = 0  # 200s that came after their deadline
     split_ms: Counter[str] = field(default_factory=Counter)  # the gateway's timings_ms, summed over 200s
     sent: int = 0
     first_ns: int | None = None
     last_ns: int | None = None
 
-    def record(self, sched_ns: int, status: str, doc: dict[str, Any] | None) -> None:
+    def record(self, sched_ns: int, status: str, doc: dict[str, Any] | None, deadline_ms: float | None = None) -> None:
         now = time.monotonic_ns()
         latency_ns = now - sched_ns
         self.statuses[status] += 1
+        if status != "200" and isinstance(doc, dict) and isinstance(doc.get("error"), str):
+            self.errors[f"{status} {doc['error']}"] += 1
+        elif status == "200" and deadline_ms is not None and latency_ns > deadline_ms * 1e6:
+            self.late += 1
         self.answered.record_value(max(1, latency_ns // 1000))
         self.last_ns = now
         if status == "200":
@@ -73,6 +82,10 @@ class HttpRecorder:
             "rejected_429": self.statuses["429"],
             "server_errors_5xx": sum(n for s, n in self.statuses.items() if s.startswith("5")),
             "transport_errors": self.statuses[TRANSPORT_ERROR],
+            "errors": dict(self.errors),
+            "deadline_exceeded": sum(n for e, n in self.errors.items() if e.endswith(" deadline_exceeded")),
+            "deadline_infeasible": sum(n for e, n in self.errors.items() if e.endswith(" deadline_infeasible")),
+            "late": self.late,
             "lost": self.sent - answered,
             "throughput_rps": ok / span if span > 0 else 0.0,
             "offered_rps": self.sent / duration_s if duration_s > 0 else 0.0,
@@ -89,6 +102,8 @@ class HttpLoad:
         self.images, self.opts = images, opts
         self.run_id = uuid.uuid4().hex[:8]
         self.headers = {"Content-Type": "image/jpeg"}
+        if opts.deadline_ms is not None:
+            self.headers["X-Deadline-Ms"] = str(round(opts.deadline_ms))
         if opts.token:
             self.headers["Authorization"] = f"Bearer {opts.token}"
 
@@ -96,8 +111,8 @@ class HttpLoad:
         headers = {**self.headers, "X-Request-Id": f"{self.run_id}-{n}"}
         try:
             async with s.post(self.url, data=self.images.pick(n), headers=headers) as r:
-                doc = await r.json(content_type=None) if r.status == 200 else None
-                rec.record(sched_ns, str(r.status), doc)
+                doc = await r.json(content_type=None) if r.content_type == "application/json" else None
+                rec.record(sched_ns, str(r.status), doc, self.opts.deadline_ms)
         except (aiohttp.ClientError, TimeoutError, ValueError):
             rec.record(sched_ns, TRANSPORT_ERROR, None)
 

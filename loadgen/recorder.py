@@ -18,6 +18,7 @@ from hdrh.histogram import HdrHistogram
 from visionpipe.breakdown import CATEGORIES, DNN, SEGMENTS, category, segments
 from visionpipe.broker import DeadLetter
 from visionpipe.envelope import Envelope
+from visionpipe.hops import Expiry
 
 # HDR range: 1 µs to 1 h at 3 significant digits (0.1 % error), ~200 KB per histogram.
 HIST_MIN_US = 1
@@ -45,6 +46,8 @@ class Recorder:
     scheduled: dict[str, int] = field(default_factory=dict)  # request id → scheduled monotonic ns
     done: set[str] = field(default_factory=set)
     failed: dict[str, str] = field(default_factory=dict)  # request id → reason (dead letter / backpressure)
+    expired: dict[str, str] = field(default_factory=dict)  # request id → stage that answered deadline_exceeded
+    late: int = 0  # results read after their request's deadline
     duplicates: int = 0
     strays: int = 0  # results whose id this run never sent (an earlier run's, on kept streams)
     objects: int = 0
@@ -53,6 +56,10 @@ class Recorder:
     received_at: list[float] = field(default_factory=list)  # s from start, for throughput over time
     first_send_mono_ns: int | None = None
     last_receive_mono_ns: int | None = None
+
+    def wall_ns(self, mono_ns: int) -> int:
+        """A monotonic time of this run on the wall clock (the stages' and deadlines' clock)."""
+        return self.wall0_ns + (mono_ns - self.mono0_ns)
 
     def sent(self, request_id: str, scheduled_mono_ns: int) -> None:
         self.scheduled[request_id] = scheduled_mono_ns
@@ -65,7 +72,21 @@ class Recorder:
 
     @property
     def outstanding(self) -> int:
-        return len(self.scheduled) - len(self.done) - len(self.failed.keys() & self.scheduled.keys())
+        return (
+            len(self.scheduled) - len(self.done) - len(self.failed.keys() & self.scheduled.keys()) - len(self.expired)
+        )
+
+    def on_expired(self, env: Envelope, expiry: Expiry) -> bool:
+        """A request a stage answered deadline_exceeded: neither a result nor a failure. True: one of ours, first."""
+        rid = env.request_id
+        if rid not in self.scheduled:
+            self.strays += 1
+            return False
+        if rid in self.done or rid in self.failed or rid in self.expired:
+            self.duplicates += 1
+            return False
+        self.expired[rid] = expiry.stage
+        return True
 
     def on_result(self, env: Envelope, recv_mono_ns: int, recv_wall_ns: int) -> bool:
         """Record a result; returns True when it completes a request of this run for the first time."""
@@ -78,6 +99,8 @@ class Recorder:
             self.duplicates += 1
             return False
         self.done.add(rid)
+        if env.deadline_ns is not None and recv_wall_ns > env.deadline_ns:
+            self.late += 1
         latency_ns = recv_mono_ns - sched
         self.latency.record_value(max(HIST_MIN_US, latency_ns // 1000))
         self.latency_sum_ns += latency_ns
@@ -101,7 +124,7 @@ class Recorder:
         if rid is None or rid not in self.scheduled:
             self.strays += 1
             return False
-        if rid in self.done or rid in self.failed:
+        if rid in self.done or rid in self.failed or rid in self.expired:
             self.duplicates += 1
             return False
         self.failed[rid] = f"{letter.stage}: {letter.reason}"
@@ -124,7 +147,10 @@ class Recorder:
             "sent": sent,
             "completed": completed,
             "failed": failed,
-            "lost": sent - completed - failed,
+            "lost": sent - completed - failed - len(self.expired),
+            "deadline_exceeded": len(self.expired),
+            "deadline_exceeded_by_stage": dict(Counter(self.expired.values())),
+            "late": self.late,
             "duplicates": self.duplicates,
             "strays": self.strays,
             "failure_reasons": dict(Counter(self.failed.values()).most_common(5)),

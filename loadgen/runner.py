@@ -51,6 +51,7 @@ class RunOptions:
     warmup_timeout_s: float = 180.0
     progress: bool = True
     label: str = ""
+    deadline_ms: float | None = None  # each request's deadline, from its scheduled send time
 
 
 @dataclass
@@ -86,6 +87,9 @@ class _Dispatch:
         for env in batch.results:
             self._recorder(env.request_id).on_result(env, batch.mono_ns, batch.wall_ns)
             self._wake(env.request_id)
+        for env, expiry in batch.expired:
+            self._recorder(env.request_id).on_expired(env, expiry)
+            self._wake(env.request_id)
         for letter in batch.dead:
             self._recorder(letter.request_id).on_dead_letter(letter)
             self._wake(letter.request_id)
@@ -113,7 +117,11 @@ async def _read(collector: Collector, dispatch: _Dispatch, stop: asyncio.Event) 
 async def _submit(run: _Run, rec: Recorder, batch: list[tuple[str, int, bytes]], wait_s: float) -> None:
     for rid, sched_ns, _ in batch:
         rec.sent(rid, sched_ns)
-    frames = [Frame(image, rid, SOURCE) for rid, _, image in batch]
+    ms = run.opts.deadline_ms
+    frames = [
+        Frame(image, rid, SOURCE, deadline_ns=None if ms is None else rec.wall_ns(sched) + int(ms * 1e6))
+        for rid, sched, image in batch
+    ]
     try:
         await submit_images(run.broker, run.settings, frames, wait_s=wait_s)
     except Backpressure as exc:
@@ -265,7 +273,7 @@ async def delete_streams(settings: Settings) -> None:
     """Remove every stream of the run's prefix (after the stages have stopped)."""
     broker = await connect(settings.broker.url, settings)
     try:
-        for stream in topology.stream_names(settings):
+        for stream in (*topology.stream_names(settings), topology.state_stream(settings)):
             await broker.delete(stream)
     finally:
         await broker.close()

@@ -109,10 +109,19 @@ api_option = click.option("--api", default=DEFAULT_API, show_default=True, envva
 @click.option("--fps", type=float)
 @click.option("--policy", type=click.Choice(["auto", "lossless", "latest"]), default="auto", show_default=True)
 @click.option("--live/--not-live", default=None, help="override what the URL suggests")
+@click.option("--deadline-ms", type=float, help="a frame is worthless this long after capture (answered early then)")
 @api_option
-def add_cmd(url: str, stream_id: str | None, fps: float | None, policy: str, live: bool | None, api: str) -> None:
+def add_cmd(
+    url: str,
+    stream_id: str | None,
+    fps: float | None,
+    policy: str,
+    live: bool | None,
+    deadline_ms: float | None,
+    api: str,
+) -> None:
     """Add a stream to a running ingest service."""
-    body = {"url": url, "id": stream_id, "fps": fps, "policy": policy, "live": live}
+    body = {"url": url, "id": stream_id, "fps": fps, "policy": policy, "live": live, "deadline_ms": deadline_ms}
     click.echo(json.dumps(_call(api, "POST", "/v1/streams", body), indent=2))
 
 

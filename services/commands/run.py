@@ -130,6 +130,11 @@ async def _run(
 )
 @click.option("--serve", is_flag=True, help="instead of IMAGES: serve every stage plus the HTTP gateway and its page")
 @click.option("--port", type=int, help="--serve: the gateway's port (default 8000; 0: any free one)")
+@click.option(
+    "--deadline-ms",
+    type=click.FloatRange(min=1.0),
+    help="each image's deadline from its submission: a stage that cannot make it answers deadline_exceeded",
+)
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -147,11 +152,14 @@ def run(
     stages_elsewhere: bool,
     serve: bool,
     port: int | None,
+    deadline_ms: float | None,
 ) -> None:
     """Run decode -> detector -> classifier over IMAGES (files or directories; default: the shipped samples)."""
     settings = cli_settings(settings_file, broker, device, weights, detector, classifier, port=port)
     if score_threshold is not None:
         settings.detector.score_threshold = score_threshold
+    if deadline_ms is not None:
+        settings.limits.default_deadline_ms = deadline_ms
     setup_logging("WARNING" if settings.service.log_level.upper() == "INFO" else settings.service.log_level)
     check_broker_url(settings)
     console = Console(stderr=True)
@@ -174,7 +182,8 @@ def run(
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
     if summary.ok == 0:
-        console.print(f"no image went through: all {summary.bad} were bad (reasons above, and in {out})")
+        late = f" ({summary.deadline_exceeded} of them out of time)" if summary.deadline_exceeded else ""
+        console.print(f"no image went through: all {summary.bad} were bad{late} (reasons above, and in {out})")
         ctx.exit(EXIT_NOTHING_WENT_THROUGH)
 
 

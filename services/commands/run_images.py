@@ -82,6 +82,9 @@ class RunSummary:
     cores: dict[str, Any] = field(default_factory=dict)
     threads: dict[str, Any] = field(default_factory=dict)  # visionpipe.threads.ThreadCensus over the run
     copied_bytes: int = 0  # envelope bytes encoded and decoded while the images went through
+    deadline_ms: float | None = None
+    deadline_exceeded: int = 0  # answered deadline_exceeded by a stage, early
+    late: int = 0  # results that came after their deadline
 
     @property
     def images_per_s(self) -> float:
@@ -116,6 +119,7 @@ class RunSummary:
             "cores": self.cores,
             "threads": self.threads,
             "copied_bytes_per_image": round(self.copied_bytes / self.ok) if self.ok else None,
+            "deadline": {"ms": self.deadline_ms, "exceeded": self.deadline_exceeded, "late": self.late},
         }
 
 
@@ -133,7 +137,9 @@ async def run_pipeline(
     and collect, and delete nothing after the run (the streams are theirs).
     """
     inputs = [Input(p, f"{i:06d}-{uuid.uuid4().hex[:8]}") for i, p in enumerate(walk(paths))]
-    summary = RunSummary(inputs=len(inputs), broker=redact_url(settings.broker.url))
+    summary = RunSummary(
+        inputs=len(inputs), broker=redact_url(settings.broker.url), deadline_ms=settings.limits.default_deadline_ms
+    )
     try:
         await ensure_pipeline_streams(broker, settings)
         collector = await Collector(broker, settings, COLLECTOR, "run").open()  # Kafka joins during model load
@@ -153,7 +159,7 @@ async def run_pipeline(
         _tally(summary, inputs, records)
     finally:
         if not external:
-            for stream in topology.stream_names(settings):
+            for stream in (*topology.stream_names(settings), topology.state_stream(settings)):
                 await broker.delete(stream)
         await broker.close()
     return summary
@@ -253,6 +259,8 @@ def _tally(summary: RunSummary, inputs: list[Input], records: dict[str, dict[str
     """Per image, in input order: what was found, or why it was not read."""
     for item in inputs:
         rec = records.get(item.request_id, NO_RESULT)
+        summary.late += bool(rec.get("late"))
+        summary.deadline_exceeded += bool(rec.get("deadline_exceeded"))
         if rec["ok"]:
             summary.ok += 1
             objects = rec.get("objects") or []
@@ -266,7 +274,7 @@ def _tally(summary: RunSummary, inputs: list[Input], records: dict[str, dict[str
 
 
 async def _submit(inputs: list[Input], broker: Broker, settings: Settings, records: dict[str, dict[str, Any]]) -> None:
-    limit = settings.limits.max_image_bytes
+    limit, deadline_ms = settings.limits.max_image_bytes, settings.limits.default_deadline_ms
     chunk: list[Frame] = []
     for item in inputs:
         try:
@@ -277,7 +285,8 @@ async def _submit(inputs: list[Input], broker: Broker, settings: Settings, recor
         except (OSError, ValueError) as exc:
             records[item.request_id] = {"ok": False, "stage": "ingress", "error": f"cannot read: {exc}"}
             continue
-        chunk.append(Frame(data, item.request_id, str(item.path)[-MAX_SOURCE_CHARS:]))
+        due = None if deadline_ms is None else time.time_ns() + int(deadline_ms * 1e6)
+        chunk.append(Frame(data, item.request_id, str(item.path)[-MAX_SOURCE_CHARS:], deadline_ns=due))
         if len(chunk) >= settings.decode.batch:
             await submit_images(broker, settings, chunk)
             chunk = []
@@ -286,7 +295,8 @@ async def _submit(inputs: list[Input], broker: Broker, settings: Settings, recor
 
 
 def _record(batch: Collected, by_id: dict[str, Input], records: dict[str, dict[str, Any]], split: Split) -> None:
-    """Keep the first outcome of each of our requests: its result with its latency split, or its dead letter.
+    """Keep the first outcome of each of our requests: its result with its latency split, its early answer
+    (deadline_exceeded), or its dead letter.
 
     A request's time runs from its enqueue at ingress (file reading is not the pipeline's) to this read.
     """
@@ -296,7 +306,12 @@ def _record(batch: Collected, by_id: dict[str, Input], records: dict[str, dict[s
             parts = segments(env, start, batch.wall_ns) if start is not None else {}
             if parts:
                 split.add(parts)
-            records[env.request_id] = {"ok": True, **env.payload, "latency_ms": categories_ms(parts)}
+            late = env.deadline_ns is not None and batch.wall_ns > env.deadline_ns
+            records[env.request_id] = {"ok": True, **env.payload, "latency_ms": categories_ms(parts), "late": late}
+    for env, expiry in batch.expired:
+        if env.request_id in by_id and env.request_id not in records:
+            error = f"deadline_exceeded: {expiry.reason()}"
+            records[env.request_id] = {"ok": False, "stage": expiry.stage, "error": error, "deadline_exceeded": True}
     for entry in batch.dead:
         if entry.request_id in by_id and entry.request_id not in records:
             records[entry.request_id] = {"ok": False, "stage": entry.stage, "error": entry.reason}

@@ -27,10 +27,11 @@ async def serve_locally(settings: Settings, console: Console) -> None:
     await ensure_pipeline_streams(broker, settings)
     try:
         async with LocalStages(broker, settings) as stages:
-            server = make_server(Gateway(settings, broker=broker))
+            gateway = Gateway(settings, broker=broker)
+            server = make_server(gateway)
             serving = asyncio.create_task(server.serve(), name="gateway")
             try:
-                await _announce(settings, console, stages, server, serving)
+                await _announce(settings, console, stages, gateway, server, serving)
                 await serving
             finally:
                 server.should_exit = True
@@ -41,12 +42,17 @@ async def serve_locally(settings: Settings, console: Console) -> None:
 
 
 async def _announce(
-    settings: Settings, console: Console, stages: LocalStages, server: GatewayServer, serving: asyncio.Task[None]
+    settings: Settings,
+    console: Console,
+    stages: LocalStages,
+    gateway: Gateway,
+    server: GatewayServer,
+    serving: asyncio.Task[None],
 ) -> None:
-    """Once every stage and the server are up: where to point a browser or curl."""
+    """Once a request sent now will be served (the gateway is ready, and sees every stage ready): where to send it."""
     console.print(f"starting decode, detector, classifier and the gateway on {redact_url(settings.broker.url)}…")
     await stages.wait_started(others=[serving])
-    while not server.started:
+    while not (server.started and gateway.ready and gateway.stages_ready):
         stages.check(others=[serving])
         await asyncio.sleep(STARTED_POLL_S)
     url = f"http://{settings.service.host}:{server.port}"

@@ -39,6 +39,12 @@ def print_summary(s: RunSummary, out: Path, console: Console) -> None:
     table.add_row("throughput", f"{s.images_per_s:.2f} images/s  ({s.ok} in {s.elapsed_s:.2f} s)")
     table.add_row(*latency_row(s))
     table.add_row("start-up", f"{s.startup_s:.1f} s (models, warm-up; not in throughput)")
+    if s.deadline_ms is not None:
+        table.add_row(
+            "deadline",
+            f"{s.deadline_ms:g} ms: {s.ok - s.late} results in time, {s.late} late, "
+            f"{s.deadline_exceeded} answered deadline_exceeded",
+        )
     table.add_row("device / decoder / broker", f"{s.device} / {s.decoder} / {s.broker}")
     for stage, weights in s.weights.items():
         shown = "[bold red]RANDOM weights: outputs are meaningless[/]" if weights == RANDOM else weights

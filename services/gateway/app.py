@@ -24,11 +24,12 @@ from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from visionpipe import __version__
+from visionpipe.broker.base import DEADLINE, GAVE_UP
 from visionpipe.services.gateway.auth import auth_dependencies
 from visionpipe.services.gateway.body import read_image
-from visionpipe.services.gateway.documents import failure, is_done
+from visionpipe.services.gateway.documents import DEADLINE_KEY, failure, is_done
 from visionpipe.services.gateway.errors import GatewayError
-from visionpipe.services.gateway.gateway_metrics import MetricsMiddleware
+from visionpipe.services.gateway.gateway_metrics import GatewayMetrics, MetricsMiddleware
 from visionpipe.services.gateway.schema import (
     IMAGE_BODY,
     Accepted,
@@ -49,6 +50,18 @@ RequestIdHeader = Annotated[
     Header(alias="X-Request-Id", pattern=REQUEST_ID_PATTERN, description="your id: a retry with it is not redone"),
 ]
 RequestIdPath = Annotated[str, PathParam(pattern=REQUEST_ID_PATTERN)]
+# A deadline is for an answer a client waits for; an hour bounds what one may ask.
+MAX_DEADLINE_MS = 3_600_000
+DEADLINE_HELP = "answer by this many ms after the upload arrives: the result, 504 deadline_exceeded, or 429 at once"
+DeadlineQuery = Annotated[
+    int | None, Query(ge=1, le=MAX_DEADLINE_MS, description=DEADLINE_HELP + " (or X-Deadline-Ms)")
+]
+# Typed ``int`` with a None default rather than ``int | None``: documented as an integer, not "integer or null",
+# which would tell clients that the word "null" is a valid header value.
+DeadlineHeader = Annotated[
+    int,
+    Header(alias="X-Deadline-Ms", ge=1, le=MAX_DEADLINE_MS, description=DEADLINE_HELP + " (or ?deadline_ms=)"),
+]
 
 
 def create_app(gateway: Gateway, routers: Sequence[APIRouter] = (), *, manage: bool = True) -> FastAPI:
@@ -96,12 +109,13 @@ def create_app(gateway: Gateway, routers: Sequence[APIRouter] = (), *, manage: b
 
 def _api(gw: Gateway) -> APIRouter:
     api = APIRouter(prefix="/v1", tags=["detect"])
-    _upload_routes(api, gw)
+    _detect_route(api, gw)
+    _submit_route(api, gw)
     _result_route(api, gw)
     return api
 
 
-def _upload_routes(api: APIRouter, gw: Gateway) -> None:
+def _detect_route(api: APIRouter, gw: Gateway) -> None:
     settings = gw.settings.gateway
     max_wait_ms = int(settings.max_wait_s * 1000)
     upload = upload_errors(bool(gw.tokens))
@@ -111,8 +125,12 @@ def _upload_routes(api: APIRouter, gw: Gateway) -> None:
         response_model=DetectResult,
         responses={
             **upload,
+            500: error("the pipeline gave up on the request after repeated failures (gave_up)"),
             502: error("a stage gave up on the request"),
-            504: error("no result within the wait; GET /v1/results/{request_id} later"),
+            504: error(
+                "deadline_exceeded: a stage knew the deadline could not be met (stage, late_ms), or no answer came "
+                "by it; timeout: no result within the wait; GET /v1/results/{request_id} later"
+            ),
         },
         openapi_extra=IMAGE_BODY,
         summary="Detect and classify objects in an image, waiting for the result",
@@ -121,22 +139,44 @@ def _upload_routes(api: APIRouter, gw: Gateway) -> None:
         request: Request,
         x_request_id: RequestIdHeader = None,
         timeout_ms: Annotated[int | None, Query(ge=0, le=max_wait_ms, description="how long to wait")] = None,
+        deadline_ms: DeadlineQuery = None,
+        x_deadline_ms: DeadlineHeader = None,  # type: ignore[assignment]
     ) -> Response:
         received = time.time_ns()
         with gw.uploads.hold() as hold:  # published: a waiting request holds no upload (up to max_image_bytes)
             image, _ = await read_image(request, gw.settings, hold)
-            sub = await gw.submit(image, x_request_id, received, claim=False)  # the client learns the id from us
+            asked = gw.deadline_ms(deadline_ms if deadline_ms is not None else x_deadline_ms)
+            sub = await gw.submit(image, x_request_id, received, claim=False, deadline_ms=asked)  # the id is ours
             del image
         rid = sub.request_id
         wait_s = settings.wait_s if timeout_ms is None else timeout_ms / 1000
-        doc = await gw.wait(rid, sub.claim, min(wait_s, settings.max_wait_s))
+        left_s = None if asked is None else (received + asked * 1e6 - time.time_ns()) / 1e9
+        doc = await gw.wait(rid, sub.claim, min(wait_s if left_s is None else left_s, settings.max_wait_s))
         if doc is None:
             if x_request_id is None:
                 await gw.claim(rid, sub.claim)  # now the client has the id: a GET of it must say "pending"
+            if asked is not None and left_s is not None and left_s <= min(wait_s, settings.max_wait_s):
+                raise no_answer_by_the_deadline(gw, rid, asked)
             raise GatewayError(
                 504, "timeout", f"no result within {wait_s:g} s; it can be fetched later", request_id=rid
             )
-        return document_response(doc, rid)
+        return document_response(doc, rid, judge=asked is not None, metrics=gw.metrics)
+
+
+def no_answer_by_the_deadline(gw: Gateway, request_id: str, asked_ms: float) -> GatewayError:
+    """Nothing came back by the deadline: say so at the deadline (the request may still complete, for a GET)."""
+    gw.metrics.deadline.labels("exceeded").inc()
+    return GatewayError(
+        504,
+        "deadline_exceeded",
+        f"no answer from the pipeline within the deadline of {asked_ms:g} ms: still queued or computing",
+        request_id=request_id,
+        extra={"stage": "pipeline", "late_ms": 0.0},
+    )
+
+
+def _submit_route(api: APIRouter, gw: Gateway) -> None:
+    upload = upload_errors(bool(gw.tokens))
 
     @api.post(
         "/requests",
@@ -146,11 +186,17 @@ def _upload_routes(api: APIRouter, gw: Gateway) -> None:
         openapi_extra=IMAGE_BODY,
         summary="Submit an image; fetch its result later",
     )
-    async def submit(request: Request, x_request_id: RequestIdHeader = None) -> JSONResponse:
+    async def submit(
+        request: Request,
+        x_request_id: RequestIdHeader = None,
+        deadline_ms: DeadlineQuery = None,
+        x_deadline_ms: DeadlineHeader = None,  # type: ignore[assignment]
+    ) -> JSONResponse:
         received = time.time_ns()
         with gw.uploads.hold() as hold:
             image, _ = await read_image(request, gw.settings, hold)
-            rid = (await gw.submit(image, x_request_id, received)).request_id
+            asked = gw.deadline_ms(deadline_ms if deadline_ms is not None else x_deadline_ms)
+            rid = (await gw.submit(image, x_request_id, received, deadline_ms=asked)).request_id
         url = f"/v1/results/{rid}"
         body = Accepted(request_id=rid, result_url=url).model_dump()
         return JSONResponse(body, status_code=202, headers={"Location": url, "X-Request-Id": rid})
@@ -166,8 +212,10 @@ def _result_route(api: APIRouter, gw: Gateway) -> None:
             202: {"model": Pending, "description": "admitted, no result yet"},
             404: error("no such request, or its result expired"),
             422: error("the image could not be decoded, or the id is malformed"),
+            500: error("the pipeline gave up on the request after repeated failures (gave_up)"),
             502: error("a stage gave up on the request"),
             503: error("the gateway is not ready"),
+            504: error("deadline_exceeded: a stage answered that the request's deadline could not be met"),
         },
         summary="The result of a submitted image",
     )
@@ -186,14 +234,48 @@ def _result_route(api: APIRouter, gw: Gateway) -> None:
         return document_response(doc, request_id)
 
 
-def document_response(doc: bytes, request_id: str) -> Response:
-    """A stored document as the answer: the bytes as they are when done, an error when a stage refused it."""
+def document_response(
+    doc: bytes, request_id: str, *, judge: bool = False, metrics: GatewayMetrics | None = None
+) -> Response:
+    """A stored document as the answer: the bytes as they are when done, an error when the pipeline refused it.
+
+    ``judge``: the client waits for an answer by its deadline, so a result that reached the gateway late is
+    answered ``deadline_exceeded`` (still stored, for a later GET), never returned late as if on time.
+    """
     if is_done(doc):
+        late = failure(doc).get("deadline") if judge and DEADLINE_KEY in doc else None
+        if isinstance(late, dict) and not late.get("met", True):
+            _count(metrics, "exceeded")
+            raise GatewayError(
+                504,
+                "deadline_exceeded",
+                f"the result came {late.get('late_ms')} ms after the deadline; GET /v1/results/{request_id} has it",
+                request_id=request_id,
+                extra={"stage": str(late.get("stage")), "late_ms": float(late.get("late_ms") or 0.0)},
+            )
+        _count(metrics, "in_time" if judge else None)
         return Response(doc, media_type="application/json", headers={"X-Request-Id": request_id})
     f = failure(doc)
+    stage, reason = f.get("stage"), f.get("reason")
+    if f.get("status") == "expired":
+        _count(metrics, "exceeded")
+        late = {"stage": str(stage), "late_ms": float(f.get("late_ms") or 0.0)}
+        raise GatewayError(504, "deadline_exceeded", str(reason), request_id=request_id, extra=late)
     if f.get("bad_input"):
-        raise GatewayError(422, "bad_image", f"{f.get('stage')}: {f.get('reason')}", request_id=request_id)
-    raise GatewayError(502, "pipeline_failed", f"{f.get('stage')}: {f.get('reason')}", request_id=request_id)
+        raise GatewayError(422, "bad_image", f"{stage}: {reason}", request_id=request_id)
+    kind = f.get("kind")
+    if kind == DEADLINE:
+        raise GatewayError(
+            504, "deadline_exceeded", f"{stage}: {reason}", request_id=request_id, extra={"stage": str(stage)}
+        )
+    if kind == GAVE_UP:
+        raise GatewayError(500, "gave_up", f"{stage}: {reason}", request_id=request_id)
+    raise GatewayError(502, "pipeline_failed", f"{stage}: {reason}", request_id=request_id)
+
+
+def _count(metrics: GatewayMetrics | None, outcome: str | None) -> None:
+    if metrics is not None and outcome is not None:
+        metrics.deadline.labels(outcome).inc()
 
 
 def _errors(app: FastAPI) -> None:
@@ -225,9 +307,11 @@ def _service_routes(app: FastAPI, gw: Gateway, private: list[Any]) -> None:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
+        """Ready: a request sent now will be served (every stage has a consumer past its warm-up, still beating)."""
         checks = await gw.ready_checks()
         ok = all(checks.values())
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+        body = {"ready": ok, "checks": checks, "stages": gw.stage_states()}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", include_in_schema=False, dependencies=private)
     async def metrics() -> Response:

@@ -2,26 +2,38 @@
 
 Written once when the result is read from the results stream, so every fetch, on any replica, hands out the
 same bytes without re-encoding them. The status comes first in every document, so a response can be chosen
-from the first bytes.
+from the first bytes: ``done`` (a result; with a ``deadline`` section when the request had one, saying whether
+it was met, judged on this gateway's clock — the one that set it), ``expired`` (a stage answered
+``deadline_exceeded``: which one, and how late it would have been) or ``failed`` (a dead letter, with its kind).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from visionpipe.breakdown import categories_ms, segments
 from visionpipe.broker import DeadLetter
+from visionpipe.broker.base import BAD_INPUT
 from visionpipe.envelope import Envelope, Event
-from visionpipe.topology import DECODE, INGRESS
+from visionpipe.hops import Expiry
+from visionpipe.topology import DECODE, INGRESS, STAGES
 
 # The gateway stamps when a request reached it, so the split's "ingress wait" is the gateway's own admission.
 RECEIVED = "received"
 DONE_PREFIX = b'{"status": "done"'
+DEADLINE_KEY = b'"deadline": {'  # in a done document only when the request had a deadline
+# A deadline this close to the result TTL is the TTL the gateway set itself (between receipt and publish).
+TTL_SLACK_NS = 1_000_000_000
 
 
-def result_document(env: Envelope, read_wall_ns: int) -> bytes:
-    """A finished request: the boxes in original pixels with their top-k, and where its time went."""
+def result_document(env: Envelope, read_wall_ns: int, ttl_s: float = math.inf) -> bytes:
+    """A finished request: the boxes in original pixels with their top-k, and where its time went.
+
+    ``ttl_s``: the gateway's result TTL, the deadline it gives a request that brought none (past it nobody can
+    fetch the result); such a deadline is the gateway's, not the client's, and gets no ``deadline`` section.
+    """
     p = env.payload
     start = env.ts(INGRESS, RECEIVED) or env.ts(INGRESS, Event.ENQUEUED)
     parts = segments(env, start, read_wall_ns) if start is not None else {}
@@ -34,17 +46,44 @@ def result_document(env: Envelope, read_wall_ns: int) -> bytes:
         "weights": {str(k): str(v) for k, v in (p.get("weights") or {}).items()},
         "timings_ms": categories_ms(parts),
     }
+    if env.deadline_ns is not None and start is not None and env.deadline_ns - start < ttl_s * 1e9 - TTL_SLACK_NS:
+        doc["deadline"] = deadline_section(env, read_wall_ns)
+    return json.dumps(doc).encode()
+
+
+def deadline_section(env: Envelope, read_wall_ns: int) -> dict[str, Any]:
+    """Whether a result came in time (read here by then), and if not, the first stage that published it late."""
+    assert env.deadline_ns is not None
+    late_ns = read_wall_ns - env.deadline_ns
+    section: dict[str, Any] = {"met": late_ns <= 0, "late_ms": round(max(late_ns, 0) / 1e6, 3)}
+    if late_ns > 0:
+        published = [(s, env.ts(s, Event.PUBLISHED)) for s in STAGES]
+        section["stage"] = next((s for s, t in published if t is not None and t > env.deadline_ns), "gateway")
+    return section
+
+
+def expired_document(env: Envelope, expiry: Expiry) -> bytes:
+    """A request a stage answered deadline_exceeded: which stage, how late it would have been, and why."""
+    doc = {
+        "status": "expired",
+        "request_id": env.request_id,
+        "stage": expiry.stage,
+        "late_ms": round(expiry.late_ms, 3),
+        "why": expiry.why,
+        "reason": expiry.reason(),
+    }
     return json.dumps(doc).encode()
 
 
 def failure_document(letter: DeadLetter) -> bytes:
-    """A request a stage refused: decode's refusals are the client's input, the rest the pipeline's failure."""
+    """A dead letter: its kind; decode's refusals of input are the client's to fix, the rest the pipeline's."""
     doc = {
         "status": "failed",
         "request_id": letter.request_id,
         "stage": letter.stage,
         "reason": letter.reason,
-        "bad_input": letter.stage == DECODE,
+        "kind": letter.kind,
+        "bad_input": letter.kind == BAD_INPUT and letter.stage == DECODE,
     }
     return json.dumps(doc).encode()
 

@@ -20,11 +20,13 @@ class GatewayError(Exception):
         retry_after_s: int | None = None,
         close: bool = False,
         headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, str | float] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail = status, code, detail
         self.request_id, self.retry_after_s, self.close = request_id, retry_after_s, close
         self.headers = dict(headers or {})  # e.g. a 405's Allow
+        self.extra = dict(extra or {})  # more fields of the body, e.g. a deadline_exceeded's stage and late_ms
 
     def response(self) -> JSONResponse:
         headers = dict(self.headers)
@@ -34,7 +36,7 @@ class GatewayError(Exception):
             headers["Retry-After"] = str(self.retry_after_s)
         if self.status == 401:
             headers["WWW-Authenticate"] = "Bearer"
-        body: dict[str, str] = {"error": self.code, "detail": self.detail}
+        body: dict[str, str | float] = {"error": self.code, "detail": self.detail, **self.extra}
         if self.request_id is not None:
             body["request_id"] = self.request_id
             headers["X-Request-Id"] = self.request_id

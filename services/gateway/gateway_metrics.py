@@ -36,6 +36,19 @@ class GatewayMetrics:
             "visionpipe_gateway_results_stored", "Results and failures stored for fetching", ["outcome"], registry=r
         )
         self.ready = Gauge("visionpipe_ready", "1 when the stage is ready to serve", ["stage"], registry=r)
+        self.refused = Counter(
+            "visionpipe_gateway_refused",
+            "Requests refused at admission, by why (deadline: the pipeline expects to take longer than it)",
+            ["why"],
+            registry=r,
+        )
+        self.deadline = Counter(
+            "visionpipe_gateway_deadline_answers",
+            "Requests with a deadline, by how they were answered: in_time (a result by the deadline), "
+            "exceeded (504 deadline_exceeded: early from a stage, or late and said so)",
+            ["outcome"],
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -22,7 +22,7 @@ from visionpipe.backoff import Backoff
 from visionpipe.broker import Broker, DeadLetter, MemoryBroker
 from visionpipe.collector import Collected, Collector
 from visionpipe.envelope import Envelope, EnvelopeError, Event
-from visionpipe.services.gateway.documents import failure_document, result_document
+from visionpipe.services.gateway.documents import expired_document, failure_document, result_document
 from visionpipe.services.gateway.gateway_metrics import GatewayMetrics
 from visionpipe.services.gateway.store import Finished, ResultsBackend
 from visionpipe.settings import Settings
@@ -56,9 +56,12 @@ def letter_submission(letter: DeadLetter) -> int:
         return 0
 
 
-def documents(batch: Collected) -> list[Finished]:
-    """The JSON document of every result and dead letter read, each with the submission it belongs to."""
-    docs = [Finished(env.request_id, submission(env), result_document(env, batch.wall_ns)) for env in batch.results]
+def documents(batch: Collected, ttl_s: float) -> list[Finished]:
+    """The JSON document of every result, early answer and dead letter read, each with its submission."""
+    docs = [
+        Finished(env.request_id, submission(env), result_document(env, batch.wall_ns, ttl_s)) for env in batch.results
+    ]
+    docs += [Finished(env.request_id, submission(env), expired_document(env, e)) for env, e in batch.expired]
     return docs + [
         Finished(d.request_id, letter_submission(d), failure_document(d)) for d in batch.dead if d.request_id
     ]
@@ -111,17 +114,18 @@ class ResultsReader:
                 await asyncio.sleep(delay)
 
     async def _keep(self, batch: Collected) -> None:
-        docs = documents(batch)
+        docs = documents(batch, self.ttl_s)
         if not docs:
             return
         await self.results.store(docs, self.ttl_s)  # before the ack: a result is never acked unstored
         if self.feed is not None and self.feeder is None:
             await self.broker.publish(self.feed, [d.document for d in docs], [d.request_id for d in docs])
         self.metrics.stored.labels("done").inc(len(batch.results))
-        self.metrics.stored.labels("failed").inc(len(docs) - len(batch.results))
+        self.metrics.stored.labels("expired").inc(len(batch.expired))
+        self.metrics.stored.labels("failed").inc(len(docs) - len(batch.results) - len(batch.expired))
 
     async def _feed(self, batch: Collected) -> None:
         assert self.feed is not None
-        docs = documents(batch)
+        docs = documents(batch, self.ttl_s)
         if docs:
             await self.broker.publish(self.feed, [d.document for d in docs], [d.request_id for d in docs])

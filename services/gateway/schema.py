@@ -36,6 +36,12 @@ class ImageSize(BaseModel):
     )
 
 
+class DeadlineMet(BaseModel):
+    met: bool = Field(description="whether the result reached the gateway by the request's deadline")
+    late_ms: float = Field(description="how late it was (0 when met)")
+    stage: str | None = Field(None, description="when late: the first stage that published it after the deadline")
+
+
 class DetectResult(BaseModel):
     status: str = Field("done", description="done")
     request_id: str
@@ -45,6 +51,7 @@ class DetectResult(BaseModel):
     timings_ms: dict[str, float] = Field(
         description="where the request's time went: " + ", ".join(CATEGORIES) + ", and the total"
     )
+    deadline: DeadlineMet | None = Field(None, description="present when the request had a deadline")
 
 
 class Accepted(BaseModel):
@@ -59,9 +66,14 @@ class Pending(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    error: str = Field(description="machine-readable code, e.g. too_large, bad_image, backpressure, timeout")
+    error: str = Field(
+        description="machine-readable code, e.g. too_large, bad_image, backpressure, deadline_infeasible, "
+        "deadline_exceeded, gave_up, timeout"
+    )
     detail: str = Field(description="what went wrong, for a person")
     request_id: str | None = None
+    stage: str | None = Field(None, description="deadline_exceeded: the stage that knew the deadline was lost")
+    late_ms: float | None = Field(None, description="deadline_exceeded: how late the request would have been")
 
 
 def error(description: str) -> dict[str, Any]:
@@ -77,7 +89,10 @@ def upload_errors(auth: bool) -> dict[int | str, dict[str, Any]]:
         413: error("the body is larger than limits.max_image_bytes"),
         415: error("the body is neither image/* nor multipart/form-data"),
         422: error("not an image, or one decode would refuse (format, size, pixels), or a malformed form"),
-        429: error("the pipeline is behind (ingress backpressure): retry after Retry-After seconds"),
+        429: error(
+            "the pipeline is behind (ingress backpressure), or expects to take longer than the request's deadline "
+            "(deadline_infeasible): retry after Retry-After seconds"
+        ),
         503: error("the gateway is not ready (starting, stopping, broker unreachable)"),
     }
     if auth:

@@ -17,6 +17,7 @@ from typing import Any
 
 from visionpipe.broker import DeadLetter
 from visionpipe.envelope import Envelope, EnvelopeError, StreamRef
+from visionpipe.hops import Expiry
 
 # Outcomes held per stream waiting for a predecessor: far more than replicas x batches ever reorder.
 REORDER_WINDOW = 1024
@@ -56,6 +57,15 @@ def from_result(env: Envelope) -> Outcome | None:
     record = {**ref_fields(env.stream), "ok": True, "request_id": env.request_id, **env.payload}
     if env.stream.size is not None:
         record["source_size"] = list(env.stream.size)
+    return Outcome(env.stream, record)
+
+
+def from_expiry(env: Envelope, expiry: Expiry) -> Outcome | None:
+    """A frame answered deadline_exceeded: it ends its place in the chain like a dead letter does."""
+    if env.stream is None:
+        return None
+    record = {**ref_fields(env.stream), "ok": False, "request_id": env.request_id, "stage": expiry.stage}
+    record.update(error=f"deadline_exceeded: {expiry.reason()}", deadline_exceeded=True, late_ms=expiry.late_ms)
     return Outcome(env.stream, record)
 
 

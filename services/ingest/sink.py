@@ -19,7 +19,7 @@ from typing import IO, Any
 from visionpipe.broker import Broker
 from visionpipe.collector import Collected, Collector
 from visionpipe.services.ingest.annotate import scaled_objects, write_annotated
-from visionpipe.services.ingest.order import Outcome, StreamOrder, from_dead_letter, from_result
+from visionpipe.services.ingest.order import Outcome, StreamOrder, from_dead_letter, from_expiry, from_result
 from visionpipe.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class ResultsSink:
 
     def _take(self, batch: Collected) -> None:
         outcomes = [from_result(env) for env in batch.results] + [from_dead_letter(d) for d in batch.dead]
+        outcomes += [from_expiry(env, expiry) for env, expiry in batch.expired]
         for outcome in outcomes:
             target = self.targets.get(outcome.ref.run) if outcome is not None else None
             if outcome is None or target is None:

@@ -49,6 +49,8 @@ class Stream:
         self.run = uuid.uuid4().hex[:8]
         ingest = settings.ingest
         self.fps = spec.fps or ingest.fps
+        # A live frame is worthless this long after its capture: its deadline is capture time + this.
+        self.deadline_ms = spec.deadline_ms
         self.policy = spec.policy if spec.policy != "auto" else ("latest" if source.live else "lossless")
         self.stats = StreamStats()
         latest = self.policy == "latest"
@@ -164,7 +166,9 @@ class Stream:
     async def _send(self, items: list[Captured], images: list[bytes]) -> None:
         # Built once: a retry after a lost reply must resend the same envelopes (the same requests), not new ones.
         envelopes = [
-            frame_envelope(Frame(img, f"{self.id}.{self.run}.{c.ref.index}", self.source.shown[-256:], c.ref))
+            frame_envelope(
+                Frame(img, f"{self.id}.{self.run}.{c.ref.index}", self.source.shown[-256:], c.ref, self._deadline(c))
+            )
             for c, img in zip(items, images, strict=True)
         ]
         backoff = Backoff()
@@ -176,6 +180,9 @@ class Stream:
                 await self._broker_down(exc, backoff)
         self.stats.published += len(envelopes)
         self._in_hand = []
+
+    def _deadline(self, c: Captured) -> int | None:
+        return None if self.deadline_ms is None else c.ref.capture_ns + int(self.deadline_ms * 1e6)
 
     async def _broker_down(self, exc: BrokerError, backoff: Backoff) -> None:
         self.stats.error(f"broker: {exc}")

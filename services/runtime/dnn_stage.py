@@ -28,14 +28,16 @@ import numpy.typing as npt
 import torch
 
 from visionpipe.envelope import Envelope, Event
-from visionpipe.executor import BatchExecutor, LatencyModel, TorchDevice, make_policy
+from visionpipe.executor import BatchExecutor, DeadlineExceeded, LatencyModel, TorchDevice, make_policy
 from visionpipe.executor.cuda_graphs import prepare_fn
-from visionpipe.hops import HopError
+from visionpipe.executor.expectation import Expectation
+from visionpipe.executor.scheduler import Batch
+from visionpipe.hops import WHY_QUEUE, HopError
 from visionpipe.metrics import Metrics
 from visionpipe.services.models.loading import Kind, LoadedModel, load_model
 from visionpipe.services.runtime.cores import CPU, Demand
 from visionpipe.services.runtime.instances import Instances, OnDevice, on_cpu, stage_devices
-from visionpipe.services.runtime.stage import BadInput, Outcome, Stage
+from visionpipe.services.runtime.stage import BadInput, Expired, Outcome, Stage
 from visionpipe.settings import ExecutorSettings, InstanceSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,7 @@ class DnnStage(Stage, Generic[H]):
         self.model: LoadedModel | None = None
         self.instances = Instances(self.name, self._build)
         self.instances.on_batch = self._on_batch
+        self.instances.on_dispatch = self._on_dispatch
         self.requests_per_message = 1.0
         self._fns: dict[str, Callable[[torch.Tensor], Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -185,29 +188,36 @@ class DnnStage(Stage, Generic[H]):
         return stage_executor(fn, self.item_shape, self.settings.executor, device, self.cpu_max_batch, model)
 
     async def submit(self, item: npt.ArrayLike, deadline_ns: int | None = None) -> Any:
-        """One item's output; ``deadline_ns`` is the request's (wall clock), handed on when tighter than the SLO.
+        """One item's output; ``deadline_ns``: this stage's deadline for the request (wall clock).
 
-        ``item`` may be a read-only view of the received message: the device copies it straight into its
-        (pinned) batch buffer on the stager thread, the only copy it gets.
+        The executor batches against it when it is tighter than the SLO, and takes the item out of its queue,
+        unrun, with :class:`~visionpipe.executor.DeadlineExceeded` once it can no longer be met. ``item`` may be
+        a read-only view of the received message: the device copies it straight into its (pinned) batch buffer
+        on the stager thread, the only copy it gets.
         """
         if not self.instances.live:
             raise RuntimeError(f"{self.name}: no instance running (start() first)")
         deadline = executor_deadline(deadline_ns, self.settings.executor.slo_ms)
-        return await self.instances.submit(item, deadline)
+        expire = None if deadline_ns is None else time.monotonic_ns() + deadline_ns - time.time_ns()
+        return await self.instances.submit(item, deadline, expire)
 
     async def _one(self, env: Envelope) -> Outcome:
         """Read the hop, submit its items, answer with the next hop, stamped with when the items went and came back.
 
         ``batch_start`` is stamped when the items are handed to the executor and ``compute_done`` when the last
-        is back on the host, so the stage's share includes time in a forming device batch.
+        is back on the host, so the stage's share includes time in a forming device batch. Items go with this
+        stage's part of the request's deadline; one taken out for want of time answers for the whole message.
         """
         try:
             hop, items = self.inputs(env)
         except HopError as exc:
             return BadInput(exc.reason)
+        due = self.budgets.stage_deadline_ns(env) if self.budgets is not None else None
         start = time.time_ns()
         try:
-            results = await asyncio.gather(*(self.submit(item, env.deadline_ns) for item in items))
+            results = await asyncio.gather(*(self.submit(item, due) for item in items))
+        except DeadlineExceeded as exc:
+            return Expired(self.name, exc.late_s, WHY_QUEUE)
         except Exception as exc:  # transient (device, executor): the worker leaves it for redelivery
             return exc
         done = time.time_ns()
@@ -215,6 +225,19 @@ class DnnStage(Stage, Generic[H]):
         out.stamp(self.name, Event.BATCH_START, start)
         out.stamp(self.name, Event.COMPUTE_DONE, done)
         return out
+
+    def expectation(self, backlog: int) -> Expectation | None:
+        """From the executors' fitted models and rates: behind their queues and ``backlog`` messages of requests."""
+        per = self.requests_per_message
+        return self.instances.expectation(backlog * per, items=per)
+
+    @property
+    def slo_feasible(self) -> bool:
+        return self.instances.slo_feasible
+
+    @property
+    def arrival_rate(self) -> float:
+        return self.instances.arrival_rate
 
     def requests_in(self, env: Envelope) -> int:
         """Executor requests this envelope becomes: one image; the classifier overrides (one per crop)."""
@@ -231,6 +254,15 @@ class DnnStage(Stage, Generic[H]):
     def _on_batch(self, size: int, timings: dict[str, float]) -> None:
         if self.metrics is not None:
             self.metrics.device_batch.labels(self.name).observe(size)
+
+    def _on_dispatch(self, batch: Batch) -> None:
+        """Slack at dispatch: how long before its stage deadline each request's batch should be back."""
+        if self.metrics is None:
+            return
+        slack = self.metrics.slack.labels(self.name)
+        for r in batch.requests:
+            if r.expire_ns is not None:
+                slack.observe(max(r.expire_ns - batch.compute_end_est_ns, 0) / 1e9)
 
     @property
     def ready(self) -> bool:

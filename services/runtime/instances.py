@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,9 @@ from typing import Any
 import torch
 
 from visionpipe.executor import BatchExecutor, LatencyModel
+from visionpipe.executor.expectation import Expectation
 from visionpipe.executor.latency import PHASES
+from visionpipe.executor.scheduler import Batch
 from visionpipe.executor.torch_device import resolve_device
 from visionpipe.services.runtime.cores import CPU
 
@@ -116,6 +119,7 @@ class Instances:
         self.build = build
         self.live: list[Instance] = []
         self.on_batch: Callable[[int, dict[str, float]], None] | None = None
+        self.on_dispatch: Callable[[Batch], None] | None = None
         self._turn = itertools.count()
         self._target = 0
         self._resizing = asyncio.Lock()
@@ -131,6 +135,7 @@ class Instances:
         else:
             executor = self.build(device, threads, model)
         executor.on_batch = self.on_batch
+        executor.scheduler.on_dispatch = self.on_dispatch
         await executor.start()
         instance = Instance(executor, device, threads)
         self.live.append(instance)
@@ -167,10 +172,11 @@ class Instances:
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
 
-    async def submit(self, item: Any, deadline_ns: int | None) -> Any:
+    async def submit(self, item: Any, deadline_ns: int | None, expire_ns: int | None = None) -> Any:
         """The item's output, from the instance with the least in hand (ties taken in turn).
 
         The instance is picked and handed the item in one step, so an instance retired meanwhile is never picked.
+        ``deadline_ns`` is what its batch is planned against, ``expire_ns`` when it is taken out unrun.
         """
         n = len(self.live)
         if n == 0:
@@ -179,7 +185,7 @@ class Instances:
         instance = min((self.live[(start + i) % n] for i in range(n)), key=lambda inst: inst.outstanding)
         instance.outstanding += 1
         try:
-            return await instance.executor.submit(item, deadline_ns=deadline_ns)
+            return await instance.executor.submit(item, deadline_ns=deadline_ns, expire_ns=expire_ns)
         finally:
             instance.outstanding -= 1
 
@@ -187,6 +193,26 @@ class Instances:
         """The stage's backlog, in requests, split evenly: each instance's arrival estimate sees its part."""
         for instance in self.live:
             instance.executor.observe_backlog(requests // max(1, len(self.live)))
+
+    def expectation(self, backlog: float, items: float) -> Expectation | None:
+        """What a message of ``items`` requests should expect: the backlog splits evenly across the instances,
+        and the message goes to the one that would serve it soonest."""
+        if not self.live:
+            return None
+        now, share = time.monotonic_ns(), backlog / len(self.live)
+        return min(
+            (i.executor.scheduler.expectation(now, share, items=items) for i in self.live), key=lambda e: e.total_s
+        )
+
+    @property
+    def slo_feasible(self) -> bool:
+        return all(getattr(i.executor.policy, "slo_feasible", True) for i in self.live)
+
+    @property
+    def arrival_rate(self) -> float:
+        """Requests/s into the stage: the sum of what each instance sees."""
+        now = time.monotonic_ns()
+        return sum(i.executor.scheduler.rate.rate(now) for i in self.live)
 
     def describe(self) -> dict[str, Any]:
         devices = sorted({i.device for i in self.live})

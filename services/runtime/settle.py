@@ -20,7 +20,7 @@ from visionpipe.broker import BrokerError, Output, Settled
 from visionpipe.envelope import Envelope, Event
 from visionpipe.services.runtime.middleware import Chain, Item, Verdict
 from visionpipe.services.runtime.middleware.base import ACKED
-from visionpipe.services.runtime.stage import BadInput
+from visionpipe.services.runtime.stage import BadInput, Expired
 
 log = logging.getLogger("visionpipe.services.runtime.worker")
 
@@ -63,6 +63,8 @@ class Settler:
                 it.outputs.append(Output(self.ctx.output, payload, it.outcome.request_id))
             elif isinstance(it.outcome, BadInput):
                 it.kill(it.outcome.reason)
+            elif isinstance(it.outcome, Expired):
+                it.expire(it.outcome)
             else:
                 it.verdict = Verdict.FAILED
             self.chain.on_outcome(it)

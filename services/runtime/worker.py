@@ -8,7 +8,9 @@ delivery contract; what happens to one batch is :class:`~visionpipe.services.run
 message — duplicates, the bound on attempts, deadlines, dead letters, metrics —
 the middleware's (``middleware/``). The worker itself:
 
-* makes its streams and group, and says when it is ready;
+* makes its streams and group, and says when it is ready — on ``/readyz`` and, with what it expects of a
+  request arriving now, through the broker every heartbeat (``announce.py``), where the gateway and the
+  stages before it read it (``visionpipe.stage_state``);
 * consumes while what it holds in flight is under the stage's prefetch
   (``prefetch.py``, counted in requests), so device batches can fill;
 * reclaims deliveries left pending by dead consumers, one at a time, and works
@@ -36,6 +38,7 @@ from visionpipe.backoff import Backoff
 from visionpipe.broker import Broker, BrokerError, BrokerStateLost, Delivery
 from visionpipe.envelope import Limits
 from visionpipe.metrics import Metrics
+from visionpipe.services.runtime.announce import Presence
 from visionpipe.services.runtime.handle import Handler
 from visionpipe.services.runtime.middleware import Chain, Middleware, StageContext, default_middleware
 from visionpipe.services.runtime.prefetch import Prefetch
@@ -62,7 +65,8 @@ class Worker:
         """``per_consume``: messages taken per consume call; ``middleware``: instead of the default policies."""
         self.stage, self.broker, self.settings, self.metrics = stage, broker, settings, metrics
         self.name = stage.name
-        self.ctx = StageContext.of(self.name, broker, settings, metrics)
+        self.presence = Presence(stage, broker, settings, metrics, f"{settings.service.consumer}-{self.name}")
+        self.ctx = StageContext.of(self.name, broker, settings, metrics, self.presence.budgets)
         self.per_consume = per_consume
         self.drain = drain
         chain = Chain(self.ctx, default_middleware(settings) if middleware is None else middleware)
@@ -97,25 +101,28 @@ class Worker:
 
     async def run(self) -> None:
         await self._ensure_streams()
-        await self.stage.start()
-        self.started = True
-        self.metrics.ready.labels(self.name).set(1)
-        log.info("stage %s consuming %s as %s/%s", self.name, self.ctx.input, self.ctx.group, self.ctx.consumer)
-        poller = asyncio.create_task(self._poll_backlog())
+        self.presence.start()
+        poller: asyncio.Task[None] | None = None
         try:
+            await self.stage.start()
+            self.started = True
+            self.presence.ready()
+            self.metrics.ready.labels(self.name).set(1)
+            log.info("stage %s consuming %s as %s/%s", self.name, self.ctx.input, self.ctx.group, self.ctx.consumer)
+            poller = asyncio.create_task(self._poll_backlog())
             await self._loop()
         finally:
-            poller.cancel()
+            if poller is not None:
+                poller.cancel()
             self.metrics.ready.labels(self.name).set(0)
+            await self.presence.stop()
             await self._finish_inflight()
             await self.stage.stop()
 
     def _prefetch_limit(self) -> int:
         """The in-flight limit in requests: the stage's own (a DNN stage: device batches' worth), else consumes'."""
         requests = self.stage.prefetch_requests
-        if requests is None:
-            requests = self.settings.service.max_inflight_batches * self.per_consume
-        return requests
+        return requests if requests is not None else self.settings.service.max_inflight_batches * self.per_consume
 
     async def _loop(self) -> None:
         ctx, service = self.ctx, self.settings.service
@@ -241,4 +248,5 @@ class Worker:
                 backlog = (await self.broker.backlog(self.ctx.input, self.ctx.group)).total
                 self.metrics.backlog.labels(self.name).set(backlog)
                 self.stage.observe_backlog(backlog)
+                self.presence.announcer.backlog = backlog
             await asyncio.sleep(BACKLOG_POLL_S)

@@ -107,6 +107,10 @@ def main() -> None:
             "visionpipe.loadgen.bench.gateway:bench_gateway",
             "HTTP gateway vs broker-direct latency at one load; sustained requests/s.",
         ),
+        "deadlines": (
+            "visionpipe.loadgen.bench.deadlines:bench_deadlines",
+            "End-to-end deadlines in the three-stage simulator: per-stage delays vs static split vs propagated.",
+        ),
     },
 )
 def bench() -> None:

@@ -1,10 +1,15 @@
-"""Reading what comes out of the pipeline: results and dead letters, in a consumer group of the reader's own.
+"""Reading what comes out of the pipeline: results, early answers and dead letters, in a consumer group of its own.
 
 ``visionpipe run``, the load generator, the HTTP gateway and the tests all
 need the same thing — every result and every dead letter, decoded, handed to
 them, acked only after they have it (at least once), and foreign or broken
 entries counted rather than crashing the reader — so it is written once.
 Each reader names its own group, so several readers each see everything.
+
+The results stream carries two kinds of answer: a result, and a request answered ``deadline_exceeded`` by the
+stage that knew it could no longer make it (:class:`~visionpipe.hops.Expiry`). They are handed over apart
+(``Collected.results`` and ``Collected.expired``), so a reader that knows only results never takes an expiry
+for one.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 
 from visionpipe.broker import Broker, BrokerError, BrokerStateLost, DeadLetter, Delivery, wire
 from visionpipe.envelope import Envelope, EnvelopeError
+from visionpipe.hops import Expiry
 from visionpipe.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +37,7 @@ class Collected:
     """One poll's worth, with when it was read (monotonic and wall clock, ns)."""
 
     results: list[Envelope] = field(default_factory=list)
+    expired: list[tuple[Envelope, Expiry]] = field(default_factory=list)  # answered deadline_exceeded
     dead: list[DeadLetter] = field(default_factory=list)
     undecodable: int = 0  # entries that were neither: another writer's, or damaged
     mono_ns: int = 0
@@ -100,9 +107,15 @@ class Collector:
         batch = Collected(mono_ns=time.monotonic_ns(), wall_ns=time.time_ns())
         for d in got:
             try:
-                batch.results.append(Envelope.decode(d.data))
+                env = Envelope.decode(d.data)
             except EnvelopeError:
                 batch.undecodable += 1
+                continue
+            expiry = Expiry.of(env)
+            if expiry is None:
+                batch.results.append(env)
+            else:
+                batch.expired.append((env, expiry))
         for d in dead:
             try:
                 batch.dead.append(DeadLetter.decode(wire(d.data)))

@@ -263,3 +263,53 @@ class Classified:
     def read(cls, env: Envelope) -> Classified:
         res = _validated(_Results, env.payload, "result")
         return cls(res.width, res.height, res.objects, res.weights, res.orientation)
+
+
+EXPIRED = "expired"
+# Why a stage answered deadline_exceeded: the deadline had passed when it took the request; what was left of its
+# budget (the deadline less what the stages after it expect) was shorter than its fastest answer; or the
+# request waited in its device queue until it could no longer be done in time.
+WHY_PASSED, WHY_BUDGET, WHY_QUEUE = "passed", "budget", "queue"
+WHYS = (WHY_PASSED, WHY_BUDGET, WHY_QUEUE)
+
+
+class _Expired(BaseModel):
+    stage: str = Field(max_length=64)
+    late_ms: float
+    why: str = Field(max_length=32)
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """results: a request answered ``deadline_exceeded`` instead of computed: which stage knew, and by how much.
+
+    ``late_ms`` is how late the request would have been at best (negative: by less than the stage's margin
+    for its model's error, which it does not gamble on). It travels on the results stream, where clients read
+    answers, not on the dead-letter stream: nothing is wrong with the request, and replaying it is pointless.
+    """
+
+    stage: str
+    late_ms: float
+    why: str
+
+    def write(self, parent: Envelope) -> Envelope:
+        return parent.child(**{EXPIRED: {"stage": self.stage, "late_ms": round(self.late_ms, 3), "why": self.why}})
+
+    @classmethod
+    def of(cls, env: Envelope) -> Expiry | None:
+        """The expiry ``env`` carries; None for a result (or an expiry too damaged to read, left to the reader)."""
+        raw = env.payload.get(EXPIRED)
+        if raw is None:
+            return None
+        try:
+            e = _Expired.model_validate(raw)
+        except ValidationError:
+            return cls("unknown", 0.0, "unreadable")
+        return cls(e.stage, e.late_ms, e.why)
+
+    def reason(self) -> str:
+        if self.why == WHY_PASSED:
+            return f"the deadline had passed {self.late_ms:.0f} ms before {self.stage} took the request"
+        if self.late_ms <= 0:
+            return f"{self.stage} could not finish within the deadline with its safety margin"
+        return f"{self.stage}: it would have been {self.late_ms:.0f} ms late ({self.why})"

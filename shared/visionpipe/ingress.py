@@ -86,12 +86,18 @@ class Frame:
     request_id: str = ""
     source: str = ""
     stream: StreamRef | None = None  # set for a frame of a video stream
+    deadline_ns: int | None = None  # wall clock: answer by then (a result, or deadline_exceeded); None: no deadline
 
 
 def frame_envelope(frame: Frame) -> Envelope:
     """The ingress message: the encoded image as bytes in the payload, stamped on enqueue."""
     env = EncodedImage(frame.image).write(
-        Envelope(frame.request_id or uuid.uuid4().hex, source=frame.source, stream=frame.stream)
+        Envelope(
+            frame.request_id or uuid.uuid4().hex,
+            source=frame.source,
+            stream=frame.stream,
+            deadline_ns=frame.deadline_ns,
+        )
     )
     env.stamp(INGRESS, Event.ENQUEUED)
     return env

@@ -68,9 +68,41 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self._deadline_series(r)
         self.duplicates = Counter(
             "visionpipe_duplicates_dropped",
             "Inputs settled again whose outputs the broker had already published, so published nothing",
+            ["stage"],
+            registry=r,
+        )
+
+    def _deadline_series(self, r: CollectorRegistry) -> None:
+        """What the stage did with requests' deadlines: shed and why, the budget given, the slack, feasibility."""
+        self.shed = Counter(
+            "visionpipe_deadline_shed",
+            "Requests answered deadline_exceeded instead of computed, by why: passed (already late when taken), "
+            "budget (its part of the deadline shorter than the stage's fastest answer), queue (ran out of time "
+            "waiting for the device)",
+            ["stage", "why"],
+            registry=r,
+        )
+        self.budget = Histogram(
+            "visionpipe_deadline_budget_seconds",
+            "The part of a request's deadline a stage was given, when it took the request",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.slack = Histogram(
+            "visionpipe_deadline_slack_seconds",
+            "Time to a request's stage deadline left over when its device batch was dispatched (predicted)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.slo_feasible = Gauge(
+            "visionpipe_slo_feasible",
+            "1 while the stage can meet its latency bound at the load it sees (its batching policy's judgement)",
             ["stage"],
             registry=r,
         )

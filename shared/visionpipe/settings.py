@@ -51,8 +51,7 @@ class BrokerSettings(BaseModel):
     kafka_heartbeat_ms: int = 1_000
     # A consumer that has held a delivery this long without acking is presumed dead.
     reclaim_idle_s: float = 30.0
-    # Start-up only: long enough for a broker started at the same moment (compose waits for a healthy one anyway),
-    # short enough that a wrong host or port is said within seconds. Later outages are retried without a limit.
+    # Start-up only (later outages are retried without a limit): a wrong host or port is said within seconds.
     connect_timeout_s: float = Field(10.0, gt=0.0, description="how long start-up waits for the broker to answer")
     connect_retries: int = 20
     connect_backoff_s: float = 0.2
@@ -108,10 +107,11 @@ class LimitSettings(BaseModel):
     # Ingress stops admitting above this backlog (pending + undelivered, summed over every stage's input).
     ingress_high_watermark: int = 2_000
     max_retries: int = Field(3, description="transient failures of one message before it is dead-lettered")
-    # Ingress also stops admitting while the pipeline's streams (frames to dead letters, results included) hold this
-    # many bytes (Redis: MEMORY USAGE; memory broker: payload bytes; Kafka keeps its log on disk under retention and
-    # is not bounded here). Keep it under Redis's maxmemory by what admitted frames grow into when decoded.
+    # Ingress also stops while the pipeline's streams (frames to dead letters, results too) hold this many bytes (Redis:
+    # MEMORY USAGE; memory: payloads; Kafka's log is not bounded here). Under maxmemory, with room to decode frames.
     ingress_max_bytes: int = Field(1024**3, ge=1, description="bytes the pipeline's streams hold: ingress refuses past")
+    default_deadline_ms: float | None = Field(None, gt=0, description="deadline of a request that brings none (ms)")
+    deadline_split: Literal["propagate", "static"] = Field("propagate", description="later stages' rest, or a share")
 
 
 class ExecutorSettings(BaseModel):
@@ -253,6 +253,7 @@ class StreamSource(BaseModel):
     )
     live: bool | None = Field(None, description="reconnect on loss and default to `latest`; default: from the URL")
     annotate: str | None = Field(None, description="write the video with boxes and labels drawn here (files only)")
+    deadline_ms: float | None = Field(None, gt=0, description="a frame is worthless this long after its capture")
 
 
 class IngestSettings(BaseModel):

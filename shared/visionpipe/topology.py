@@ -23,6 +23,8 @@ DECODE = "decode"
 DETECTOR = "detector"
 CLASSIFIER = "classifier"
 STAGES = (DECODE, DETECTOR, CLASSIFIER)
+# Where stage processes announce themselves (under the streams' prefix); no stage consumes it.
+STATE_STREAM = "stages"
 # The keys of StreamSettings, in the order a request travels them.
 STREAM_KEYS = ("frames", "tensors", "crops", "results", "dead_letter")
 
@@ -79,6 +81,16 @@ def output_stream(stage: str, settings: Settings) -> str:
 def stream_names(settings: Settings) -> list[str]:
     """Every stream of the pipeline, frames to dead letters, under the settings' prefix."""
     return [settings.streams.name(key) for key in STREAM_KEYS]
+
+
+def state_stream(settings: Settings) -> str:
+    """Where every stage process announces its state and expectation (``visionpipe.stage_state``).
+
+    Beside the pipeline's streams, not one of them: no stage consumes it and the front door's byte bound does
+    not count it; its writers keep it short by age.
+    """
+    prefix = settings.streams.prefix
+    return f"{prefix}.{STATE_STREAM}" if prefix else STATE_STREAM
 
 
 def once_prefix(settings: Settings) -> str:

@@ -219,3 +219,35 @@ async def test_kafka_settle_holds_outputs_until_the_partition_prefix_is_settled(
         assert sorted(d.data for d in got) == [b"A", b"B"]
         assert (await broker.backlog(src, "g")).total == 0
         assert await broker.settle(src, "g", [Settled(first, (Output(out, b"A"),))]) == 1, "settled before"
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_tail_reads_the_newest_entries_and_trim_older_keeps_them_short(
+    backend: str, redis_server: Server, settings: Settings, ns: str
+) -> None:
+    url = f"memory://{ns}" if backend == "memory" else redis_server.url
+    async with await connect(url, settings) as broker:
+        await broker.ensure(ns, "g")
+        await broker.publish(ns, [b"%d" % i for i in range(5)])
+        assert [d.data for d in await broker.tail(ns, 2)] == [b"3", b"4"]
+        assert [d.data for d in await broker.tail(ns, 10)] == [b"%d" % i for i in range(5)]
+        assert (await broker.backlog(ns, "g")).total == 5, "tail takes nothing"
+        await broker.trim_older(ns, 3600)
+        assert await broker.length(ns) == 5
+        await asyncio.sleep(0.02)
+        await broker.trim_older(ns, 0.01)
+        assert await broker.length(ns) == 0
+
+
+async def test_kafka_tail_reads_each_partition_s_newest_entries(
+    kafka_server: Server, settings: Settings, ns: str
+) -> None:
+    """Kafka keeps its log (retention, not trim_older): tail reads from each partition's end, newest last."""
+    async with await connect(client_url(kafka_server.url), settings) as broker:
+        await broker.ensure(ns)
+        for i in range(6):  # one key: one partition, in order
+            await broker.publish(ns, [b"%d" % i], ["k"])
+        assert [d.data for d in await broker.tail(ns, 2)] == [b"4", b"5"]
+        t0 = time.monotonic()
+        assert [d.data for d in await broker.tail(ns, 10)] == [b"%d" % i for i in range(6)]
+        assert time.monotonic() - t0 < 2.0, "quick enough to be read every heartbeat"

@@ -137,3 +137,21 @@ async def test_dead_letters_stay_for_operators_after_a_reader_acks_them(broker_u
         await dead_letter(1, size=30_000)
         kept = await list_dead(broker, dead, 100)
         assert 1 <= len(kept) < 5 and kept[-1].size > 30_000, [e.size for e in kept]
+
+
+async def test_dead_letters_have_a_kind_and_old_records_read_with_one(broker: Broker, ns: str) -> None:
+    """bad_input, deadline, gave_up: written with the record; a record from before kinds is given one by its reason."""
+    import msgpack
+
+    dead = f"{ns}.dead"
+    await broker.ensure(dead)
+    await broker.dead_letter(dead, reason="not an image", data=b"a", stage="decode", origin="f", request_id="r1")
+    await broker.dead_letter(dead, reason="x", data=b"b", stage="detector", origin="t", request_id="r2", kind="gave_up")
+    old = {"reason": "deadline passed 12 ms before detector took it", "data": b"c", "stage": "detector", "origin": "t"}
+    await broker.publish(dead, [msgpack.packb({**old, "id": "r3", "at": 1}, use_bin_type=True)], ["r3"])
+    rows = [e.as_dict() for e in await list_dead(broker, dead, 10)]  # Kafka: in order within a partition only
+    assert sorted((r["request_id"], r["kind"]) for r in rows) == [
+        ("r1", "bad_input"),
+        ("r2", "gave_up"),
+        ("r3", "deadline"),
+    ]

@@ -85,6 +85,33 @@ async def test_sim_device_on_real_clock_overlaps() -> None:
     assert executor.model.compute(16) == pytest.approx(5.6e-3, rel=0.2)
 
 
+async def test_a_request_that_cannot_make_its_expiry_is_answered_before_the_running_batch_ends() -> None:
+    """Not when the running batch ends (Triton's queue timeout): the moment the scheduler knows."""
+    from visionpipe.executor import CostModel, DeadlineExceeded, LatencyModel, Line, PhaseCost
+
+    slow = CostModel(
+        "slow",
+        upload=PhaseCost(0.0),
+        upload_pageable=PhaseCost(0.0),
+        compute=PhaseCost(0.0, 400.0),
+        download=PhaseCost(0.0),
+    )
+    settings = ExecutorSettings(policy="timeout", max_batch=4, max_queue_delay_ms=0.0, slo_ms=1000)
+    model = LatencyModel.from_lines({"compute": Line(0.0, 0.4)})
+    executor = BatchExecutor(SimDevice(slow, max_batch=4), make_policy(settings), settings, model=model)
+    await executor.start()
+    loop = asyncio.get_running_loop()
+    running = asyncio.ensure_future(executor.submit(0))
+    await asyncio.sleep(0.05)  # the first batch is on the device until ~0.4 s
+    t0 = loop.time()
+    with pytest.raises(DeadlineExceeded) as info:
+        await executor.submit(1, expire_ns=time.monotonic_ns() + 200_000_000)
+    # At best after the running batch (to ~0.4 s) and one of its own (0.4 s): ~0.55 s past an expiry at 0.25 s.
+    assert loop.time() - t0 < 0.1 and 0.4 < info.value.late_s < 0.7
+    assert await running == 0
+    await executor.stop()
+
+
 class _ThreadRecorder(SimDevice):
     """A SimDevice that blocks the event loop while it stages, and records where and when each step ran."""
 

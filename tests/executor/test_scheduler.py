@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from visionpipe.executor import LatencyModel, Line, Scheduler, TimeoutPolicy
 
 MS = 1_000_000
@@ -71,6 +73,71 @@ def test_booking_follows_the_real_compute_end() -> None:
     assert b.compute_end_est_ns == 13.5 * MS and s.compute_free_ns == 13.5 * MS
     s.complete(b, 14 * MS, {"download": 1e-4})
     assert s.compute_free_ns <= 14 * MS and s.in_flight == 0
+
+
+def _expiring(overlap: bool = True) -> tuple[Scheduler, list[tuple[object, int]]]:
+    s = make(overlap)
+    gone: list[tuple[object, int]] = []
+    s.on_expire = lambda req, late: gone.append((req.payload, late))
+    return s, gone
+
+
+def test_a_request_leaves_the_queue_once_it_cannot_make_it_while_the_device_is_still_busy() -> None:
+    s, gone = _expiring()
+    for i in range(32):
+        s.add(0, i)
+    s.take(0, 32)  # upload 16 ms, compute 36 ms: the device computes until 52 ms
+    # One alone after that is back at 52 + 5 (compute 1) + 0.1 ms: an expiry at 40 ms cannot be met, at 80 ms can.
+    s.add(1 * MS, "doomed", expire_ns=40 * MS)
+    s.add(1 * MS, "fine", expire_ns=80 * MS)
+    decision = s.next_action(2 * MS)  # long before the running batch ends
+    assert [p for p, _ in gone] == ["doomed"] and len(s) == 1
+    late_ms = gone[0][1] / MS
+    assert 16 < late_ms < 18  # 57.1 ms at best against 40 ms
+    assert decision.dispatch == 0
+
+
+def test_the_wake_up_comes_no_later_than_the_next_expiry() -> None:
+    s, gone = _expiring()
+    s.add(0, "a", deadline_ns=900 * MS, expire_ns=50 * MS)
+    # Alone on an idle device: 0.5 upload + 5 compute + 0.1 download, less the 5 ms margin (5 % of the 100 ms SLO).
+    s.compute_free_ns = 0
+    s.in_flight = 3  # the gate is shut: the policy would wait for a completion, the expiry must not
+    decision = s.next_action(0)
+    assert decision.dispatch == 0 and decision.wake_at_ns is not None
+    assert 38 * MS <= decision.wake_at_ns <= 40 * MS
+    assert not gone
+    s.next_action(decision.wake_at_ns)
+    assert [p for p, _ in gone] == ["a"] and len(s) == 0
+
+
+def test_requests_without_an_expiry_are_never_taken_out() -> None:
+    s, gone = _expiring()
+    s.add(0, "no expiry", deadline_ns=1 * MS)
+    assert s.next_action(10_000 * MS).dispatch == 1 and not gone
+
+
+def test_a_tight_expiry_among_loose_deadlines_is_found_anywhere_in_the_queue() -> None:
+    s, gone = _expiring(overlap=False)
+    for i in range(5):
+        s.add(0, f"loose{i}", deadline_ns=10 * MS, expire_ns=1000 * MS)
+    s.add(0, "tight", deadline_ns=500 * MS, expire_ns=3 * MS)  # behind the others by deadline, first to expire
+    batch = s.take(0, 2) if s.next_action(0).dispatch else None
+    assert [p for p, _ in gone] == ["tight"]
+    assert batch is None or all(r.payload != "tight" for r in batch.requests)
+
+
+def test_expectation_counts_the_queue_and_the_broker_backlog() -> None:
+    s = make(overlap=True)
+    idle = s.expectation(0)
+    assert idle.queue_s == 0 and idle.minimum_s == pytest.approx(5.6e-3)
+    for _ in range(64):
+        s.add(0)
+    queued = s.expectation(0)
+    behind = s.expectation(0, backlog=128)
+    assert queued.total_s > idle.total_s and behind.queue_s > 2 * queued.queue_s
+    # 193 requests (its own included) leave in four batches of 64: three before its own, 68 ms each.
+    assert behind.queue_s == pytest.approx(3 * 0.068, rel=0.01)
 
 
 def test_a_launch_bound_batch_is_booked_to_end_no_sooner_than_its_launch() -> None:

@@ -25,7 +25,10 @@ from PIL import Image
 
 from visionpipe.broker import connect
 from visionpipe.envelope import Envelope, Event
+from visionpipe.services.runtime.announce import Announcer
+from visionpipe.services.runtime.budgets import HopFloor
 from visionpipe.settings import Settings, load_settings
+from visionpipe.stage_state import READY
 from visionpipe.topology import CLASSIFIER, DECODE, hop
 
 COMPUTE_S = {"decode": 0.001, "detector": 0.003, "classifier": 0.002}
@@ -69,8 +72,12 @@ async def run_stage(
     source, sink = hop(stage).source, hop(stage).sink
     src, dst = settings.streams.name(source), settings.streams.name(sink)
     broker = await connect(settings.broker.url, settings)
+    # It says it is ready as a real stage does (the gateway's readiness waits for every stage), expecting nothing.
+    announcer = Announcer(broker, settings, stage, f"pt-{stage}", lambda backlog: (None, 0.0, True), HopFloor())
+    announcer.state = READY
     try:
         await broker.ensure(src, stage)
+        announcer.start()
         while not stop.is_set():
             got = await broker.consume(src, stage, f"pt-{stage}", 16, 0.05)
             if not got:
@@ -105,6 +112,7 @@ async def run_stage(
                 await broker.publish(dst, out, keys)
             await broker.ack(src, stage, got)
     finally:
+        await announcer.stop()
         await broker.close()
 
 

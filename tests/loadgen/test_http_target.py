@@ -37,3 +37,16 @@ async def test_closed_loop_keeps_n_in_flight(ns: str) -> None:
     async with serving(gateway_settings(ns)) as live:
         out = await run_http_load(live.url, LoadSpec("closed", duration_s=1.0, concurrency=3), IMAGES)
     assert out["completed"] == out["sent"] > 3 and out["lost"] == 0
+
+
+async def test_a_deadline_is_sent_and_its_answers_are_counted_by_error_code(ns: str) -> None:
+    async with serving(gateway_settings(ns), stall=lambda rid: 0.1) as live:  # it falls behind: deadlines go by
+        out = await run_http_load(
+            live.url,
+            LoadSpec("constant", rate=30, duration_s=1.0),
+            IMAGES,
+            HttpOptions(warmup_requests=0, deadline_ms=250),
+        )
+    assert out["sent"] == 30 and out["lost"] == 0 and out["late"] == 0, out
+    assert out["deadline_exceeded"] > 0 and out["errors"]["504 deadline_exceeded"] == out["deadline_exceeded"]
+    assert out["completed"] + out["deadline_exceeded"] + out["deadline_infeasible"] == 30, out["statuses"]

@@ -61,3 +61,21 @@ def test_non_dnn_share_is_everything_but_detector_and_classifier_compute() -> No
     cats = s["categories_mean_ms"]
     assert cats["detector"] == pytest.approx(10) and cats["classifier"] == pytest.approx(10)
     assert sum(cats.values()) == pytest.approx(40)
+
+
+def test_deadline_answers_and_late_results_are_counted_apart_from_failures_and_losses() -> None:
+    from visionpipe.hops import Expiry
+
+    rec = recorder()
+    for i in range(4):
+        rec.sent(f"r1-{i}", T0_MONO)
+    on_time, late = stamped("r1-0", T0_WALL), stamped("r1-1", T0_WALL)
+    on_time.deadline_ns = late.deadline_ns = T0_WALL + 50 * MS
+    rec.on_result(on_time, T0_MONO + 40 * MS, T0_WALL + 40 * MS)
+    rec.on_result(late, T0_MONO + 60 * MS, T0_WALL + 60 * MS)
+    expired = stamped("r1-2", T0_WALL)
+    assert rec.on_expired(expired, Expiry("detector", 12.0, "queue"))
+    assert not rec.on_expired(expired, Expiry("detector", 12.0, "queue")), "a second answer is a duplicate"
+    s = rec.summary(duration_s=1.0)
+    assert (s["completed"], s["late"], s["deadline_exceeded"], s["failed"], s["lost"]) == (2, 1, 1, 0, 1)
+    assert s["deadline_exceeded_by_stage"] == {"detector": 1} and s["duplicates"] == 1

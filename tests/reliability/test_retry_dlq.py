@@ -70,6 +70,7 @@ async def test_failing_delivery_is_retried_bounded_then_dead_lettered_and_replay
         rows = [json.loads(line) for line in cli(sec, "dlq", "list", "--json").splitlines()]
         row = next(r for r in rows if r.get("request_id") == rid)
         assert row["stage"] == "decode" and row["origin"] == s.streams.name("frames") and "gave up" in row["reason"]
+        assert row["kind"] == "gave_up"
         assert sec.stage.alive(), "failed publishes never take the stage down"
 
         admin.execute_command("ACL", "SETUSER", "decode", f"~{out_stream}")  # the operator's fix

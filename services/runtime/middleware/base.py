@@ -2,10 +2,11 @@
 
 An :class:`Item` is one delivery on its way through a worker. Its
 :class:`Verdict` starts as ``WORK`` and ends as one of: ``DONE`` (its output
-is published), ``DEAD`` (dead-lettered with ``reason``), ``DUPLICATE``
-(already done: acked without work), ``FAILED`` (a transient failure: left
-pending for redelivery) or ``SKIP`` (the same request is in progress here:
-left alone, neither worked on nor acked).
+is published), ``DEAD`` (dead-lettered with ``reason``), ``EXPIRED`` (out of
+time: answered ``deadline_exceeded`` on the results stream, not computed),
+``DUPLICATE`` (already done: acked without work), ``FAILED`` (a transient
+failure: left pending for redelivery) or ``SKIP`` (the same request is in
+progress here: left alone, neither worked on nor acked).
 
 A hook gets a :class:`StageContext` (the stage's name, streams, group,
 consumer, broker, settings and metrics), never the worker, so a policy can be
@@ -33,25 +34,28 @@ from typing import TYPE_CHECKING
 
 from visionpipe import topology
 from visionpipe.broker import Broker, Delivery, Output
+from visionpipe.broker.base import BAD_INPUT
 from visionpipe.envelope import Envelope, peek_request_id
 from visionpipe.metrics import Metrics
 from visionpipe.settings import Settings
 
 if TYPE_CHECKING:
-    from visionpipe.services.runtime.stage import Outcome
+    from visionpipe.services.runtime.budgets import Budgets
+    from visionpipe.services.runtime.stage import Expired, Outcome
 
 
 class Verdict(Enum):
     WORK = "work"
     DONE = "done"
     DEAD = "dead"
+    EXPIRED = "expired"
     DUPLICATE = "duplicate"
     FAILED = "failed"
     SKIP = "skip"
 
 
 # Verdicts whose delivery the worker acks: the message needs nothing more from anyone.
-ACKED = frozenset({Verdict.DONE, Verdict.DEAD, Verdict.DUPLICATE})
+ACKED = frozenset({Verdict.DONE, Verdict.DEAD, Verdict.EXPIRED, Verdict.DUPLICATE})
 
 
 @dataclass(frozen=True)
@@ -67,9 +71,13 @@ class StageContext:
     broker: Broker
     settings: Settings
     metrics: Metrics
+    results: str = ""  # where answers go, including deadline_exceeded from any stage
+    budgets: Budgets | None = None  # the stage's part of each request's deadline
 
     @classmethod
-    def of(cls, stage: str, broker: Broker, settings: Settings, metrics: Metrics) -> StageContext:
+    def of(
+        cls, stage: str, broker: Broker, settings: Settings, metrics: Metrics, budgets: Budgets | None = None
+    ) -> StageContext:
         """The context of ``stage`` as the topology names its streams and group."""
         return cls(
             stage=stage,
@@ -81,6 +89,8 @@ class StageContext:
             broker=broker,
             settings=settings,
             metrics=metrics,
+            results=settings.streams.name("results"),
+            budgets=budgets,
         )
 
 
@@ -90,12 +100,17 @@ class Item:
     envelope: Envelope | None = None
     verdict: Verdict = Verdict.WORK
     reason: str | None = None  # why it was dead-lettered
+    kind: str = BAD_INPUT  # what kind of dead letter: bad_input, or gave_up (the bound on attempts)
     outcome: Outcome | None = None
+    expired: Expired | None = None  # why it is answered deadline_exceeded
     outputs: list[Output] = field(default_factory=list)  # published when the item is settled, with its ack
     once: str | None = None  # the broker's key for "this input is settled": a second settle publishes nothing
 
-    def kill(self, reason: str) -> None:
-        self.verdict, self.reason = Verdict.DEAD, reason
+    def kill(self, reason: str, kind: str = BAD_INPUT) -> None:
+        self.verdict, self.reason, self.kind = Verdict.DEAD, reason, kind
+
+    def expire(self, expired: Expired) -> None:
+        self.verdict, self.expired, self.reason = Verdict.EXPIRED, expired, str(expired)
 
     @property
     def request_id(self) -> str | None:

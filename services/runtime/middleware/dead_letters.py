@@ -25,6 +25,11 @@ class DeadLetters(Middleware):
             rid = it.request_id
             log.info("stage %s: dead-lettering %s: %s", ctx.stage, rid, it.reason)
             record = DeadLetter(
-                reason=it.reason or "", data=it.delivery.data, stage=ctx.stage, origin=ctx.input, request_id=rid
+                reason=it.reason or "",
+                data=it.delivery.data,
+                stage=ctx.stage,
+                origin=ctx.input,
+                request_id=rid,
+                kind=it.kind,
             )
             it.outputs.append(Output(ctx.dead_letter, record.encode(), rid))

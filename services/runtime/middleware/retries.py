@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from visionpipe.broker.base import GAVE_UP
 from visionpipe.services.runtime.middleware.base import Item, Middleware, StageContext, Verdict
 
 log = logging.getLogger("visionpipe.services.runtime.worker")
@@ -23,7 +24,7 @@ class Retries(Middleware):
     def admit(self, ctx: StageContext, item: Item) -> None:
         attempts = item.delivery.attempts
         if attempts > self.max_retries:
-            item.kill(f"gave up after {attempts - 1} deliveries that failed or timed out")
+            item.kill(f"gave up after {attempts - 1} deliveries that failed or timed out", GAVE_UP)
 
     def on_outcome(self, ctx: StageContext, item: Item) -> None:
         if item.verdict is Verdict.FAILED:

@@ -1,4 +1,4 @@
-"""A stage's Prometheus series from the verdicts: outcomes, errors, consumed batch sizes, time per phase."""
+"""A stage's Prometheus series from the verdicts: outcomes, requests shed and why, errors, batch sizes, phase times."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ from visionpipe.envelope import Envelope, Event
 from visionpipe.services.runtime.middleware.base import Item, Middleware, StageContext, Verdict
 from visionpipe.topology import INGRESS
 
-OUTCOME_LABELS = {Verdict.DONE: "ok", Verdict.DEAD: "dead_letter", Verdict.DUPLICATE: "duplicate"}
+OUTCOME_LABELS = {
+    Verdict.DONE: "ok",
+    Verdict.DEAD: "dead_letter",
+    Verdict.EXPIRED: "deadline_exceeded",
+    Verdict.DUPLICATE: "duplicate",
+}
 
 
 class StageMetrics(Middleware):
@@ -25,6 +30,8 @@ class StageMetrics(Middleware):
         for verdict, label in OUTCOME_LABELS.items():
             m.messages.labels(name, label).inc(sum(it.verdict is verdict for it in items))
         for it in items:
+            if it.verdict is Verdict.EXPIRED and it.expired is not None:
+                m.shed.labels(name, it.expired.why).inc()
             if it.verdict is Verdict.DONE and isinstance(it.outcome, Envelope):
                 for phase, seconds in phases(it.outcome, name).items():
                     m.latency.labels(name, phase).observe(seconds)

@@ -257,12 +257,21 @@ class Broker(ABC):
         """Entries still stored in ``stream``; backends override where they can say."""
         raise NotImplementedError
 
-    async def peek(self, stream: str, count: int) -> list[Delivery]:
-        """The oldest ``count`` stored entries, read outside any group (nothing becomes pending).
+    async def peek(self, stream: str, count: int, newest: bool = False) -> list[Delivery]:
+        """The oldest ``count`` stored entries (``newest``: the newest, still oldest first), read outside any group
+        (nothing becomes pending).
 
-        For inspection, e.g. ``visionpipe dlq list``; stages use ``consume``.
+        For inspection, e.g. ``visionpipe dlq list``, and state every reader wants the latest of (``tail``);
+        stages use ``consume``. Kafka reads each partition's ``count`` newest.
         """
         raise NotImplementedError
+
+    async def tail(self, stream: str, count: int) -> list[Delivery]:
+        """The newest ``count`` stored entries, oldest first (``peek`` from the end): for state every reader wants
+        the latest of (stage heartbeats). Backends that cannot read a stream raise ``NotImplementedError``, and
+        readers of such state go without it.
+        """
+        return await self.peek(stream, count, newest=True)
 
     async def remove(self, stream: str, ids: Sequence[str]) -> bool:
         """Delete these entries from ``stream`` (``visionpipe dlq replay``, once it moved them); False where the
@@ -287,9 +296,10 @@ class Broker(ABC):
         stage: str,
         origin: str,
         request_id: str | None = None,
+        kind: str = "",
     ) -> None:
         """Park a message that cannot be processed, with why, for inspection or replay."""
-        record = DeadLetter(reason=reason, data=data, stage=stage, origin=origin, request_id=request_id)
+        record = DeadLetter(reason=reason, data=data, stage=stage, origin=origin, request_id=request_id, kind=kind)
         await self.publish(dlq, [record.encode()], [request_id])
 
     def __repr__(self) -> str:
@@ -304,9 +314,28 @@ class Broker(ABC):
         await self.close()
 
 
+# What a dead letter is, for whoever answers its client: the input was refused (the client's to fix), the request
+# ran out of time where it was, or the pipeline gave up on it after repeated failures (the operator's to look at).
+BAD_INPUT, DEADLINE, GAVE_UP = "bad_input", "deadline", "gave_up"
+KINDS = (BAD_INPUT, DEADLINE, GAVE_UP)
+
+
+def infer_kind(reason: str) -> str:
+    """The kind of a record written before records had one, from its reason's words."""
+    if reason.startswith("gave up after"):
+        return GAVE_UP
+    if reason.startswith("deadline passed"):
+        return DEADLINE
+    return BAD_INPUT
+
+
 @dataclass(frozen=True)
 class DeadLetter:
-    """An entry of the dead-letter stream: the original bytes and the reason."""
+    """An entry of the dead-letter stream: the original bytes, the reason, and its kind (one of ``KINDS``).
+
+    ``kind`` empty is inferred from the reason; records without one (older writers) read the same way, and
+    readers that do not know the field ignore it.
+    """
 
     reason: str
     data: Payload  # what was dead-lettered; bytes once decoded from the stream
@@ -314,6 +343,11 @@ class DeadLetter:
     origin: str  # stream the message came from; `visionpipe dlq replay` sends it back there
     request_id: str | None = None
     at_ns: int = field(default_factory=time.time_ns)
+    kind: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            object.__setattr__(self, "kind", infer_kind(self.reason))
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {
@@ -323,6 +357,7 @@ class DeadLetter:
             "origin": self.origin,
             "id": self.request_id,
             "at": self.at_ns,
+            "kind": self.kind,
         }
         return msgpack.packb(doc, use_bin_type=True)
 
@@ -332,7 +367,7 @@ class DeadLetter:
         # Entries on the stream are untrusted: bytes(n) of an integer ``data`` would allocate n bytes.
         if not isinstance(doc, dict) or not isinstance(doc.get("data"), bytes):
             raise ValueError("not a dead-letter record: no bytes under 'data'")
-        rid = doc.get("id")
+        rid, kind = doc.get("id"), doc.get("kind")
         return cls(
             reason=str(doc["reason"]),
             data=doc["data"],
@@ -340,4 +375,5 @@ class DeadLetter:
             origin=str(doc["origin"]),
             request_id=rid if isinstance(rid, str) else None,
             at_ns=int(doc.get("at", 0)),
+            kind=kind if isinstance(kind, str) else "",
         )

@@ -1,7 +1,8 @@
 """``visionpipe dlq``: look at dead-lettered messages, and send them back once the cause is fixed.
 
 A message that a stage cannot process (bad image, bad schema, too many failed
-tries) is parked on the dead-letter stream with its reason and original bytes
+tries) is parked on the dead-letter stream with its reason, its kind (``bad_input``,
+``deadline``, ``gave_up``) and original bytes
 (:class:`~visionpipe.broker.base.DeadLetter`), kept there by its retention
 (``streams.dead_letter_max_*``) whoever else reads it. ``list`` reads them
 without taking them. ``replay`` moves each letter that is on the stream when it
@@ -54,6 +55,7 @@ class Entry:
         return {
             "id": self.id,
             "at": at,
+            "kind": r.kind,
             "stage": r.stage,
             "origin": r.origin,
             "request_id": r.request_id,
@@ -188,7 +190,11 @@ def dlq() -> None:
 @click.option("--limit", type=int, default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
 def list_cmd(broker_url: str | None, stream: str | None, limit: int, as_json: bool) -> None:
-    """Show dead letters (oldest first) without taking them off the stream."""
+    """Show dead letters (oldest first) without taking them off the stream, each with its kind.
+
+    Kinds: bad_input (the input was refused), deadline (it ran out of time where it was), gave_up (the
+    pipeline gave up after repeated failures).
+    """
     settings, url = _settings(broker_url)
 
     async def go() -> list[Entry]:

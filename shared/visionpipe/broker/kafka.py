@@ -247,8 +247,8 @@ class KafkaBroker(Broker):
     async def length(self, stream: str) -> int:
         return await self._run(self._offsets.length, stream)
 
-    async def peek(self, stream: str, count: int) -> list[Delivery]:
-        return [to_delivery(stream, m) for m in await self._run(self._offsets.peek, stream, count)]
+    async def peek(self, stream: str, count: int, newest: bool = False) -> list[Delivery]:
+        return [to_delivery(stream, m) for m in await self._run(self._offsets.peek, stream, count, newest)]
 
     async def ping(self) -> bool:
         try:

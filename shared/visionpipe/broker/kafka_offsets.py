@@ -1,4 +1,4 @@
-"""Reading offsets on Kafka: what a group has left (backlog), what a topic holds (length), its oldest entries (peek).
+"""Reading offsets on Kafka: what a group has left (backlog), what a topic holds (length), its oldest or newest entries.
 
 Apache Kafka makes a topic's metadata first and its partitions' logs on their brokers after, and a partition
 whose leader just moved (a topic made again, a broker killed) answers NOT_LEADER_FOR_PARTITION for a moment.
@@ -107,26 +107,30 @@ class Offsets:
             total += high - low
         return total
 
-    def peek(self, stream: str, count: int) -> list[Message]:
+    def peek(self, stream: str, count: int, newest: bool = False) -> list[Message]:
+        """The oldest ``count`` entries of ``stream``; ``newest``: the newest ``count`` of each partition instead,
+        oldest first by their timestamps (what ``Broker.tail`` reads: state whose latest word is what counts)."""
         # A throwaway group that never commits: reading leaves no trace on the stages' groups.
         reader = Consumer({**self._conf, "group.id": f"visionpipe-peek-{uuid.uuid4().hex[:8]}"})
         try:
-            ends = {}
+            ends, starts = {}, {}
             for tp in self._partitions(stream):
                 low, high = self.watermarks(reader, tp)
                 if high > low:
-                    ends[tp.partition] = high
-            reader.assign([TopicPartition(stream, p, OFFSET_BEGINNING) for p in ends])
+                    ends[tp.partition], starts[tp.partition] = high, max(low, high - count) if newest else low
+            reader.assign([TopicPartition(stream, p, starts[p] if newest else OFFSET_BEGINNING) for p in ends])
+            # Exactly what is there to read: Consumer.consume waits for all it was asked for, or its whole timeout.
+            want = sum(ends[p] - starts[p] for p in ends) if newest else count
             out: list[Message] = []
             deadline = time.monotonic() + REQUEST_TIMEOUT_S
-            while ends and len(out) < count and time.monotonic() < deadline:
-                for m in reader.consume(count - len(out), 0.1):
+            while ends and len(out) < want and time.monotonic() < deadline:
+                for m in reader.consume(want - len(out), 0.1):
                     if m.error() is None:
                         out.append(m)
                         p, o = position(m)
                         if o + 1 >= ends.get(p, 0):
                             ends.pop(p, None)
-            return out
+            return sorted(out, key=lambda m: m.timestamp()[1])[-count:] if newest else out
         finally:
             reader.close()
 

@@ -46,7 +46,7 @@ class _Stream:
     entries: dict[int, tuple[str | None, Payload]] = field(default_factory=dict)
     next_seq: int = 1
     groups: dict[str, _Group] = field(default_factory=dict)
-    born: dict[int, float] = field(default_factory=dict)  # wall-clock s of each entry, on retained streams
+    born: dict[int, float] = field(default_factory=dict)  # wall-clock s of each entry's append (retention, trim_older)
 
 
 class _Store:
@@ -65,9 +65,8 @@ class _Store:
     def append(self, name: str, data: Payload, key: str | None) -> None:
         s = self.stream(name)
         s.entries[s.next_seq] = (key, bytes(data) if isinstance(data, bytearray | memoryview) else data)
+        s.born[s.next_seq] = time.time()
         rule = self.retained.get(name)
-        if rule is not None:
-            s.born[s.next_seq] = time.time()
         s.next_seq += 1
         if rule is not None:
             self.retain(s, rule)
@@ -104,6 +103,7 @@ class _Store:
                 seq <= other.last_delivered and seq not in other.pending for other in s.groups.values()
             ):
                 s.entries.pop(seq, None)
+                s.born.pop(seq, None)
 
     def held_bytes(self, stream: str) -> int:
         return sum(_weight(data) for _key, data in self.stream(stream).entries.values())
@@ -293,11 +293,20 @@ class MemoryBroker(Broker):
         with self._store.lock:
             return len(self._store.stream(stream).entries)
 
-    async def peek(self, stream: str, count: int) -> list[Delivery]:
+    async def peek(self, stream: str, count: int, newest: bool = False) -> list[Delivery]:
         with self._store.lock:
             s = self._store.stream(stream)
-            entries = sorted(s.entries.items())[:count]
-            return [Delivery(stream, str(seq), _handed(data), key) for seq, (key, data) in entries]
+            entries = sorted(s.entries.items())
+            chosen = (entries[-count:] if count > 0 else []) if newest else entries[:count]
+            return [Delivery(stream, str(seq), _handed(data), key) for seq, (key, data) in chosen]
+
+    async def trim_older(self, stream: str, age_s: float) -> None:
+        cutoff = time.time() - age_s
+        with self._store.lock:
+            s = self._store.stream(stream)
+            for seq in [seq for seq, born in s.born.items() if born < cutoff]:
+                s.entries.pop(seq, None)
+                del s.born[seq]
 
     async def remove(self, stream: str, ids: Sequence[str]) -> bool:
         with self._store.lock:

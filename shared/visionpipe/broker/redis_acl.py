@@ -31,6 +31,7 @@ STREAM_COMMANDS = (
     "xinfo|groups",
     "xlen",
     "xrange",
+    "xrevrange",
     "xtrim",
     "xgroup|create",
     "exists",

@@ -289,9 +289,13 @@ class RedisBroker(Broker):
         with _errors(self.url):
             return int(await self._r.xlen(stream))
 
-    async def peek(self, stream: str, count: int) -> list[Delivery]:
+    async def peek(self, stream: str, count: int, newest: bool = False) -> list[Delivery]:
         with _errors(self.url):
-            entries: Any = await self._r.xrange(stream, "-", "+", count=count)
+            if newest:
+                entries: Any = await self._r.xrevrange(stream, "+", "-", count=count)
+                entries = entries[::-1]
+            else:
+                entries = await self._r.xrange(stream, "-", "+", count=count)
         return [_delivery(stream, eid, fields) for eid, fields in entries if fields]
 
     async def remove(self, stream: str, ids: Sequence[str]) -> bool:

@@ -22,7 +22,7 @@ from visionpipe.executor.policy import (
     make_policy,
 )
 from visionpipe.executor.rate import RateEstimator
-from visionpipe.executor.scheduler import Scheduler
+from visionpipe.executor.scheduler import DeadlineExceeded, Scheduler
 from visionpipe.executor.sim_device import COST_MODELS, CostModel, PhaseCost, SimDevice, cost_model
 from visionpipe.executor.torch_device import TorchDevice
 
@@ -33,6 +33,7 @@ __all__ = [
     "BatchExecutor",
     "BatchPolicy",
     "CostModel",
+    "DeadlineExceeded",
     "Decision",
     "Device",
     "FixedPolicy",

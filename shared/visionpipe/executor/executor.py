@@ -27,7 +27,7 @@ from typing import Any
 from visionpipe.executor.device import Device
 from visionpipe.executor.latency import LatencyModel
 from visionpipe.executor.policy import BatchPolicy, Decision
-from visionpipe.executor.scheduler import MAX_IN_FLIGHT_OVERLAP, Batch, Scheduler
+from visionpipe.executor.scheduler import MAX_IN_FLIGHT_OVERLAP, Batch, DeadlineExceeded, Request, Scheduler
 from visionpipe.settings import ExecutorSettings
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class BatchExecutor:
             overlap=device.overlap,
             slo_ns=int(self.settings.slo_ms * 1e6),
         )
+        self.scheduler.on_expire = self._expired
         self.on_batch: BatchCallback | None = None
         self._clock = clock
         self._wake = asyncio.Event()
@@ -101,18 +102,28 @@ class BatchExecutor:
             self.model.seed(samples)
         self._task = asyncio.create_task(self._loop(), name="visionpipe-executor")
 
-    async def submit(self, item: Any, deadline_ns: int | None = None) -> Any:
-        """This item's output (tensors on the host); raises what its batch raised."""
+    async def submit(self, item: Any, deadline_ns: int | None = None, expire_ns: int | None = None) -> Any:
+        """This item's output (tensors on the host); raises what its batch raised.
+
+        ``deadline_ns`` (monotonic, default arrival + SLO) is what the policy batches against; past ``expire_ns``
+        the result is worth nothing, and the item is taken out of the queue the moment it can no longer be done
+        by then, with :class:`DeadlineExceeded`.
+        """
         if self._stopping or self._task is None:
             raise RuntimeError("executor is not running (start() it; submit() after stop() is an error)")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         sched = self.scheduler
         head = sched.earliest_deadline_ns()
         urgent = deadline_ns is not None and head is not None and deadline_ns < head
-        sched.add(self._clock(), (item, fut), deadline_ns)
-        if urgent or (self._wake_at_queued is not None and len(sched) >= self._wake_at_queued):
+        sched.add(self._clock(), (item, fut), deadline_ns, expire_ns)
+        if urgent or expire_ns is not None or (self._wake_at_queued is not None and len(sched) >= self._wake_at_queued):
             self._wake.set()
         return await fut
+
+    def _expired(self, request: Request, late_ns: int) -> None:
+        fut: asyncio.Future[Any] = request.payload[1]
+        if not fut.done():
+            fut.set_exception(DeadlineExceeded(late_ns / 1e9))
 
     def observe_backlog(self, n: int) -> None:
         """Broker backlog of this stage's input: part of the arrival-rate estimate."""

@@ -6,6 +6,9 @@ device gate, and asks the policy what to do. Callers pass ``now_ns``, so the
 asyncio executor runs it on ``time.monotonic_ns()`` and the simulator on a
 virtual clock — the same decisions either way.
 
+A request may also carry an expiry: past it, nobody wants its result. It is taken out of the queue the moment
+it can no longer be done by then, device busy or not, never computed (``expiry.py``).
+
 The gate is the mechanics of seed 001's two streams: the next batch may be
 handed to the device once its host staging and upload, started now, would
 finish no earlier than the current compute ends (``compute_free − t_stage(n)
@@ -19,11 +22,14 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from visionpipe.executor.expectation import Expectation, expect
+from visionpipe.executor.expiry import NEVER, DeadlineExceeded, Expiring
 from visionpipe.executor.latency import LatencyModel
-from visionpipe.executor.policy import NS, BatchPolicy, Decision, QueueView
+from visionpipe.executor.policy import DEADLINE_MARGIN_FRACTION, NS, BatchPolicy, Decision, QueueView
 from visionpipe.executor.rate import RateEstimator
 
 # Upload, compute and download of three batches can overlap; a fourth would only wait on the device.
@@ -31,6 +37,10 @@ MAX_IN_FLIGHT_OVERLAP = 3
 # Fixed-point steps for the gate time: upload time depends on the batch size at the gate, which depends on
 # the gate time; upload is a small fraction of compute, so two steps land within a few arrivals.
 GATE_STEPS = 3
+# The batch size a stage announces follows the batches it sent: an EWMA over about the last ten.
+BATCH_EWMA_WEIGHT = 0.1
+
+__all__ = ["MAX_IN_FLIGHT_OVERLAP", "Batch", "DeadlineExceeded", "Request", "Scheduler"]
 
 
 @dataclass(slots=True)
@@ -39,6 +49,7 @@ class Request:
     deadline_ns: int
     payload: Any = None
     seq: int = 0
+    expire_ns: int | None = None  # past this (less the margin) nobody wants its result: it is taken out, not run
 
     def __lt__(self, other: Request) -> bool:
         return (self.deadline_ns, self.seq) < (other.deadline_ns, other.seq)
@@ -56,8 +67,8 @@ class Batch:
         return len(self.requests)
 
 
-class Scheduler:
-    """Queue + λ + latency model + gate + policy, driven by an external clock."""
+class Scheduler(Expiring):
+    """Queue + λ + latency model + gate + policy, driven by an external clock; expiry from ``Expiring``."""
 
     def __init__(
         self,
@@ -77,19 +88,43 @@ class Scheduler:
         self.slo_ns = slo_ns
         self.in_flight = 0
         self.compute_free_ns = 0
+        self.recent_batch = 1.0
+        self.margin_ns = int(slo_ns * DEADLINE_MARGIN_FRACTION)
+        # Told of each request taken out because it can no longer be done in time, and by how much it would miss.
+        self.on_expire: Callable[[Request, int], None] | None = None
+        # Told of each batch as it leaves, before the device has it (slack at dispatch, for metrics).
+        self.on_dispatch: Callable[[Batch], None] | None = None
         self._heap: list[Request] = []
         self._on_device: list[Batch] = []  # dispatched, not yet complete, in dispatch order
         self._seq = itertools.count()
+        self._first_expiry = NEVER  # the earliest expire_ns queued (a lower bound once requests leave)
 
     def __len__(self) -> int:
         return len(self._heap)
 
-    def add(self, now_ns: int, payload: Any = None, deadline_ns: int | None = None) -> Request:
+    def add(
+        self, now_ns: int, payload: Any = None, deadline_ns: int | None = None, expire_ns: int | None = None
+    ) -> Request:
+        """Queue a request; ``deadline_ns`` orders and bounds its batch (default: now + SLO), ``expire_ns`` ends it."""
         deadline = deadline_ns if deadline_ns is not None else now_ns + self.slo_ns
-        req = Request(now_ns, deadline, payload, next(self._seq))
+        req = Request(now_ns, deadline, payload, next(self._seq), expire_ns)
         heapq.heappush(self._heap, req)
         self.rate.arrive(now_ns)
+        self._note_expiry(expire_ns)
         return req
+
+    def expectation(self, now_ns: int, backlog: float = 0.0, items: float = 1.0) -> Expectation:
+        """What a message of ``items`` requests arriving now behind ``backlog`` more (in the broker) should expect."""
+        return expect(
+            self.model,
+            self.rate.rate(now_ns),
+            len(self._heap) + backlog,
+            overlap=self.overlap,
+            max_batch=self.max_batch,
+            busy_s=max(self.compute_free_ns - now_ns, 0) / NS,
+            recent_batch=self.recent_batch,
+            items=items,
+        )
 
     def earliest_deadline_ns(self) -> int | None:
         return self._heap[0].deadline_ns if self._heap else None
@@ -131,9 +166,29 @@ class Scheduler:
         return self._heap[:8]
 
     def next_action(self, now_ns: int) -> Decision:
-        """Dispatch now, or when to ask again (a time, a queue length, or — neither — the next completion)."""
-        if not self._heap:
-            return Decision.wait()
+        """Dispatch now, or when to ask again (a time, a queue length, or — neither — the next completion).
+
+        Expired requests leave first, so the policy never batches one; the answer's wake-up time is never
+        later than the next expiry, so a request is taken out when it can no longer make it, device busy or not.
+        A batch the policy sizes for throughput (the keep-up batch) may finish past the expiry of its most
+        urgent requests: those are taken out too, answered now rather than computed late, and the policy asked
+        again.
+        """
+        while True:
+            self.expire(now_ns)
+            if not self._heap:
+                return Decision.wait()
+            decision = self._decide(now_ns)
+            if decision.dispatch <= 0:
+                break
+            if not self._expire_in_batch(now_ns, decision.dispatch):
+                return decision
+        expiry = self.next_expiry_ns(now_ns)
+        if expiry is not None and (decision.wake_at_ns is None or expiry < decision.wake_at_ns):
+            return Decision.wait(expiry, decision.wake_at_queued)
+        return decision
+
+    def _decide(self, now_ns: int) -> Decision:
         gate = self.gate_ns(now_ns)
         if gate is None:
             return Decision.wait()
@@ -158,8 +213,11 @@ class Scheduler:
             end = start + int(m.compute(n) * NS)
         self.compute_free_ns = end
         self.in_flight += 1
+        self.recent_batch += BATCH_EWMA_WEIGHT * (n - self.recent_batch)
         batch = Batch(reqs, now_ns, end)
         self._on_device.append(batch)
+        if self.on_dispatch is not None:
+            self.on_dispatch(batch)
         return batch
 
     def complete(self, batch: Batch, now_ns: int, timings: dict[str, float] | None) -> list[int]:

@@ -16,6 +16,7 @@ from tests.services.helpers import MAX_DETECTIONS, bad_images, env_for, fast_ove
 from visionpipe.samples import SAMPLES_DIR, scene_jpeg, shipped_samples
 from visionpipe.services.commands.run import EXIT_NO_IMAGES, EXIT_NOTHING_WENT_THROUGH, run, walk
 from visionpipe.services.decode.backends import dali_available
+from visionpipe.topology import STAGES
 
 PNG_MAGIC = b"\x89PNG"
 
@@ -246,3 +247,23 @@ def test_run_on_gpu_decodes_with_the_gpu_path(
     doc = json.loads(summary.read_text())
     assert doc["decoder"] == backend and doc["device"] == "cuda"
     assert doc["ok"] == len(shipped_samples()) and doc["bad"] == 0
+
+
+def test_run_with_a_deadline_no_stage_can_meet_answers_each_image_deadline_exceeded(
+    tmp_path: Path, ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good, _ = _inputs(tmp_path / "in")
+    for key, value in env_for(fast_overrides(ns, f"memory://{ns}")).items():
+        monkeypatch.setenv(key, value)
+    out, summary = tmp_path / "results.jsonl", tmp_path / "summary.json"
+    args = [*map(str, good), "--out", str(out), "--summary-json", str(summary), "--quiet", "--deadline-ms", "1"]
+    result = CliRunner().invoke(run, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == len(good)
+    for rec in lines:  # answered early by the stage that knew, not a dead letter
+        assert rec["ok"] is False and rec["deadline_exceeded"] is True and rec["stage"] in STAGES, rec
+        assert rec["error"].startswith("deadline_exceeded: "), rec
+    doc = json.loads(summary.read_text())
+    assert doc["deadline"] == {"ms": 1.0, "exceeded": len(good), "late": 0}
+    assert "deadline_exceeded" in result.output.replace("\n", "")

@@ -72,7 +72,7 @@ async def serving(
     task = asyncio.create_task(server.serve())
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not (server.started and gateway.ready):
+        while not (server.started and gateway.ready and (gateway.stages_ready or not stages)):
             if task.done() or time.monotonic() > deadline:
                 task.result()
                 raise AssertionError("gateway did not start")
@@ -138,12 +138,14 @@ class GatewayProc:
             )
         return self
 
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
+    def wait_ready(self, timeout_s: float = 60.0, stages: bool = True) -> None:
+        """Until ``/readyz`` says ready; ``stages=False``: until the gateway itself serves (no stage is running yet)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self.proc is not None and self.proc.poll() is None, f"gateway exited:\n{self.log()}"
             status, _, body = http("GET", self.url + "/readyz", timeout=2)
-            if status == 200 and json.loads(body)["ready"]:
+            doc = json.loads(body) if status in (200, 503) and body else {}
+            if doc.get("ready") or (not stages and doc.get("checks", {}).get("serving")):
                 return
             time.sleep(0.1)
         raise AssertionError(f"gateway not ready after {timeout_s}s:\n{self.log()}")

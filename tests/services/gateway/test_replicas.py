@@ -52,7 +52,8 @@ async def test_kill_9_while_requests_wait_loses_nothing(redis_server: Server, ns
     stages: list[subprocess.Popen[bytes]] = []
     images = {f"kill-{i}": jpeg(seed=i) for i in range(REQUESTS)}
     try:
-        await asyncio.gather(asyncio.to_thread(doomed.wait_ready), asyncio.to_thread(survivor.wait_ready))
+        # The gateways come up before any stage (their requests queue): they serve, though not ready for a client.
+        await asyncio.gather(*(asyncio.to_thread(g.wait_ready, 60.0, False) for g in (doomed, survivor)))
         async with aiohttp.ClientSession() as s:
 
             async def ask(rid: str) -> int:

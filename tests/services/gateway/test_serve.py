@@ -22,7 +22,7 @@ from tests.services.gateway.helpers import GatewayProc, http, jpeg
 async def test_sigterm_answers_waiting_requests_503_and_exits_0(tmp_path: Path, ns: str) -> None:
     proc = GatewayProc({"VISIONPIPE_BROKER__URL": f"memory://{ns}"}, tmp_path).start()  # no stages: requests wait
     try:
-        await asyncio.to_thread(proc.wait_ready)
+        await asyncio.to_thread(proc.wait_ready, 60.0, False)
         waiting = asyncio.create_task(
             asyncio.to_thread(
                 http, "POST", proc.url + "/v1/detect?timeout_ms=30000", jpeg(), {"Content-Type": "image/jpeg"}, 30.0

@@ -130,6 +130,25 @@ def test_a_predecessor_that_never_comes_stalls_only_up_to_the_window() -> None:
     assert released[0].record["gap_before"] is True
 
 
+def test_a_frame_answered_deadline_exceeded_takes_its_place_in_the_chain() -> None:
+    from visionpipe.envelope import Envelope
+    from visionpipe.hops import Expiry
+    from visionpipe.services.ingest.order import from_expiry, from_result
+
+    first, second = StreamRef("cam", 0, 1, run="r"), StreamRef("cam", 1, 2, run="r")
+    expired = Expiry("detector", 35.0, "queue").write(Envelope("cam.r.0", stream=first))
+    assert Expiry.of(expired) is not None
+    late = from_expiry(expired, Expiry("detector", 35.0, "queue"))
+    done = from_result(Envelope("cam.r.1", payload={"objects": []}, stream=second))
+    assert late is not None and done is not None
+    order = StreamOrder()
+    assert order.add(done) == []  # waits for frame 0
+    out = order.add(late)
+    assert [o.record["frame_index"] for o in out] == [0, 1]
+    assert out[0].record["ok"] is False and out[0].record["deadline_exceeded"] is True
+    assert "35 ms late" in out[0].record["error"] and out[0].record["stage"] == "detector"
+
+
 CAT = {"label_name": "cat", "score": 0.5977, "top_k": [{"label": 281, "name": "tabby", "score": 0.31}]}
 
 

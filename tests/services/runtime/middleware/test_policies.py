@@ -15,8 +15,10 @@ import pytest
 from tests.services.runtime.helpers import EchoStage, settings_for
 from visionpipe.broker import DeadLetter, Delivery, MemoryBroker
 from visionpipe.envelope import Envelope
+from visionpipe.hops import Expiry
 from visionpipe.ingress import Frame, ensure_pipeline_streams, frame_envelope, submit_images
 from visionpipe.metrics import Metrics
+from visionpipe.services.runtime.budgets import Budgets
 from visionpipe.services.runtime.middleware import (
     Chain,
     DeadLetters,
@@ -37,9 +39,10 @@ from visionpipe.topology import DECODE
 DOCS = Path(__file__).resolve().parents[4] / "docs" / "middleware.md"
 
 
-def _ctx(ns: str, broker: MemoryBroker | None = None, **service: object) -> StageContext:
+def _ctx(ns: str, broker: MemoryBroker | None = None, budgets: bool = False, **service: object) -> StageContext:
     settings = settings_for(ns, **service)
-    return StageContext.of(DECODE, broker or MemoryBroker(settings.broker.url), settings, Metrics())
+    held = Budgets(DECODE, settings) if budgets else None
+    return StageContext.of(DECODE, broker or MemoryBroker(settings.broker.url), settings, Metrics(), held)
 
 
 def _item(rid: str = "r1", attempts: int = 1, image: bytes = b"x", deadline_ns: int | None = None) -> Item:
@@ -137,15 +140,33 @@ def test_retries_dead_letters_past_the_bound(ns: str, attempts: int, dead: bool)
         assert it.reason == "gave up after 2 deliveries that failed or timed out"
 
 
-@pytest.mark.parametrize(("offset_s", "dead"), [(-1.0, True), (30.0, False), (None, False)])
-def test_deadline_dead_letters_a_request_nobody_waits_for(ns: str, offset_s: float | None, dead: bool) -> None:
-    ctx = _ctx(ns)
+@pytest.mark.parametrize(
+    ("offset_s", "fastest_s", "why"),
+    [(-1.0, 0.0, "passed"), (0.2, 0.5, "budget"), (30.0, 0.5, None), (None, 0.0, None)],
+)
+async def test_deadline_answers_a_request_that_cannot_make_it_on_the_results_stream(
+    ns: str, offset_s: float | None, fastest_s: float, why: str | None
+) -> None:
+    """Past its deadline, or with less of it left than the stage's fastest answer: an expiry, not a dead letter."""
+    ctx = _ctx(ns, budgets=True)
+    assert ctx.budgets is not None
+    ctx.budgets.fastest_s = fastest_s
     deadline = None if offset_s is None else time.time_ns() + int(offset_s * 1e9)
     it = _item(deadline_ns=deadline)
-    Deadline().admit(ctx, it)
-    assert (it.verdict is Verdict.DEAD) is dead
-    if dead:
-        assert it.reason is not None and re.match(rf"deadline passed \d+ ms before {DECODE} took it", it.reason)
+    policy = Deadline()
+    policy.admit(ctx, it)
+    assert (it.verdict is Verdict.EXPIRED) is (why is not None)
+    await policy.before_ack(ctx, [it])
+    await DeadLetters().before_ack(ctx, [it])
+    if why is None:
+        assert it.outputs == []
+        return
+    (out,) = it.outputs  # one answer, on the results stream; nothing on the dead letters
+    assert out.stream == ctx.results == f"{ns}.results"
+    answer = Expiry.of(Envelope.decode(out.data))
+    assert answer is not None and answer.stage == DECODE and answer.why == why
+    late_ms = {"passed": 1000.0, "budget": 300.0}[why]
+    assert late_ms <= answer.late_ms < late_ms + 200
 
 
 async def test_dead_letters_carry_the_reason_and_the_original_bytes(ns: str) -> None:
