@@ -86,7 +86,7 @@ class Case:
     paths: list[Path] = field(default_factory=list)
 
 
-# The plain script as the issue describes it (roi_align crops, torch's threads), then cutting crops as the stages
+# The plain script as a user would write it (roi_align crops, torch's threads), then cutting crops as the stages
 # do on the CPU, with torch's threads, with one, and with OpenMP's passive waiting: the best in each round is the
 # baseline; the one-thread variant measures the single-thread cost of an image (the ceiling).
 PLAIN_VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
