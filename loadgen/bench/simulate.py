@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from visionpipe.executor.latency import PHASES, LatencyModel
-from visionpipe.executor.policy import BatchPolicy
+from visionpipe.executor.policy import BatchPolicy, Decision
 from visionpipe.executor.scheduler import Batch, Scheduler
 from visionpipe.executor.sim_device import CostModel, SimBatch, SimDevice
 
@@ -90,6 +90,10 @@ def warmed_model(
     return model
 
 
+# (download end, dispatch order, batch, its simulated phases): a heap of the batches on the device.
+Completions = list[tuple[int, int, Batch, SimBatch]]
+
+
 def simulate(
     policy: BatchPolicy,
     cost: CostModel,
@@ -120,7 +124,7 @@ def simulate(
     n = len(arr)
     result = SimResult(arrivals, np.full(n, -1, dtype=np.int64), slo_ns=sched.slo_ns)
     done = result.done_ns
-    completions: list[tuple[int, int, Batch, SimBatch]] = []
+    completions: Completions = []
     i, seq = 0, 0
     wake_ns: float = INF
     wake_q: int | None = 1
@@ -139,22 +143,34 @@ def simulate(
             i += 1
         if max_queue is not None and len(sched) > max_queue:
             break
-        while completions and completions[0][0] <= now:
-            t_done, _, batch, sb = heapq.heappop(completions)
-            sched.complete(batch, t_done, sb.timings())
-            for r in batch.requests:
-                done[r.payload] = t_done
-        while True:
-            decision = sched.next_action(now)
-            if decision.dispatch <= 0:
-                break
-            batch = sched.take(now, decision.dispatch)
-            sb = device.schedule(batch.size, now)
-            result.batch_dispatch_ns.append(now)
-            result.batch_sizes.append(batch.size)
-            heapq.heappush(completions, (sb.download_end, seq, batch, sb))
-            seq += 1
+        _complete(sched, completions, now, done)
+        decision, seq = _dispatch(sched, device, result, completions, now, seq)
         wake_ns = INF if decision.wake_at_ns is None else max(decision.wake_at_ns, now + 1)
         wake_q = decision.wake_at_queued if len(sched) else 1
     result.gpu_busy_s = device.busy_s
     return result
+
+
+def _complete(sched: Scheduler, completions: Completions, now: int, done: np.ndarray) -> None:
+    """Every batch whose download has ended by ``now``: its requests are done then."""
+    while completions and completions[0][0] <= now:
+        t_done, _, batch, sb = heapq.heappop(completions)
+        sched.complete(batch, t_done, sb.timings())
+        for r in batch.requests:
+            done[r.payload] = t_done
+
+
+def _dispatch(
+    sched: Scheduler, device: SimDevice, result: SimResult, completions: Completions, now: int, seq: int
+) -> tuple[Decision, int]:
+    """Send every batch the policy sends at ``now``; returns its last decision (when to look again) and ``seq``."""
+    while True:
+        decision = sched.next_action(now)
+        if decision.dispatch <= 0:
+            return decision, seq
+        batch = sched.take(now, decision.dispatch)
+        sb = device.schedule(batch.size, now)
+        result.batch_dispatch_ns.append(now)
+        result.batch_sizes.append(batch.size)
+        heapq.heappush(completions, (sb.download_end, seq, batch, sb))
+        seq += 1
