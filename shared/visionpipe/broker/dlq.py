@@ -20,15 +20,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import click
 
-from visionpipe.broker import Broker, DeadLetter, Delivery, connect, wire
+from visionpipe.broker import Broker, BrokerAuthError, BrokerUnreachable, DeadLetter, Delivery, connect, wire
 from visionpipe.envelope import REPLAYED, Envelope, EnvelopeError
 from visionpipe.settings import Settings, load_settings
 from visionpipe.topology import INGRESS
+
+T = TypeVar("T")
 
 REPLAY_GROUP = "dlq-replay"
 # Entries replayed per consume: small enough that an interrupted replay leaves little pending.
@@ -179,6 +182,14 @@ def _settings(broker_url: str | None) -> tuple[Settings, str]:
     return settings, settings.broker.url
 
 
+def _run(work: Coroutine[Any, Any, T]) -> T:
+    """Run a command's work; a broker that cannot be reached or refuses us is one line, not a traceback."""
+    try:
+        return asyncio.run(work)
+    except (BrokerUnreachable, BrokerAuthError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @click.group("dlq")
 def dlq() -> None:
     """List or replay dead-lettered messages."""
@@ -201,7 +212,7 @@ def list_cmd(broker_url: str | None, stream: str | None, limit: int, as_json: bo
         async with await connect(url, settings) as broker:
             return await list_dead(broker, stream or settings.streams.name("dead_letter"), limit)
 
-    for e in asyncio.run(go()):
+    for e in _run(go()):
         row = e.as_dict()
         click.echo(json.dumps(row) if as_json else "  ".join(f"{k}={v}" for k, v in row.items()))
 
@@ -224,7 +235,7 @@ def replay_cmd(broker_url: str | None, stream: str | None, limit: int, ids: tupl
             name = stream or settings.streams.name("dead_letter")
             return await replay_dead(broker, name, limit, ids=ids, dry_run=dry_run)
 
-    done = asyncio.run(go())
+    done = _run(go())
     if dry_run:
         for entry in done.moved:
             click.echo("  ".join(f"{k}={v}" for k, v in entry.as_dict().items()))
