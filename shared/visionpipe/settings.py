@@ -297,8 +297,7 @@ class GatewaySettings(BaseModel):
     # A client may ask for longer with ?timeout_ms=, up to this: a wait holds a connection and a slot in memory.
     max_wait_s: float = Field(60.0, gt=0.0, description="longest wait a client may ask for with ?timeout_ms=")
     result_ttl_s: float = Field(600.0, gt=0.0, description="how long a result stays fetchable by GET /v1/results/{id}")
-    # Memory store only (memory and Kafka brokers): the newest this many results are kept within their TTL.
-    max_results: int = Field(10_000, ge=1, description="results kept in memory when the store is not Redis")
+    max_results: int = Field(10_000, ge=1, description="newest results kept (within their TTL) by the memory store")
     results_url: str = Field(
         "", description="results store: redis://… or memory://; empty: the broker when it is Redis, else memory"
     )
@@ -316,6 +315,7 @@ class GatewaySettings(BaseModel):
     tokens_file: Path | None = Field(None, description="file of bearer tokens, one per line; unset: no auth")
     protect_docs_and_metrics: bool = Field(False, description="tokens guard /metrics, /docs, /openapi.json too")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty: CORS off")
+    grpc_port: int = Field(8001, ge=-1, le=65535, description="the OIP gRPC port (KServe v2); 0: a free one, -1: off")
     ingest_url: str = Field(
         "", description="API of a running `visionpipe ingest` (http://host:port): /v1/streams is served here too"
     )
