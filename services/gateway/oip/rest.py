@@ -45,7 +45,9 @@ from visionpipe.services.gateway.oip.model import (
 from visionpipe.services.gateway.service import Gateway
 
 HEADER_LENGTH = "inference-header-content-length"
-BODY_TYPES = ("", "application/json", "application/octet-stream")
+# The native API's bodies, sent here by mistake; anything else is read as the protocol's body (clients differ in
+# what they declare: none, application/json, application/octet-stream, curl's form type).
+REFUSED_TYPES = ("image/", "multipart/")
 Handler = Callable[..., Awaitable[Response]]
 
 
@@ -111,8 +113,8 @@ def _infer(gw: Gateway) -> Handler:
     async def infer(request: Request, name: str, version: str) -> Response:
         received = time.time_ns()
         check_model(name, version)
-        if media_type(request) not in BODY_TYPES:
-            raise GatewayError(415, "unsupported_media_type", "send application/json, or the binary tensor extension")
+        if media_type(request).startswith(REFUSED_TYPES):
+            raise GatewayError(415, "unsupported_media_type", "send the protocol's JSON or binary tensor layout")
         with gw.uploads.hold() as hold:
             body = await read_body(request, settings, hold, limit)
             doc, call, outputs = read_request(body, request.headers.get(HEADER_LENGTH), received)
