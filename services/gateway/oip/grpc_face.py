@@ -19,25 +19,8 @@ from typing import Any
 import grpc
 
 from visionpipe.services.gateway.errors import GatewayError
+from visionpipe.services.gateway.oip import model
 from visionpipe.services.gateway.oip.codegen import Protocol, protocol
-from visionpipe.services.gateway.oip.model import (
-    MODEL,
-    OUTPUTS,
-    VERSION,
-    InferCall,
-    admit,
-    check_input,
-    check_model,
-    check_outputs,
-    collect,
-    invalid,
-    metadata,
-    raw,
-    read_parameters,
-    server_metadata,
-    split_bytes,
-    tensors,
-)
 from visionpipe.services.gateway.service import Gateway
 
 SC = grpc.StatusCode
@@ -76,37 +59,37 @@ class Servicer:
         return self.p.ServerReadyResponse(ready=all((await self.gw.ready_checks()).values()))
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return self.p.ServerMetadataResponse(**server_metadata())
+        return self.p.ServerMetadataResponse(**model.server_metadata())
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        check_model(request.name, request.version)
-        doc = metadata()
+        model.check_model(request.name, request.version)
+        doc = model.metadata()
         tensor = self.p.ModelMetadataResponse.TensorMetadata
         doc["inputs"] = [tensor(**t) for t in doc["inputs"]]
         doc["outputs"] = [tensor(**t) for t in doc["outputs"]]
         return self.p.ModelMetadataResponse(**doc)
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        check_model(request.name, request.version)
+        model.check_model(request.name, request.version)
         return self.p.ModelReadyResponse(ready=self.gw.ready and self.gw.stages_ready)
 
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         received = time.time_ns()
-        check_model(request.model_name, request.model_version)
-        wanted = [o.name for o in request.outputs] or list(OUTPUTS)
-        check_outputs(wanted)
+        model.check_model(request.model_name, request.model_version)
+        wanted = [o.name for o in request.outputs] or list(model.OUTPUTS)
+        model.check_outputs(wanted)
         call = _call(request, context, received)
-        response = self.p.ModelInferResponse(model_name=MODEL, model_version=VERSION, id=request.id)
+        response = self.p.ModelInferResponse(model_name=model.MODEL, model_version=model.VERSION, id=request.id)
         with self.gw.uploads.hold() as hold:
             hold.grow_to(request.ByteSize())
             del request  # the images are the call's now, and leave it once admitted
-            subs = await admit(self.gw, call)
-        arrays = tensors(await collect(self.gw, call, subs))
+            subs = await model.admit(self.gw, call)
+        arrays = model.tensors(await model.collect(self.gw, call, subs))
         response.parameters["request_id"].string_param = ",".join(s.request_id for s in subs)
         for name in wanted:
-            datatype, array = OUTPUTS[name][0], arrays[name]
+            datatype, array = model.OUTPUTS[name][0], arrays[name]
             response.outputs.add(name=name, datatype=datatype, shape=list(array.shape))
-            response.raw_output_contents.append(raw(array, datatype))
+            response.raw_output_contents.append(model.raw(array, datatype))
         return response
 
     def authorized(self, context: grpc.aio.ServicerContext) -> bool:
@@ -117,25 +100,25 @@ class Servicer:
         return any([hmac.compare_digest(token, t) for t in self.tokens])
 
 
-def _call(request: Any, context: grpc.aio.ServicerContext, received: int) -> InferCall:
+def _call(request: Any, context: grpc.aio.ServicerContext, received: int) -> model.InferCall:
     """The images of the request's one input, its parameters, then its metadata, then its gRPC deadline."""
     if len(request.inputs) != 1:
-        raise invalid("the request must have exactly one input, 'images'")
+        raise model.invalid("the request must have exactly one input, 'images'")
     tensor = request.inputs[0]
     if request.raw_input_contents:
         if len(request.raw_input_contents) != 1:
-            raise invalid("raw_input_contents must hold one entry per input: one")
-        images = split_bytes(request.raw_input_contents[0])
+            raise model.invalid("raw_input_contents must hold one entry per input: one")
+        images = model.split_bytes(request.raw_input_contents[0])
     else:
         images = list(tensor.contents.bytes_contents)
-    check_input(tensor.name, tensor.datatype, list(tensor.shape), len(images))
-    call = InferCall(images, received)
-    read_parameters({k: _value(v) for k, v in request.parameters.items()}, call)
+    model.check_input(tensor.name, tensor.datatype, list(tensor.shape), len(images))
+    call = model.InferCall(images, received)
+    model.read_parameters({k: _value(v) for k, v in request.parameters.items()}, call)
     meta = _metadata(context)
     if "x-deadline-ms" in meta:
         if not meta["x-deadline-ms"].isdigit():
-            raise invalid("x-deadline-ms must be a whole number of ms")
-        read_parameters({"deadline_ms": int(meta["x-deadline-ms"])}, call)
+            raise model.invalid("x-deadline-ms must be a whole number of ms")
+        model.read_parameters({"deadline_ms": int(meta["x-deadline-ms"])}, call)
     call.request_id = call.request_id or meta.get("x-request-id")
     left = context.time_remaining()
     if call.deadline_ms is None and left is not None:
