@@ -38,11 +38,9 @@ from visionpipe.services.gateway.schema import (
     error,
     upload_errors,
 )
-from visionpipe.services.gateway.service import Gateway
+from visionpipe.services.gateway.service import REQUEST_ID_PATTERN, Gateway
 from visionpipe.services.gateway.swagger_ui import add_docs
 
-# Request ids a client may choose: printable, no separators that a key, a URL or a log line would trip on.
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 PAGE = files("visionpipe.services.gateway") / "static" / "index.html"
 
 RequestIdHeader = Annotated[

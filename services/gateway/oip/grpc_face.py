@@ -120,6 +120,7 @@ def _call(request: Any, context: grpc.aio.ServicerContext, received: int) -> mod
             raise model.invalid("x-deadline-ms must be a whole number of ms")
         model.read_parameters({"deadline_ms": int(meta["x-deadline-ms"])}, call)
     call.request_id = call.request_id or meta.get("x-request-id")
+    model.check_request_id(call.request_id)
     left = context.time_remaining()
     if call.deadline_ms is None and left is not None:
         call.deadline_ms = max(1.0, left * 1000)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from visionpipe import __version__
 from visionpipe.services.gateway.answer import wait_for_document
 from visionpipe.services.gateway.body import check_image
 from visionpipe.services.gateway.errors import GatewayError
-from visionpipe.services.gateway.service import Gateway, Submitted
+from visionpipe.services.gateway.service import REQUEST_ID_PATTERN, Gateway, Submitted
 from visionpipe.settings import Settings
 
 MODEL = "visionpipe"
@@ -119,6 +120,12 @@ def read_parameters(params: Mapping[str, Any], call: InferCall) -> None:
     rid = params.get(REQUEST_ID_PARAM)
     if rid is not None and call.request_id is None:
         call.request_id = str(rid)
+    check_request_id(call.request_id)
+
+
+def check_request_id(request_id: str | None) -> None:
+    if request_id is not None and not re.fullmatch(REQUEST_ID_PATTERN, request_id):
+        raise invalid(f"request id {request_id[:140]!r} does not match {REQUEST_ID_PATTERN}")
 
 
 def image_ids(request_id: str | None, count: int) -> list[str | None]:

@@ -119,7 +119,7 @@ def _infer(gw: Gateway) -> Handler:
             body = await read_body(request, settings, hold, limit)
             doc, call, outputs = read_request(body, request.headers.get(HEADER_LENGTH), received)
             call.request_id = request.headers.get("x-request-id", call.request_id)
-            read_parameters(_deadline_header(request), call)
+            read_parameters(_deadline_header(request), call)  # and checks the request id
             del body
             subs = await admit(gw, call)
         docs = await collect(gw, call, subs)

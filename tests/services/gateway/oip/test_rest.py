@@ -51,6 +51,7 @@ def json_request(images: list[bytes]) -> bytes:
         ("unknown_output", 422, "invalid_request"),
         ("media_type", 415, "unsupported_media_type"),
         ("too_large", 413, "too_large"),
+        ("bad_request_id", 422, "invalid_request"),
     ],
 )
 async def test_a_malformed_request_gets_the_protocols_error_and_the_gateway_stays_up(
@@ -77,6 +78,8 @@ async def test_a_malformed_request_gets_the_protocols_error_and_the_gateway_stay
         body, headers = json.dumps(doc).encode(), {}
     elif case == "media_type":
         headers["Content-Type"] = "image/jpeg"
+    elif case == "bad_request_id":
+        headers["X-Request-Id"] = "two words"
     elif case == "too_large":
         body, headers = binary_request([jpeg(2000, 2000, seed=4)])
     settings = gateway_settings(ns, limits={"max_image_bytes": 60_000})
