@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse, Response
 
 from visionpipe.services.gateway.body import media_type, read_body
@@ -51,6 +52,47 @@ REFUSED_TYPES = ("image/", "multipart/")
 Handler = Callable[..., Awaitable[Response]]
 
 
+class ProtocolError(BaseModel):
+    error: str = Field(description="the code and the reason, e.g. 'bad_image: not an image: …'")
+    code: str = Field(description="the native API's code: bad_request, invalid_request, backpressure, …")
+    request_id: str | None = None
+    stage: str | None = None
+    late_ms: float | None = None
+    expected_ms: float | None = None
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ProtocolError, "description": description}
+
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _error("no such model or version (model_not_found)")}
+INFER_ERRORS = {
+    **NOT_FOUND,
+    400: _error("not JSON, or a binary layout whose sizes do not add up (bad_request)"),
+    408: _error("the request body arrived too slowly"),
+    409: _error("this request id was used before for different images"),
+    413: _error("an image or the body is too large"),
+    415: _error("an image or multipart body: send the protocol's"),
+    422: _error("a wrong input name, datatype or shape, unknown outputs or parameters, or a bad image"),
+    429: _error("backpressure, uploads_busy or deadline_infeasible: retry after Retry-After seconds"),
+    500: _error("the pipeline gave up on an image (gave_up)"),
+    502: _error("a stage failed an image"),
+    503: _error("the gateway is not ready or is stopping"),
+    504: _error("deadline_exceeded, or no result within the wait (timeout)"),
+}
+INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "the protocol's inference request: JSON, or JSON then the inputs' bytes (with the "
+        "Inference-Header-Content-Length header)",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
 def oip_router(gw: Gateway, auth: Sequence[Any] = ()) -> APIRouter:
     """The /v2 routes; ``auth``: what the model's routes require (the server's metadata and probes stay open)."""
     api = APIRouter(prefix="/v2", tags=["open inference protocol"])
@@ -63,33 +105,47 @@ def oip_router(gw: Gateway, auth: Sequence[Any] = ()) -> APIRouter:
     async def live() -> JSONResponse:
         return JSONResponse({"live": True})
 
-    @api.get("/health/ready", summary="Ready: a request sent now will be served (as /readyz)")
+    @api.get(
+        "/health/ready",
+        summary="Ready: a request sent now will be served (as /readyz)",
+        responses={503: {"description": "not ready"}},
+    )
     async def ready() -> JSONResponse:
         ok = all((await gw.ready_checks()).values())
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
-    for prefix in ("/models/{name}", "/models/{name}/versions/{version}"):
-        for path, handler, method, summary in (
-            ("", _model_metadata, "GET", "Model metadata"),
-            ("/ready", _model_ready(gw), "GET", "Model ready"),
-            ("/infer", _infer(gw), "POST", "Infer: encoded images in, boxes, labels and top-k out"),
+    for versioned in (False, True):
+        prefix = "/models/{name}/versions/{version}" if versioned else "/models/{name}"
+        for path, handler, method, summary, responses in (
+            ("", _model_metadata, "GET", "Model metadata", NOT_FOUND),
+            ("/ready", _model_ready(gw), "GET", "Model ready", {**NOT_FOUND, 503: _error("the model is not ready")}),
+            ("/infer", _infer(gw), "POST", "Infer: encoded images in, boxes, labels and top-k out", INFER_ERRORS),
         ):
             api.add_api_route(
-                prefix + path, _protocol(handler), methods=[method], summary=summary, dependencies=list(auth)
+                prefix + path,
+                _protocol(handler, versioned),
+                methods=[method],
+                summary=summary,
+                dependencies=list(auth),
+                responses={**responses, **({401: _error("a bearer token is required")} if auth else {})},
+                openapi_extra=INFER_BODY if path == "/infer" else None,
             )
     return api
 
 
-def _protocol(handler: Handler) -> Handler:
+def _protocol(handler: Handler, versioned: bool) -> Handler:
     """The handler with its errors in the protocol's shape."""
 
-    async def answer(request: Request, name: str, version: str = "") -> Response:
+    async def answer(request: Request, name: str, version: str) -> Response:
         try:
             return await handler(request, name, version)
         except GatewayError as exc:
             return exc.response(protocol=True)
 
-    return answer
+    async def unversioned(request: Request, name: str) -> Response:
+        return await answer(request, name, "")
+
+    return answer if versioned else unversioned
 
 
 async def _model_metadata(request: Request, name: str, version: str) -> Response:
