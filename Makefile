@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install models run test lint sysdeps kafka-jars bench gpu-check gpu-check-cpu gpu-wheels gpu-models clean compose-check compose-clean
+.PHONY: install models run test lint sysdeps kafka-jars bench bench-pipeline gpu-check gpu-check-cpu gpu-wheels gpu-models clean compose-check compose-clean
 
 install: $(STAMP) models
 
@@ -95,6 +95,11 @@ lint: install
 
 bench: install
 	$(BIN)/visionpipe bench executor --device sim --cost h100 --json benchmarks/executor-sim-h100.json --plot benchmarks/executor-sim-h100.png
+
+# The pipeline on this machine's CPU against a plain loop and the cores' ceiling (3 interleaved rounds, photos and
+# crowded mosaics, embedded and as services over a local redis-server): benchmarks/pipeline-cpu.json and .md.
+bench-pipeline: install models sysdeps
+	$(BIN)/visionpipe bench pipeline --only photos --only crowded --json benchmarks/pipeline-cpu.json
 
 # Every GPU measurement into DIR (JSON + Markdown + log, rewritten after each section), inside 6 minutes on one H100
 # with the script's default --budget-s 330. On the lent machine, with .whl/ (and .gpu-models/) carried, the script

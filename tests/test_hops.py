@@ -81,6 +81,27 @@ def test_a_bad_tensors_message_is_refused_with_its_reason(
         Letterboxed.read(_wire(Envelope("r", payload=payload, arrays=image)), SIZE)
 
 
+def test_the_letterbox_crosses_without_its_padding() -> None:
+    """A 64x48 image at half scale in a 32² square: 32x24 cross, and the square is rebuilt around them."""
+    content = np.arange(24 * 32 * 3, dtype=np.uint8).reshape(24, 32, 3)
+    sent = Letterboxed(content, 64, 48, (0.5, 0.5), (0.0, 4.0), "cpu").write(Envelope("r"))
+    got = Letterboxed.read(_wire(sent), SIZE)
+    square = got.square(SIZE, 114)
+    assert got.image.shape == (24, 32, 3) and square.shape == (SIZE, SIZE, 3)
+    assert np.array_equal(square[4:28], content) and (square[:4] == 114).all() and (square[28:] == 114).all()
+    assert got.square(SIZE, 114) is not got.image and Letterboxed.read(_wire(sent), SIZE).content_shape == (24, 32, 3)
+    later = got.square_later(SIZE, 114)  # what the detector submits: drawn when numpy copies it into a batch
+    batch = np.zeros((2, SIZE, SIZE, 3), np.uint8)
+    batch[1] = later
+    assert later.shape == (SIZE, SIZE, 3) and np.array_equal(batch[1], square) and not batch[0].any()
+    wrong = Letterboxed(content[:, :31], 64, 48, (0.5, 0.5), (0.0, 4.0)).write(Envelope("r"))
+    with pytest.raises(HopError, match=r"the resized image's \[24, 32, 3\]"):
+        Letterboxed.read(_wire(wrong), SIZE)
+    outside = Letterboxed(content, 64, 48, (0.5, 0.5), (0.0, 12.0)).write(Envelope("r"))
+    with pytest.raises(HopError, match="leaves the 32² square"):
+        Letterboxed.read(_wire(outside), SIZE)
+
+
 def test_crops_must_match_the_objects_one_for_one() -> None:
     objects = [_box().model_dump(mode="json")]
     env = Envelope("r", payload={"width": 64, "height": 48, "objects": objects})

@@ -15,7 +15,7 @@ import uuid
 import click
 from hdrh.histogram import HdrHistogram
 
-from visionpipe.broker import Broker, connect
+from visionpipe.broker import Broker, connect, wire
 from visionpipe.broker.security import redact_url
 from visionpipe.loadgen.bench.broker_hop import HIST_MAX_US, WARMUP_S, warm_up
 from visionpipe.settings import load_settings
@@ -47,7 +47,7 @@ async def relay_demo(broker: Broker, count: int, size: int, rate: float) -> dict
             if not got:
                 continue
             now = time.perf_counter_ns()
-            out = [STAMPS.pack(STAMPS.unpack_from(d.data)[0], now) + d.data[STAMPS.size :] for d in got]
+            out = [STAMPS.pack(STAMPS.unpack_from(wire(d.data))[0], now) + wire(d.data)[STAMPS.size :] for d in got]
             await broker.publish(dst, out)
             await broker.ack(src, "relay", got)  # after the publish: a crash here redelivers, never loses
             moved += len(got)
@@ -58,7 +58,7 @@ async def relay_demo(broker: Broker, count: int, size: int, rate: float) -> dict
             got = await broker.consume(dst, "sink", "sink-1", 64, 0.05)
             now = time.perf_counter_ns()
             for d in got:
-                sent, relayed = STAMPS.unpack_from(d.data)
+                sent, relayed = STAMPS.unpack_from(wire(d.data))
                 hops["in"].record_value(max(1, (relayed - sent) // 1000))
                 hops["out"].record_value(max(1, (now - relayed) // 1000))
                 hops["total"].record_value(max(1, (now - sent) // 1000))

@@ -39,7 +39,7 @@ from pathlib import Path
 import click
 from hdrh.histogram import HdrHistogram
 
-from visionpipe.broker import Broker, connect
+from visionpipe.broker import Broker, connect, wire
 from visionpipe.broker.security import redact_url
 from visionpipe.settings import load_settings
 
@@ -162,7 +162,7 @@ async def hop(broker: Broker, size: int, rate: float, duration_s: float, batch: 
             got = await broker.consume(stream, GROUP, "bench", batch, 0.05)
             now = time.perf_counter_ns()
             for d in got:
-                hist.record_value(max(1, (now - STAMP.unpack_from(d.data)[0]) // 1000))
+                hist.record_value(max(1, (now - STAMP.unpack_from(wire(d.data))[0]) // 1000))
             received += len(got)
             if got:
                 await broker.ack(stream, GROUP, got)

@@ -1,6 +1,6 @@
 """What the deadline benchmark runs on: an H100 cost model per stage, the detector's fan-out, and the loads.
 
-Cost models (each stage's own, all from H100 figures measured for this project, DESIGN.md):
+Cost models (each stage's own, all from H100 figures measured for this project, docs/background.md):
 
 * decode: nvJPEG batched decode, 11,783 img/s at 640×480 (0.085 ms per image), the letterboxed 640² uint8
   image (1.2 MB) downloaded for the broker;
@@ -41,7 +41,7 @@ DEADLINE_MS = 300.0
 # where one backlog bound cannot suit them all.
 MIXED_DEADLINES_MS = (150.0, 300.0, 600.0)
 MIXED_LOAD = 1.0
-# 52 GB/s pinned host->device (DESIGN.md), a host memcpy at ~10 GB/s, a copy call's ~20 µs before any byte moves.
+# 52 GB/s pinned host->device (docs/background.md), a host memcpy at ~10 GB/s, ~20 µs per copy call.
 _PINNED_GBPS, _HOST_GBPS, _COPY_BASE_MS = 52.0, 10.0, 0.02
 _LETTERBOX_BYTES = 640 * 640 * 3
 _JPEG_BYTES = 60_000

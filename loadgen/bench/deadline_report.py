@@ -22,7 +22,7 @@ GOODPUT_RATIO = 1.25
 ANSWERED_IN_TIME = 0.99
 WASTED_SHARE = 0.01
 TIMELINE_BIN_S = 0.1
-# Loads shown beside the goals' but not judged by them (the issue's goals name their loads).
+# Loads shown beside the goals' but not judged by them (the goals name their loads).
 EXTRA_LOADS = ("mixed-deadlines",)
 MODE_NAMES = {"a": "(a) Triton per-stage delay", "b": "(b) static split", "c": "(c) propagated"}
 
@@ -77,7 +77,7 @@ def _goal(name: str, value: Any, threshold: str, met: bool | None, note: str = "
 
 
 def evaluate(best: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's four goals, from the best row of each mode at each load."""
+    """The four deadline goals, from the best row of each mode at each load."""
     poisson = sorted({(r["fraction"], r["load"]) for r in best if r["load"].startswith("poisson")})
     goals = []
     held = []

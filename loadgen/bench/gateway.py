@@ -42,7 +42,7 @@ from visionpipe.loadgen.stages import StageOptions, StageSet, default_command, f
 from visionpipe.settings import load_settings
 
 READY_TIMEOUT_S = 60.0
-# 150 KB is the frame size: a 1280x720 JPEG of a busy scene at quality 85.
+# 150 KB frames: a 1280x720 JPEG of a busy scene at quality 85.
 TARGET_BYTES = 150_000
 IMAGES = 8
 # Noise in blocks of this many pixels: at quality ~85 a 1280x720 frame then weighs about as much as a busy photo.

@@ -8,7 +8,7 @@ decode cost are a camera's, not a flat test card's):
   broker, frames per second each, side by side;
 * the cost per frame of each transport: JPEG (what the ingest sends) against raw RGB at the same size: bytes
   on the wire, CPU to produce, a broker hop (publish, consume, ack) and the decode stage's work on it;
-* an ESTIMATE, not a measurement, of 30 fps 1080p streams per GPU, from DESIGN.md's H100 figures and the
+* an ESTIMATE, not a measurement, of 30 fps 1080p streams per GPU, from docs/background.md's H100 figures and the
   CPU costs measured here; it says which figure bounds it.
 """
 
@@ -40,7 +40,7 @@ from visionpipe.settings import Settings, StreamSource, load_settings
 
 PASSES = 3
 HOP_MESSAGES = 200
-# DESIGN.md's H100 figures (torch eager fp16): what the estimate is built from, each named where used.
+# docs/background.md's H100 figures (torch eager fp16): what the estimate is built from, each named where used.
 H100 = {
     "nvjpeg_640x480_img_s": 11_783,
     "fcos_640_b32_img_s": 276,
@@ -176,7 +176,7 @@ async def pipeline_fps(path: Path, settings: Settings) -> dict[str, Any]:
 
 
 def estimate(ingest_1080p_cpu_ms: float) -> dict[str, Any]:
-    """ESTIMATE of 30 fps 1080p streams per H100 at p99 < 200 ms, from DESIGN.md's figures, not a measurement.
+    """ESTIMATE of 30 fps 1080p streams per H100 at p99 < 200 ms, from docs/background.md's figures, not a measurement.
 
     Per detector figure (batch b at r images/s, so a batch takes b/r): run it at a safe utilisation
     (arrivals = 0.7 r) and check that filling a batch (b / arrivals) plus computing it fits the p99 budget;
@@ -201,7 +201,7 @@ def estimate(ingest_1080p_cpu_ms: float) -> dict[str, Any]:
     }
     fitting = [r["streams"] for r in rows.values() if r["fits_p99_budget"]]
     return {
-        "ESTIMATE": "not measured on a GPU: derived from DESIGN.md's H100 figures and this run's CPU costs",
+        "ESTIMATE": "not measured on a GPU: derived from docs/background.md's H100 figures and this run's CPU costs",
         "detector": rows,
         "other_bounds_streams": {k: round(v, 1) for k, v in others.items()},
         "streams_per_gpu": min([max(fitting, default=0.0), *others.values()]),

@@ -1,23 +1,22 @@
-"""``visionpipe bench pipeline``: the default models against the old pair, and the pipeline against a plain script.
+"""``visionpipe bench pipeline``: the pipeline against a plain script and against the cores' ceiling, on the CPU.
 
-Two comparisons, each side by side in one run, every case a fresh process, rounds interleaved
-(the order rotates each round) so a shared machine's load hits every case alike:
+Every case a fresh process, rounds interleaved (the order rotates each round) so a shared machine's load
+hits every case alike, the load average recorded before each:
 
-* **models** — ``visionpipe run`` on the shipped samples with the bundled pair (NanoDet-g +
-  EfficientNet-Lite0) against the pair it replaces (ssdlite320_mobilenet_v3_large +
-  mobilenet_v3_small) on the same inputs. The old pair can only run with random weights here (no
-  model hub), as ``make run`` did before: then the detector keeps its top 20 boxes and the
-  classifier gets 20 crops per image ("as before"); "detector only" gives it a 0.3 threshold, which
-  random scores never reach, the cheapest the old pair can be (with its real weights it would
-  classify a few boxes per image, at ~1/8 of Lite0's cost a crop).
-* **plain** — ``visionpipe run`` against :mod:`plain_script` (what a user writes by hand: one loop,
-  Pillow, detector in batches of 4, roi_align crops, classifier) on the same 640x480 photos, with
-  the same models and box cap (20), once with the bundled pair at its threshold and once with the
-  old pair at threshold 0 (20 crops per image, the workload the issue measured).
+* **photos** — 640x480 JPEGs cut from the shipped photographs (1–3 objects each), **crowded** — 640x480
+  mosaics of 3x3 of them at score threshold 0.3 (9–20 objects, ~13 crops an image). For each: the plain
+  script (:mod:`plain_script`: one loop, what a user writes by hand) in four variants, the best of which
+  is the round's baseline, its one-thread variant giving the single-thread cost of an image and so the
+  **ceiling**; ``visionpipe run`` with every stage in one process (embedded); and the three stages as
+  separate ``visionpipe serve`` processes over one local redis-server (:mod:`pipeline_services`).
+* **models** (``--only models``) — ``visionpipe run`` on the shipped samples with the bundled pair against
+  the pair it replaces (ssdlite320_mobilenet_v3_large + mobilenet_v3_small, random weights, as ``make
+  run`` ran before: top 20 boxes, so 20 crops per image; "detector only" at a threshold random scores
+  never reach).
 
-Throughput excludes start-up (model load, warm-up) on both sides. The machine's load average is
-recorded before every case; the JSON keeps every round, the summary the median of each case and of
-each per-round ratio.
+Throughput excludes start-up (model load, warm-up) everywhere. Writes the JSON (every round of every case,
+and the summary: per round the ceiling, ratios and goals, :mod:`pipeline_report`) and a Markdown table
+beside it.
 """
 
 from __future__ import annotations
@@ -30,90 +29,66 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import click
 
-from visionpipe.samples import shipped_samples
+from visionpipe.loadgen.bench import pipeline_report
+from visionpipe.loadgen.bench.pipeline_services import services_case
+from visionpipe.samples import SAMPLES_DIR, shipped_samples
 
 BIN = Path(sys.executable).parent
 OLD_PAIR = ["--detector", "ssdlite320_mobilenet_v3_large", "--classifier", "mobilenet_v3_small", "--weights", "random"]
 PHOTOS = ("astronaut-512x512.jpg", "camera-512x512.jpg", "chelsea-451x300.jpg", "coffee-600x400.jpg")
+CORES = len(os.sched_getaffinity(0))
+CROWDED_THRESHOLD = "0.3"  # real objects of the tiles score 0.3–0.9; at 0.4 a 3x3 mosaic has ~5 boxes, at 0.3 ~13
 
 
-def write_photo_set(folder: Path, count: int) -> list[Path]:
-    """``count`` 640x480 JPEGs cut from the shipped photographs (random 75-100 % crops, mirrored half the time)."""
+def _tile(img: Any, rng: random.Random, size: tuple[int, int]) -> Any:
+    """A random 75–100 % crop of ``img`` (60–100 % for tiles), mirrored half the time, resized to ``size``."""
     from PIL import Image, ImageOps
 
-    from visionpipe.samples import SAMPLES_DIR
+    f = rng.uniform(0.75, 1.0) if size == (640, 480) else rng.uniform(0.6, 1.0)
+    w, h = int(img.width * f), int(img.height * f)
+    x, y = rng.randint(0, img.width - w), rng.randint(0, img.height - h)
+    out = img.crop((x, y, x + w, y + h))
+    if rng.random() < 0.5:
+        out = ImageOps.mirror(out)
+    return out.resize(size, Image.Resampling.BILINEAR)
+
+
+def write_photo_set(folder: Path, count: int, grid: int = 1) -> list[Path]:
+    """``count`` 640x480 JPEGs from the shipped photographs: each one photo, or a ``grid`` x ``grid`` mosaic."""
+    from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     photos = [Image.open(SAMPLES_DIR / name).convert("RGB") for name in PHOTOS]
-    rng = random.Random(0)
+    rng = random.Random(grid - 1)
     paths = []
     for i in range(count):
-        img = photos[i % len(photos)]
-        f = rng.uniform(0.75, 1.0)
-        w, h = int(img.width * f), int(img.height * f)
-        x, y = rng.randint(0, img.width - w), rng.randint(0, img.height - h)
-        out = img.crop((x, y, x + w, y + h))
-        if rng.random() < 0.5:
-            out = ImageOps.mirror(out)
+        canvas = Image.new("RGB", (640, 480))
+        tw, th = 640 // grid, 480 // grid
+        for k in range(grid * grid):
+            img = photos[i % len(photos)] if grid == 1 else photos[rng.randrange(len(photos))]
+            canvas.paste(_tile(img, rng, (tw, th)), ((k % grid) * tw, (k // grid) * th))
         paths.append(folder / f"{i:03d}.jpg")
-        out.resize((640, 480), Image.Resampling.BILINEAR).save(paths[-1], quality=85)
+        canvas.save(paths[-1], quality=85)
     return paths
 
 
-Case = tuple[str, list[str], dict[str, str]]  # runner, arguments, environment
+@dataclass
+class Case:
+    runner: str  # "run": visionpipe run; "plain": the plain script; "services": serve processes over Redis
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    paths: list[Path] = field(default_factory=list)
 
 
-def cases(samples: list[Path], photos: list[Path]) -> dict[str, Case]:
-    """name -> case; runner "run" is ``visionpipe run``, "plain" the plain script."""
-    s, p = [str(x) for x in samples], [str(x) for x in photos]
-    old_plain = ["--detector", "ssdlite320_mobilenet_v3_large", "--classifier", "mobilenet_v3_small"]
-    old_weights = ["--weights", "random", "--score-threshold", "0"]
-    split = {"VISIONPIPE_DETECTOR__CPU_THREADS": "1", "VISIONPIPE_CLASSIFIER__CPU_THREADS": "1"}
-    return {
-        "models/new pair": ("run", s, {}),
-        "models/old pair as before": ("run", [*s, *OLD_PAIR], {}),
-        "models/old pair detector only": ("run", [*s, *OLD_PAIR, "--score-threshold", "0.3"], {}),
-        "plain/new pair: visionpipe run": ("run", p, {}),
-        "plain/new pair: visionpipe run, 1 thread per stage": ("run", p, split),
-        "plain/old pair: visionpipe run": ("run", [*p, *OLD_PAIR, "--score-threshold", "0"], {}),
-    } | {
-        f"plain/{pair}: plain script{variant}": ("plain", [*p, *extra, *flags], env)
-        for pair, extra in (("new pair", []), ("old pair", [*old_plain, *old_weights]))
-        for variant, (flags, env) in PLAIN_VARIANTS.items()
-    }
-
-
-def run_case(runner: str, args: list[str], extra_env: dict[str, str], scratch: Path) -> dict[str, Any]:
-    out = scratch / "case.json"
-    env = {**os.environ, "VISIONPIPE_SERVICE__DEVICE": "cpu", **extra_env}
-    if runner == "run":
-        argv = [str(BIN / "visionpipe"), "run", *args, "--quiet", "--out", str(scratch / "r.jsonl")]
-        argv += ["--summary-json", str(out)]
-    else:
-        argv = [sys.executable, "-m", "visionpipe.loadgen.bench.plain_script", *args, "--json", str(out)]
-    load = Path("/proc/loadavg").read_text().split()[0]
-    subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    doc = json.loads(out.read_text())
-    keep = (
-        "images_per_s",
-        "cpu_ms_per_image",
-        "latency_ms",
-        "mean_ms_per_request",
-        "share",
-        "crops_per_image",
-        "batch_ms_p50",
-    )
-    return {"load1_before": float(load), **{k: doc[k] for k in keep if k in doc}}
-
-
-# The plain script as the issue describes it (roi_align crops, torch's threads), then cutting crops as the stages
+# The plain script as a user would write it (roi_align crops, torch's threads), then cutting crops as the stages
 # do on the CPU, with torch's threads, with one, and with OpenMP's passive waiting: the best in each round is the
-# baseline.
+# baseline; the one-thread variant measures the single-thread cost of an image (the ceiling).
 PLAIN_VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     ", roi_align": (["--crops", "roi_align"], {}),
     ", resize": (["--crops", "resize"], {}),
@@ -122,76 +97,149 @@ PLAIN_VARIANTS: dict[str, tuple[list[str], dict[str, str]]] = {
     # several times its time, and sleeping instead made it the strongest baseline (benchmarks/RESULTS.md).
     ", resize, OMP passive": (["--crops", "resize"], {"OMP_WAIT_POLICY": "PASSIVE"}),
 }
-# ratio -> (numerator case, denominator cases: the best of them in each round)
-RATIOS = (
-    {
-        "new pair / old pair as before (images/s)": ("models/new pair", ("models/old pair as before",)),
-        "new pair / old pair detector only (images/s)": ("models/new pair", ("models/old pair detector only",)),
+
+
+def cases(samples: list[Path], workloads: dict[str, tuple[list[Path], list[str]]]) -> dict[str, Case]:
+    """name -> case: the models comparison, then per workload the plain script's variants and the pipeline's forms."""
+    s = [str(x) for x in samples]
+    out = {
+        "models/new pair": Case("run", s),
+        "models/old pair as before": Case("run", [*s, *OLD_PAIR]),
+        "models/old pair detector only": Case("run", [*s, *OLD_PAIR, "--score-threshold", "0.3"]),
     }
-    | {
-        f"visionpipe run / best plain script, {pair}": (
-            f"plain/{pair}: visionpipe run",
-            tuple(f"plain/{pair}: plain script{v}" for v in PLAIN_VARIANTS),
-        )
-        for pair in ("new pair", "old pair")
-    }
-    | {
-        f"visionpipe run / plain script{v}, {pair}": (
-            f"plain/{pair}: visionpipe run",
-            (f"plain/{pair}: plain script{v}",),
-        )
-        for pair in ("new pair", "old pair")
-        for v in PLAIN_VARIANTS
-    }
+    for name, (paths, extra) in workloads.items():
+        p = [str(x) for x in paths]
+        threshold = {"VISIONPIPE_DETECTOR__SCORE_THRESHOLD": extra[1]} if extra else {}
+        out[f"{name}: {pipeline_report.EMBEDDED}"] = Case("run", [*p, *extra])
+        out[f"{name}: {pipeline_report.SERVICES}"] = Case("services", [], threshold, paths)
+        for variant, (flags, env) in PLAIN_VARIANTS.items():
+            out[f"{name}: {pipeline_report.PLAIN}{variant}"] = Case("plain", [*p, *extra, *flags], env)
+    return out
+
+
+KEEP = (
+    "images_per_s",
+    "cpu_ms_per_image",
+    "latency_ms",
+    "mean_ms_per_request",
+    "share",
+    "crops_per_image",
+    "batch_ms_p50",
+    "ms_per_image",
+    "torch_threads",
+    "cores",
+    "threads",
+    "copied_bytes_per_image",
 )
 
 
-def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+def run_case(case: Case, scratch: Path) -> dict[str, Any]:
+    load = float(Path("/proc/loadavg").read_text().split()[0])
+    if case.runner == "services":
+        return services_case(case.paths, case.env, scratch)
+    out = scratch / "case.json"
+    env = {**os.environ, "VISIONPIPE_SERVICE__DEVICE": "cpu", **case.env}
+    if case.runner == "run":
+        argv = [str(BIN / "visionpipe"), "run", *case.args, "--quiet", "--out", str(scratch / "r.jsonl")]
+        argv += ["--summary-json", str(out)]
+    else:
+        argv = [sys.executable, "-m", "visionpipe.loadgen.bench.plain_script", *case.args, "--json", str(out)]
+    subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    doc = json.loads(out.read_text())
+    if case.runner == "plain":  # its "threads" is torch's thread count, not a census of the threads that ran
+        doc["torch_threads"] = doc.pop("threads", None)
+    return {"load1_before": load, **{k: doc[k] for k in KEEP if k in doc}}
+
+
+MODEL_RATIOS = {
+    "new pair / old pair as before (images/s)": ("models/new pair", "models/old pair as before"),
+    "new pair / old pair detector only (images/s)": ("models/new pair", "models/old pair detector only"),
+}
+
+
+def summarise(rounds: list[dict[str, dict[str, Any]]], workloads: list[str]) -> dict[str, Any]:
     names = list(rounds[0])
-    median = {n: statistics.median(r[n]["images_per_s"] for r in rounds) for n in names}
-    cpu = {n: statistics.median(r[n]["cpu_ms_per_image"] for r in rounds) for n in names}
-    ratios = {}
-    for label, (a, bs) in RATIOS.items():
-        if a not in names or not set(bs) <= set(names):
-            continue
-        per_round = [r[a]["images_per_s"] / max(r[b]["images_per_s"] for b in bs) for r in rounds]
-        ratios[label] = {"median": round(statistics.median(per_round), 3), "rounds": [round(x, 3) for x in per_round]}
-    return {
-        "median_images_per_s": {n: round(v, 2) for n, v in median.items()},
-        "median_cpu_ms_per_image": cpu,
-        "ratios": ratios,
+    out: dict[str, Any] = {
+        "median_images_per_s": {n: statistics.median(r[n]["images_per_s"] for r in rounds) for n in names}
     }
+    out["model_ratios"] = {
+        label: [round(r[a]["images_per_s"] / r[b]["images_per_s"], 3) for r in rounds]
+        for label, (a, b) in MODEL_RATIOS.items()
+        if a in names and b in names
+    }
+    out["workloads"] = {}
+    for w in workloads:
+        per_round = [pipeline_report.derive(r, w, CORES) for r in rounds]
+        mine = [n for n in names if n.startswith(f"{w}: ")]
+        out["workloads"][w] = {
+            "rounds": per_round,
+            "goals": pipeline_report.goals(per_round),
+            "cases": {n.removeprefix(f"{w}: "): _case_median([r[n] for r in rounds]) for n in mine},
+        }
+    return out
+
+
+def _case_median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A case's medians over the rounds, with what the details table shows (threads, busy share, bytes)."""
+    last = runs[-1]
+    threads = last.get("threads")
+    out: dict[str, Any] = {
+        "images_per_s": statistics.median(r["images_per_s"] for r in runs),
+        "cpu_ms_per_image": statistics.median(r["cpu_ms_per_image"] for r in runs),
+        "threads_running": threads["running"] if isinstance(threads, dict) else f"torch {last.get('torch_threads')}",
+    }
+    stages = (last.get("cores") or {}).get("stages")
+    out["busy_share"] = {k: v["busy_share"] for k, v in stages.items()} if stages else last.get("busy_share")
+    if "copied_bytes_per_image" in last:
+        out["bytes"] = f"{last['copied_bytes_per_image']} copied"
+    elif "wire_bytes_per_image" in last:
+        out["bytes"] = (
+            ", ".join(f"{k} {v / 1e3:.0f} kB" for k, v in last["wire_bytes_per_image"].items()) + " on the wire"
+        )
+    return out
 
 
 @click.command("pipeline")
 @click.option("--rounds", type=int, default=3, show_default=True)
 @click.option("--repeat-samples", type=int, default=12, show_default=True, help="the samples, this many times over")
-@click.option("--photos", type=int, default=96, show_default=True, help="640x480 photos for the plain comparison")
-@click.option("--only", multiple=True, help="run only cases whose name starts with this (models, plain)")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--photos", type=int, default=96, show_default=True, help="640x480 images per workload")
+@click.option("--only", multiple=True, help="run only cases whose name starts with this (photos, crowded, models)")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("benchmarks/pipeline-cpu.json"),
+    show_default=True,
+    help="the report; a Markdown table goes beside it (.md)",
+)
 def bench_pipeline(rounds: int, repeat_samples: int, photos: int, only: tuple[str, ...], json_path: Path) -> None:
-    """The bundled pair vs the old one, and visionpipe run vs a plain script, side by side on the CPU."""
+    """The pipeline against a plain script and the cores' ceiling (and the bundled pair vs the old), on the CPU."""
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        samples = shipped_samples() * repeat_samples
-        chosen = cases(samples, write_photo_set(scratch / "photos", photos))
+        loads = {
+            "photos": (write_photo_set(scratch / "photos", photos), []),
+            "crowded": (write_photo_set(scratch / "crowded", photos, grid=3), ["--score-threshold", CROWDED_THRESHOLD]),
+        }
+        chosen = cases(shipped_samples() * repeat_samples, loads)
         chosen = {n: c for n, c in chosen.items() if not only or n.startswith(only)}
         results: list[dict[str, dict[str, Any]]] = []
         for r in range(rounds):
             order = list(chosen)[r % len(chosen) :] + list(chosen)[: r % len(chosen)]
             results.append({})
             for name in order:
-                runner, args, env = chosen[name]
-                results[-1][name] = run_case(runner, args, env, scratch)
+                results[-1][name] = run_case(chosen[name], scratch)
                 click.echo(f"round {r + 1} {name}: {results[-1][name]['images_per_s']} images/s", err=True)
             results[-1] = {n: results[-1][n] for n in chosen}
-    doc = {
+    workloads = [w for w in loads if any(n.startswith(f"{w}: ") for n in chosen)]
+    doc: dict[str, Any] = {
         "command": "visionpipe bench pipeline " + " ".join(sys.argv[3:]),
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "cpus": os.cpu_count(),
-        "inputs": {"samples": len(samples), "photos_640x480": photos},
+        "cpus": CORES,
+        "inputs": {"photos": f"{photos} 640x480 photos", "crowded": f"{photos} 640x480 3x3 mosaics, threshold 0.3"},
         "rounds": results,
-        "summary": summarise(results),
+        "summary": summarise(results, workloads),
     }
+    json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(doc, indent=2) + "\n")
-    click.echo(json.dumps(doc["summary"], indent=2))
+    json_path.with_suffix(".md").write_text(pipeline_report.markdown(doc))
+    click.echo(json.dumps(doc["summary"]["workloads"], indent=2)[:4000])

@@ -15,11 +15,13 @@ is; each batch's top 5 is read back to the host, as any script that uses it must
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -39,6 +41,7 @@ CROP_EXPAND = 1.2  # the stages' default square crops
 GREY = 114
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+PHASES = ("decode", "detector", "crops", "classifier")
 
 
 def letterbox(path: Path) -> np.ndarray:
@@ -109,30 +112,40 @@ def run(
     cap: int,
     crop_with: str = "roi_align",
     device: str = "cpu",
-) -> dict[str, float]:
+) -> dict[str, Any]:
     cuda = device.startswith("cuda")
     detect = detector(det, threshold, cap, device)
     classifier = fuse_batchnorm(cls.module).to(device)
     if cls.channels_last_on_cpu or cuda:
         classifier = classifier.to(memory_format=torch.channels_last)
     mean, std = MEAN.to(device), STD.to(device)
+    # Seconds in each step over the timed images (on the CPU; a GPU's steps overlap the host's, so not there).
+    phases = dict.fromkeys(PHASES, 0.0)
 
     def step(chunk: list[Path]) -> int:
+        t = [time.perf_counter()]
         x = torch.from_numpy(np.stack([letterbox(p) for p in chunk])).permute(0, 3, 1, 2).to(device)
+        t.append(time.perf_counter())
         with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
             boxes = [squares(b.float()) for b in detect(x)]
+            t.append(time.perf_counter())
             if sum(len(b) for b in boxes) == 0:
                 return 0
             if crop_with == "roi_align":
                 crops = roi_align(x.float(), boxes, (CROP, CROP), 1.0, 2, True).round_().clamp_(0, 255)
             else:
                 crops = resized_crops(x, boxes)
+            t.append(time.perf_counter())
             crops = ((crops - mean) / std).contiguous(memory_format=torch.channels_last)
             classifier(crops).float().softmax(1).topk(5, dim=1).indices.cpu()
+        t.append(time.perf_counter())
+        for phase, (a, b) in zip(PHASES, itertools.pairwise(t), strict=True):
+            phases[phase] += b - a
         return len(crops)
 
     with torch.inference_mode():
         step(paths[:BATCH])  # warm-up, as visionpipe run's start-up
+        phases.update(dict.fromkeys(PHASES, 0.0))
         times, crops = [], 0
         start, cpu = time.perf_counter(), time.process_time()
         for i in range(0, len(paths), BATCH):
@@ -147,6 +160,8 @@ def run(
         "elapsed_s": round(elapsed, 3),
         "crops_per_image": round(crops / len(paths), 2),
         "batch_ms_p50": round(statistics.median(times) * 1e3, 1),
+        # Wall ms per image in each step; run with one thread, their sum is the single-thread cost of an image.
+        **({} if cuda else {"ms_per_image": {k: round(v / len(paths) * 1e3, 2) for k, v in phases.items()}}),
     }
 
 

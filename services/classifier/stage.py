@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
+import numpy.typing as npt
 import torch
 
 from visionpipe.envelope import Envelope
@@ -46,7 +46,7 @@ class ClassifierStage(DnnStage[Detections]):
         objects = env.payload.get("objects")
         return len(objects) if isinstance(objects, list) else 1
 
-    def inputs(self, env: Envelope) -> tuple[Detections, Sequence[np.ndarray]]:
+    def inputs(self, env: Envelope) -> tuple[Detections, Sequence[npt.ArrayLike]]:
         hop = Detections.read(env, self.crop)
         return hop, list(hop.crops)
 

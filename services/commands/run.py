@@ -84,15 +84,18 @@ def _images(named: tuple[Path, ...], console: Console) -> list[Path]:
     return [p for p in found if not is_video(p)]
 
 
-async def _run(paths: list[Path], settings: Settings, out: Path, console: Console | None) -> RunSummary:
-    settings = isolated(settings)
+async def _run(
+    paths: list[Path], settings: Settings, out: Path, console: Console | None, elsewhere: bool = False
+) -> RunSummary:
+    """``elsewhere``: the stages run as ``visionpipe serve`` on this broker and stream prefix (nothing isolated)."""
+    settings = settings if elsewhere else isolated(settings)
     broker = await connect_or_explain(settings)  # a broker that does not answer is said before torch loads
     try:
         from visionpipe.services.commands.run_images import run_pipeline
     except BaseException:
         await broker.close()
         raise
-    return await run_pipeline(paths, settings, out, broker, console)
+    return await run_pipeline(paths, settings, out, broker, console, elsewhere)
 
 
 @click.command(epilog=EXIT_CODES)
@@ -120,6 +123,11 @@ async def _run(paths: list[Path], settings: Settings, out: Path, console: Consol
 @click.option("--score-threshold", type=float, help="detector score threshold (default 0.43, README; 0: the top boxes)")
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), help="also write the summary as JSON")
 @click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option(
+    "--stages-elsewhere",
+    is_flag=True,
+    help="submit and collect only: the stages run as `visionpipe serve` on this --broker and stream prefix",
+)
 @click.option("--serve", is_flag=True, help="instead of IMAGES: serve every stage plus the HTTP gateway and its page")
 @click.option("--port", type=int, help="--serve: the gateway's port (default 8000; 0: any free one)")
 @click.option(
@@ -141,6 +149,7 @@ def run(
     score_threshold: float | None,
     summary_json: Path | None,
     quiet: bool,
+    stages_elsewhere: bool,
     serve: bool,
     port: int | None,
     deadline_ms: float | None,
@@ -164,7 +173,7 @@ def run(
         console.print(f"no images in {' '.join(map(str, images))}: nothing to run")
         ctx.exit(EXIT_NO_IMAGES)
     try:
-        summary = asyncio.run(_run(paths, settings, out, None if quiet else console))
+        summary = asyncio.run(_run(paths, settings, out, None if quiet else console, stages_elsewhere))
     except WeightsUnavailable as exc:
         raise click.ClickException(f"cannot start: {exc}") from exc
     from visionpipe.services.commands.summary import print_summary

@@ -14,12 +14,13 @@ checks its arguments and the broker before paying for that.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,16 @@ from visionpipe import topology
 from visionpipe.breakdown import Split, categories_ms, segments
 from visionpipe.broker import Broker, redact_url
 from visionpipe.collector import Collected, Collector
+from visionpipe.envelope import COPIED
 from visionpipe.executor.torch_device import resolve_device
 from visionpipe.hops import caption
 from visionpipe.ingress import Frame, ensure_pipeline_streams, submit_images
 from visionpipe.services.commands.run import walk
+from visionpipe.services.runtime.cores import CPU
+from visionpipe.services.runtime.dnn_stage import DnnStage
 from visionpipe.services.runtime.local import STARTED_POLL_S, LocalStages
 from visionpipe.settings import Settings
+from visionpipe.threads import ThreadCensus
 from visionpipe.topology import CLASSIFIER, DECODE, DETECTOR
 
 log = logging.getLogger(__name__)
@@ -73,6 +78,10 @@ class RunSummary:
     found: list[tuple[str, int, list[str]]] = field(default_factory=list)
     labels: Counter[str] = field(default_factory=Counter)
     bad_files: list[tuple[str, str]] = field(default_factory=list)
+    # How the cores were shared: per stage its instances, threads each, devices and busy share of the cores.
+    cores: dict[str, Any] = field(default_factory=dict)
+    threads: dict[str, Any] = field(default_factory=dict)  # visionpipe.threads.ThreadCensus over the run
+    copied_bytes: int = 0  # envelope bytes encoded and decoded while the images went through
     deadline_ms: float | None = None
     deadline_exceeded: int = 0  # answered deadline_exceeded by a stage, early
     late: int = 0  # results that came after their deadline
@@ -107,14 +116,26 @@ class RunSummary:
             "errors": self.errors,
             "labels": dict(self.labels.most_common()),
             "bad_files": [{"file": f, "reason": r} for f, r in self.bad_files],
+            "cores": self.cores,
+            "threads": self.threads,
+            "copied_bytes_per_image": round(self.copied_bytes / self.ok) if self.ok else None,
             "deadline": {"ms": self.deadline_ms, "exceeded": self.deadline_exceeded, "late": self.late},
         }
 
 
 async def run_pipeline(
-    paths: Sequence[Path], settings: Settings, out: Path, broker: Broker, console: Console | None = None
+    paths: Sequence[Path],
+    settings: Settings,
+    out: Path,
+    broker: Broker,
+    console: Console | None = None,
+    external: bool = False,
 ) -> RunSummary:
-    """Every image of ``paths`` through ``broker`` (connected with ``settings``, whose streams are this run's own)."""
+    """Every image of ``paths`` through ``broker`` (connected with ``settings``, whose streams are this run's own).
+
+    ``external``: the stages run elsewhere (``visionpipe serve``) on this broker and stream prefix: only submit
+    and collect, and delete nothing after the run (the streams are theirs).
+    """
     inputs = [Input(p, f"{i:06d}-{uuid.uuid4().hex[:8]}") for i, p in enumerate(walk(paths))]
     summary = RunSummary(
         inputs=len(inputs), broker=redact_url(settings.broker.url), deadline_ms=settings.limits.default_deadline_ms
@@ -122,21 +143,42 @@ async def run_pipeline(
     try:
         await ensure_pipeline_streams(broker, settings)
         collector = await Collector(broker, settings, COLLECTOR, "run").open()  # Kafka joins during model load
-        async with LocalStages(broker, settings) as stages:
-            t0 = time.monotonic()
-            await _start(stages, console)
-            summary.startup_s = time.monotonic() - t0
-            _describe(summary, stages, settings)
-            cpu = time.process_time()
-            records = await _process(inputs, broker, settings, collector, stages, summary, console)
-            summary.cpu_s = time.process_time() - cpu
+        async with contextlib.AsyncExitStack() as stack:
+            stages = None
+            if not external:
+                stages = await stack.enter_async_context(LocalStages(broker, settings))
+                t0 = time.monotonic()
+                await _start(stages, console)
+                summary.startup_s = time.monotonic() - t0
+            records = await _measured(summary, _process(inputs, broker, settings, collector, stages, summary, console))
+            if stages is not None:
+                _describe(summary, stages, settings)
+            else:  # the stages' processes shared their own cores
+                summary.cores = {}
         _write(out, inputs, records)
         _tally(summary, inputs, records)
     finally:
-        for stream in (*topology.stream_names(settings), topology.state_stream(settings)):
-            await broker.delete(stream)
+        if not external:
+            for stream in (*topology.stream_names(settings), topology.state_stream(settings)):
+                await broker.delete(stream)
         await broker.close()
     return summary
+
+
+async def _measured(summary: RunSummary, work: Awaitable[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """``work`` (the images going through), with what it cost: CPU time, threads that ran, bytes copied, busy time."""
+    cpu, copied, busy = time.process_time(), COPIED.bytes, dict(CPU.budget.busy_s)
+    census = ThreadCensus().start()
+    records = await work
+    summary.cpu_s = time.process_time() - cpu
+    summary.threads = census.stop(CPU.cores)
+    summary.copied_bytes = COPIED.bytes - copied
+    capacity = max(summary.elapsed_s, 1e-9) * CPU.cores
+    summary.cores = {
+        "cores": CPU.cores,
+        "busy_share": {k: round((v - busy.get(k, 0.0)) / capacity, 3) for k, v in CPU.budget.busy_s.items()},
+    }
+    return records
 
 
 async def _start(stages: LocalStages, console: Console | None) -> None:
@@ -156,9 +198,23 @@ async def _start(stages: LocalStages, console: Console | None) -> None:
 
 
 def _describe(summary: RunSummary, stages: LocalStages, settings: Settings) -> None:
+    """Decoder, weights, device, and how each stage ran: instances × threads on which devices, busy share."""
     summary.decoder = str(getattr(stages.stage(DECODE), "backend", ""))
     summary.weights = {k: str(stages.stage(k).weights) for k in (DETECTOR, CLASSIFIER)}
     summary.device = resolve_device(settings.service.device)
+    busy = summary.cores.pop("busy_share", {})
+    decode = getattr(stages.stage(DECODE), "decoder", None)
+    threads = getattr(decode, "threads", settings.decode.workers or CPU.cores)
+    runs = {DECODE: {"instances": 1, "threads": threads, "devices": [summary.decoder]}}
+    for name in (DETECTOR, CLASSIFIER):
+        stage = stages.stage(name)
+        runs[name] = stage.instances.describe() if isinstance(stage, DnnStage) else {}
+        registry = stages.metrics(name).registry
+        batches = registry.get_sample_value("visionpipe_device_batch_size_count", {"stage": name})
+        items = registry.get_sample_value("visionpipe_device_batch_size_sum", {"stage": name})
+        if batches:
+            runs[name]["mean_batch"] = round((items or 0.0) / batches, 2)
+    summary.cores["stages"] = {k: {**v, "busy_share": busy.get(k)} for k, v in runs.items()}
 
 
 async def _process(
@@ -166,7 +222,7 @@ async def _process(
     broker: Broker,
     settings: Settings,
     collector: Collector,
-    stages: LocalStages,
+    stages: LocalStages | None,
     summary: RunSummary,
     console: Console | None,
 ) -> dict[str, dict[str, Any]]:
@@ -189,7 +245,8 @@ async def _process(
         while len(records) < len(inputs):
             if submitter.done():
                 submitter.result()  # its error, if it failed
-            stages.check()
+            if stages is not None:
+                stages.check()
             await collector.poll(COLLECT_TIMEOUT_S, lambda batch: _record(batch, by_id, records, split))
             progress.update(bar, completed=len(records))
         await submitter

@@ -61,7 +61,34 @@ def print_summary(s: RunSummary, out: Path, console: Console) -> None:
     console.print(split)
     floor = s.split.hop_floor_s * 1e3
     console.print(f"broker hops: {floor:.1f} ms/request at the fastest, the rest is waiting in streams")
+    _print_cores(s, console)
     console.print(f"results: {out}")
+
+
+def _print_cores(s: RunSummary, console: Console) -> None:
+    """How the cores were shared: each stage's instances and threads, and its busy share of the cores."""
+    if not s.cores:
+        return
+    table = Table(title=f"how the {s.cores['cores']} cores were shared", title_justify="left")
+    for column in ("stage", "instances × threads", "on", "busy share of the cores"):
+        table.add_column(column, justify="left" if column in ("stage", "on") else "right")
+    for stage, info in s.cores["stages"].items():
+        busy, batch = info.get("busy_share"), info.get("mean_batch")
+        table.add_row(
+            stage,
+            f"{info['instances']} × {info['threads']}" + (f", batches of {batch}" if batch else ""),
+            ", ".join(info.get("devices", ())),
+            "" if busy is None else f"{busy * 100:.0f}%",
+        )
+    console.print(table)
+    t = s.threads
+    if t:
+        console.print(
+            f"threads: {t['running']} of {t['threads']} ran; {t['cores_used']:.2f} cores busy on average, "
+            f"{t['runnable_mean']:.1f} runnable at a time (at most {t['runnable_max']}) on {t['cores']} cores"
+        )
+    if s.ok:
+        console.print(f"bytes copied between stages: {s.copied_bytes / s.ok / 1e3:.0f} kB/image")
 
 
 def latency_row(s: RunSummary) -> tuple[str, str]:

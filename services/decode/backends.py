@@ -5,10 +5,15 @@
 * ``nvjpeg``: ``torchvision.io.decode_jpeg(device="cuda")`` on the whole
   batch, resize and pad on the GPU; non-JPEG inputs take the CPU path.
 * ``cpu``: Pillow in a thread pool (every core, up to 8; Pillow releases the
-  GIL while decoding and resizing), with the pixels decoded at once bounded.
+  GIL while decoding and resizing), with the pixels decoded at once bounded,
+  each image holding one of the process's cores (``services/runtime/cores.py``)
+  while it is decoded, so decode and the models' instances never ask for more
+  threads than there are cores.
 
 Each returns, per input, either ``(HWC uint8 array, Geometry)`` or a
-:class:`BadImage`: one bad image never fails the others in its batch.
+:class:`BadImage`: one bad image never fails the others in its batch. The
+CPU's array is the resized image alone; a GPU decoder's is the padded square
+(one batched download), which the stage trims to the same before it is sent.
 Headers are checked on the CPU first (cheap, header only), so most bad inputs
 never reach a GPU batch; what still breaks a batch is retried image by image.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,8 +31,9 @@ from typing import Any, TypeAlias
 import numpy as np
 
 from visionpipe import heap
-from visionpipe.services.decode.images import BadImage, Geometry, Header, check_header, letterbox_cpu
+from visionpipe.services.decode.images import BadImage, Geometry, Header, check_header, fit_cpu
 from visionpipe.services.decode.pixels import PixelBudget
+from visionpipe.services.runtime.cores import CPU
 from visionpipe.settings import DecodeSettings, LimitSettings
 
 log = logging.getLogger(__name__)
@@ -55,15 +62,22 @@ class Decoder(ABC):
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="decode")
         # Memory is bounded by pixels in flight, not by threads: a big host's many cores decode no more at once.
         self.budget = PixelBudget(limits.decode_max_pixels)
+        self.cpu_s = 0.0  # thread time of the images decoded on the CPU, and how many: decode's work per image
+        self.decoded = 0
 
     @abstractmethod
     def decode(self, images: Sequence[bytes]) -> list[Decoded]: ...
 
     def cpu_one(self, data: bytes) -> Decoded:
-        try:
-            return letterbox_cpu(data, self.size, self.limits, self.pad_value, self.budget)
-        except BadImage as exc:
-            return exc
+        with CPU.budget.held(1, "decode"):
+            start = time.thread_time()
+            try:
+                return fit_cpu(data, self.size, self.limits, self.budget)
+            except BadImage as exc:
+                return exc
+            finally:
+                self.cpu_s += time.thread_time() - start
+                self.decoded += 1
 
     def cpu_many(self, images: Sequence[bytes]) -> list[Decoded]:
         out = list(self.pool.map(self.cpu_one, images))

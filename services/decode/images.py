@@ -163,7 +163,15 @@ def _check_size(data: bytes, fmt: str, width: int, height: int) -> None:
 def letterbox_cpu(
     data: bytes, size: int, limits: LimitSettings, pad_value: int, budget: PixelBudget | None = None
 ) -> tuple[np.ndarray, Geometry]:
-    """Decode, resize and pad one image to ``size``² RGB uint8 HWC; raises BadImage for bad input.
+    """Decode, resize and pad one image to ``size``² RGB uint8 HWC; raises BadImage for bad input."""
+    resized, geo = fit_cpu(data, size, limits, budget)
+    return place(resized, geo, pad_value), geo
+
+
+def fit_cpu(
+    data: bytes, size: int, limits: LimitSettings, budget: PixelBudget | None = None
+) -> tuple[np.ndarray, Geometry]:
+    """Decode and resize one image to fit ``size``², without the padding: what the decode stage sends.
 
     JPEGs are decoded with libjpeg's DCT scaling (``draft``) at the smallest
     power-of-two reduction still at least the target size: a 1080p frame
@@ -188,7 +196,7 @@ def letterbox_cpu(
         raise BadImage(str(exc)) from None
     except Exception as exc:  # truncated data, corrupt entropy coding, unsupported modes
         raise BadImage(f"cannot decode {header.format}: {type(exc).__name__}: {exc}") from None
-    return place(np.asarray(rgb), geo, pad_value), geo
+    return np.asarray(rgb), geo
 
 
 def _resized(img: Image.Image, target: tuple[int, int]) -> Image.Image:

@@ -1,8 +1,11 @@
-"""Decode stage: frames (``EncodedImage``) in, letterboxed uint8 HWC images plus their geometry (``Letterboxed``) out.
+"""Decode stage: frames (``EncodedImage``) in, resized uint8 HWC images plus their geometry (``Letterboxed``) out.
 
 The output image is HWC because every decoder produces HWC; the detector
 views a batch of them as NCHW in channels-last layout on the device, which is
-the layout convolutions prefer on a GPU, so no transpose is ever copied.
+the layout convolutions prefer on a GPU, so no transpose is ever copied. Only
+the resized image goes out, not the grey padding around it in the detector's
+square: a quarter fewer bytes on the wire for a 4:3 photo, 44 % for 16:9; the
+detector pads it as it would have been (``Letterboxed.square``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from visionpipe.executor.torch_device import resolve_device
 from visionpipe.hops import EncodedImage, HopError, Letterboxed
 from visionpipe.services.decode.backends import Decoder, make_decoder
 from visionpipe.services.decode.images import BadImage
+from visionpipe.services.runtime.cores import CPU
 from visionpipe.services.runtime.stage import BadInput, BatchStage, Outcome
 from visionpipe.settings import Settings
 from visionpipe.topology import DECODE
@@ -55,6 +59,8 @@ class DecodeStage(BatchStage):
             self.decoder.decode, [f.image if isinstance(f, EncodedImage) else b"" for f in frames]
         )
         done = time.time_ns()
+        if self.decoder.decoded:  # decode's work per image, beside the models' when the process plans its cores
+            CPU.report(self.name, self.decoder.cpu_s / self.decoder.decoded)
         out: list[Outcome] = []
         for env, frame, result in zip(envelopes, frames, decoded, strict=True):
             if isinstance(frame, BadInput):
@@ -63,6 +69,9 @@ class DecodeStage(BatchStage):
                 out.append(BadInput(result.reason))
             else:
                 array, geo = result
+                if array.shape[:2] != (geo.resized_h, geo.resized_w):  # a GPU decoder's square: only its content goes
+                    (px, py), h, w = geo.pad, geo.resized_h, geo.resized_w
+                    array = array[py : py + h, px : px + w]
                 hop = Letterboxed(array, geo.width, geo.height, geo.scale, geo.pad, self.backend, geo.orientation)
                 child = hop.write(env)
                 child.stamp(self.name, Event.BATCH_START, start)
@@ -71,5 +80,6 @@ class DecodeStage(BatchStage):
         return out
 
     async def stop(self) -> None:
+        CPU.leave(self.name)
         if self.decoder is not None:
             self.decoder.close()

@@ -160,9 +160,9 @@ def cut_crops(images: torch.Tensor, boxes: torch.Tensor, count: torch.Tensor, si
 
     ``expand`` > 0 cuts the box's square (see :func:`square_boxes`); parts outside the image are black.
     On a GPU one ``roi_align`` cuts every row, padding included, with no sync. On the CPU, where a
-    sync is free, only the real rows are cut, each by the uint8 antialiased resize: over twenty times
-    cheaper a crop than roi_align there, which had cost more than the detector itself at 20 crops
-    (benchmarks/RESULTS.md, "Pipeline with the bundled models").
+    sync is free, only the real rows are cut (K is then the batch's largest count), each by the uint8
+    antialiased resize: over twenty times cheaper a crop than roi_align there, which had cost more than
+    the detector itself at 20 crops (benchmarks/RESULTS.md, "Pipeline with the bundled models").
     """
     regions = square_boxes(boxes, expand) if expand > 0 else boxes
     cut = cut_each if images.device.type == "cpu" else cut_all
@@ -183,11 +183,15 @@ def cut_all(images: torch.Tensor, regions: torch.Tensor, count: torch.Tensor, si
 
 
 def cut_each(images: torch.Tensor, regions: torch.Tensor, count: torch.Tensor, size: int) -> torch.Tensor:
-    """The CPU's crops: each real box sliced (to whole pixels), zero-padded where it leaves the image, resized."""
-    b, k = regions.shape[:2]
+    """The CPU's crops: each real box sliced (to whole pixels), zero-padded where it leaves the image, resized.
+
+    Rows go up to the batch's largest count, not to the table's: a padding row is 150 KB of zeros to write.
+    """
+    b = regions.shape[0]
     h, w = images.shape[-2:]
-    out = images.new_zeros((b, k, 3, size, size))
-    for i, n in enumerate(count.tolist()):
+    counts = count.tolist()
+    out = images.new_zeros((b, max(counts, default=0), 3, size, size))
+    for i, n in enumerate(counts):
         for j, (x1, y1, x2, y2) in enumerate(regions[i, :n].round().int().tolist()):
             x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
             patch = images[i : i + 1, :, max(y1, 0) : min(y2, h), max(x1, 0) : min(x2, w)]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from visionpipe.envelope import Envelope
@@ -49,9 +50,10 @@ class DetectorStage(DnnStage[Letterboxed]):
             detector = detector.model_copy(update={"score_threshold": 0.0})
         return detector_fn(model, detector, self.settings.executor, device)
 
-    def inputs(self, env: Envelope) -> tuple[Letterboxed, Sequence[np.ndarray]]:
-        hop = Letterboxed.read(env, self.settings.decode.input_size)
-        return hop, [hop.image]
+    def inputs(self, env: Envelope) -> tuple[Letterboxed, Sequence[npt.ArrayLike]]:
+        decode = self.settings.decode
+        hop = Letterboxed.read(env, decode.input_size)
+        return hop, [hop.square_later(decode.input_size, decode.pad_value)]  # drawn as the executor fills its batch
 
     def output(self, env: Envelope, hop: Letterboxed, results: list[Any]) -> Envelope:
         assert self.model is not None, "start() first"

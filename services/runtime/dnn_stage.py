@@ -17,27 +17,28 @@ arrival estimate in requests, not messages.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
-import threading
 import time
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-import numpy as np
+import numpy.typing as npt
 import torch
 
 from visionpipe.envelope import Envelope, Event
-from visionpipe.executor import BatchExecutor, DeadlineExceeded, TorchDevice, make_policy
+from visionpipe.executor import BatchExecutor, DeadlineExceeded, LatencyModel, TorchDevice, make_policy
 from visionpipe.executor.cuda_graphs import prepare_fn
 from visionpipe.executor.expectation import Expectation
 from visionpipe.executor.scheduler import Batch
-from visionpipe.executor.torch_device import resolve_device
 from visionpipe.hops import WHY_QUEUE, HopError
 from visionpipe.metrics import Metrics
 from visionpipe.services.models.loading import Kind, LoadedModel, load_model
+from visionpipe.services.runtime.cores import CPU, Demand
+from visionpipe.services.runtime.instances import Instances, OnDevice, on_cpu, stage_devices
 from visionpipe.services.runtime.stage import BadInput, Expired, Outcome, Stage
-from visionpipe.settings import ExecutorSettings, Settings
+from visionpipe.settings import ExecutorSettings, InstanceSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +57,20 @@ def stage_executor(
     settings: ExecutorSettings,
     device: str,
     cpu_max_batch: int = CPU_MAX_BATCH,
+    model: LatencyModel | None = None,
 ) -> BatchExecutor:
-    """A ``BatchExecutor`` around ``fn`` on ``device``, built the same way for every DNN stage.
+    """A ``BatchExecutor`` around ``fn`` on ``device``, built the same way for every DNN stage and instance.
 
-    ``fn`` is compiled and graphed as the settings ask (graphs are captured in the device's warm-up).
+    ``fn`` is compiled and graphed as the settings ask (graphs are captured in the device's warm-up); an
+    executor given a latency ``model`` starts from it instead of warming up.
     """
     if device == "cpu" and settings.max_batch > cpu_max_batch:
         settings = settings.model_copy(update={"max_batch": cpu_max_batch})
+    prepared = prepare_fn(fn, settings, device, settings.max_batch)
+    if device.startswith("cuda:") and device != "cuda:0":  # a second GPU: made current around the model's work
+        prepared = OnDevice(prepared, device)
     torch_device = TorchDevice(
-        prepare_fn(fn, settings, device, settings.max_batch),
+        prepared,
         item_shape=item_shape,
         item_dtype=torch.uint8,
         max_batch=settings.max_batch,
@@ -72,39 +78,7 @@ def stage_executor(
         overlap=settings.overlap,
         pinned=settings.pinned,
     )
-    return BatchExecutor(torch_device, make_policy(settings), settings)
-
-
-# The DNN stages of one process take turns on the CPU (visionpipe run), each with every core; see on_cpu.
-CPU_TURN = threading.Lock()
-
-
-def on_cpu(fn: Callable[[torch.Tensor], Any], threads: int) -> Callable[[torch.Tensor], Any]:
-    """``fn`` as it runs on the CPU: taking turns with the process's other stages, or with a budget of threads.
-
-    ``threads`` 0: each call holds ``CPU_TURN`` and uses torch's threads (every core), as a plain
-    loop would. Side by side instead, each stage's executor thread starts an OpenMP team of every
-    core (the count belongs to the calling thread) and they fight over the cores; on a small CPU
-    taking turns beat one thread per stage in most paired runs (benchmarks/RESULTS.md). A service
-    with one DNN stage never waits for the lock.
-
-    ``threads`` > 0: that many threads, set in whichever thread calls, and no turns: for a
-    machine with cores enough to give each stage its own.
-    """
-    if threads > 0:
-
-        def budgeted(batch: torch.Tensor) -> Any:
-            if torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)
-            return fn(batch)
-
-        return budgeted
-
-    def in_turn(batch: torch.Tensor) -> Any:
-        with CPU_TURN:
-            return fn(batch)
-
-    return in_turn
+    return BatchExecutor(torch_device, make_policy(settings), settings, model=model)
 
 
 def executor_deadline(deadline_ns: int | None, slo_ms: float) -> int | None:
@@ -130,8 +104,13 @@ class DnnStage(Stage, Generic[H]):
         self.settings = settings
         self.metrics = metrics
         self.model: LoadedModel | None = None
-        self.executor: BatchExecutor | None = None
+        self.instances = Instances(self.name, self._build)
+        self.instances.on_batch = self._on_batch
+        self.instances.on_dispatch = self._on_dispatch
         self.requests_per_message = 1.0
+        self._fns: dict[str, Callable[[torch.Tensor], Any]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sharing = False  # planned with the process's other stages (CPU instances)
 
     @property
     @abstractmethod
@@ -147,28 +126,68 @@ class DnnStage(Stage, Generic[H]):
         """The device function (the contract in ``visionpipe.executor.host_io``) for ``model`` on ``device``."""
 
     @abstractmethod
-    def inputs(self, env: Envelope) -> tuple[H, Sequence[np.ndarray]]:
+    def inputs(self, env: Envelope) -> tuple[H, Sequence[npt.ArrayLike]]:
         """The hop this stage reads from ``env``, and the items to submit; raises ``HopError`` for a bad one."""
 
     @abstractmethod
     def output(self, env: Envelope, hop: H, results: list[Any]) -> Envelope:
         """The envelope for the next stage: ``results`` holds the device function's output for each item."""
 
+    @property
+    def section(self) -> InstanceSettings:
+        """The stage's own settings section (detector, classifier): instances, threads, devices."""
+        section: InstanceSettings = getattr(self.settings, self.name)
+        return section
+
+    @property
+    def executor(self) -> BatchExecutor | None:
+        """The first instance's executor (the only one on a single device with the defaults)."""
+        return self.instances.live[0].executor if self.instances.live else None
+
     async def start(self) -> None:
-        device = resolve_device(self.settings.service.device)
+        self._loop = asyncio.get_running_loop()
+        section = self.section
+        devices = stage_devices(section.devices or self.settings.service.device)
         name, weights = self.model_spec
         model = await asyncio.to_thread(load_model, self.kind, name, weights, self.settings.models.cache_dir)
         self.model = model
-        fn = self.build_fn(model, device)
-        if device == "cpu":
-            fn = on_cpu(fn, getattr(self.settings, self.name).cpu_threads)  # its own section: detector, classifier
-        self.executor = stage_executor(fn, self.item_shape, self.settings.executor, device, self.cpu_max_batch)
-        self.executor.on_batch = self._on_batch
-        self.executor.scheduler.on_dispatch = self._on_dispatch
-        await self.executor.start()
-        log.info("%s %s (%s weights) on %s", self.name, name, model.weights, device)
+        if devices == ["cpu"]:
+            await self._start_on_cpu(section)
+        else:
+            for device in devices:  # one warm-up each: graphs, kernels and buffers are per device
+                for _ in range(section.instances or 1):
+                    await self.instances.add(device, section.threads or torch.get_num_threads())
+        log.info("%s %s (%s weights): %s", self.name, name, model.weights, self.instances.describe())
 
-    async def submit(self, item: np.ndarray, deadline_ns: int | None = None) -> Any:
+    async def _start_on_cpu(self, section: InstanceSettings) -> None:
+        """One instance warms up and measures the work per item; the process's cores then say how many run."""
+        cores = CPU.cores
+        threads = section.threads or (max(1, cores // section.instances) if section.instances else 1)
+        await self.instances.add("cpu", threads)
+        self._sharing = True
+        CPU.join(Demand(self.name, self._work_s(), threads, section.instances, self._apply))
+
+    def _work_s(self) -> float:
+        """Single-thread core-seconds per image: per item (warm-up's cost) times items per image."""
+        return self.instances.cost_per_item_s() * self.requests_per_message
+
+    def _apply(self, n: int) -> None:
+        """The plan's instance count for this stage (called from whichever thread re-planned)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.instances.resize_soon, n)
+
+    def _build(self, device: str, threads: int, model: LatencyModel | None) -> BatchExecutor:
+        """An instance's executor: the device function built once per device, budgeted per instance on the CPU."""
+        assert self.model is not None, "start() first"
+        if device not in self._fns:
+            first = not self._fns
+            self._fns[device] = self.build_fn(self.model if first else copy.deepcopy(self.model), device)
+        fn = self._fns[device]
+        if device == "cpu":
+            fn = on_cpu(fn, threads, self.name)
+        return stage_executor(fn, self.item_shape, self.settings.executor, device, self.cpu_max_batch, model)
+
+    async def submit(self, item: npt.ArrayLike, deadline_ns: int | None = None) -> Any:
         """One item's output; ``deadline_ns``: this stage's deadline for the request (wall clock).
 
         The executor batches against it when it is tighter than the SLO, and takes the item out of its queue,
@@ -176,10 +195,11 @@ class DnnStage(Stage, Generic[H]):
         a read-only view of the received message: the device copies it straight into its (pinned) batch buffer
         on the stager thread, the only copy it gets.
         """
-        assert self.executor is not None, "start() first"
+        if not self.instances.live:
+            raise RuntimeError(f"{self.name}: no instance running (start() first)")
         deadline = executor_deadline(deadline_ns, self.settings.executor.slo_ms)
         expire = None if deadline_ns is None else time.monotonic_ns() + deadline_ns - time.time_ns()
-        return await self.executor.submit(item, deadline_ns=deadline, expire_ns=expire)
+        return await self.instances.submit(item, deadline, expire)
 
     async def _one(self, env: Envelope) -> Outcome:
         """Read the hop, submit its items, answer with the next hop, stamped with when the items went and came back.
@@ -207,19 +227,17 @@ class DnnStage(Stage, Generic[H]):
         return out
 
     def expectation(self, backlog: int) -> Expectation | None:
-        """From the executor's fitted model and rate: behind its queue and ``backlog`` messages' worth of requests."""
-        if self.executor is None:
-            return None
+        """From the executors' fitted models and rates: behind their queues and ``backlog`` messages of requests."""
         per = self.requests_per_message
-        return self.executor.scheduler.expectation(time.monotonic_ns(), backlog * per, items=per)
+        return self.instances.expectation(backlog * per, items=per)
 
     @property
     def slo_feasible(self) -> bool:
-        return bool(getattr(self.executor.policy, "slo_feasible", True)) if self.executor is not None else True
+        return self.instances.slo_feasible
 
     @property
     def arrival_rate(self) -> float:
-        return self.executor.scheduler.rate.rate(time.monotonic_ns()) if self.executor is not None else 0.0
+        return self.instances.arrival_rate
 
     def requests_in(self, env: Envelope) -> int:
         """Executor requests this envelope becomes: one image; the classifier overrides (one per crop)."""
@@ -227,9 +245,11 @@ class DnnStage(Stage, Generic[H]):
 
     @property
     def prefetch_requests(self) -> int | None:
-        if self.executor is None:
+        """Device batches' worth of requests per instance, so that every instance has one computing and one filling."""
+        if not self.instances.live:
             return None
-        return max(1, round(self.settings.service.prefetch_batches * self.executor.max_batch))
+        batches = self.settings.service.prefetch_batches * len(self.instances.live)
+        return max(1, round(batches * self.instances.max_batch))
 
     def _on_batch(self, size: int, timings: dict[str, float]) -> None:
         if self.metrics is not None:
@@ -246,22 +266,24 @@ class DnnStage(Stage, Generic[H]):
 
     @property
     def ready(self) -> bool:
-        return self.executor is not None
+        return bool(self.instances.live)
 
     @property
     def weights(self) -> str | None:
         return self.model.weights if self.model is not None else None
 
     def observe_backlog(self, backlog: int) -> None:
-        """The broker's backlog is in messages; the executor's arrival estimate counts requests."""
-        if self.executor is not None:
-            self.executor.observe_backlog(round(backlog * self.requests_per_message))
+        """The broker's backlog is in messages; the executors' arrival estimates count requests."""
+        self.instances.observe_backlog(round(backlog * self.requests_per_message))
 
     async def stop(self) -> None:
-        if self.executor is not None:
-            await self.executor.stop()
+        if self._sharing:
+            CPU.leave(self.name)
+        await self.instances.stop()
 
     def items(self, envelopes: Sequence[Envelope]) -> list[Awaitable[Outcome]]:
         for env in envelopes:
             self.requests_per_message += PER_MESSAGE_WEIGHT * (self.requests_in(env) - self.requests_per_message)
+        if self._sharing:  # the fan-out (crops per image) moves a stage's work per image: the plan may follow
+            CPU.report(self.name, self._work_s())
         return [self._one(env) for env in envelopes]

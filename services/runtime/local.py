@@ -42,6 +42,9 @@ class LocalStages:
     def stage(self, name: str) -> Stage:
         return next(w.stage for w in self.workers if w.name == name)
 
+    def metrics(self, name: str) -> Metrics:
+        return next(w.metrics for w in self.workers if w.name == name)
+
     @property
     def started(self) -> bool:
         return all(w.started for w in self.workers)

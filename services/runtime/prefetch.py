@@ -33,6 +33,11 @@ class Prefetch:
     async def room(self) -> None:
         await self._room.wait()
 
+    def resize(self, limit: int) -> None:
+        """A new limit (a stage whose instances changed); whoever waits for room sees it at once."""
+        self.limit = max(1, limit)
+        self._move(0)
+
     def hold(self, n: int) -> Hold:
         """A consumed batch of ``n`` messages, held as one request each until admitted."""
         return Hold(self, n)

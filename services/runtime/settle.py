@@ -57,7 +57,10 @@ class Settler:
             if isinstance(it.outcome, Envelope):
                 it.verdict = Verdict.DONE
                 it.outcome.stamp(self.ctx.stage, Event.PUBLISHED, now)
-                it.outputs.append(Output(self.ctx.output, it.outcome.encode(), it.outcome.request_id))
+                payload = self.ctx.broker.payload(it.outcome)
+                if isinstance(payload, bytes):  # what crosses the wire to the next stage
+                    self.ctx.metrics.published_bytes.labels(self.ctx.stage).inc(len(payload))
+                it.outputs.append(Output(self.ctx.output, payload, it.outcome.request_id))
             elif isinstance(it.outcome, BadInput):
                 it.kill(it.outcome.reason)
             elif isinstance(it.outcome, Expired):

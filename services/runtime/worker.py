@@ -119,19 +119,19 @@ class Worker:
             await self._finish_inflight()
             await self.stage.stop()
 
-    def _prefetch(self) -> Prefetch:
+    def _prefetch_limit(self) -> int:
         """The in-flight limit in requests: the stage's own (a DNN stage: device batches' worth), else consumes'."""
         requests = self.stage.prefetch_requests
-        if requests is None:
-            requests = self.settings.service.max_inflight_batches * self.per_consume
-        return Prefetch(requests)
+        return requests if requests is not None else self.settings.service.max_inflight_batches * self.per_consume
 
     async def _loop(self) -> None:
         ctx, service = self.ctx, self.settings.service
-        prefetch, backoff = self._prefetch(), Backoff()
+        prefetch, backoff = Prefetch(self._prefetch_limit()), Backoff()
         next_reclaim = time.monotonic() + service.reclaim_interval_s
         idle_since: float | None = None
         while not self._stopping.is_set():
+            if prefetch.limit != (limit := self._prefetch_limit()):  # a DNN stage's instances changed
+                prefetch.resize(limit)
             await prefetch.room()
             if self._stopping.is_set():  # stopped while the prefetch was full: take nothing more
                 return

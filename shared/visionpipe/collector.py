@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from visionpipe.broker import Broker, BrokerError, BrokerStateLost, DeadLetter, Delivery
+from visionpipe.broker import Broker, BrokerError, BrokerStateLost, DeadLetter, Delivery, wire
 from visionpipe.envelope import Envelope, EnvelopeError
 from visionpipe.hops import Expiry
 from visionpipe.settings import Settings
@@ -118,7 +118,7 @@ class Collector:
                 batch.expired.append((env, expiry))
         for d in dead:
             try:
-                batch.dead.append(DeadLetter.decode(d.data))
+                batch.dead.append(DeadLetter.decode(wire(d.data)))
             except (ValueError, KeyError, TypeError, OverflowError):  # a foreign record: msgpack errors are ValueErrors
                 batch.undecodable += 1
         if sink is not None:

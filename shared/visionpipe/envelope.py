@@ -17,6 +17,7 @@ their byte length before numpy sees them. Anything wrong raises
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -82,6 +83,23 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+# What an envelope weighs beyond its arrays and bytes, for a broker that counts what it holds by reference.
+HEADER_BYTES = 256
+
+
+class CopyCount:
+    """Bytes this process copied encoding and decoding envelopes: what handing them on by reference saves."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.bytes += n
+
+
+COPIED = CopyCount()
 
 
 @dataclass(frozen=True)
@@ -181,6 +199,40 @@ class Envelope:
             stream=self.stream,
         )
 
+    def frozen(self) -> Envelope:
+        """This envelope, to be handed on by reference inside one process: its arrays become read-only views.
+
+        The producer gives it up once published; every reader gets its own :meth:`share`.
+        """
+        for name, arr in self.arrays.items():
+            if arr.flags.writeable:
+                view = arr.view()
+                view.flags.writeable = False
+                self.arrays[name] = view
+        return self
+
+    def share(self) -> Envelope:
+        """A reader's own envelope over the same data: its own maps (stamps, payload, arrays), the same arrays.
+
+        Payload values are shared, not copied: they are msgpack-native values a reader reads once, at its hop.
+        """
+        return Envelope(
+            request_id=self.request_id,
+            source=self.source,
+            payload=dict(self.payload),
+            arrays=dict(self.arrays),
+            timestamps={stage: dict(events) for stage, events in self.timestamps.items()},
+            deadline_ns=self.deadline_ns,
+            stream=self.stream,
+            version=self.version,
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """About what the encoding would weigh: the arrays, the bytes in the payload and a header."""
+        payload = sum(len(v) for v in self.payload.values() if isinstance(v, bytes))
+        return sum(a.nbytes for a in self.arrays.values()) + payload + HEADER_BYTES
+
     def encode(self) -> bytes:
         arrays = {}
         for name, arr in self.arrays.items():
@@ -201,11 +253,18 @@ class Envelope:
             doc["dl"] = self.deadline_ns
         if self.stream is not None:
             doc["sr"] = self.stream.to_doc()
-        return msgpack.packb(doc, use_bin_type=True)
+        data: bytes = msgpack.packb(doc, use_bin_type=True)
+        COPIED.add(len(data))
+        return data
 
     @classmethod
-    def decode(cls, data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Envelope:
-        """Validate and decode; arrays are read-only zero-copy views of ``data``."""
+    def decode(cls, data: object, limits: Limits = DEFAULT_LIMITS) -> Envelope:
+        """Validate and decode; arrays are read-only views of the bins msgpack copied out of ``data``.
+
+        An envelope handed on by reference (the in-process broker: a reader's own :meth:`share`) is returned as it is.
+        """
+        if isinstance(data, Envelope):
+            return data
         if not isinstance(data, bytes | bytearray | memoryview):
             raise EnvelopeError(f"message is {type(data).__name__}, not bytes")
         if len(data) == 0:
@@ -227,6 +286,7 @@ class Envelope:
             raise
         except Exception as exc:  # msgpack raises a zoo of types for bad bytes; all mean the same here
             raise EnvelopeError(f"not a msgpack envelope: {type(exc).__name__}: {exc}") from None
+        COPIED.add(len(data))  # every bin (array, image) comes out as a bytes object of its own
         if not isinstance(doc, dict):
             raise EnvelopeError(f"envelope is a {type(doc).__name__}, not a map")
         request_id = doc.get("id") if isinstance(doc.get("id"), str) else None
@@ -320,8 +380,12 @@ def _array(name: str, spec: Any, limits: Limits) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
-def peek_request_id(data: bytes) -> str | None:
+def peek_request_id(data: object) -> str | None:
     """Best-effort request id of a message that failed to decode, for its dead-letter entry."""
+    if isinstance(data, Envelope):
+        return data.request_id
+    if not isinstance(data, bytes | bytearray | memoryview):
+        return None
     try:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_refuse_ext)
     except Exception:

@@ -140,7 +140,10 @@ async def _publish_if_room(broker: Broker, settings: Settings, envelopes: list[E
     room = Room(tuple(topology.stream_names(settings)), settings.limits.ingress_max_bytes)
     try:
         held = await broker.publish_if_room(
-            settings.streams.name("frames"), [e.encode() for e in envelopes], [e.request_id for e in envelopes], room
+            settings.streams.name("frames"),
+            [broker.payload(e) for e in envelopes],
+            [e.request_id for e in envelopes],
+            room,
         )
     except BrokerFull as exc:
         return f"the broker is full and refuses writes ({exc}); retry later"

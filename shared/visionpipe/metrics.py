@@ -62,6 +62,12 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.published_bytes = Counter(
+            "visionpipe_published_bytes",
+            "Bytes of the messages a stage published to its output stream (none when handed on by reference)",
+            ["stage"],
+            registry=r,
+        )
         self._deadline_series(r)
         self.duplicates = Counter(
             "visionpipe_duplicates_dropped",

@@ -30,7 +30,7 @@ from typing import Any
 import msgpack
 
 from visionpipe import topology
-from visionpipe.broker import Broker, BrokerError
+from visionpipe.broker import Broker, BrokerError, wire
 from visionpipe.budget import StageFigures
 from visionpipe.settings import Settings
 from visionpipe.topology import STAGES
@@ -141,7 +141,7 @@ class StageBoard:
             return
         now, wall = time.monotonic(), time.time_ns()
         for d in entries:
-            state = StageState.decode(d.data)
+            state = StageState.decode(wire(d.data))
             if state is not None:
                 self._see(state, now, wall)
         self.read_at = now

@@ -217,7 +217,7 @@ def test_dockerignore_lets_in_what_the_build_copies(ignore_rules: list[str], ins
         )
     ]
     let_in = [f for f in files if "__pycache__" not in f and not f.endswith((".pyc", ".pyo"))]
-    assert "shared/visionpipe/settings.py" in let_in
+    assert "shared/visionpipe/settings/__init__.py" in let_in
     assert "shared/visionpipe/samples/shapes-480x360.png" in let_in, "package data must reach the image"
     assert [f for f in let_in if dockerignore_excludes(f, ignore_rules)] == []
 

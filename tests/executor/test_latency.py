@@ -25,7 +25,7 @@ def test_one_stalled_batch_does_not_tilt_the_fit() -> None:
 
 
 def test_negative_slope_is_clamped_to_a_flat_line() -> None:
-    # Launch-bound region: b1 slower than b64 (issue 4's H100 figures).
+    # Launch-bound region: b1 slower than b64 (H100 ResNet-50 figures).
     line = fit_line([1, 8, 32, 64], [6.2e-3, 5.1e-3, 6.1e-3, 5.2e-3])
     assert line.k == 0.0 and line.c == pytest.approx(5.65e-3, rel=0.05)
 

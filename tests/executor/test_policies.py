@@ -23,7 +23,7 @@ from visionpipe.loadgen.bench.simulate import simulate
 from visionpipe.loadgen.bench.traces import burst, poisson
 from visionpipe.settings import ExecutorSettings
 
-# A linear card (seed 001's shape): compute 1 ms/image + 4 ms per batch; upload 0.4 ms/image pinned, 1 pageable.
+# A linear card (a discrete GPU's shape): compute 1 ms/image + 4 ms per batch; upload 0.4 ms/image pinned, 1 pageable.
 LINEAR = CostModel(
     "linear",
     upload=PhaseCost(0.4, 0.05),

@@ -20,10 +20,12 @@ from visionpipe.broker.base import (
     DeadLetter,
     Delivery,
     Output,
+    Payload,
     Retention,
     Room,
     Settled,
     retained_streams,
+    wire,
 )
 from visionpipe.broker.memory import MemoryBroker
 from visionpipe.broker.security import BrokerAuthError, redact_url
@@ -43,12 +45,14 @@ __all__ = [
     "Delivery",
     "MemoryBroker",
     "Output",
+    "Payload",
     "Retention",
     "Room",
     "Settled",
     "check_url",
     "connect",
     "redact_url",
+    "wire",
 ]
 
 SCHEMES = ("memory", "redis", "rediss", "kafka")

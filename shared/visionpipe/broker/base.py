@@ -16,6 +16,10 @@ suite (``tests/broker``) run unchanged against each:
   commit that covers them, in one transaction where enabled), so a process
   killed between the two, a lost ack reply or a stolen delivery never doubles
   a result.
+
+A message is bytes, except on the in-process broker (``by_reference``), which hands a stage's output envelope
+to the next stage as the object itself — read-only arrays, each reader its own copy of the small maps — so
+stages of one process never encode, copy or decode what they pass on. Redis and Kafka carry bytes only.
 """
 
 from __future__ import annotations
@@ -24,12 +28,45 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import msgpack
 
 if TYPE_CHECKING:
     from visionpipe.settings import Settings
+
+
+class InProcess(Protocol):
+    """A message handed on by reference inside one process (an envelope): never serialised on the way."""
+
+    @property
+    def nbytes(self) -> int:
+        """About what it would weigh encoded: what a broker counts it as holding."""
+        ...
+
+    def share(self) -> InProcess:
+        """A reader's own copy of the parts a reader may change; the data itself is shared, read-only."""
+        ...
+
+    def encode(self) -> bytes:
+        """Its bytes, for where it must leave the process (a dead letter, a server broker)."""
+        ...
+
+
+class Outgoing(Protocol):
+    """What a producer publishes (an envelope): encoded for a server broker, frozen for the in-process one."""
+
+    def encode(self) -> bytes: ...
+
+    def frozen(self) -> InProcess: ...
+
+
+Payload: TypeAlias = bytes | InProcess
+
+
+def wire(message: Payload) -> bytes:
+    """The bytes of ``message``: itself when it already is bytes, else its encoding."""
+    return message if isinstance(message, bytes) else message.encode()
 
 
 class BrokerError(RuntimeError):
@@ -62,7 +99,7 @@ class BrokerFull(BrokerError):
 class Delivery:
     stream: str
     id: str  # Redis entry id, Kafka "partition:offset", memory sequence number
-    data: bytes
+    data: Payload  # bytes; an envelope of this process's own on the in-process broker
     key: str | None = None
     attempts: int = 1  # times this entry has been delivered, this one included, where the backend knows
 
@@ -72,7 +109,7 @@ class Output:
     """A message a stage publishes for one of its inputs."""
 
     stream: str
-    data: bytes
+    data: Payload
     key: str | None = None
 
 
@@ -132,13 +169,21 @@ class Broker(ABC):
     url: str
     # Whether Delivery.attempts counts redeliveries (Redis, memory); Kafka keeps no per-message count.
     tracks_attempts: bool = True
+    # Whether messages may be objects of this process, handed on by reference (the in-process broker).
+    by_reference: bool = False
+
+    wire = staticmethod(wire)
+
+    def payload(self, item: Outgoing) -> Payload:
+        """``item`` as this broker carries it: the object itself, frozen, in one process; else its encoding."""
+        return item.frozen() if self.by_reference else item.encode()
 
     @abstractmethod
     async def ensure(self, stream: str, group: str | None = None) -> None:
         """Create the stream (and the group, reading from the start) if missing."""
 
     @abstractmethod
-    async def publish(self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None] | None = None) -> None:
+    async def publish(self, stream: str, messages: Sequence[Payload], keys: Sequence[str | None] | None = None) -> None:
         """Append ``messages`` in order; entries with the same key keep their order."""
 
     async def prepare(self, stream: str, group: str, consumer: str) -> None:
@@ -184,7 +229,7 @@ class Broker(ABC):
         return None
 
     async def publish_if_room(
-        self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None], room: Room
+        self, stream: str, messages: Sequence[Payload], keys: Sequence[str | None], room: Room
     ) -> dict[str, int] | None:
         """Publish only while the streams of ``room`` hold under its ``max_bytes``; check and publish in one step.
 
@@ -247,7 +292,7 @@ class Broker(ABC):
         dlq: str,
         *,
         reason: str,
-        data: bytes,
+        data: Payload,
         stage: str,
         origin: str,
         request_id: str | None = None,
@@ -293,7 +338,7 @@ class DeadLetter:
     """
 
     reason: str
-    data: bytes
+    data: Payload  # what was dead-lettered; bytes once decoded from the stream
     stage: str
     origin: str  # stream the message came from; `visionpipe dlq replay` sends it back there
     request_id: str | None = None
@@ -307,7 +352,7 @@ class DeadLetter:
     def encode(self) -> bytes:
         doc: dict[str, Any] = {
             "reason": self.reason,
-            "data": self.data,
+            "data": wire(self.data),
             "stage": self.stage,
             "origin": self.origin,
             "id": self.request_id,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import click
 
-from visionpipe.broker import Broker, DeadLetter, Delivery, connect
+from visionpipe.broker import Broker, DeadLetter, Delivery, connect, wire
 from visionpipe.envelope import REPLAYED, Envelope, EnvelopeError
 from visionpipe.settings import Settings, load_settings
 from visionpipe.topology import INGRESS
@@ -60,7 +60,7 @@ class Entry:
             "origin": r.origin,
             "request_id": r.request_id,
             "reason": r.reason,
-            "bytes": len(r.data),
+            "bytes": len(wire(r.data)),
         }
 
 
@@ -82,7 +82,7 @@ def replayable(record: DeadLetter, run: int = 0) -> bytes:
     try:
         env = Envelope.decode(record.data)
     except EnvelopeError:
-        return record.data
+        return wire(record.data)
     env.stamp(INGRESS, REPLAYED, record.at_ns)
     if run:
         env.stamp(INGRESS, REPLAY_RUN, run)
@@ -97,7 +97,7 @@ def _replay_run(record: DeadLetter) -> int | None:
 
 
 async def list_dead(broker: Broker, stream: str, limit: int) -> list[Entry]:
-    return [Entry(d.id, _decode(d.data), len(d.data)) for d in await broker.peek(stream, limit)]
+    return [Entry(d.id, _decode(wire(d.data)), len(wire(d.data))) for d in await broker.peek(stream, limit)]
 
 
 @dataclass
@@ -151,7 +151,7 @@ async def replay_dead(
                 break  # nothing left to deliver (retention may have taken letters of the snapshot meanwhile)
         done: list[Delivery] = []
         for d in batch:
-            record = _decode(d.data)
+            record = _decode(wire(d.data))
             if record is not None and _replay_run(record) == run:
                 continue  # failed again during this replay: the next one's
             seen += 1
@@ -163,7 +163,7 @@ async def replay_dead(
                 out.unreadable += 1
                 done.append(d)
             else:
-                out.moved.append(Entry(d.id, record, len(d.data)))
+                out.moved.append(Entry(d.id, record, len(wire(d.data))))
                 if not dry_run:
                     await broker.publish(record.origin, [replayable(record, run)], [record.request_id])
                     done.append(d)

@@ -50,7 +50,9 @@ from visionpipe.broker.base import (
     BrokerStateLost,
     Delivery,
     Output,
+    Payload,
     Settled,
+    wire,
 )
 from visionpipe.broker.kafka_admin import TopicAdmin, produce
 from visionpipe.broker.kafka_attempts import AttemptLedger, attempts_topic
@@ -134,12 +136,12 @@ class KafkaBroker(Broker):
                 await self._run(self._admin.create, ledger, partitions)
                 self._topics.add(ledger)
 
-    async def publish(self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None] | None = None) -> None:
+    async def publish(self, stream: str, messages: Sequence[Payload], keys: Sequence[str | None] | None = None) -> None:
         keys = keys if keys is not None else [None] * len(messages)
         if len(keys) != len(messages):
             raise ValueError("keys and messages differ in length")
         if messages:
-            await self._run(produce, self._producer, self._admin, stream, messages, keys)
+            await self._run(produce, self._producer, self._admin, stream, [wire(m) for m in messages], keys)
 
     def _member(self, stream: str, group: str, consumer: str) -> Member:
         with self._lock:

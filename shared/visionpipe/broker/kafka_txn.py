@@ -28,7 +28,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
-from visionpipe.broker.base import BrokerError, Output
+from visionpipe.broker.base import BrokerError, Output, wire
 from visionpipe.broker.kafka_common import raise_for
 from visionpipe.broker.kafka_member import Member
 from visionpipe.broker.security import redact_url
@@ -90,7 +90,7 @@ class Transactions:
             for out in outputs:
                 while True:
                     try:
-                        producer.produce(out.stream, value=out.data, key=out.key)
+                        producer.produce(out.stream, value=wire(out.data), key=out.key)
                         break
                     except BufferError:
                         producer.poll(0.05)

@@ -5,6 +5,12 @@ keeps pending entries, delivery counts, reclaim by idle time and backlog
 exactly as the server backends do: a pipeline that works here behaves the
 same on Redis. All ``MemoryBroker`` objects with the same URL in one process
 share one store, the way clients of one server share it.
+
+It carries messages by reference (``by_reference``): an envelope a stage
+publishes is stored as the object, with read-only arrays, and each delivery
+hands out the reader's own :meth:`~visionpipe.broker.base.InProcess.share` of
+it, so no stage of the process encodes, copies or decodes what it passes on,
+and a redelivery sees the message as it was published. Bytes stay bytes.
 """
 
 from __future__ import annotations
@@ -13,10 +19,10 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from visionpipe.broker.base import Backlog, Broker, BrokerStateLost, Delivery, Retention, Room, Settled
+from visionpipe.broker.base import Backlog, Broker, BrokerStateLost, Delivery, Payload, Retention, Room, Settled
 
 # The settings' default (broker.dedupe_ttl_s), for a MemoryBroker made without settings.
 ONCE_TTL_S = 600.0
@@ -37,7 +43,7 @@ class _Group:
 
 @dataclass
 class _Stream:
-    entries: dict[int, tuple[str | None, bytes]] = field(default_factory=dict)
+    entries: dict[int, tuple[str | None, Payload]] = field(default_factory=dict)
     next_seq: int = 1
     groups: dict[str, _Group] = field(default_factory=dict)
     born: dict[int, float] = field(default_factory=dict)  # wall-clock s of each entry's append (retention, trim_older)
@@ -47,7 +53,8 @@ class _Store:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.streams: dict[str, _Stream] = {}
-        self.waiters: set[asyncio.Future[None]] = set()
+        # Consumers waiting for entries, per stream: a publish wakes only those of the streams it wrote.
+        self.waiters: dict[str, set[asyncio.Future[None]]] = {}
         # Settled inputs' keys -> monotonic expiry; one TTL for all, so insertion order is expiry order.
         self.once: OrderedDict[str, float] = OrderedDict()
         self.retained: dict[str, Retention] = {}
@@ -55,9 +62,9 @@ class _Store:
     def stream(self, name: str) -> _Stream:
         return self.streams.setdefault(name, _Stream())
 
-    def append(self, name: str, data: bytes, key: str | None) -> None:
+    def append(self, name: str, data: Payload, key: str | None) -> None:
         s = self.stream(name)
-        s.entries[s.next_seq] = (key, bytes(data))
+        s.entries[s.next_seq] = (key, bytes(data) if isinstance(data, bytearray | memoryview) else data)
         s.born[s.next_seq] = time.time()
         rule = self.retained.get(name)
         s.next_seq += 1
@@ -66,11 +73,11 @@ class _Store:
 
     def retain(self, s: _Stream, rule: Retention) -> None:
         """Drop the oldest entries past the retention's age, then beyond its count, then its bytes."""
-        cutoff, held = time.time() - rule.max_age_s, sum(len(data) for _, data in s.entries.values())
+        cutoff, held = time.time() - rule.max_age_s, sum(_weight(data) for _, data in s.entries.values())
         for seq in list(s.entries):
             if s.born.get(seq, 0.0) > cutoff and len(s.entries) <= rule.max_count and held <= rule.max_bytes:
                 return
-            held -= len(s.entries.pop(seq)[1])
+            held -= _weight(s.entries.pop(seq)[1])
             s.born.pop(seq, None)
 
     def first_settle(self, once: str, ttl_s: float) -> bool:
@@ -99,11 +106,29 @@ class _Store:
                 s.born.pop(seq, None)
 
     def held_bytes(self, stream: str) -> int:
-        return sum(len(data) for _key, data in self.stream(stream).entries.values())
+        return sum(_weight(data) for _key, data in self.stream(stream).entries.values())
 
-    def wake(self) -> None:
-        for fut in list(self.waiters):
-            fut.get_loop().call_soon_threadsafe(_resolve, fut)
+    def wake(self, streams: Iterable[str]) -> None:
+        """Wake the consumers of ``streams``: at once on this thread's loop, through its self-pipe on another's."""
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        for name in set(streams):
+            for fut in list(self.waiters.get(name, ())):
+                if fut.get_loop() is here:
+                    _resolve(fut)
+                else:
+                    fut.get_loop().call_soon_threadsafe(_resolve, fut)
+
+
+def _weight(data: Payload) -> int:
+    return len(data) if isinstance(data, bytes) else data.nbytes
+
+
+def _handed(data: Payload) -> Payload:
+    """What one delivery hands out: the bytes, or the reader's own share of an object."""
+    return data if isinstance(data, bytes) else data.share()
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -125,6 +150,8 @@ def _lost(stream: str, group: str) -> BrokerStateLost:
 
 
 class MemoryBroker(Broker):
+    by_reference = True
+
     def __init__(
         self, url: str = "memory://", once_ttl_s: float = ONCE_TTL_S, retained: Mapping[str, Retention] | None = None
     ) -> None:
@@ -141,17 +168,17 @@ class MemoryBroker(Broker):
             if group is not None:
                 s.groups.setdefault(group, _Group())
 
-    async def publish(self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None] | None = None) -> None:
+    async def publish(self, stream: str, messages: Sequence[Payload], keys: Sequence[str | None] | None = None) -> None:
         keys = keys if keys is not None else [None] * len(messages)
         if len(keys) != len(messages):
             raise ValueError("keys and messages differ in length")
         with self._store.lock:
             for key, data in zip(keys, messages, strict=True):
                 self._store.append(stream, data, key)
-        self._store.wake()
+        self._store.wake([stream])
 
     async def publish_if_room(
-        self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None], room: Room
+        self, stream: str, messages: Sequence[Payload], keys: Sequence[str | None], room: Room
     ) -> dict[str, int] | None:
         if len(keys) != len(messages):
             raise ValueError("keys and messages differ in length")
@@ -161,7 +188,7 @@ class MemoryBroker(Broker):
                 return held
             for key, data in zip(keys, messages, strict=True):
                 self._store.append(stream, data, key)
-        self._store.wake()
+        self._store.wake([stream])
         return None
 
     async def settle(self, stream: str, group: str, settled: Sequence[Settled]) -> int:
@@ -174,7 +201,7 @@ class MemoryBroker(Broker):
                 for out in item.outputs:
                     self._store.append(out.stream, out.data, out.key)
             self._store.ack(stream, group, [int(item.delivery.id) for item in settled])
-        self._store.wake()
+        self._store.wake(out.stream for item in settled for out in item.outputs)
         return duplicates
 
     async def touch(self, stream: str, group: str, consumer: str, deliveries: Sequence[Delivery]) -> None:
@@ -196,7 +223,8 @@ class MemoryBroker(Broker):
             if got or remaining <= 0:
                 return got
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._store.waiters.add(fut)
+            waiting = self._store.waiters.setdefault(stream, set())
+            waiting.add(fut)
             try:
                 # Re-check after registering: a publish between the take and the add would be missed.
                 got = self._take_new(stream, group, consumer, count)
@@ -206,7 +234,7 @@ class MemoryBroker(Broker):
             except TimeoutError:
                 return []
             finally:
-                self._store.waiters.discard(fut)
+                waiting.discard(fut)
 
     def _take_new(self, stream: str, group: str, consumer: str, count: int) -> list[Delivery]:
         now = time.monotonic()
@@ -224,7 +252,7 @@ class MemoryBroker(Broker):
                 if entry is None:  # deleted after every group acked it
                     continue
                 g.pending[seq] = _Pending(consumer, now, 1)
-                out.append(Delivery(stream, str(seq), entry[1], entry[0], 1))
+                out.append(Delivery(stream, str(seq), _handed(entry[1]), entry[0], 1))
             return out
 
     async def ack(self, stream: str, group: str, deliveries: Sequence[Delivery]) -> None:
@@ -249,7 +277,7 @@ class MemoryBroker(Broker):
                     g.pending.pop(seq)
                     continue
                 p.consumer, p.since, p.attempts = consumer, now, p.attempts + 1
-                out.append(Delivery(stream, str(seq), entry[1], entry[0], p.attempts))
+                out.append(Delivery(stream, str(seq), _handed(entry[1]), entry[0], p.attempts))
             return out
 
     async def backlog(self, stream: str, group: str) -> Backlog:
@@ -270,7 +298,7 @@ class MemoryBroker(Broker):
             s = self._store.stream(stream)
             entries = sorted(s.entries.items())
             chosen = (entries[-count:] if count > 0 else []) if newest else entries[:count]
-            return [Delivery(stream, str(seq), data, key) for seq, (key, data) in chosen]
+            return [Delivery(stream, str(seq), _handed(data), key) for seq, (key, data) in chosen]
 
     async def trim_older(self, stream: str, age_s: float) -> None:
         cutoff = time.time() - age_s

@@ -44,10 +44,12 @@ from visionpipe.broker.base import (
     BrokerFull,
     BrokerStateLost,
     Delivery,
+    Payload,
     Retention,
     Room,
     Settled,
     retained_streams,
+    wire,
 )
 from visionpipe.broker.retry import with_retries
 from visionpipe.broker.security import (
@@ -171,7 +173,7 @@ class RedisBroker(Broker):
                 if not str(exc).startswith("BUSYGROUP"):
                     raise
 
-    async def publish(self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None] | None = None) -> None:
+    async def publish(self, stream: str, messages: Sequence[Payload], keys: Sequence[str | None] | None = None) -> None:
         keys = keys if keys is not None else [None] * len(messages)
         if len(keys) != len(messages):
             raise ValueError("keys and messages differ in length")
@@ -179,7 +181,7 @@ class RedisBroker(Broker):
             return
         with _errors(self.url):
             async with self._r.pipeline(transaction=False) as pipe:
-                for key, data in zip(keys, messages, strict=True):
+                for key, data in zip(keys, map(wire, messages), strict=True):
                     fields: dict[Any, Any] = {DATA: data} if key is None else {DATA: data, KEY: key}
                     pipe.xadd(stream, fields)
                 await pipe.execute()
@@ -212,7 +214,7 @@ class RedisBroker(Broker):
         for item in settled:
             args += [item.delivery.id, key_index(item.once) if item.once else 0, len(item.outputs)]
             for out in item.outputs:
-                args += [key_index(out.stream), out.key or "", out.data]
+                args += [key_index(out.stream), out.key or "", wire(out.data)]
         args[2] = " ".join(
             f"{1 if name == stream else index[name]}:{int(r.max_age_s * 1000)}:{r.max_count}:{r.max_bytes}"
             for name, r in self._retained.items()
@@ -230,12 +232,12 @@ class RedisBroker(Broker):
             await self._touch_script(keys=[stream], args=[group, consumer, ids[0], ids[-1], *ids])
 
     async def publish_if_room(
-        self, stream: str, messages: Sequence[bytes], keys: Sequence[str | None], room: Room
+        self, stream: str, messages: Sequence[Payload], keys: Sequence[str | None], room: Room
     ) -> dict[str, int] | None:
         if len(keys) != len(messages):
             raise ValueError("keys and messages differ in length")
         args: list[Any] = [room.max_bytes]
-        for data, key in zip(messages, keys, strict=True):
+        for data, key in zip(map(wire, messages), keys, strict=True):
             args += [data, key or ""]
         with _errors(self.url):
             held: Any = await self._admit_script(keys=[stream, *room.streams], args=args)

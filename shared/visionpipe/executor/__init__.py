@@ -1,4 +1,4 @@
-"""Adaptive asynchronous batch executor (seed 001): one per DNN service process.
+"""Adaptive asynchronous batch executor: one per DNN service process.
 
 ``BatchExecutor`` batches single-item requests onto a ``Device`` (``TorchDevice``
 on a GPU or CPU, ``SimDevice`` on a modelled clock) under a ``BatchPolicy``

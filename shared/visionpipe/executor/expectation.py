@@ -5,7 +5,7 @@ request's deadline: the budget a stage batches against is the deadline minus now
 are expected to take. It comes from the latency model the executor already fits (``t(b) = k·b + c`` per phase)
 and the arrival rate it already measures, so it follows the load without a profile:
 
-* the batch a request joins is the keep-up batch at the measured rate (seed 001's rule), never smaller than the
+* the batch a request joins is the keep-up batch at the measured rate (the keep-up rule), never smaller than the
   batches the stage has been sending lately;
 * behind a queue (the executor's own and the broker's backlog, in requests) its items leave in the last of the
   batches that drain it, one per bottleneck time, after whatever the device still has booked;

@@ -1,4 +1,4 @@
-"""The cost model of seed 001: each phase of a batch takes ``t(b) = k·b + c``.
+"""The executor's cost model: each phase of a batch takes ``t(b) = k·b + c``.
 
 Kept apart from the scheduler so that it can be tested without an event loop
 or a GPU. Times are in seconds (floats): they are durations, never clock
@@ -190,7 +190,7 @@ class LatencyModel:
         return max(line(b) for line in self.streams(overlap))
 
     def ceiling(self, overlap: bool) -> float:
-        """Concurrency ceiling 1/k (requests/s) of seed 001, of the steepest stream; inf when every slope is zero.
+        """Concurrency ceiling 1/k (requests/s), of the steepest stream; inf when every slope is zero.
 
         With overlap this is 1/max(k_p): each phase runs on its own resource, so the steepest one bounds the
         rate however large the batch (an upload slower per image than compute caps it, not compute).

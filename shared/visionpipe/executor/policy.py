@@ -30,11 +30,11 @@ DEADLINE_MARGIN_FRACTION = 0.05
 SLACK_MARGIN_FRACTION = 0.12
 # Clipper's AIMD: +1 per batch under the SLO, ×0.9 on a miss (its paper's backoff factor).
 AIMD_DECREASE = 0.9
-# On an idle device, wait for the keep-up batch at most this fraction of its compute time (when the policy is not
-# seed-literal). Waiting costs the first request that much; in the simulator waiting the whole fill time b/λ (seed
-# 001 literally) raised p99 1.3-2.1x at 80-90% load on the h100-uint8 and h100-graphs costs for 1-2% less GPU time
+# On an idle device, wait for the keep-up batch at most this fraction of its compute time (unless ``idle_fill`` is
+# None). Waiting costs the first request that much; in the simulator waiting the whole fill time b/λ
+# raised p99 1.3-2.1x at 80-90% load on the h100-uint8 and h100-graphs costs for 1-2% less GPU time
 # per request (the linear fit of a launch-bound, floored cost overestimates b), while a quarter merges
-# near-simultaneous arrivals at no measurable cost. benchmarks/RESULTS.md ("Executor after issue 15") has the rows.
+# near-simultaneous arrivals at no measurable cost. benchmarks/RESULTS.md has the rows.
 IDLE_FILL_FRACTION = 0.25
 
 
@@ -124,7 +124,7 @@ def _wait_or_dispatch(view: QueueView, target: int, until_ns: int) -> Decision:
 
 
 def keep_up_batch(model: LatencyModel, rate: float, overlap: bool, max_batch: int) -> int:
-    """Seed 001: the smallest b with which every serialising stream finishes a batch before the next has arrived.
+    """The keep-up rule: the smallest b with which every serialising stream finishes a batch before the next arrives.
 
     For a stream with t(b) = k·b + c, keeping up means t(b) ≤ b/λ, i.e. b ≥ cλ / (1 − kλ). Serially the
     round trip is one stream (k and c summed over the phases); with overlap each phase is its own (host
@@ -146,7 +146,7 @@ def keep_up_batch(model: LatencyModel, rate: float, overlap: bool, max_batch: in
 def slo_batch(model: LatencyModel, rate: float, slo_s: float) -> float:
     """The largest b whose first request meets the SLO when the batch fills at λ: b/λ + t(b) ≤ S.
 
-    Seed 001's latency bound with the fitted phases, L(b) = b/λ + t_stage + t_up + t_comp + t_down. It is the
+    The latency bound with the fitted phases, L(b) = b/λ + t_stage + t_up + t_comp + t_down. It is the
     same with two streams, because the gate dispatches just in time (the upload ends as the previous compute
     does), so a batch never waits for the device. Solving gives b ≤ λ(S − C) / (1 + Kλ); with λ = 0 there is
     no fill time and any b with t(b) ≤ S fits. May be < 1: then no batch meets the SLO at this λ.
@@ -158,18 +158,18 @@ def slo_batch(model: LatencyModel, rate: float, slo_s: float) -> float:
 
 
 class AdaptivePolicy(BatchPolicy):
-    """Seed 001's rule in its two-stream form, with the fitted phases and the SLO bound.
+    """The keep-up rule in its two-stream form, with the fitted phases and the SLO bound.
 
     Target b = the smallest batch with which every stream keeps up at the measured λ (``keep_up_batch``);
     ``slo_batch`` is the largest b the SLO allows at that λ, and a target above it means no batch meets
     the SLO at this load (recorded in ``slo_feasible``). The policy is asked when the device can take a
-    batch: with two streams that is seed 001's planned upload moment, T_compute_end − t_stage(b) − t_up(b).
+    batch: with two streams that is the planned upload moment, T_compute_end − t_stage(b) − t_up(b).
 
     * The device is busy (the planned moment): send what has filled — the load rose if b or more are
       queued, fell if fewer — but never so many that the most urgent request misses its deadline, and
       never fewer than the keep-up batch (fewer would let the queue grow without bound).
     * The device is idle: wait for the target to fill, at most ``idle_fill`` of its compute time (None:
-      the whole fill time b/λ, seed 001 literally) and never past the most urgent request's deadline.
+      the whole fill time b/λ) and never past the most urgent request's deadline.
     """
 
     name = "adaptive"
@@ -223,7 +223,7 @@ class SlackPolicy(BatchPolicy):
 
 
 class FixedPolicy(BatchPolicy):
-    """Always batches of ``batch`` (seed 001's baseline); a partial batch only at a timeout or a deadline."""
+    """Always batches of ``batch`` (the fixed-batch baseline); a partial batch only at a timeout or a deadline."""
 
     name = "fixed"
 

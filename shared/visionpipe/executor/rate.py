@@ -26,7 +26,7 @@ from collections import deque
 
 # 64 arrivals: ±12% relative error on a Poisson rate (1/sqrt(n)), a few ms of history at 10k req/s.
 WINDOW_COUNT = 64
-# Half a second: long enough for 1 req/s-ish rates to register, short enough to follow seed 001's 0.3 s burst.
+# Half a second: long enough for 1 req/s-ish rates to register, short enough to follow a 0.3 s burst.
 WINDOW_AGE_S = 0.5
 # A backlog should be worked off within a second; faster would mean max batches at once on every blip.
 BACKLOG_DRAIN_S = 1.0

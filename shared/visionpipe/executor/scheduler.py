@@ -9,7 +9,7 @@ virtual clock — the same decisions either way.
 A request may also carry an expiry: past it, nobody wants its result. It is taken out of the queue the moment
 it can no longer be done by then, device busy or not, never computed (``expiry.py``).
 
-The gate is the mechanics of seed 001's two streams: the next batch may be
+The gate is the mechanics of two streams: the next batch may be
 handed to the device once its host staging and upload, started now, would
 finish no earlier than the current compute ends (``compute_free − t_stage(n)
 − t_up(n)``), so batches keep filling while the device is busy and the

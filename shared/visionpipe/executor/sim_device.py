@@ -6,10 +6,10 @@ a ``Device`` for the asyncio executor (``launch``/``collect`` on the real
 monotonic clock, sleeping for the modelled time), so the executor's API can
 be exercised without torch or a GPU.
 
-Cost models come from measurements: the H100 ResNet-50 figures of issue 4
+Cost models come from measurements: H100 ResNet-50 figures
 (eager fp16 forward: flat ≈5.5 ms up to b≈64, then ≈0.0725 ms per image;
 host→device 52 GB/s pinned, ≈17 GB/s pageable) and a GTX 1080 Ti-like card
-(seed 001's; upload ≈14% of compute).
+(upload ≈14% of compute).
 
 Besides the three device phases a batch costs the host two things, each a
 resource of its own: ``stage``, the copy of the items into the batch buffer
@@ -70,7 +70,7 @@ _COPY_BASE_MS = 0.02
 # One host thread copies ~10 GB/s between cached buffers (an assumption until `make gpu-check` measures the stage
 # phase on the lent machine); a batch's staging copy pays it whether the destination is pinned or not.
 _HOST_MEMCPY_GBPS = 10.0
-# H100 ResNet-50 eager fp16: b1 6.2, b8 5.1, b32 6.1, b64 5.2, b128 9.7, b256 18.5 ms (issue 4): past b≈64 the
+# H100 ResNet-50 eager fp16: b1 6.2, b8 5.1, b32 6.1, b64 5.2, b128 9.7, b256 18.5 ms: past b≈64 the
 # kernels cost ≈0.0725 ms per image; below, the ~5.6 ms is the host launching ~160 kernels for about 1 ms of math.
 _H100_COMPUTE = PhaseCost(per_item_ms=0.0725, base_ms=0.0, floor_ms=1.0)
 _H100_LAUNCH = PhaseCost(per_item_ms=0.0, base_ms=5.6)
@@ -98,7 +98,7 @@ COST_MODELS: dict[str, CostModel] = {
         launch=_H100_LAUNCH,
     ),
     # h100-uint8 with the eager launch replaced by one CUDA-graph replay (~50 µs of host time): what
-    # `executor.cuda_graphs` should make of it. A projection: the kernels' own ~1 ms at b1 is issue 4's estimate,
+    # `executor.cuda_graphs` should make of it. A projection: the kernels' own ~1 ms at b1 is an estimate,
     # and `make gpu-check` measures batch-1 latency with and without graphs on the lent machine.
     "h100-graphs": CostModel(
         "h100-graphs",
@@ -109,8 +109,8 @@ COST_MODELS: dict[str, CostModel] = {
         stage=_copy(_RESNET_U8_BYTES, _HOST_MEMCPY_GBPS, 0.0),
         launch=PhaseCost(per_item_ms=0.0, base_ms=0.05),
     ),
-    # GTX 1080 Ti, ResNet-50 fp32 (seed 001's card): ≈ 1.25 ms/image past a 2.5 ms launch floor;
-    # the pageable upload ≈ 14% of compute (seed 001), pinned over PCIe 3 about twice as fast.
+    # GTX 1080 Ti, ResNet-50 fp32: ≈ 1.25 ms/image past a 2.5 ms launch floor;
+    # the pageable upload ≈ 14% of compute, pinned over PCIe 3 about twice as fast.
     "gtx1080ti": CostModel(
         "gtx1080ti",
         upload=PhaseCost(per_item_ms=0.0875, base_ms=0.03),

@@ -1,4 +1,5 @@
-"""A torch function on a GPU with seed 001's mechanics, or on the CPU through the same code.
+"""A torch function on a GPU, the next batch's upload beside the current compute, or on the CPU through the
+same code.
 
 Overlapped (CUDA, ``overlap=True``): pinned host buffers and device buffers,
 each for ``max_batch`` items, and pinned buffers for the outputs, allocated

@@ -66,7 +66,9 @@ def test_run_cli_writes_one_line_per_input(tmp_path: Path, ns: str, monkeypatch:
     for key, value in env_for(fast_overrides(ns, f"memory://{ns}")).items():
         monkeypatch.setenv(key, value)
     out = tmp_path / "results.jsonl"
-    result = CliRunner().invoke(run, [str(tmp_path / "in"), "--out", str(out), "--quiet"])
+    summary = tmp_path / "summary.json"
+    argv = [str(tmp_path / "in"), "--out", str(out), "--quiet", "--summary-json", str(summary)]
+    result = CliRunner().invoke(run, argv)
     assert result.exit_code == 0, result.output + repr(result.exception)
 
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -95,6 +97,16 @@ def test_run_cli_writes_one_line_per_input(tmp_path: Path, ns: str, monkeypatch:
     assert "(3 images: too few for a p99)" in result.output  # the slowest of 3, called what it is
     for words in ("images/s", "p50", "broker hop", "decode", "detector", "classifier", "RANDOM"):
         assert words in result.output, words
+    # How the cores were shared: instances x threads per stage, threads that ran, nothing copied between stages.
+    assert "cores were shared" in result.output and "instances × threads" in result.output
+    doc = json.loads(summary.read_text())
+    for stage in ("detector", "classifier"):
+        ran = doc["cores"]["stages"][stage]
+        assert ran["instances"] >= 1 and ran["threads"] >= 1 and ran["devices"] == ["cpu"] and ran["busy_share"] > 0
+    # The memory broker hands envelopes on by reference: only the dead letters were encoded (they leave as bytes).
+    dead_letters = sum(p.stat().st_size for p in bad) + len(bad) * 1024
+    assert 0 < doc["copied_bytes_per_image"] * doc["ok"] <= dead_letters
+    assert 1 <= doc["threads"]["running"] <= doc["threads"]["threads"]
 
 
 def _table_rows(output: str, title: str) -> dict[str, list[str]]:

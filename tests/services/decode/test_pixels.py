@@ -50,10 +50,15 @@ def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
 
 
 def decoded(decoder: Decoder, data: bytes) -> tuple[np.ndarray, int, int]:
-    """The image region of the letterbox (padding cut away), and the displayed width and height."""
+    """The image region of the letterbox (padding cut away), and the displayed width and height.
+
+    The CPU decoder gives the resized image alone; a GPU decoder the padded square.
+    """
     (out,) = decoder.decode([data])
     assert not isinstance(out, BadImage), out.reason
     arr, geo = out
+    if arr.shape[:2] == (geo.resized_h, geo.resized_w):
+        return arr.astype(int), geo.width, geo.height
     px, py = geo.pad
     return arr[py : py + geo.resized_h, px : px + geo.resized_w].astype(int), geo.width, geo.height
 

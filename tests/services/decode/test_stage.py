@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from tests.services.helpers import TEST_MAX_PIXELS, bad_images, good_images
+from visionpipe.envelope import Envelope
+from visionpipe.hops import EncodedImage, Letterboxed
 from visionpipe.samples import scene_jpeg
 from visionpipe.services.decode.backends import (
     CpuDecoder,
@@ -15,8 +17,9 @@ from visionpipe.services.decode.backends import (
     dali_available,
     letterbox_batch,
 )
-from visionpipe.services.decode.images import BadImage, Geometry
-from visionpipe.settings import DecodeSettings, LimitSettings
+from visionpipe.services.decode.images import BadImage, Geometry, letterbox_cpu, place
+from visionpipe.services.decode.stage import DecodeStage
+from visionpipe.settings import DecodeSettings, LimitSettings, load_settings
 
 SIZE = 320
 PAD = 114
@@ -43,10 +46,14 @@ def test_geometry_maps_corners_back(w: int, h: int, resized: tuple[int, int], pa
 
 
 def _check_good(results: list) -> None:
+    """The CPU's images come resized without their padding; a GPU decoder's as the padded square."""
     for out in results:
         assert not isinstance(out, BadImage), out
         arr, geo = out
-        assert arr.shape == (SIZE, SIZE, 3) and arr.dtype == np.uint8
+        assert arr.dtype == np.uint8
+        if arr.shape == (geo.resized_h, geo.resized_w, 3):
+            arr = place(arr, geo, PAD)
+        assert arr.shape == (SIZE, SIZE, 3)
         px, py = geo.pad
         if py:  # padding is the pad grey, the image region is not
             assert (arr[: py - 1] == PAD).all()
@@ -73,6 +80,22 @@ def test_cpu_decoder_isolates_each_bad_input() -> None:
         _check_mixed(decoder)
     finally:
         decoder.close()
+
+
+async def test_the_stage_sends_the_resized_image_without_its_padding() -> None:
+    """A 640x480 photo crosses to the detector as 320x240, which pads it back to the very letterbox."""
+    settings = load_settings(decode=SETTINGS.model_dump(), limits=LIMITS.model_dump(), service={"device": "cpu"})
+    stage = DecodeStage(settings)
+    await stage.start()
+    try:
+        jpeg = scene_jpeg(640, 480, seed=4)
+        (out,) = await stage.process([EncodedImage(jpeg).write(Envelope("r"))])
+    finally:
+        await stage.stop()
+    assert isinstance(out, Envelope)
+    hop = Letterboxed.read(out, SIZE)
+    assert hop.image.shape == (240, 320, 3)
+    assert np.array_equal(hop.square(SIZE, PAD), letterbox_cpu(jpeg, SIZE, LIMITS, PAD)[0])
 
 
 def test_cpu_decoder_rejects_oversized_bytes() -> None:
@@ -169,6 +192,7 @@ def test_the_gpu_letterbox_path_runs_on_cpu_tensors_and_matches_pillow() -> None
         for k, jpeg in enumerate(jpegs):
             ref = cpu.decode([jpeg])[0]
             assert not isinstance(ref, BadImage) and ref[1] == geos[k]
-            assert np.abs(host[k].astype(int) - ref[0].astype(int)).mean() < 12
+            square = place(ref[0], ref[1], PAD)  # the CPU's is the resized image alone
+            assert np.abs(host[k].astype(int) - square.astype(int)).mean() < 12
     finally:
         cpu.close()

@@ -94,8 +94,9 @@ def test_detector_crop_is_the_box_content(cut: Callable[..., torch.Tensor]) -> N
     image[:, :, 20:60, 30:70] = 255
     boxes = torch.tensor([[[30.0, 20.0, 70.0, 60.0], [0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 0.0, 0.0]]])
     crops = cut(image, boxes, torch.tensor([2]), 16)
-    assert crops.shape == (1, 3, 3, 16, 16) and crops.dtype == torch.uint8
-    assert (crops[0, 0] == 255).all() and (crops[0, 1] == 0).all() and (crops[0, 2] == 0).all()
+    rows = 2 if cut is cut_each else 3  # the CPU cuts rows up to the batch's largest count, a GPU every row
+    assert crops.shape == (1, rows, 3, 16, 16) and crops.dtype == torch.uint8
+    assert (crops[0, 0] == 255).all() and (crops[0, 1:] == 0).all()
 
 
 def test_square_crops_keep_context_and_black_outside_the_image() -> None:

@@ -130,12 +130,16 @@ async def test_200_bad_uploads_each_get_a_4xx_and_the_gateway_stays_bounded(
         wrong = {k: v for k, v in seen.items() if "WRONG" in k}
         assert not wrong, seen
         assert sum(seen.values()) == UPLOADS, seen
-        status, _, body = await asyncio.to_thread(http, "GET", proc.url + "/readyz")
-        assert status == 200 and json.loads(body)["ready"], "the gateway is not ready after the storm"
+        _, _, body = await asyncio.to_thread(http, "GET", proc.url + "/readyz")
+        checks = json.loads(body)["checks"]
+        # Only decode runs behind it, so "stages" stays false (no detector or classifier): the gateway's own are.
+        assert checks["serving"] and checks["broker"] and checks["results"], f"not ready after the storm: {checks}"
         assert after - before < RSS_GROWTH_LIMIT_KIB, f"RSS grew {after - before} KiB ({before} -> {after})"
         status, _, metrics = await asyncio.to_thread(http, "GET", proc.url + "/metrics")
+        assert status == 200
         codes = [line for line in metrics.decode().splitlines() if line.startswith("visionpipe_gateway_requests_total")]
-        assert not any('code="5' in line for line in codes), codes
+        # /readyz answers 503 by design (no detector or classifier behind it); no upload got a 5xx.
+        assert not any('code="5' in line and 'route="/readyz"' not in line for line in codes), codes
     finally:
         proc.kill()
         decode.close()

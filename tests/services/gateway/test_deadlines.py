@@ -13,7 +13,7 @@ import pytest
 from tests.loadgen.passthrough import run_stage
 from tests.services.gateway.helpers import gateway_settings, jpeg, serving
 from visionpipe import topology
-from visionpipe.broker import MemoryBroker
+from visionpipe.broker import MemoryBroker, wire
 from visionpipe.envelope import Envelope
 from visionpipe.hops import Expiry
 from visionpipe.stage_state import READY, StageState
@@ -79,21 +79,20 @@ async def test_a_stage_s_early_answer_and_each_dead_letter_kind_map_to_their_sta
         for rid in ("exp", "gave", "dl", "bad"):
             status, _, _ = await post(s, live.url + "/v1/requests", jpeg(), {**JPEG, "X-Request-Id": rid})
             assert status == 202
-        answer = Expiry(DETECTOR, 42.0, "queue").write(Envelope("exp"))
+        # Each answer built from the message the gateway published, as a stage's is: it carries the submission.
+        sent = await broker.peek(settings.streams.name("frames"), 10)
+        frames = {env.request_id: env for env in (Envelope.decode(wire(d.data)) for d in sent)}
+        answer = Expiry(DETECTOR, 42.0, "queue").write(frames["exp"])
         await broker.publish(settings.streams.name("results"), [answer.encode()])
         dead = settings.streams.name("dead_letter")
-        await broker.dead_letter(
-            dead, reason="gave up after 3 deliveries", data=b"", stage=CLASSIFIER, origin="x", request_id="gave"
-        )
-        await broker.dead_letter(
-            dead,
-            reason="deadline passed 5 ms before detector took it",
-            data=b"",
-            stage=DETECTOR,
-            origin="x",
-            request_id="dl",
-        )
-        await broker.dead_letter(dead, reason="not an image", data=b"", stage="decode", origin="x", request_id="bad")
+        letters = [
+            ("gave", "gave up after 3 deliveries", CLASSIFIER),
+            ("dl", "deadline passed 5 ms before detector took it", DETECTOR),
+            ("bad", "not an image", "decode"),
+        ]
+        for rid, reason, stage in letters:
+            data = frames[rid].encode()
+            await broker.dead_letter(dead, reason=reason, data=data, stage=stage, origin="x", request_id=rid)
         expected = {
             "exp": (504, "deadline_exceeded"),
             "gave": (500, "gave_up"),

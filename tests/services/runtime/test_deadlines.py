@@ -63,12 +63,15 @@ class SlowStage(DnnStage[None]):
         raise NotImplementedError
 
     async def start(self) -> None:
+        await self.instances.add("sim", 1, LatencyModel.from_lines({"compute": Line(0.0, BATCH_S)}))
+
+    def _build(self, device: str, threads: int, model: LatencyModel | None) -> BatchExecutor:
         cfg = self.settings.executor
-        model = LatencyModel.from_lines({"compute": Line(0.0, BATCH_S)})
-        self.executor = BatchExecutor(SimDevice(SLOW, max_batch=4), make_policy(cfg), cfg, model=model)
-        self.executor.on_batch = lambda size, timings: self.computed.append(size)
-        self.executor.scheduler.on_dispatch = self._on_dispatch
-        await self.executor.start()
+        return BatchExecutor(SimDevice(SLOW, max_batch=4), make_policy(cfg), cfg, model=model)
+
+    def _on_batch(self, size: int, timings: dict[str, float]) -> None:
+        self.computed.append(size)
+        super()._on_batch(size, timings)
 
     def inputs(self, env: Envelope) -> tuple[None, Sequence[np.ndarray]]:
         return None, [np.zeros(1, np.uint8)]
