@@ -308,7 +308,9 @@ def _execute_http(target: str, token: str | None, kw: dict[str, Any]) -> None:
 
 @loadgen.command()
 @click.option("--broker", "broker_url", default=None, help="broker URL (default: VISIONPIPE_BROKER__URL)")
-@click.option("--target", default=None, help="http://host:port of a gateway: send the load over HTTP instead")
+@click.option(
+    "--target", default=None, help="http://host:port of a gateway (or oip+http://…, oip+grpc://…): load it instead"
+)
 @click.option("--token", default=None, envvar="LOADGEN_TOKEN", help="bearer token for --target")
 @click.option(
     "--external/--spawn",

@@ -107,7 +107,7 @@ class HttpLoad:
         if opts.token:
             self.headers["Authorization"] = f"Bearer {opts.token}"
 
-    async def one(self, s: aiohttp.ClientSession, rec: HttpRecorder, n: int, sched_ns: int) -> None:
+    async def one(self, s: Any, rec: HttpRecorder, n: int, sched_ns: int) -> None:
         headers = {**self.headers, "X-Request-Id": f"{self.run_id}-{n}"}
         try:
             async with s.post(self.url, data=self.images.pick(n), headers=headers) as r:
@@ -116,7 +116,7 @@ class HttpLoad:
         except (aiohttp.ClientError, TimeoutError, ValueError):
             rec.record(sched_ns, TRANSPORT_ERROR, None)
 
-    async def open_loop(self, s: aiohttp.ClientSession, rec: HttpRecorder, spec: LoadSpec) -> None:
+    async def open_loop(self, s: Any, rec: HttpRecorder, spec: LoadSpec) -> None:
         tasks: set[asyncio.Task[None]] = set()
         for n, offset in enumerate(send_times(spec)):
             due = rec.mono0_ns + int(offset * 1e9)
@@ -133,7 +133,7 @@ class HttpLoad:
             task.add_done_callback(tasks.discard)
         await asyncio.gather(*tasks)
 
-    async def closed_loop(self, s: aiohttp.ClientSession, rec: HttpRecorder, spec: LoadSpec) -> None:
+    async def closed_loop(self, s: Any, rec: HttpRecorder, spec: LoadSpec) -> None:
         end = rec.mono0_ns + int(spec.duration_s * 1e9)
         counter = iter(range(MAX_REQUESTS))
         rec.first_ns = rec.mono0_ns
@@ -145,11 +145,15 @@ class HttpLoad:
 
         await asyncio.gather(*(client() for _ in range(spec.concurrency)))
 
-    async def run(self, spec: LoadSpec) -> dict[str, Any]:
-        spec.validate()
+    def session(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """What each request is sent on: here an HTTP connection pool."""
         timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S)
         connector = aiohttp.TCPConnector(limit=0)  # no client-side queue: it would hide the server's
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as s:
+        return aiohttp.ClientSession(connector=connector, timeout=timeout)
+
+    async def run(self, spec: LoadSpec) -> dict[str, Any]:
+        spec.validate()
+        async with self.session() as s:
             warm = HttpRecorder(time.monotonic_ns())
             await asyncio.gather(
                 *(self.one(s, warm, -1 - i, time.monotonic_ns()) for i in range(self.opts.warmup_requests))
@@ -168,5 +172,12 @@ class HttpLoad:
 async def run_http_load(
     target: str, spec: LoadSpec, images: ImageSet, opts: HttpOptions | None = None
 ) -> dict[str, Any]:
-    """Offer ``spec`` to the gateway at ``target``; the summary of what came back."""
+    """Offer ``spec`` to the gateway at ``target``; the summary of what came back.
+
+    ``oip+http://…`` and ``oip+grpc://…``: the same load through the gateway's Open Inference Protocol faces.
+    """
+    if target.startswith("oip+"):
+        from visionpipe.loadgen.oip_target import oip_load
+
+        return await oip_load(target, images, opts or HttpOptions()).run(spec)
     return await HttpLoad(target, images, opts or HttpOptions()).run(spec)

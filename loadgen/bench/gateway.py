@@ -1,14 +1,16 @@
-"""``visionpipe bench gateway``: what the HTTP gateway adds over submitting to the broker directly, and how many
-requests per second it sustains.
+"""``visionpipe bench gateway``: what the gateway adds over submitting to the broker directly, through each of its
+doors (native HTTP, the Open Inference Protocol over HTTP in its binary layout, and over gRPC), and how many
+requests per second each sustains.
 
 One pipeline (the stages named by ``--stage-command``; a pass-through set measures what lies around the models)
-and one ``visionpipe serve gateway`` on the same broker and stream prefix serve both modes, so the only
+and one ``visionpipe serve gateway`` on the same broker and stream prefix serve every mode, so the only
 difference between them is the path in: ``broker`` publishes to the frames stream and reads the results stream
-(``loadgen run``), ``http`` posts to ``/v1/detect`` and reads the answer (``loadgen run --target``). Both are
-open loop at the same rate, latency from each request's scheduled send; the modes alternate (ABBA over rounds)
-so the box's changing load falls on both. Throughput is a closed loop of N clients in each mode, with the
-gateway's own CPU time per request (psutil) beside it: on a shared box that is steadier than a rate. Every
-point records the 1-minute load average.
+(``loadgen run``), ``http`` posts to ``/v1/detect`` and reads the answer (``loadgen run --target``), ``oip-http``
+and ``oip-grpc`` send the protocol's infer request (``--target oip+http://…``, ``oip+grpc://…``). All are open
+loop at the same rate, latency from each request's scheduled send; the order of the modes turns every two rounds
+and runs backwards on odd ones, so the box's changing load falls on all of them. Throughput is a closed loop of
+N clients in each mode, with the gateway's own CPU time per request (psutil) beside it: on a shared box that is
+steadier than a rate. Every point records the 1-minute load average.
 """
 
 from __future__ import annotations
@@ -71,15 +73,36 @@ def load1() -> float:
     return os.getloadavg()[0]
 
 
+MODES = ("broker", "http", "oip-http", "oip-grpc")
+GATEWAY_MODES = MODES[1:]
+
+
+def round_order(modes: tuple[str, ...], r: int) -> tuple[str, ...]:
+    """Round ``r``'s order: turned by one every two rounds, backwards on odd rounds (ABBA for two modes)."""
+    k = (r // 2) % len(modes)
+    turned = modes[k:] + modes[:k]
+    return turned if r % 2 == 0 else tuple(reversed(turned))
+
+
 class GatewayProcess:
     def __init__(self, broker: str, prefix: str, log: Path) -> None:
-        self.port = free_port()
-        env = {**os.environ, "VISIONPIPE_STREAMS__PREFIX": prefix, "VISIONPIPE_SERVICE__CONSUMER": f"bench{self.port}"}
+        self.port, self.grpc_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            "VISIONPIPE_STREAMS__PREFIX": prefix,
+            "VISIONPIPE_SERVICE__CONSUMER": f"bench{self.port}",
+            "VISIONPIPE_GATEWAY__GRPC_PORT": str(self.grpc_port),
+        }
         argv = [*default_command(), "gateway", "--broker", broker, "--port", str(self.port)]
         with log.open("wb") as out:
             self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
         self.ps = psutil.Process(self.proc.pid)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.targets = {
+            "http": self.url,
+            "oip-http": "oip+" + self.url,
+            "oip-grpc": f"oip+grpc://127.0.0.1:{self.grpc_port}",
+        }
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             try:
@@ -103,8 +126,8 @@ async def _point(
     mode: str, spec: LoadSpec, images: ImageSet, broker: str, prefix: str, gw: GatewayProcess
 ) -> dict[str, Any]:
     cpu0, load0 = gw.cpu_s(), load1()
-    if mode == "http":
-        s = await run_http_load(gw.url, spec, images, HttpOptions(warmup_requests=4))
+    if mode in GATEWAY_MODES:
+        s = await run_http_load(gw.targets[mode], spec, images, HttpOptions(warmup_requests=4))
         lat, done, extra = s["latency_ms"], s["completed"], {k: s[k] for k in ("statuses", "lost")}
     else:
         settings = load_settings(broker={"url": broker}, streams={"prefix": prefix})
@@ -124,7 +147,7 @@ async def _point(
         "p50_ms": round(lat.get("p50", float("nan")), 3),
         "p90_ms": round(lat.get("p90", float("nan")), 3),
         "p99_ms": round(lat.get("p99", float("nan")), 3),
-        "gateway_cpu_ms_per_request": round(cpu * 1e3 / max(1, done), 3) if mode == "http" else None,
+        "gateway_cpu_ms_per_request": round(cpu * 1e3 / max(1, done), 3) if mode in GATEWAY_MODES else None,
         "load1": [round(load0, 2), round(load1(), 2)],
     }
 
@@ -138,6 +161,7 @@ async def _bench(
     concurrency: int,
     compute_scale: float,
     logdir: Path,
+    modes: tuple[str, ...] = MODES,
 ) -> dict[str, Any]:
     prefix = f"gwb{uuid.uuid4().hex[:6]}"
     images = sized_jpegs()
@@ -150,13 +174,13 @@ async def _bench(
         gw = GatewayProcess(broker, prefix, logdir / "gateway.log")
         try:
             for r in range(rounds):
-                order = ("broker", "http") if r % 2 == 0 else ("http", "broker")
+                order = round_order(modes, r)
                 for rate in rates:
                     for mode in order:
                         spec = LoadSpec("poisson", rate=rate, duration_s=duration, seed=r)
                         points.append({"round": r + 1, **await _point(mode, spec, images, broker, prefix, gw)})
                         click.echo(json.dumps(points[-1]))
-            for mode in ("broker", "http", "http", "broker"):
+            for mode in (*modes, *reversed(modes)):
                 spec = LoadSpec("closed", duration_s=duration, concurrency=concurrency)
                 points.append({"round": "throughput", **await _point(mode, spec, images, broker, prefix, gw)})
                 click.echo(json.dumps(points[-1]))
@@ -168,6 +192,7 @@ async def _bench(
         "stage_command": stage_command or "visionpipe serve",
         "compute_scale": compute_scale,
         "cpus": os.cpu_count(),
+        "modes": list(modes),
         "points": points,
     }
 
@@ -184,18 +209,32 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {p['round']} | {p['mode']} | {p['load']} | {p['completed']} | {p['throughput_rps']} | "
             f"{p['p50_ms']} | {p['p90_ms']} | {p['p99_ms']} | {cpu} | {p['load1'][0]}–{p['load1'][1]} |"
         )
-    added: dict[str, list[float]] = {}
-    for r in {p["round"] for p in result["points"] if p["round"] != "throughput"}:
-        by = {(p["load"], p["mode"]): p for p in result["points"] if p["round"] == r}
-        for (load, mode), p in by.items():
-            if mode == "http" and (load, "broker") in by:
-                added.setdefault(load, []).append(round(p["p50_ms"] - by[(load, "broker")]["p50_ms"], 3))
     rows.append("")
-    rows += [
-        f"- {load}: p50 added by the gateway per round {vals}, median {statistics.median(vals):.2f} ms"
-        for load, vals in sorted(added.items())
-    ]
+    rows += [f"- {line}" for line in summary_lines(result["points"])]
     return "\n".join(rows) + "\n"
+
+
+def summary_lines(points: list[dict[str, Any]]) -> list[str]:
+    """Per load and door, the p50 it adds over broker-direct (each round, then the median); per door, req/s."""
+    added: dict[tuple[str, str], list[float]] = {}
+    for r in {p["round"] for p in points if p["round"] != "throughput"}:
+        by = {(p["load"], p["mode"]): p for p in points if p["round"] == r}
+        for (load, mode), p in by.items():
+            if mode != "broker" and (load, "broker") in by:
+                added.setdefault((load, mode), []).append(round(p["p50_ms"] - by[(load, "broker")]["p50_ms"], 3))
+    lines = [
+        f"{load}: p50 added by {mode} per round {vals}, median {statistics.median(vals):.2f} ms"
+        for (load, mode), vals in sorted(added.items())
+    ]
+    rps: dict[str, list[float]] = {}
+    for p in points:
+        if p["round"] == "throughput":
+            rps.setdefault(p["mode"], []).append(p["throughput_rps"])
+    lines += [f"closed loop, {mode}: {vals} req/s, median {statistics.median(vals):.1f}" for mode, vals in rps.items()]
+    if rps.get("http") and rps.get("oip-grpc"):
+        ratio = statistics.median(rps["oip-grpc"]) / statistics.median(rps["http"])
+        lines.append(f"oip-grpc / native http sustained req/s (medians): {ratio:.2f}x")
+    return lines
 
 
 @click.command("gateway")
@@ -212,6 +251,9 @@ def markdown(result: dict[str, Any]) -> str:
     show_default=True,
     help="pass-through stages' stand-in compute (0: none)",
 )
+@click.option(
+    "--mode", "modes", type=click.Choice(MODES), multiple=True, default=MODES, show_default=True, help="paths in"
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def bench_gateway(
     broker: str,
@@ -221,12 +263,13 @@ def bench_gateway(
     rounds: int,
     concurrency: int,
     compute_scale: float,
+    modes: tuple[str, ...],
     json_path: Path,
 ) -> None:
     """Gateway vs broker-direct latency at the same load, and sustained requests/s; results to --json."""
     logdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))  # the processes' logs: for a failed run, not results
     result = asyncio.run(
-        _bench(broker, stage_command, list(rates), duration, rounds, concurrency, compute_scale, logdir)
+        _bench(broker, stage_command, list(rates), duration, rounds, concurrency, compute_scale, logdir, modes)
     )
     result["machine"] = {"load1_end": round(load1(), 2), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     json_path.write_text(json.dumps(result, indent=2) + "\n")

@@ -24,12 +24,12 @@ from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from visionpipe import __version__
-from visionpipe.broker.base import DEADLINE, GAVE_UP
+from visionpipe.services.gateway.answer import judge, wait_for_document
 from visionpipe.services.gateway.auth import auth_dependencies
 from visionpipe.services.gateway.body import read_image
-from visionpipe.services.gateway.documents import DEADLINE_KEY, failure, is_done
 from visionpipe.services.gateway.errors import GatewayError
-from visionpipe.services.gateway.gateway_metrics import GatewayMetrics, MetricsMiddleware
+from visionpipe.services.gateway.gateway_metrics import MetricsMiddleware
+from visionpipe.services.gateway.oip.rest import oip_router
 from visionpipe.services.gateway.schema import (
     IMAGE_BODY,
     Accepted,
@@ -38,11 +38,9 @@ from visionpipe.services.gateway.schema import (
     error,
     upload_errors,
 )
-from visionpipe.services.gateway.service import Gateway
+from visionpipe.services.gateway.service import REQUEST_ID_PATTERN, Gateway
 from visionpipe.services.gateway.swagger_ui import add_docs
 
-# Request ids a client may choose: printable, no separators that a key, a URL or a log line would trip on.
-REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 PAGE = files("visionpipe.services.gateway") / "static" / "index.html"
 
 RequestIdHeader = Annotated[
@@ -91,6 +89,7 @@ def create_app(gateway: Gateway, routers: Sequence[APIRouter] = (), *, manage: b
     )
     _errors(app)
     app.include_router(_api(gateway), dependencies=auth)
+    app.include_router(oip_router(gateway, auth))
     for router in routers:
         app.include_router(router, dependencies=auth)
     _service_routes(app, gateway, private)
@@ -148,31 +147,11 @@ def _detect_route(api: APIRouter, gw: Gateway) -> None:
             asked = gw.deadline_ms(deadline_ms if deadline_ms is not None else x_deadline_ms)
             sub = await gw.submit(image, x_request_id, received, claim=False, deadline_ms=asked)  # the id is ours
             del image
-        rid = sub.request_id
         wait_s = settings.wait_s if timeout_ms is None else timeout_ms / 1000
-        left_s = None if asked is None else (received + asked * 1e6 - time.time_ns()) / 1e9
-        doc = await gw.wait(rid, sub.claim, min(wait_s if left_s is None else left_s, settings.max_wait_s))
-        if doc is None:
-            if x_request_id is None:
-                await gw.claim(rid, sub.claim)  # now the client has the id: a GET of it must say "pending"
-            if asked is not None and left_s is not None and left_s <= min(wait_s, settings.max_wait_s):
-                raise no_answer_by_the_deadline(gw, rid, asked)
-            raise GatewayError(
-                504, "timeout", f"no result within {wait_s:g} s; it can be fetched later", request_id=rid
-            )
-        return document_response(doc, rid, judge=asked is not None, metrics=gw.metrics)
-
-
-def no_answer_by_the_deadline(gw: Gateway, request_id: str, asked_ms: float) -> GatewayError:
-    """Nothing came back by the deadline: say so at the deadline (the request may still complete, for a GET)."""
-    gw.metrics.deadline.labels("exceeded").inc()
-    return GatewayError(
-        504,
-        "deadline_exceeded",
-        f"no answer from the pipeline within the deadline of {asked_ms:g} ms: still queued or computing",
-        request_id=request_id,
-        extra={"stage": "pipeline", "late_ms": 0.0},
-    )
+        doc = await wait_for_document(
+            gw, sub, client_id=x_request_id is not None, asked_ms=asked, received_ns=received, wait_s=wait_s
+        )
+        return Response(doc, media_type="application/json", headers={"X-Request-Id": sub.request_id})
 
 
 def _submit_route(api: APIRouter, gw: Gateway) -> None:
@@ -234,48 +213,9 @@ def _result_route(api: APIRouter, gw: Gateway) -> None:
         return document_response(doc, request_id)
 
 
-def document_response(
-    doc: bytes, request_id: str, *, judge: bool = False, metrics: GatewayMetrics | None = None
-) -> Response:
-    """A stored document as the answer: the bytes as they are when done, an error when the pipeline refused it.
-
-    ``judge``: the client waits for an answer by its deadline, so a result that reached the gateway late is
-    answered ``deadline_exceeded`` (still stored, for a later GET), never returned late as if on time.
-    """
-    if is_done(doc):
-        late = failure(doc).get("deadline") if judge and DEADLINE_KEY in doc else None
-        if isinstance(late, dict) and not late.get("met", True):
-            _count(metrics, "exceeded")
-            raise GatewayError(
-                504,
-                "deadline_exceeded",
-                f"the result came {late.get('late_ms')} ms after the deadline; GET /v1/results/{request_id} has it",
-                request_id=request_id,
-                extra={"stage": str(late.get("stage")), "late_ms": float(late.get("late_ms") or 0.0)},
-            )
-        _count(metrics, "in_time" if judge else None)
-        return Response(doc, media_type="application/json", headers={"X-Request-Id": request_id})
-    f = failure(doc)
-    stage, reason = f.get("stage"), f.get("reason")
-    if f.get("status") == "expired":
-        _count(metrics, "exceeded")
-        late = {"stage": str(stage), "late_ms": float(f.get("late_ms") or 0.0)}
-        raise GatewayError(504, "deadline_exceeded", str(reason), request_id=request_id, extra=late)
-    if f.get("bad_input"):
-        raise GatewayError(422, "bad_image", f"{stage}: {reason}", request_id=request_id)
-    kind = f.get("kind")
-    if kind == DEADLINE:
-        raise GatewayError(
-            504, "deadline_exceeded", f"{stage}: {reason}", request_id=request_id, extra={"stage": str(stage)}
-        )
-    if kind == GAVE_UP:
-        raise GatewayError(500, "gave_up", f"{stage}: {reason}", request_id=request_id)
-    raise GatewayError(502, "pipeline_failed", f"{stage}: {reason}", request_id=request_id)
-
-
-def _count(metrics: GatewayMetrics | None, outcome: str | None) -> None:
-    if metrics is not None and outcome is not None:
-        metrics.deadline.labels(outcome).inc()
+def document_response(doc: bytes, request_id: str) -> Response:
+    """A stored document as the answer: the bytes as they are when done, an error when the pipeline refused it."""
+    return Response(judge(doc, request_id), media_type="application/json", headers={"X-Request-Id": request_id})
 
 
 def _errors(app: FastAPI) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -152,17 +152,32 @@ async def read_image(request: Request, settings: Settings, hold: Hold) -> tuple[
         limit = settings.limits.max_image_bytes + MULTIPART_OVERHEAD_BYTES
     else:
         raise GatewayError(415, "unsupported_media_type", "send the image as image/* or as multipart/form-data")
+    data = await read_body(request, settings, hold, limit, None if kind.startswith("image/") else _form_image)
+    return data, await check_image(data, settings)
+
+
+async def read_body(
+    request: Request,
+    settings: Settings,
+    hold: Hold,
+    limit: int,
+    parse: Callable[[Request], Awaitable[bytes]] | None = None,
+) -> bytes:
+    """The request's body (or what ``parse`` reads of it), within ``limit`` bytes, the upload budget and time."""
     hold.grow_to(_declared_length(request, limit))
     gw = settings.gateway
     receive = LimitedReceive(request.receive, limit, gw.body_chunk_timeout_s, gw.body_timeout_s, hold)
     limited = Request(request.scope, receive)
     try:
-        data = await (limited.body() if kind.startswith("image/") else _form_image(limited))
+        return await (limited.body() if parse is None else parse(limited))
     except ClientDisconnect:
         raise GatewayError(400, "client_disconnected", "the client went away during the upload", close=True) from None
+
+
+async def check_image(data: bytes, settings: Settings) -> Header:
+    """Decode's header check of one image, on the checking thread: 422 bad_image when decode would refuse it."""
     try:
-        loop = asyncio.get_running_loop()
-        return data, await loop.run_in_executor(CHECKS, check_header, data, settings.limits)
+        return await asyncio.get_running_loop().run_in_executor(CHECKS, check_header, data, settings.limits)
     except BadImage as exc:
         raise GatewayError(422, "bad_image", exc.reason) from None
 

@@ -28,7 +28,9 @@ class GatewayError(Exception):
         self.headers = dict(headers or {})  # e.g. a 405's Allow
         self.extra = dict(extra or {})  # more fields of the body, e.g. a deadline_exceeded's stage and late_ms
 
-    def response(self) -> JSONResponse:
+    def response(self, *, protocol: bool = False) -> JSONResponse:
+        """The JSON error; ``protocol``: as the Open Inference Protocol has it, ``error`` the message a person
+        reads (its clients show that field), the code in ``code``."""
         headers = dict(self.headers)
         if self.close:  # the rest of the body is unread: this connection cannot carry another request
             headers["Connection"] = "close"
@@ -37,6 +39,8 @@ class GatewayError(Exception):
         if self.status == 401:
             headers["WWW-Authenticate"] = "Bearer"
         body: dict[str, str | float] = {"error": self.code, "detail": self.detail, **self.extra}
+        if protocol:
+            body = {"error": f"{self.code}: {self.detail}", "code": self.code, **self.extra}
         if self.request_id is not None:
             body["request_id"] = self.request_id
             headers["X-Request-Id"] = self.request_id

@@ -12,13 +12,16 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Generator, Sequence
 from types import FrameType
 
+import grpc
 import uvicorn
 from fastapi import APIRouter
 
 from visionpipe.services.gateway.app import create_app
+from visionpipe.services.gateway.oip.model import request_limit
 from visionpipe.services.gateway.protocol import guarded_protocol
 from visionpipe.services.gateway.service import Gateway
 from visionpipe.settings import Settings
@@ -40,6 +43,28 @@ class GatewayServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, gateway: Gateway) -> None:
         super().__init__(config)
         self.gateway = gateway
+        self.grpc: grpc.aio.Server | None = None
+        self.grpc_port: int | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """HTTP first (its lifespan starts the gateway), then the Open Inference Protocol's gRPC port."""
+        await super().startup(sockets)
+        settings = self.gateway.settings
+        if self.should_exit or settings.gateway.grpc_port < 0:
+            return
+        from visionpipe.services.gateway.oip.grpc_face import start_grpc  # protoc runs once, on first import
+
+        limit = request_limit(settings)
+        self.grpc, self.grpc_port = await start_grpc(
+            self.gateway, settings.service.host, settings.gateway.grpc_port, limit
+        )
+        log.info("Open Inference Protocol gRPC on port %d", self.grpc_port)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop(GRACEFUL_S)
+            self.grpc = None
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

@@ -47,6 +47,8 @@ from visionpipe.topology import INGRESS
 log = logging.getLogger(__name__)
 
 SOURCE = "gateway"
+# Request ids a client may choose: printable, no separators that a key, a URL or a log line would trip on.
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 # Enough of the image's SHA-256 to tell a retry from a different image under a reused id.
 FINGERPRINT_CHARS = 32
 

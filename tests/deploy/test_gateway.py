@@ -41,15 +41,17 @@ def test_gateway_deployment_and_service(rendered: dict[str, Objects], overlay: s
     (container,) = pod_spec(deployment)["containers"]
     assert container["args"] == ["serve", "gateway"]
     assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
-    (port,) = container["ports"]
+    port, grpc_port = container["ports"]
     assert port["containerPort"] == settings.service.port
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert grpc_port == {"name": "grpc", "containerPort": settings.gateway.grpc_port}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(port["containerPort"])
     # Waiting requests are answered at once on SIGTERM; the grace period leaves the in-flight answers their time.
     assert pod_spec(deployment)["terminationGracePeriodSeconds"] >= 20
     service = by_kind(objects, "Service")["gateway"]
-    assert [p["targetPort"] for p in service["spec"]["ports"]] == [port["name"]]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [port["name"], "grpc"]
+    assert service["spec"]["ports"][1]["appProtocol"] == "kubernetes.io/h2c"  # gRPC is HTTP/2 in the clear
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -92,9 +94,10 @@ def test_compose_gateway_is_published_healthy_and_in_the_default_profile() -> No
     assert sorted(k for k in env if k.startswith("VISIONPIPE_") and k not in setting_env_names()) == []
     settings = load_settings_from_env(env)
     assert settings.broker.url.startswith("redis://redis:") and settings.service.host == CONTAINER_HOST
-    (published,) = svc["ports"]
+    published, grpc_published = svc["ports"]
     assert published.endswith(f":{settings.service.port}") and published.startswith("127.0.0.1:")
+    assert grpc_published.endswith(f":{settings.gateway.grpc_port}") and grpc_published.startswith("127.0.0.1:")
     probe = " ".join(svc["healthcheck"]["test"])
-    assert "/readyz" in probe and "VISIONPIPE_SERVICE__PORT" in probe
+    assert "/v2/health/ready" in probe and "VISIONPIPE_SERVICE__PORT" in probe
     assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
     assert "deploy" not in svc, "the gateway reserves no GPU"

@@ -43,6 +43,7 @@ def fast_overrides(
         "executor": {"max_batch": 4, "warmup_repeats": 1, "slo_ms": 50.0},
         "limits": {"max_image_pixels": TEST_MAX_PIXELS},
         "service": {"device": "cpu", "drain_idle_s": 0.5, "reclaim_interval_s": 1.0, "port": 0},
+        "gateway": {"grpc_port": 0},  # a gateway's gRPC on a free port: never the default one another run holds
     }
 
 

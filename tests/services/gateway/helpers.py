@@ -41,7 +41,7 @@ def gateway_settings(ns: str, url: str | None = None, **sections: dict[str, Any]
         "broker": {"url": url or f"memory://{ns}"},
         "streams": {"prefix": ns},
         "service": {"port": 0, "host": "127.0.0.1"},
-        "gateway": {"wait_s": 5.0, "max_wait_s": 10.0},
+        "gateway": {"wait_s": 5.0, "max_wait_s": 10.0, "grpc_port": 0},  # gRPC on a free port, never 8001
     }
     for name, values in sections.items():
         overrides[name] = {**overrides.get(name, {}), **values}
@@ -131,6 +131,7 @@ class GatewayProc:
             **self.env,
             "VISIONPIPE_SERVICE__PORT": str(self.port),
             "VISIONPIPE_SERVICE__CONSUMER": f"gw{self.port}",
+            "VISIONPIPE_GATEWAY__GRPC_PORT": self.env.get("VISIONPIPE_GATEWAY__GRPC_PORT", "0"),
         }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
