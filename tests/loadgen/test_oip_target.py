@@ -39,3 +39,16 @@ async def test_refusals_and_deadlines_are_counted_by_status_and_code(ns: str, ki
     assert out["sent"] == 50 and out["lost"] == 0 and sum(out["statuses"].values()) == 50, out
     assert out["rejected_429"] > 0 and out["deadline_exceeded"] > 0, out["errors"]
     assert set(out["errors"]) <= {"429 backpressure", "429 deadline_infeasible", "504 deadline_exceeded"}, out
+
+
+def test_grpc_requests_are_serialized_once_per_image_in_the_order_images_are_picked() -> None:
+    from visionpipe.loadgen.oip_target import OipGrpcLoad
+    from visionpipe.services.gateway.oip.model import split_bytes
+
+    load = OipGrpcLoad("127.0.0.1:1", IMAGES, HttpOptions())
+    for n in range(2 * len(IMAGES.images)):
+        request = load.p.ModelInferRequest.FromString(load.requests[n % len(load.requests)])
+        assert request.model_name == "visionpipe" and len(request.inputs) == 1
+        tensor = request.inputs[0]
+        assert (tensor.name, tensor.datatype, list(tensor.shape)) == ("images", "BYTES", [1])
+        assert split_bytes(request.raw_input_contents[0]) == [IMAGES.pick(n)]
