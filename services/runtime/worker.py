@@ -17,6 +17,9 @@ the middleware's (``middleware/``). The worker itself:
   attempt beside it;
 * answers a broker that lost our streams or group (restarted empty) loudly,
   counts it, and makes them again; readiness drops meanwhile;
+* notices when its input has lag that does not go down while it gets nothing
+  (a group member stuck after its coordinator moved, ``stall.py``) and joins
+  the group again as a new member;
 * on ``stop()`` (SIGTERM) stops consuming and waits for in-flight batches up to
   the grace period; whatever is unfinished stays unacked for another worker;
 * in ``drain`` mode exits once the input and every upstream stage have had no
@@ -40,6 +43,7 @@ from visionpipe.services.runtime.handle import Handler
 from visionpipe.services.runtime.middleware import Chain, Middleware, StageContext, default_middleware
 from visionpipe.services.runtime.prefetch import Prefetch
 from visionpipe.services.runtime.stage import Stage
+from visionpipe.services.runtime.stall import Stall
 from visionpipe.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,6 +74,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._state_lost = False  # the broker forgot our streams or group; cleared once they are made again
+        self.stall = Stall()  # a member the group's work passes by (its consumer stuck): noticed, and rejoined
         self.started = False
 
     def stop(self) -> None:
@@ -126,6 +131,8 @@ class Worker:
             await prefetch.room()
             if self._stopping.is_set():  # stopped while the prefetch was full: take nothing more
                 return
+            if self.stall.due and not self._inflight:
+                await self.stall.rejoin(ctx)
             try:
                 deliveries: list[Delivery] = []
                 if time.monotonic() >= next_reclaim:
@@ -154,6 +161,7 @@ class Worker:
 
     async def _dispatch(self, deliveries: list[Delivery], prefetch: Prefetch) -> None:
         """Start work on a batch; then each delivery seen before, alone, once everything else here is done."""
+        self.stall.worked()
         fresh = [d for d in deliveries if d.attempts <= 1]
         if fresh:
             task = asyncio.create_task(self.handler.handle(fresh, prefetch.hold(len(fresh))))
@@ -236,7 +244,8 @@ class Worker:
     async def _poll_backlog(self) -> None:
         while True:
             with contextlib.suppress(BrokerError):
-                backlog = (await self.broker.backlog(self.ctx.input, self.ctx.group)).total
-                self.metrics.backlog.labels(self.name).set(backlog)
-                self.stage.observe_backlog(backlog)
+                backlog = await self.broker.backlog(self.ctx.input, self.ctx.group)
+                self.metrics.backlog.labels(self.name).set(backlog.total)
+                self.stage.observe_backlog(backlog.total)
+                self.stall.observe(backlog.lag, idle=not self._inflight and not backlog.pending)
             await asyncio.sleep(BACKLOG_POLL_S)

@@ -156,6 +156,11 @@ class Transactions:
                 self._producers.pop(id(member), None)
         raise BrokerError(f"kafka {redact_url(self.url)}: transaction failed: {err}") from exc
 
+    def drop(self, member: Member) -> None:
+        """Forget a member that left (its successor's producer, same transactional.id, fences this one)."""
+        with self._lock:
+            self._producers.pop(id(member), None)
+
     def close(self) -> None:
         with self._lock:
             producers = list(self._producers.values())
