@@ -19,6 +19,9 @@ the middleware's (``middleware/``). The worker itself:
   attempt beside it;
 * answers a broker that lost our streams or group (restarted empty) loudly,
   counts it, and makes them again; readiness drops meanwhile;
+* notices when its input has lag that does not go down while it gets nothing
+  (a group member stuck after its coordinator moved, ``stall.py``) and joins
+  the group again as a new member;
 * on ``stop()`` (SIGTERM) stops consuming and waits for in-flight batches up to
   the grace period; whatever is unfinished stays unacked for another worker;
 * in ``drain`` mode exits once the input and every upstream stage have had no
@@ -31,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from visionpipe import topology
 from visionpipe.backoff import Backoff
@@ -43,6 +46,7 @@ from visionpipe.services.runtime.handle import Handler
 from visionpipe.services.runtime.middleware import Chain, Middleware, StageContext, default_middleware
 from visionpipe.services.runtime.prefetch import Prefetch
 from visionpipe.services.runtime.stage import Stage
+from visionpipe.services.runtime.stall import Stall
 from visionpipe.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +78,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._state_lost = False  # the broker forgot our streams or group; cleared once they are made again
+        self.stall = Stall()  # a member the group's work passes by (its consumer stuck): noticed, and rejoined
         self.started = False
 
     def stop(self) -> None:
@@ -135,6 +140,8 @@ class Worker:
             await prefetch.room()
             if self._stopping.is_set():  # stopped while the prefetch was full: take nothing more
                 return
+            if self.stall.due and not self._inflight:
+                await self.stall.rejoin(ctx)
             try:
                 deliveries: list[Delivery] = []
                 if time.monotonic() >= next_reclaim:
@@ -153,7 +160,7 @@ class Worker:
                 continue
             if not deliveries:
                 if self.drain:
-                    idle_since = await self._drain_check(idle_since)
+                    idle_since = await drained_since(self.broker, self.settings, self.name, idle_since, self._inflight)
                     if idle_since is not None and time.monotonic() - idle_since >= service.drain_idle_s:
                         log.info("stage %s: drained, exiting", self.name)
                         return
@@ -163,6 +170,7 @@ class Worker:
 
     async def _dispatch(self, deliveries: list[Delivery], prefetch: Prefetch) -> None:
         """Start work on a batch; then each delivery seen before, alone, once everything else here is done."""
+        self.stall.worked()
         fresh = [d for d in deliveries if d.attempts <= 1]
         if fresh:
             task = asyncio.create_task(self.handler.handle(fresh, prefetch.hold(len(fresh))))
@@ -212,24 +220,6 @@ class Worker:
         if not task.cancelled() and task.exception() is not None:
             log.error("stage %s: batch failed", self.name, exc_info=task.exception())
 
-    async def _drain_check(self, idle_since: float | None) -> float | None:
-        """Start (or keep) the idle clock when upstream then own backlog are zero; None resets it.
-
-        Upstream first: a stage acks its input only after publishing its output,
-        so an empty upstream means everything this stage will ever get is already
-        in its own stream.
-        """
-        if self._inflight:
-            return None
-        for stage in (*topology.upstream(self.name), self.name):
-            stream, group = topology.input_stream(stage, self.settings), topology.group(stage, self.settings)
-            try:
-                if (await self.broker.backlog(stream, group)).total:
-                    return None
-            except BrokerError:
-                return None
-        return idle_since if idle_since is not None else time.monotonic()
-
     async def _finish_inflight(self) -> None:
         if not self._inflight:
             return
@@ -245,8 +235,30 @@ class Worker:
     async def _poll_backlog(self) -> None:
         while True:
             with contextlib.suppress(BrokerError):
-                backlog = (await self.broker.backlog(self.ctx.input, self.ctx.group)).total
-                self.metrics.backlog.labels(self.name).set(backlog)
-                self.stage.observe_backlog(backlog)
-                self.presence.announcer.backlog = backlog
+                backlog = await self.broker.backlog(self.ctx.input, self.ctx.group)
+                self.metrics.backlog.labels(self.name).set(backlog.total)
+                self.stage.observe_backlog(backlog.total)
+                self.presence.announcer.backlog = backlog.total
+                self.stall.observe(backlog.lag, idle=not self._inflight and not backlog.pending)
             await asyncio.sleep(BACKLOG_POLL_S)
+
+
+async def drained_since(
+    broker: Broker, settings: Settings, stage: str, idle_since: float | None, inflight: Collection[object]
+) -> float | None:
+    """Start (or keep) a stage's idle clock when nothing is in flight and upstream then its own backlog are zero;
+    None resets it.
+
+    Upstream first: a stage acks its input only after publishing its output, so an empty upstream means
+    everything this stage will ever get is already in its own stream.
+    """
+    if inflight:
+        return None
+    for name in (*topology.upstream(stage), stage):
+        stream, group = topology.input_stream(name, settings), topology.group(name, settings)
+        try:
+            if (await broker.backlog(stream, group)).total:
+                return None
+        except BrokerError:
+            return None
+    return idle_since if idle_since is not None else time.monotonic()

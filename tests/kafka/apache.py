@@ -147,6 +147,19 @@ class KafkaCluster:
             time.sleep(0.1)
         raise TimeoutError(f"kafka brokers {sorted(want)} not all registered after {timeout_s}s (seen {sorted(seen)})")
 
+    def coordinator(self, group_id: str, timeout_s: float = 60.0) -> int:
+        """The node id of ``group_id``'s coordinator (the leader of its ``__consumer_offsets`` partition); the first
+        ask makes that internal topic, so this waits until the cluster can answer."""
+        admin = AdminClient({"bootstrap.servers": self.url.removeprefix("kafka://"), "log_level": 0})
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return int(admin.describe_consumer_groups([group_id])[group_id].result(timeout=5).coordinator.id)
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
     def kill(self, index: int) -> None:
         """kill -9 one node: no controlled shutdown, nothing flushed beyond what the OS has."""
         self.nodes[index].stop(kill=True)

@@ -194,6 +194,12 @@ class Broker(ABC):
         """
         return None
 
+    async def rejoin(self, stream: str, group: str, consumer: str) -> None:
+        """Leave ``group`` and join it again as a new member: asked by a worker whose input has lag that does not
+        go down while it gets nothing (its membership stuck). Only Kafka has memberships; elsewhere it does nothing.
+        """
+        return None
+
     @abstractmethod
     async def consume(self, stream: str, group: str, consumer: str, count: int, timeout_s: float) -> list[Delivery]:
         """Up to ``count`` new deliveries; waits at most ``timeout_s`` for the first one."""

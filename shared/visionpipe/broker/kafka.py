@@ -83,6 +83,18 @@ def kafka_group_id(stream: str, group: str) -> str:
     return f"{stream}.{group}"
 
 
+def _pop_members(
+    members: dict[tuple[str, str, str], Member],
+    owner: dict[tuple[str, str, int], Member],
+    match: Callable[[tuple[str, str, str]], bool],
+) -> list[Member]:
+    """Take the members whose (stream, group, consumer) ``match`` out of both maps (under the broker's lock)."""
+    gone = [members.pop(k) for k in [k for k in members if match(k)]]
+    for owned in [k for k, m in owner.items() if m in gone]:
+        del owner[owned]
+    return gone
+
+
 class KafkaBroker(Broker):
     # Attempts are counted only where a crash could be blamed on a delivery (see kafka_member.py), not per redelivery.
     tracks_attempts = False
@@ -224,12 +236,7 @@ class KafkaBroker(Broker):
         await self.settle(stream, group, [Settled(d) for d in deliveries])
 
     async def reclaim(self, stream: str, group: str, consumer: str, min_idle_s: float, count: int) -> list[Delivery]:
-        """Hand out again this process's deliveries left unacked for ``min_idle_s`` (a failed batch).
-
-        A *dead* member's deliveries need nothing here: the rebalance gives its partitions
-        to the living, who read them again from the committed offset through ``consume``.
-        Attempts are counted only within this process.
-        """
+        """This process's deliveries left unacked (a failed batch); a dead member's partitions move by rebalance."""
         with self._lock:
             members = [m for (s, g, _), m in self._members.items() if s == stream and g == group]
         out: list[Delivery] = []
@@ -257,12 +264,19 @@ class KafkaBroker(Broker):
             return False
         return True
 
+    async def rejoin(self, stream: str, group: str, consumer: str) -> None:
+        # Closed, it leaves; the new member joins afresh, and its producer (same transactional.id) fences the old.
+        with self._lock:
+            gone = _pop_members(self._members, self._owner, lambda key: key == (stream, group, consumer))
+        for member in gone:
+            await self._run(member.close)
+            if self._txns is not None:
+                self._txns.drop(member)
+        await self.prepare(stream, group, consumer)
+
     async def delete(self, stream: str) -> None:
         with self._lock:
-            gone = [k for k in self._members if k[0] == stream]
-            members = [self._members.pop(k) for k in gone]
-            for owned in [k for k in self._owner if k[0] == stream]:
-                del self._owner[owned]
+            members = _pop_members(self._members, self._owner, lambda key: key[0] == stream)
         for member in members:
             await self._run(member.close)
         await self._run(self._admin.delete, stream)

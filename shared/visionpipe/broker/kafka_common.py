@@ -18,6 +18,40 @@ AUTH_CODES = frozenset(
     }
 )
 
+# Answers that mean "not now" rather than "no": a partition's leadership or a group's coordinator moving to another
+# broker (one died), a new leader whose high watermark has not caught up yet, a broker going away or coming back.
+# librdkafka flags few of them retriable() on the errors it raises from a plain call, so they are named here.
+RETRIABLE_CODES = frozenset(
+    {
+        KafkaError.OFFSET_NOT_AVAILABLE,  # a new leader's high watermark not yet caught up
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.PREFERRED_LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.KAFKA_STORAGE_ERROR,
+        KafkaError.NOT_COORDINATOR,  # the group's coordinator moved with its broker
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.CONCURRENT_TRANSACTIONS,
+        KafkaError.UNSTABLE_OFFSET_COMMIT,
+        KafkaError._DESTROY_BROKER,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._WAIT_COORD,
+        KafkaError._UNKNOWN_PARTITION,  # a reader whose metadata has not caught up with a new leader
+    }
+)
+
+
+def retriable(err: KafkaError) -> bool:
+    """Worth asking again shortly: the cluster is moving leaders or coordinators, not refusing."""
+    return bool(err.retriable()) or err.code() in RETRIABLE_CODES
+
 
 def raise_for(err: KafkaError | None, url: str, what: str) -> None:
     """Credentials and TLS problems are fatal (BrokerAuthError); every other broker error is retryable."""

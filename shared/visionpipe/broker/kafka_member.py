@@ -51,6 +51,7 @@ class Member(Commits, AttemptCounting):
         self.deferred: dict[int, int] = {}  # partition -> offset a commit refused during a rebalance, to make again
         self.committed: dict[int, int] = {}  # partition -> the last offset this member committed there
         self.committing: dict[int, int] = {}  # partition -> an asynchronous commit's offset, not yet answered
+        self.closed = False  # left the group (a rejoin made a new member): a poll still to come reads nothing
         self.consumer = Consumer({**conf, "on_commit": self._on_commit})
         self.consumer.subscribe([stream], on_assign=self._assigned, on_revoke=self._released, on_lost=self._revoked)
 
@@ -87,6 +88,8 @@ class Member(Commits, AttemptCounting):
     def poll(self, count: int, timeout_s: float, url: str, abandoned: threading.Event) -> list[Message]:
         """Up to ``count`` messages; gives them back (rewinds) if the caller stopped waiting meanwhile."""
         with self.poll_lock:  # one poll at a time, so a rewind lands before the next poll reads
+            if self.closed:
+                return []
             msgs = self._poll(count, timeout_s, url)
             if abandoned.is_set():
                 self.rewind(msgs)
@@ -184,7 +187,7 @@ class Member(Commits, AttemptCounting):
         flight all waits on that settle would poll no more: this poll hands nothing out (a message is sought back).
         """
         with self.poll_lock:
-            m = self.consumer.poll(0)
+            m = None if self.closed else self.consumer.poll(0)
             if m is not None and m.error() is None:
                 try:
                     self.consumer.seek(TopicPartition(self.stream, *position(m)))
@@ -192,7 +195,7 @@ class Member(Commits, AttemptCounting):
                     log.debug("rejoin seek skipped", extra={"error": str(exc)})
 
     def rewind_if_delivered(self, fut: Future[list[Message]]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
+        if fut.cancelled() or fut.exception() is not None or self.closed:
             return
         with self.poll_lock:
             self.rewind(fut.result())
@@ -200,7 +203,9 @@ class Member(Commits, AttemptCounting):
     def close(self) -> None:
         """Leave the group; waits for a poll still running in another thread (closing under it is unsafe)."""
         with self.poll_lock:
-            self.consumer.close()
+            if not self.closed:
+                self.closed = True
+                self.consumer.close()
 
     def pending(self) -> int:
         with self.lock:

@@ -1,8 +1,10 @@
 """Reading offsets on Kafka: what a group has left (backlog), what a topic holds (length), its oldest or newest entries.
 
 Apache Kafka makes a topic's metadata first and its partitions' logs on their brokers after, and a partition
-whose leader just moved (a topic made again, a broker killed) answers NOT_LEADER_FOR_PARTITION for a moment.
-Such retriable answers are asked again here, for up to ``REQUEST_TIMEOUT_S``, rather than failing a backlog read.
+whose leader just moved (a topic made again, a broker killed) answers NOT_LEADER_FOR_PARTITION, or
+OFFSET_NOT_AVAILABLE until the new leader's high watermark has caught up, for a moment. Such retriable answers
+(``kafka_common.retriable``) are asked again here, with the project's backoff, for up to ``REQUEST_TIMEOUT_S``,
+rather than failing a backlog read (and with it the front door's admission check).
 """
 
 from __future__ import annotations
@@ -14,30 +16,20 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
-from visionpipe.broker.kafka_common import position, raise_for
+from visionpipe.backoff import Backoff
+from visionpipe.broker.kafka_common import position, raise_for, retriable
 
 log = logging.getLogger("visionpipe.broker.kafka")
 
 # Metadata, offset and admin calls: a healthy broker answers in milliseconds; past this it is unreachable.
 REQUEST_TIMEOUT_S = 10.0
-RETRY_S = 0.05
+# The first wait before asking again, and the longest: a leader elected or a watermark caught up in well under
+# a second is seen at once, one that takes seconds is not asked for in a tight loop.
+RETRY_FIRST_S, RETRY_MAX_S = 0.05, 1.0
 # One try: a call to a broker that just died waits this long, then the metadata is refreshed and it is asked again.
 CALL_TIMEOUT_S = 2.0
-# librdkafka's own answers while a broker goes away or comes back: worth asking again, like retriable errors.
-TRANSIENT = frozenset(
-    {
-        KafkaError._DESTROY_BROKER,
-        KafkaError._TRANSPORT,
-        KafkaError._TIMED_OUT,
-        KafkaError._ALL_BROKERS_DOWN,
-        KafkaError._UNKNOWN_PARTITION,  # a reader whose metadata has not caught up with a new leader
-        KafkaError.NOT_COORDINATOR,  # the group's coordinator moved with its broker
-        KafkaError.COORDINATOR_NOT_AVAILABLE,
-        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-    }
-)
 
 
 class Offsets:
@@ -60,16 +52,17 @@ class Offsets:
             return reader
 
     def _ask(self, call: Callable[[float], Any], what: str, reader: Consumer | None = None, topic: str = "") -> Any:
-        deadline = time.monotonic() + REQUEST_TIMEOUT_S
+        deadline, backoff = time.monotonic() + REQUEST_TIMEOUT_S, Backoff(RETRY_FIRST_S, RETRY_MAX_S)
         while True:
             try:
                 return call(min(CALL_TIMEOUT_S, max(0.1, deadline - time.monotonic())))
             except KafkaException as exc:
                 err = exc.args[0]
-                if not (err.retriable() or err.code() in TRANSIENT) or time.monotonic() > deadline:
+                if not retriable(err) or time.monotonic() > deadline:
                     raise_for(err, self.url, what)
                     raise
-            time.sleep(RETRY_S)
+                log.debug("asking again", extra={"what": what, "error": str(err)})
+            time.sleep(min(backoff.next(), max(0.0, deadline - time.monotonic())))
             if reader is not None:  # a reader that subscribes to nothing refreshes no metadata by itself
                 try:
                     reader.list_topics(topic, timeout=REQUEST_TIMEOUT_S)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,15 @@ TXN_TIMEOUT_S = 10.0
 # How long the brokers keep a dead producer's transaction open before aborting it (it blocks read_committed
 # readers of its partitions meanwhile): well beyond one settle, far below librdkafka's 60 s default.
 TRANSACTION_TIMEOUT_MS = 15_000
+# librdkafka does not bound send_offsets_to_transaction by its timeout (confluentinc/librdkafka#5456): when the
+# group's coordinator was on a broker that has since left the cluster's metadata, the call waits for some other
+# broker's connection to change state (#5511), which may never happen. Past its own timeout and this grace, the
+# call is given up and so is its producer: the next settle makes a new one under the same transactional.id, which
+# fences the wedged one and aborts its open transaction, and the settle is retried.
+SEND_OFFSETS_GRACE_S = 5.0
+# The wait for that call is taken in steps, each counted at most twice its length: a process stopped meanwhile
+# (SIGSTOP, a paused container) does not find the call "late" the moment it resumes.
+WAIT_STEP_S = 0.5
 
 
 # The group refused the transaction's offsets: this member's generation is old (a rebalance it has not served
@@ -94,12 +104,43 @@ class Transactions:
                         break
                     except BufferError:
                         producer.poll(0.05)
-            metadata = member.consumer.consumer_group_metadata()
-            producer.send_offsets_to_transaction(list(commits), metadata, TXN_TIMEOUT_S)
+            self._send_offsets(member, producer, commits)
             producer.commit_transaction(TXN_TIMEOUT_S)
         except KafkaException as exc:
             self._recover(member, producer, exc)
         member.forget(commits)
+
+    def _send_offsets(self, member: Member, producer: Producer, commits: Sequence[TopicPartition]) -> None:
+        """``send_offsets_to_transaction``, in a thread of its own so that a call librdkafka never returns from
+        costs a thread and a producer, not the settle: that member's producer is dropped, the settle fails."""
+        metadata = member.consumer.consumer_group_metadata()
+        outcome: list[KafkaException | None] = []
+
+        def call() -> None:
+            try:
+                producer.send_offsets_to_transaction(list(commits), metadata, TXN_TIMEOUT_S)
+                outcome.append(None)
+            except KafkaException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=call, name="kafka-send-offsets", daemon=True)
+        thread.start()
+        waited = 0.0
+        while thread.is_alive() and waited < TXN_TIMEOUT_S + SEND_OFFSETS_GRACE_S:
+            t0 = time.monotonic()
+            thread.join(WAIT_STEP_S)
+            waited += min(time.monotonic() - t0, 2 * WAIT_STEP_S)
+        if outcome:
+            if outcome[0] is not None:
+                raise outcome[0]
+            return
+        with self._lock:  # left to its thread, which holds the last reference; never flushed or reused
+            self._producers.pop(id(member), None)
+        log.warning("send_offsets_to_transaction hung; its producer is replaced", extra={"waited_s": round(waited)})
+        raise BrokerError(
+            f"kafka {redact_url(self.url)}: offsets not added to the transaction within {waited:.0f}s "
+            "(the group's coordinator moved); retried with a new transactional producer"
+        )
 
     def _recover(self, member: Member, producer: Producer, exc: KafkaException) -> None:
         err = exc.args[0]
@@ -114,6 +155,11 @@ class Transactions:
             with self._lock:
                 self._producers.pop(id(member), None)
         raise BrokerError(f"kafka {redact_url(self.url)}: transaction failed: {err}") from exc
+
+    def drop(self, member: Member) -> None:
+        """Forget a member that left (its successor's producer, same transactional.id, fences this one)."""
+        with self._lock:
+            self._producers.pop(id(member), None)
 
     def close(self) -> None:
         with self._lock:
