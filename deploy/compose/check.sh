@@ -293,8 +293,9 @@ main() {
     timed "image kafka ($KAFKA_BROKER)" kafka_image
 
     GATEWAY_PORT=$(free_port)
+    GATEWAY_GRPC_PORT=$(free_port)
     CI_REDIS_PORT=$(free_port)
-    export GATEWAY_PORT CI_REDIS_PORT
+    export GATEWAY_PORT GATEWAY_GRPC_PORT CI_REDIS_PORT
     COMPOSE=(docker compose -p "$PROJECT" -f docker-compose.yml -f deploy/compose/ci.override.yml "${KAFKA_FILES[@]}")
     down_all || true  # what a run stopped with KEEP=1 left
 
