@@ -10,6 +10,7 @@ import pytest
 
 from tests.servers import free_port
 from visionpipe.broker import BrokerUnreachable, check_url, connect
+from visionpipe.broker.retry import unreachable
 from visionpipe.settings import load_settings
 
 
@@ -53,3 +54,12 @@ async def test_nobody_answering_is_said_within_the_deadline(scheme: str, caplog:
     # Each try is one INFO line of ours; librdkafka's own "connection refused" lines are held back.
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     assert any(r.getMessage() == "broker not ready, retrying" for r in caplog.records) or scheme == "kafka"
+
+
+def test_a_tls_server_that_cuts_us_off_is_named_as_a_possible_tls_refusal() -> None:
+    """Under load a server refusing our certificate resets the connection before its alert is read: the final
+    line still points at TLS (only for rediss://, and only for a cut-off, not for silence)."""
+    reset = "Error 104 while writing to socket. Connection reset by peer."
+    assert "TLS to h may have been refused" in unreachable("rediss://h:1", "10 s", reset)
+    assert "TLS to" not in unreachable("redis://h:1", "10 s", reset)
+    assert "TLS to" not in unreachable("rediss://h:1", "10 s", "Timeout connecting to server")

@@ -142,7 +142,7 @@ def test_every_published_port_is_chosen_by_check_sh() -> None:
         unresolved = merge(unresolved, load_override(path))
     for name, svc in started(unresolved).items():
         for port in svc.get("ports", []):
-            assert re.search(r"\$\{(GATEWAY_PORT|GATEWAY_GRPC_PORT|CI_\w+)", port), f"{name}: {port} is not set by check.sh"
+            assert re.search(r"\$\{(GATEWAY_(GRPC_)?PORT|CI_\w+)", port), f"{name}: {port} is not set by check.sh"
 
 
 def test_variables_of_the_overrides_are_set_by_check_sh() -> None:

@@ -74,12 +74,14 @@ def kafka_overrides(ns: str, url: str, **broker: Any) -> dict[str, Any]:
 
 
 class Feeder:
-    """Frames at a steady rate until stopped; ``sent`` is every request id the ingress accepted."""
+    """Frames at a steady rate until stopped; ``sent`` is every request id the ingress accepted, ``unsure`` those
+    of batches whose publish raised (a loaded box may time out a write the brokers appended all the same)."""
 
     def __init__(self, broker: Broker, settings: Settings, tag: str) -> None:
         self.broker, self.settings, self.tag = broker, settings, tag
         self.sent: list[str] = []
         self.broker_errors = 0
+        self.unsure: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
@@ -91,6 +93,7 @@ class Feeder:
                 self.sent += await submit_images(self.broker, self.settings, batch, wait_s=30)
             except BrokerError:  # the broker in trouble (a broker of the cluster just died): retry, as a client does
                 self.broker_errors += 1
+                self.unsure.update(f.request_id for f in batch)
             i += 1
             await asyncio.sleep(TICK_S)
 
@@ -185,7 +188,8 @@ async def test_kill9_of_each_stage_twenty_times_leaves_each_result_once_in_read_
                     await sink.poll(0.01)
                 await feeder.stop()
             killing_s = time.monotonic() - t0
-            figures = await audit(apache_kafka.url, s, feeder.sent, {p.request_id: p.kind for p in bad}, sink)
+            bad_ids = {p.request_id: p.kind for p in bad}
+            figures = await audit(apache_kafka.url, s, feeder.sent, bad_ids, sink, frozenset(feeder.unsure))
     finally:
         procs.close()
     print(
@@ -246,7 +250,7 @@ async def test_a_zombie_stopped_inside_a_transaction_is_fenced_by_its_replacemen
                 await feeder.stop()
             zombie_log = zombie.log_tail(20000)
             zombie.stop()
-            figures = await audit(apache_kafka.url, s, feeder.sent, {}, sink)
+            figures = await audit(apache_kafka.url, s, feeder.sent, {}, sink, frozenset(feeder.unsure))
     finally:
         procs.close()
     fenced = [line for line in zombie_log.splitlines() if "fenced" in line.lower()]
@@ -301,7 +305,7 @@ async def test_a_rebalance_from_one_decode_member_to_three_under_load_keeps_each
                 await asyncio.sleep(3.0)  # load goes on across the rebalance
                 await feeder.stop()
             work = {p.consumer: _ok_count(p) for p in [stages[0], *joined]}
-            figures = await audit(apache_kafka.url, s, feeder.sent, {}, sink)
+            figures = await audit(apache_kafka.url, s, feeder.sent, {}, sink, frozenset(feeder.unsure))
             procs.assert_alive()
     finally:
         procs.close()

@@ -94,7 +94,7 @@ async def test_a_broker_killed_mid_run_loses_nothing_acknowledged(cluster: Kafka
                 while time.monotonic() - t_kill < RUN_AFTER_KILL_S:
                     await sink.poll(0.1)
                 await feeder.stop()
-            figures = await audit(cluster.url, s, feeder.sent, {}, sink)
+            figures = await audit(cluster.url, s, feeder.sent, {}, sink, frozenset(feeder.unsure))
             procs.assert_alive()
     finally:
         procs.close()

@@ -74,6 +74,10 @@ def _said_once(url: str, exc: BaseException) -> str:
     return (str(exc) or "no answer").removeprefix(f"{_family(url)} {redact_url(url)}").lstrip(": ")
 
 
+# How a connection cut off by the server reads in redis-py's and the OS's words.
+CUT_OFF = ("connection reset", "closed by server", "broken pipe", "eof occurred")
+
+
 def unreachable(url: str, waited: str, error: str) -> str:
     """The one line a person reads when the broker never answered."""
     parts = urlsplit(url)
@@ -81,6 +85,10 @@ def unreachable(url: str, waited: str, error: str) -> str:
     host, port = (parts.hostname, parts.port) if family == "redis" else (None, None)
     check = CHECK.get(family, "is it running, and are the host and port right?")
     check = check.format(host=host or "localhost", port=port or 6379)
+    if parts.scheme == "rediss" and any(s in error.lower() for s in CUT_OFF):
+        # A server that refuses our certificate (or our lack of one) after TLS 1.3's handshake may close with our
+        # first command unread: a reset, and its alert never reaches us.
+        check = f"TLS to {parts.hostname} may have been refused (a client certificate it requires?); {check}"
     return (
         f"cannot reach the broker at {redact_url(url)} (no answer in {waited}; last error: {error}) — {check} "
         "(VISIONPIPE_BROKER__CONNECT_TIMEOUT_S waits longer)"

@@ -106,9 +106,8 @@ async def test_the_api_takes_the_gateways_tokens_binds_to_loopback_and_refuses_t
     clip = write_video(videos / "clip.mp4", 5)
     overrides = fast_overrides(ns, f"memory://{ns}")
     overrides["service"] = {**overrides["service"], "host": load_settings().service.host}  # the default
-    settings = load_settings(
-        **overrides, gateway={"tokens_file": str(tokens)}, ingest={"api_file_roots": [str(videos)]}
-    )
+    overrides["gateway"] = {**overrides["gateway"], "tokens_file": str(tokens)}
+    settings = load_settings(**overrides, ingest={"api_file_roots": [str(videos)]})
     service = IngestService(settings, with_stages=False)
     running = asyncio.create_task(service.run())
     try:
