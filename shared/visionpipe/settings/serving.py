@@ -122,7 +122,7 @@ class GatewaySettings(BaseModel):
     tokens_file: Path | None = Field(None, description="file of bearer tokens, one per line; unset: no auth")
     protect_docs_and_metrics: bool = Field(False, description="tokens guard /metrics, /docs, /openapi.json too")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty: CORS off")
-    grpc_port: int = Field(8001, ge=-1, le=65535, description="the OIP gRPC port (KServe v2); 0: a free one, -1: off")
+    grpc_port: int = Field(8081, ge=-1, le=65535, description="the OIP gRPC port (KServe v2); 0: a free one, -1: off")
     ingest_url: str = Field(
         "", description="API of a running `visionpipe ingest` (http://host:port): /v1/streams is served here too"
     )

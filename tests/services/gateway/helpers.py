@@ -41,7 +41,7 @@ def gateway_settings(ns: str, url: str | None = None, **sections: dict[str, Any]
         "broker": {"url": url or f"memory://{ns}"},
         "streams": {"prefix": ns},
         "service": {"port": 0, "host": "127.0.0.1"},
-        "gateway": {"wait_s": 5.0, "max_wait_s": 10.0, "grpc_port": 0},  # gRPC on a free port, never 8001
+        "gateway": {"wait_s": 5.0, "max_wait_s": 10.0, "grpc_port": 0},  # gRPC on a free port, never 8081
     }
     for name, values in sections.items():
         overrides[name] = {**overrides.get(name, {}), **values}
