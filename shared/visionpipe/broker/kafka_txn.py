@@ -41,9 +41,9 @@ TXN_TIMEOUT_S = 10.0
 # How long the brokers keep a dead producer's transaction open before aborting it (it blocks read_committed
 # readers of its partitions meanwhile): well beyond one settle, far below librdkafka's 60 s default.
 TRANSACTION_TIMEOUT_MS = 15_000
-# librdkafka does not bound send_offsets_to_transaction by its timeout (confluentinc/librdkafka#5456): when the
+# librdkafka (2.16) does not bound send_offsets_to_transaction by its timeout: when the
 # group's coordinator was on a broker that has since left the cluster's metadata, the call waits for some other
-# broker's connection to change state (#5511), which may never happen. Past its own timeout and this grace, the
+# broker's connection to change state, which may never happen. Past its own timeout and this grace, the
 # call is given up and so is its producer: the next settle makes a new one under the same transactional.id, which
 # fences the wedged one and aborts its open transaction, and the settle is retried.
 SEND_OFFSETS_GRACE_S = 5.0
