@@ -214,7 +214,8 @@ def start_apache_kafka(workdir: Path, nodes: int = 1) -> KafkaCluster:
 
     def fmt(n: KafkaNode) -> None:
         props = str(n.workdir / "server.properties")
-        argv = java(home, "kafka.tools.StorageTool", "format", "-t", cid, "-c", props)
+        # "=": a base64url id may begin with "-", which the tool would read as an option (one start in 64).
+        argv = java(home, "kafka.tools.StorageTool", "format", f"--cluster-id={cid}", "-c", props)
         done = subprocess.run(argv, capture_output=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(
