@@ -35,7 +35,7 @@ async def wait_for_document(
             raise no_answer_by_the_deadline(gw, rid, asked_ms)
         raise GatewayError(504, "timeout", f"no result within {wait_s:g} s; it can be fetched later", request_id=rid)
     due_ns = None if asked_ms is None else received_ns + int(asked_ms * 1e6)
-    return judge(doc, rid, judged=asked_ms is not None, metrics=gw.metrics, due_ns=due_ns)
+    return judge(doc, rid, metrics=gw.metrics, due_ns=due_ns)
 
 
 def no_answer_by_the_deadline(gw: Gateway, request_id: str, asked_ms: float) -> GatewayError:
@@ -50,24 +50,18 @@ def no_answer_by_the_deadline(gw: Gateway, request_id: str, asked_ms: float) -> 
     )
 
 
-def judge(
-    doc: bytes,
-    request_id: str,
-    *,
-    judged: bool = False,
-    metrics: GatewayMetrics | None = None,
-    due_ns: int | None = None,
-) -> bytes:
+def judge(doc: bytes, request_id: str, *, metrics: GatewayMetrics | None = None, due_ns: int | None = None) -> bytes:
     """A stored document as it is when done; an error when the pipeline refused it, or it came late.
 
-    ``judged``: the client waits for an answer by its deadline, so a result that reached the gateway late is
-    answered ``deadline_exceeded`` (still stored, for a later GET), never returned late as if on time. ``due_ns``:
-    that deadline on this gateway's clock, checked again now, as the answer leaves: a result read in time but
-    answered after a busy spell of the gateway is late all the same.
+    ``due_ns``: the client's deadline on this gateway's clock (None: it gave none). A result that reached the
+    gateway late is answered ``deadline_exceeded`` (still stored, for a later GET), never returned late as if on
+    time; the deadline is checked again now, as the answer leaves, so a result read in time but answered after a
+    busy spell of the gateway is late all the same.
     """
+    judged = due_ns is not None
     if is_done(doc):
         late = failure(doc).get("deadline") if judged and DEADLINE_KEY in doc else None
-        past_ms = (time.time_ns() - due_ns) / 1e6 if judged and due_ns is not None else 0.0
+        past_ms = (time.time_ns() - due_ns) / 1e6 if due_ns is not None else 0.0
         if past_ms > 0 and not (isinstance(late, dict) and not late.get("met", True)):
             late = {"met": False, "stage": "gateway", "late_ms": round(past_ms, 1)}
         if isinstance(late, dict) and not late.get("met", True):

@@ -14,16 +14,16 @@ DONE = json.dumps({"status": "done", "request_id": "r", "objects": [], "deadline
 
 
 def test_a_result_in_time_is_returned_as_it_is() -> None:
-    assert judge(DONE, "r", judged=True, due_ns=time.time_ns() + 10**9) == DONE
+    assert judge(DONE, "r", due_ns=time.time_ns() + 10**9) == DONE
 
 
 def test_a_result_read_in_time_but_answered_after_the_deadline_is_deadline_exceeded_from_the_gateway() -> None:
     with pytest.raises(GatewayError) as caught:
-        judge(DONE, "r", judged=True, due_ns=time.time_ns() - 50 * 10**6)
+        judge(DONE, "r", due_ns=time.time_ns() - 50 * 10**6)
     err = caught.value
     assert err.status == 504 and err.code == "deadline_exceeded"
     assert err.extra["stage"] == "gateway" and float(err.extra["late_ms"]) >= 50
 
 
 def test_without_a_client_deadline_nothing_is_judged() -> None:
-    assert judge(DONE, "r", judged=False, due_ns=time.time_ns() - 10**9) == DONE
+    assert judge(DONE, "r") == DONE
